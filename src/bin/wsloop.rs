@@ -1,0 +1,131 @@
+//! `wsloop`: the server binary. Echoes every message on any path; `/chat` (or every path with
+//! `--chat`) relays text to every chat member. Serves the demo page on the same port.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use wsloop::protocol::Limits;
+use wsloop::server::SlowConsumerPolicy;
+use wsloop::{Config, EchoChat, Reactor};
+
+/// A fast, strict RFC 6455 WebSocket server on one mio reactor.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: SocketAddr,
+    /// Largest message (all fragments together), in bytes; larger ones close with 1009.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message: u64,
+    /// Largest single frame, in bytes (defaults to --max-message).
+    #[arg(long)]
+    max_frame: Option<u64>,
+    /// Largest HTTP request head, in bytes; larger ones get 431.
+    #[arg(long, default_value_t = 8192)]
+    max_head: usize,
+    /// Most concurrent connections; beyond it new connections get 503.
+    #[arg(long, default_value_t = 100_000)]
+    max_conns: usize,
+    /// Per-connection send-queue limit in bytes: above it reading pauses, and publications
+    /// follow --slow-consumer.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_backpressure: usize,
+    /// What a publication does to a subscriber over --max-backpressure: close (1008) or drop.
+    #[arg(long, default_value = "close", value_parser = ["close", "drop"])]
+    slow_consumer: String,
+    /// Seconds allowed from accept to a complete request head.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Seconds of silence before the server pings (0 disables pings).
+    #[arg(long, default_value_t = 30.0)]
+    ping_interval: f64,
+    /// Seconds of silence after which a connection is dropped as dead (0 disables).
+    #[arg(long, default_value_t = 75.0)]
+    idle_timeout: f64,
+    /// Seconds to wait for the peer's close frame after ours.
+    #[arg(long, default_value_t = 5.0)]
+    close_timeout: f64,
+    /// Seconds a graceful shutdown (SIGINT/SIGTERM) waits for close handshakes.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Folder served over plain HTTP (the embedded demo page when it does not exist).
+    #[arg(long, default_value = "html")]
+    static_dir: PathBuf,
+    /// Allowed Origin for upgrades (repeatable; `*` allows all). Default: every origin.
+    #[arg(long)]
+    allow_origin: Vec<String>,
+    /// Put every connection in the chat room (default: only connections on /chat).
+    #[arg(long)]
+    chat: bool,
+    /// Seconds between stats log lines (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    stats_interval: f64,
+}
+
+fn seconds(s: f64) -> Option<Duration> {
+    (s > 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            addr: self.addr,
+            limits: Limits {
+                max_frame: self.max_frame.unwrap_or(self.max_message),
+                max_message: self.max_message,
+            },
+            max_head: self.max_head,
+            max_conns: self.max_conns,
+            max_backpressure: self.max_backpressure,
+            slow_consumer: if self.slow_consumer == "drop" {
+                SlowConsumerPolicy::Drop
+            } else {
+                SlowConsumerPolicy::Close
+            },
+            handshake_timeout: seconds(self.handshake_timeout).unwrap_or(Duration::from_secs(10)),
+            ping_interval: seconds(self.ping_interval),
+            idle_timeout: seconds(self.idle_timeout),
+            close_timeout: seconds(self.close_timeout).unwrap_or(Duration::from_secs(5)),
+            drain_timeout: seconds(self.drain_timeout).unwrap_or(Duration::from_secs(10)),
+            static_dir: self.static_dir.clone(),
+            allow_origins: self.allow_origin.clone(),
+            stats_interval: seconds(self.stats_interval),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let mut reactor = match Reactor::bind(args.config(), EchoChat::new(args.chat)) {
+        Ok(reactor) => reactor,
+        Err(e) => {
+            eprintln!("wsloop: cannot listen on {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = reactor.handle_signals() {
+        eprintln!("wsloop: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let addr = reactor.local_addr();
+    let page = if reactor.static_from_disk() {
+        format!("files from {}", args.static_dir.display())
+    } else {
+        "the embedded demo page".to_owned()
+    };
+    println!("wsloop listening on {addr} (open http://{addr}/ for {page})");
+    let _ = std::io::stdout().flush();
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsloop: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The protocol layer's one error type, and its one mapping to a close code.
+
+use super::close::CloseCode;
+
+/// Why a peer's bytes broke RFC 6455. Each maps to exactly one close code through
+/// `From<&ProtocolError> for CloseCode`, so no path can pick a different code for the same fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A client frame without the mask bit (§5.1).
+    UnmaskedFrame,
+    /// RSV1–3 set without a negotiated extension (§5.2).
+    ReservedBits,
+    /// Opcode 3–7 or 0xB–0xF (§5.2).
+    ReservedOpcode,
+    /// A control frame with more than 125 bytes of payload (§5.5).
+    ControlFrameTooLong,
+    /// A control frame with FIN clear (§5.5).
+    FragmentedControlFrame,
+    /// A 64-bit payload length with its most significant bit set (§5.2).
+    LengthOverflow,
+    /// A continuation frame with no message in progress (§5.4).
+    UnexpectedContinuation,
+    /// A new text or binary frame while a fragmented message is in progress (§5.4).
+    ExpectedContinuation,
+    /// A frame over the configured frame size limit.
+    FrameTooBig,
+    /// A message over the configured message size limit.
+    MessageTooBig,
+    /// Text (or a close reason) that is not valid UTF-8 (§8.1).
+    InvalidUtf8,
+    /// A close payload of one byte, or a code that may not be sent (§5.5.1, §7.4).
+    InvalidClosePayload,
+}
+
+impl ProtocolError {
+    /// A short description for logs (never sent to the peer beyond the close code).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolError::UnmaskedFrame => "unmasked client frame",
+            ProtocolError::ReservedBits => "reserved bits set",
+            ProtocolError::ReservedOpcode => "reserved opcode",
+            ProtocolError::ControlFrameTooLong => "control frame over 125 bytes",
+            ProtocolError::FragmentedControlFrame => "fragmented control frame",
+            ProtocolError::LengthOverflow => "payload length with the top bit set",
+            ProtocolError::UnexpectedContinuation => "continuation without a message",
+            ProtocolError::ExpectedContinuation => "new message inside a fragmented message",
+            ProtocolError::FrameTooBig => "frame over the size limit",
+            ProtocolError::MessageTooBig => "message over the size limit",
+            ProtocolError::InvalidUtf8 => "invalid UTF-8",
+            ProtocolError::InvalidClosePayload => "invalid close payload",
+        }
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl From<&ProtocolError> for CloseCode {
+    fn from(e: &ProtocolError) -> CloseCode {
+        match e {
+            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => {
+                CloseCode::MESSAGE_TOO_BIG
+            }
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
+    }
+}

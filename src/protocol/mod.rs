@@ -1,0 +1,18 @@
+//! The WebSocket protocol core, sans-IO: byte slices in, events and bytes out.
+//!
+//! Nothing here touches a socket, a clock or a log: every module is tested alone on bytes, and
+//! the fuzz targets drive it directly. The reactor in [`crate::server`] only moves bytes.
+
+pub mod close;
+pub mod decoder;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
+
+pub use close::CloseCode;
+pub use decoder::{Decoder, Event, Limits, MessageKind, Outcome, Payload};
+pub use error::ProtocolError;
+pub use frame::{FrameHeader, OpCode};
+pub use handshake::HandshakeError;

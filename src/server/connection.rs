@@ -1,0 +1,107 @@
+//! One connection's state in the slab. Kept small: it sits there for every idle connection,
+//! so everything that exists only briefly (the request head being read) is boxed, and the
+//! decoder and output queue own no memory between messages.
+
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::protocol::decoder::Decoder;
+use crate::protocol::handshake::HeadScanner;
+use crate::protocol::CloseCode;
+
+use super::out_queue::OutQueue;
+
+/// The bytes of a request head still arriving.
+#[derive(Debug, Default)]
+pub struct HeadState {
+    /// Everything received since the request began.
+    pub buf: Vec<u8>,
+    /// Where the search for the blank line resumes.
+    pub scanner: HeadScanner,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading an HTTP request head (an upgrade, or a plain request on a keep-alive connection).
+    Head(Box<HeadState>),
+    /// WebSocket open.
+    Open,
+    /// We sent a close frame and wait for the peer's (frames still decoded, data ignored).
+    CloseSent,
+    /// Nothing more to say: flush the queue, send FIN, discard input until EOF or timeout.
+    Linger,
+    /// Gone; removed from the slab at the end of the loop turn.
+    Dead,
+}
+
+/// A connection in the slab.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    pub socket: TcpStream,
+    /// Tells this connection apart from earlier ones in the same slab slot.
+    pub serial: u32,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// WebSocket frame decoder.
+    pub decoder: Decoder,
+    /// Output the socket has not taken yet.
+    pub out: OutQueue,
+    /// Bytes queued for it in this turn's outbox.
+    pub corked: usize,
+    /// The deadline the timer heap holds for this connection's phase.
+    pub deadline: Option<Instant>,
+    /// When bytes last arrived.
+    pub last_seen: Instant,
+    /// The close code to report to the application when the connection ends.
+    pub close_code: Option<CloseCode>,
+    /// Whether the application saw `on_open` (and so must see `on_close`).
+    pub app_open: bool,
+    /// Whether a keepalive ping is outstanding.
+    pub ping_sent: bool,
+    /// Whether the socket accepted writes last time (edge-triggered: cleared on `WouldBlock`).
+    pub writable: bool,
+    /// Whether reading stopped because the output queue is over the high-water mark.
+    pub read_paused: bool,
+    /// Whether our FIN was sent (`shutdown(Write)`).
+    pub fin_sent: bool,
+}
+
+impl Connection {
+    /// A freshly accepted connection, reading its request head.
+    pub fn new(socket: TcpStream, serial: u32, now: Instant) -> Connection {
+        Connection {
+            socket,
+            serial,
+            phase: Phase::Head(Box::default()),
+            decoder: Decoder::new(),
+            out: OutQueue::default(),
+            corked: 0,
+            deadline: None,
+            last_seen: now,
+            close_code: None,
+            app_open: false,
+            ping_sent: false,
+            writable: true,
+            read_paused: false,
+            fin_sent: false,
+        }
+    }
+
+    /// Bytes waiting to be sent: queued plus produced this turn.
+    pub fn buffered_amount(&self) -> usize {
+        self.out.len() + self.corked
+    }
+
+    /// Whether the application may send to it.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// Whether it is marked for removal.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.phase, Phase::Dead)
+    }
+}

@@ -1,0 +1,356 @@
+//! Output: the reactor-wide [`Outbox`] of one loop turn, and each connection's [`OutQueue`]
+//! of bytes the socket did not take.
+//!
+//! Everything an application sends during a loop turn goes into the outbox: owned frames as
+//! ranges of one shared byte buffer, publications as one reference-counted frame shared by
+//! every receiver. At the end of the turn each connection with output gets exactly one
+//! vectored write of its queue followed by its outbox entries; only what the socket refuses is
+//! copied into the connection's own queue. An idle connection owns no output buffer.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::ops::Range;
+use std::rc::Rc;
+
+/// Most slices passed to one `writev` (Linux's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 256;
+
+/// One piece of queued output.
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(s) => s,
+        }
+    }
+}
+
+/// A connection's unsent output, in order. Empty (and unallocated) while the socket keeps up.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    front_written: usize,
+    /// Unsent bytes in all chunks.
+    len: usize,
+}
+
+impl OutQueue {
+    /// Unsent bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a copy of `bytes`, extending the last owned chunk where it has room.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
+            if last.capacity() - last.len() >= bytes.len() {
+                last.extend_from_slice(bytes);
+                return;
+            }
+        }
+        let mut chunk = Vec::with_capacity(bytes.len().max(4096));
+        chunk.extend_from_slice(bytes);
+        self.chunks.push_back(Chunk::Owned(chunk));
+    }
+
+    /// Appends a shared frame from byte `from` on (no copy).
+    pub fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
+        let len = frame.len().saturating_sub(from);
+        if len == 0 {
+            return;
+        }
+        if from == 0 {
+            self.len += len;
+            self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+        } else {
+            self.push_bytes(frame.get(from..).unwrap_or_default());
+        }
+    }
+
+    /// Drops everything (the connection is going away).
+    pub fn clear(&mut self) {
+        *self = OutQueue::default();
+    }
+
+    /// Adds the queued slices to `iov`, front first.
+    fn slices<'a>(&'a self, iov: &mut Vec<IoSlice<'a>>) {
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            if iov.len() == MAX_IOVECS {
+                return;
+            }
+            let bytes = chunk.bytes();
+            let bytes = if i == 0 {
+                bytes.get(self.front_written..).unwrap_or_default()
+            } else {
+                bytes
+            };
+            iov.push(IoSlice::new(bytes));
+        }
+    }
+
+    /// Marks `n` bytes from the front as written; returns how many of `n` were queue bytes.
+    fn advance(&mut self, mut n: usize) -> usize {
+        let mut taken = 0;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.front_written;
+            if n >= left {
+                n -= left;
+                taken += left;
+                self.chunks.pop_front();
+                self.front_written = 0;
+            } else {
+                self.front_written += n;
+                taken += n;
+                n = 0;
+            }
+        }
+        self.len -= taken;
+        if self.chunks.is_empty() {
+            // Give the ring's memory back: an idle connection owns no buffers.
+            self.chunks = VecDeque::new();
+        }
+        taken
+    }
+
+    /// Writes the queue to `socket` until it is empty or the socket would block.
+    ///
+    /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest
+    /// stays queued until the socket is writable again.
+    ///
+    /// # Errors
+    /// Any other socket error (the connection is then dead).
+    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        self.write_with(socket, &[], &[]).map(|(n, _)| n)
+    }
+
+    /// Writes the queue followed by `entries` (ranges of `outbox_bytes`, or shared frames) in
+    /// as few vectored writes as the socket allows; whatever the socket refuses is appended to
+    /// the queue. Returns (bytes written, whether the socket would block).
+    ///
+    /// # Errors
+    /// Any socket error other than `WouldBlock`/`Interrupted`.
+    pub fn write_with(
+        &mut self,
+        socket: &mut impl Write,
+        outbox_bytes: &[u8],
+        entries: &[OutEntry],
+    ) -> io::Result<(usize, bool)> {
+        let mut written_total = 0;
+        // Offset into `entries`: (index, bytes of that entry already written).
+        let mut next = (0usize, 0usize);
+        let mut blocked = false;
+        loop {
+            let mut iov = Vec::with_capacity((self.chunks.len() + entries.len()).min(MAX_IOVECS));
+            self.slices(&mut iov);
+            for (i, entry) in entries.iter().enumerate().skip(next.0) {
+                if iov.len() == MAX_IOVECS {
+                    break;
+                }
+                let bytes = entry.bytes(outbox_bytes);
+                let skip = if i == next.0 { next.1 } else { 0 };
+                iov.push(IoSlice::new(bytes.get(skip..).unwrap_or_default()));
+            }
+            let total: usize = iov.iter().map(|s| s.len()).sum();
+            if total == 0 {
+                break;
+            }
+            let n = match socket.write_vectored(&iov) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            drop(iov);
+            written_total += n;
+            let mut rest = n - self.advance(n);
+            while rest > 0 {
+                let Some(entry) = entries.get(next.0) else {
+                    break;
+                };
+                let left = entry.bytes(outbox_bytes).len() - next.1;
+                if rest >= left {
+                    rest -= left;
+                    next = (next.0 + 1, 0);
+                } else {
+                    next.1 += rest;
+                    rest = 0;
+                }
+            }
+        }
+        for (i, entry) in entries.iter().enumerate().skip(next.0) {
+            let skip = if i == next.0 { next.1 } else { 0 };
+            match &entry.data {
+                EntryData::Bytes(range) => self.push_bytes(
+                    outbox_bytes
+                        .get(range.clone())
+                        .and_then(|b| b.get(skip..))
+                        .unwrap_or_default(),
+                ),
+                EntryData::Shared(frame) => self.push_shared(frame, skip),
+            }
+        }
+        Ok((written_total, blocked))
+    }
+}
+
+/// Where an outbox entry's bytes are.
+#[derive(Debug)]
+pub enum EntryData {
+    /// A range of the outbox's byte buffer.
+    Bytes(Range<usize>),
+    /// A frame shared with other receivers.
+    Shared(Rc<[u8]>),
+}
+
+/// Output for one connection produced during this loop turn.
+#[derive(Debug)]
+pub struct OutEntry {
+    /// The connection's slab key.
+    pub key: usize,
+    /// The bytes.
+    pub data: EntryData,
+}
+
+impl OutEntry {
+    fn bytes<'a>(&'a self, outbox_bytes: &'a [u8]) -> &'a [u8] {
+        match &self.data {
+            EntryData::Bytes(range) => outbox_bytes.get(range.clone()).unwrap_or_default(),
+            EntryData::Shared(frame) => frame,
+        }
+    }
+}
+
+/// All output of one loop turn, for every connection, in the order it was produced.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Owned frame bytes of this turn, all connections together.
+    pub bytes: Vec<u8>,
+    /// What goes to whom, in order.
+    pub entries: Vec<OutEntry>,
+}
+
+impl Outbox {
+    /// Appends owned bytes for connection `key`, merging with its previous entry when adjacent
+    /// (an echo of sixteen pipelined messages becomes one slice).
+    pub fn push_bytes(&mut self, key: usize, parts: &[&[u8]]) {
+        let start = self.bytes.len();
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        let end = self.bytes.len();
+        if let Some(OutEntry {
+            key: last_key,
+            data: EntryData::Bytes(range),
+        }) = self.entries.last_mut()
+        {
+            if *last_key == key && range.end == start {
+                range.end = end;
+                return;
+            }
+        }
+        self.entries.push(OutEntry {
+            key,
+            data: EntryData::Bytes(start..end),
+        });
+    }
+
+    /// Appends a shared frame for connection `key`.
+    pub fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>) {
+        self.entries.push(OutEntry {
+            key,
+            data: EntryData::Shared(Rc::clone(frame)),
+        });
+    }
+
+    /// Whether nothing was produced this turn.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that accepts at most `room` bytes, then would block.
+    struct Limited {
+        got: Vec<u8>,
+        room: usize,
+        calls: usize,
+    }
+
+    impl Write for Limited {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room);
+                self.got.extend_from_slice(&b[..take]);
+                self.room -= take;
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn queue_then_entries_in_order_and_remainder_kept() {
+        let mut outbox = Outbox::default();
+        outbox.push_bytes(1, &[b"ab", b"cd"]);
+        outbox.push_bytes(1, &[b"ef"]);
+        let shared: Rc<[u8]> = Rc::from(&b"SHARED"[..]);
+        outbox.push_shared(1, &shared);
+        outbox.push_bytes(1, &[b"gh"]);
+        assert_eq!(outbox.entries.len(), 3, "adjacent byte entries merge");
+
+        let mut q = OutQueue::default();
+        q.push_bytes(b"01");
+        let entries = &outbox.entries;
+        for room in 0..=16 {
+            let mut q2 = OutQueue::default();
+            q2.push_bytes(b"01");
+            let mut sock = Limited { got: Vec::new(), room, calls: 0 };
+            let (n, _) = q2.write_with(&mut sock, &outbox.bytes, entries).unwrap();
+            assert_eq!(n, room.min(16));
+            sock.room = usize::MAX;
+            q2.write_to(&mut sock).unwrap();
+            assert_eq!(sock.got, b"01abcdefSHAREDgh", "room {room}");
+            assert!(q2.is_empty());
+        }
+        let mut sock = Limited { got: Vec::new(), room: 100, calls: 0 };
+        q.write_with(&mut sock, &outbox.bytes, entries).unwrap();
+        assert_eq!(sock.calls, 1, "one vectored write when the socket takes it all");
+    }
+}

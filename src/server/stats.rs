@@ -1,0 +1,93 @@
+//! Counters the reactor keeps, readable through the API, `/stats` and the stats log line.
+
+use crate::protocol::CloseCode;
+
+/// Monotonic counters and gauges; plain integers, bumped on the reactor thread only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections open now (any phase).
+    pub open: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections refused (max-conns, bad handshake, origin, application).
+    pub rejected: u64,
+    /// Successful WebSocket upgrades.
+    pub upgraded: u64,
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages sent (each receiver of a publication counts).
+    pub messages_out: u64,
+    /// Bytes read from sockets.
+    pub bytes_in: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// Connections failed for a protocol error, by close code: 1002, 1007, 1009.
+    pub protocol_errors: [u64; 3],
+    /// Subscribers closed or skipped because their queue was over the limit.
+    pub backpressure_closes: u64,
+    /// Publications dropped for slow subscribers (drop policy).
+    pub dropped_messages: u64,
+    /// Connections dropped because the peer went silent.
+    pub idle_timeouts: u64,
+}
+
+impl Stats {
+    /// Counts a protocol error by the close code it was answered with.
+    pub fn count_protocol_error(&mut self, code: CloseCode) {
+        let slot = match code {
+            CloseCode::INVALID_PAYLOAD => 1,
+            CloseCode::MESSAGE_TOO_BIG => 2,
+            _ => 0,
+        };
+        if let Some(count) = self.protocol_errors.get_mut(slot) {
+            *count += 1;
+        }
+    }
+
+    /// All protocol errors together.
+    pub fn protocol_errors_total(&self) -> u64 {
+        self.protocol_errors.iter().sum()
+    }
+
+    /// The counters as one JSON object (for `/stats` and the demo page).
+    pub fn to_json(&self) -> String {
+        let [e1002, e1007, e1009] = self.protocol_errors;
+        format!(
+            "{{\"open\":{},\"accepted\":{},\"rejected\":{},\"upgraded\":{},\"messages_in\":{},\
+             \"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"protocol_errors\":{},\
+             \"protocol_errors_by_code\":{{\"1002\":{e1002},\"1007\":{e1007},\"1009\":{e1009}}},\
+             \"backpressure_closes\":{},\"dropped_messages\":{},\"idle_timeouts\":{}}}",
+            self.open,
+            self.accepted,
+            self.rejected,
+            self.upgraded,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.protocol_errors_total(),
+            self.backpressure_closes,
+            self.dropped_messages,
+            self.idle_timeouts,
+        )
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "open={} accepted={} rejected={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} \
+             protocol_errors={} backpressure_closes={}",
+            self.open,
+            self.accepted,
+            self.rejected,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.protocol_errors_total(),
+            self.backpressure_closes
+        )
+    }
+}
