@@ -64,9 +64,7 @@ impl From<&ProtocolError> for CloseCode {
     fn from(e: &ProtocolError) -> CloseCode {
         match e {
             ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => {
-                CloseCode::MESSAGE_TOO_BIG
-            }
+            ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

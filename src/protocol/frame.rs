@@ -155,22 +155,20 @@ impl FrameHeader {
         let first = if self.fin { 0x80 } else { 0 } | (self.rsv & 0x07) << 4 | self.opcode.bits();
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
         let len = self.payload_len;
-        let mut n = 2;
-        out[0] = first;
-        if len < 126 {
-            out[1] = mask_bit | len as u8;
+        let (second, extended): (u8, &[u8]) = if len < 126 {
+            (mask_bit | len as u8, &[])
         } else if len <= u64::from(u16::MAX) {
-            out[1] = mask_bit | 126;
-            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            n = 4;
+            (mask_bit | 126, &(len as u16).to_be_bytes()[..])
         } else {
-            out[1] = mask_bit | 127;
-            out[2..10].copy_from_slice(&len.to_be_bytes());
-            n = 10;
-        }
-        if let Some(key) = self.mask {
-            out[n..n + 4].copy_from_slice(&key);
-            n += 4;
+            (mask_bit | 127, &len.to_be_bytes()[..])
+        };
+        let key = self.mask.as_ref().map_or(&[][..], |k| &k[..]);
+        let mut n = 0;
+        for byte in [first, second].iter().chain(extended).chain(key) {
+            if let Some(slot) = out.get_mut(n) {
+                *slot = *byte;
+                n += 1;
+            }
         }
         n
     }
@@ -198,7 +196,9 @@ mod tests {
 
     #[test]
     fn rfc_masked_hello() {
-        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, n) = parse(&bytes).unwrap().unwrap();
         assert_eq!(n, 6);
         assert!(h.fin);
@@ -228,10 +228,19 @@ mod tests {
         assert_eq!(parse(&[0x91, 0x80]), Err(ProtocolError::ReservedBits));
         assert_eq!(parse(&[0xa1, 0x80]), Err(ProtocolError::ReservedBits));
         for op in [3, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
-            assert_eq!(parse(&[0x80 | op, 0x80]), Err(ProtocolError::ReservedOpcode));
+            assert_eq!(
+                parse(&[0x80 | op, 0x80]),
+                Err(ProtocolError::ReservedOpcode)
+            );
         }
-        assert_eq!(parse(&[0x89, 0xfe]), Err(ProtocolError::ControlFrameTooLong));
-        assert_eq!(parse(&[0x09, 0x80]), Err(ProtocolError::FragmentedControlFrame));
+        assert_eq!(
+            parse(&[0x89, 0xfe]),
+            Err(ProtocolError::ControlFrameTooLong)
+        );
+        assert_eq!(
+            parse(&[0x09, 0x80]),
+            Err(ProtocolError::FragmentedControlFrame)
+        );
         assert_eq!(
             parse(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]),
             Err(ProtocolError::LengthOverflow)

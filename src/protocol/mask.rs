@@ -35,8 +35,8 @@ fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
 
 /// The byte-at-a-time reference implementation, for differential tests and benchmarks.
 pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    for (i, byte) in buf.iter_mut().enumerate() {
-        *byte ^= key[(offset + i) % 4];
+    for (byte, k) in buf.iter_mut().zip(key.iter().cycle().skip(offset % 4)) {
+        *byte ^= k;
     }
 }
 

@@ -341,7 +341,11 @@ mod tests {
         for room in 0..=16 {
             let mut q2 = OutQueue::default();
             q2.push_bytes(b"01");
-            let mut sock = Limited { got: Vec::new(), room, calls: 0 };
+            let mut sock = Limited {
+                got: Vec::new(),
+                room,
+                calls: 0,
+            };
             let (n, _) = q2.write_with(&mut sock, &outbox.bytes, entries).unwrap();
             assert_eq!(n, room.min(16));
             sock.room = usize::MAX;
@@ -349,8 +353,15 @@ mod tests {
             assert_eq!(sock.got, b"01abcdefSHAREDgh", "room {room}");
             assert!(q2.is_empty());
         }
-        let mut sock = Limited { got: Vec::new(), room: 100, calls: 0 };
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 100,
+            calls: 0,
+        };
         q.write_with(&mut sock, &outbox.bytes, entries).unwrap();
-        assert_eq!(sock.calls, 1, "one vectored write when the socket takes it all");
+        assert_eq!(
+            sock.calls, 1,
+            "one vectored write when the socket takes it all"
+        );
     }
 }

@@ -416,7 +416,10 @@ impl Core {
         self.stats.accepted += 1;
         self.stats.open += 1;
         if over_limit {
-            debug!("{peer}: over --max-conns {}, answering 503", self.config.max_conns);
+            debug!(
+                "{peer}: over --max-conns {}, answering 503",
+                self.config.max_conns
+            );
             self.stats.rejected += 1;
             self.reject_http(key, 503, &[("Retry-After", "5")]);
         } else {
@@ -642,12 +645,8 @@ impl Core {
             }
             Event::Pong(_) => {}
             Event::Close { code, payload } => {
-                let close = parse_close_payload(payload.bytes(input)).unwrap_or(
-                    crate::protocol::close::ClosePayload {
-                        code,
-                        reason: "",
-                    },
-                );
+                let close = parse_close_payload(payload.bytes(input))
+                    .unwrap_or(crate::protocol::close::ClosePayload { code, reason: "" });
                 debug!("#{key}: close received: {:?} {:?}", code, close.reason);
                 if open {
                     // §5.5.1: answer with a close frame echoing the status code.
@@ -689,7 +688,11 @@ impl Core {
 
     fn queue_close(&mut self, key: usize, code: CloseCode, reason: &str) {
         let reason = truncate_reason(reason);
-        self.queue_frame(key, OpCode::Close, &[&code.0.to_be_bytes(), reason.as_bytes()]);
+        self.queue_frame(
+            key,
+            OpCode::Close,
+            &[&code.0.to_be_bytes(), reason.as_bytes()],
+        );
     }
 
     /// Corks bytes for `key` until the end of the turn.
@@ -784,6 +787,7 @@ impl Core {
         frame.extend_from_slice(header.get(..n).unwrap_or_default());
         frame.extend_from_slice(payload);
         let frame: Rc<[u8]> = frame.into();
+        self.stats.publications += 1;
         let members: Vec<usize> = match topic {
             Some(topic) => self.rooms.members(topic).to_vec(),
             None => self
@@ -829,7 +833,9 @@ impl Core {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             match self.conns.get(key).map(|c| &c.phase) {
-                Some(Phase::Open) => self.start_close(key, CloseCode::GOING_AWAY, "server shutdown"),
+                Some(Phase::Open) => {
+                    self.start_close(key, CloseCode::GOING_AWAY, "server shutdown")
+                }
                 Some(Phase::Head(_)) => self.kill(key),
                 _ => {}
             }

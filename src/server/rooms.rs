@@ -60,7 +60,10 @@ impl Rooms {
 
     /// The members of `topic` (empty when nobody subscribed).
     pub fn members(&self, topic: &str) -> &[usize] {
-        self.topics.get(topic).map(Vec::as_slice).unwrap_or_default()
+        self.topics
+            .get(topic)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Number of rooms with at least one member.

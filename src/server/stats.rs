@@ -23,6 +23,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Connections failed for a protocol error, by close code: 1002, 1007, 1009.
     pub protocol_errors: [u64; 3],
+    /// Publications (each encoded into exactly one shared frame, whatever its fan-out).
+    pub publications: u64,
     /// Subscribers closed or skipped because their queue was over the limit.
     pub backpressure_closes: u64,
     /// Publications dropped for slow subscribers (drop policy).
@@ -56,7 +58,7 @@ impl Stats {
             "{{\"open\":{},\"accepted\":{},\"rejected\":{},\"upgraded\":{},\"messages_in\":{},\
              \"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"protocol_errors\":{},\
              \"protocol_errors_by_code\":{{\"1002\":{e1002},\"1007\":{e1007},\"1009\":{e1009}}},\
-             \"backpressure_closes\":{},\"dropped_messages\":{},\"idle_timeouts\":{}}}",
+             \"publications\":{},\"backpressure_closes\":{},\"dropped_messages\":{},\"idle_timeouts\":{}}}",
             self.open,
             self.accepted,
             self.rejected,
@@ -66,6 +68,7 @@ impl Stats {
             self.bytes_in,
             self.bytes_out,
             self.protocol_errors_total(),
+            self.publications,
             self.backpressure_closes,
             self.dropped_messages,
             self.idle_timeouts,
