@@ -120,12 +120,22 @@ struct FrameInProgress {
     len: u64,
 }
 
-/// The decoder's state between calls. Small: it lives in every connection.
+/// The decoder's state between calls. Small (32 bytes): it lives in every connection, and
+/// everything that exists only while a frame or message is partly received sits behind one
+/// box that is freed as soon as the message is complete.
 #[derive(Debug, Default)]
 pub struct Decoder {
     header: [u8; MAX_HEADER_LEN],
     header_len: u8,
     failed: bool,
+    /// RSV bits allowed by a negotiated extension.
+    allowed_rsv: u8,
+    partial: Option<Box<Partial>>,
+}
+
+/// State of a frame or message in progress.
+#[derive(Debug, Default)]
+struct Partial {
     frame: Option<FrameInProgress>,
     /// The data message in progress, if a first fragment (or partial frame) arrived.
     message: Option<MessageKind>,
@@ -134,8 +144,15 @@ pub struct Decoder {
     data: Vec<u8>,
     /// Payload of a control frame split across reads (at most 125 bytes).
     control: Vec<u8>,
-    /// RSV bits allowed by a negotiated extension.
-    allowed_rsv: u8,
+}
+
+impl Partial {
+    fn is_idle(&self) -> bool {
+        self.frame.is_none()
+            && self.message.is_none()
+            && self.data.capacity() == 0
+            && self.control.capacity() == 0
+    }
 }
 
 impl Decoder {
@@ -146,12 +163,33 @@ impl Decoder {
 
     /// Bytes held between calls (partial message and control payloads), for memory budgets.
     pub fn buffered(&self) -> usize {
-        self.data.capacity() + self.control.capacity()
+        self.partial
+            .as_ref()
+            .map_or(0, |p| p.data.capacity() + p.control.capacity())
     }
 
     /// Whether a message or frame is partly received.
     pub fn is_mid_message(&self) -> bool {
-        self.frame.is_some() || self.message.is_some() || self.header_len != 0
+        self.frame().is_some() || self.message().is_some() || self.header_len != 0
+    }
+
+    fn frame(&self) -> Option<FrameInProgress> {
+        self.partial.as_ref().and_then(|p| p.frame)
+    }
+
+    fn message(&self) -> Option<MessageKind> {
+        self.partial.as_ref().and_then(|p| p.message)
+    }
+
+    fn partial_mut(&mut self) -> &mut Partial {
+        self.partial.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the partial state once nothing is in progress: idle connections own nothing.
+    fn release_if_idle(&mut self) {
+        if self.partial.as_ref().is_some_and(|p| p.is_idle()) {
+            self.partial = None;
+        }
     }
 
     /// Decodes from `input` (see the module docs for the contract).
@@ -164,13 +202,13 @@ impl Decoder {
         }
         let mut pos = 0;
         loop {
-            let step = match self.frame {
+            let step = match self.frame() {
                 None => self.start_frame(limits, input, &mut pos),
                 Some(frame) => self.continue_frame(frame, input, &mut pos),
             };
             match step {
                 // Go on while input remains, or when a zero-length frame can complete now.
-                Ok(None) if pos < input.len() || self.frame.is_some_and(|f| f.done == f.len) => {
+                Ok(None) if pos < input.len() || self.frame().is_some_and(|f| f.done == f.len) => {
                     continue
                 }
                 Ok(None) => {
@@ -187,8 +225,7 @@ impl Decoder {
                 }
                 Err(error) => {
                     self.failed = true;
-                    self.data = Vec::new();
-                    self.control = Vec::new();
+                    self.partial = None;
                     return Decoded {
                         consumed: input.len(),
                         outcome: Outcome::Error(error),
@@ -263,10 +300,11 @@ impl Decoder {
                 None => control_event(header.opcode, Payload::Input(range), input).map(Some),
             };
         }
+        let partial = self.partial_mut();
         if let Some(kind) = kind {
-            self.message = Some(kind);
+            partial.message = Some(kind);
         }
-        self.frame = Some(FrameInProgress {
+        partial.frame = Some(FrameInProgress {
             opcode: header.opcode,
             fin: header.fin,
             mask,
@@ -281,12 +319,12 @@ impl Decoder {
         if header.payload_len > limits.max_frame && !header.opcode.is_control() {
             return Err(ProtocolError::FrameTooBig);
         }
-        match (header.opcode, self.message) {
+        let assembled = self.partial.as_ref().map_or(0, |p| p.data.len()) as u64;
+        match (header.opcode, self.message()) {
             (OpCode::Continuation, None) => Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => Err(ProtocolError::ExpectedContinuation),
             (OpCode::Continuation, Some(_))
-                if (self.data.len() as u64).saturating_add(header.payload_len)
-                    > limits.max_message =>
+                if assembled.saturating_add(header.payload_len) > limits.max_message =>
             {
                 Err(ProtocolError::MessageTooBig)
             }
@@ -311,38 +349,37 @@ impl Decoder {
         apply_mask(chunk, frame.mask, (frame.done % 4) as usize);
         frame.done += take as u64;
         let complete = frame.done == frame.len;
+        let partial = self.partial_mut();
+        partial.frame = (!complete).then_some(frame);
         if frame.opcode.is_control() {
-            self.control.extend_from_slice(chunk);
+            partial.control.extend_from_slice(chunk);
             if !complete {
-                self.frame = Some(frame);
                 return Ok(None);
             }
-            self.frame = None;
-            let payload = Payload::Owned(std::mem::take(&mut self.control));
+            let payload = Payload::Owned(std::mem::take(&mut partial.control));
+            self.release_if_idle();
             return control_event(frame.opcode, payload, input).map(Some);
         }
-        if self.message == Some(MessageKind::Text) {
-            self.utf8
+        if partial.message == Some(MessageKind::Text) {
+            partial
+                .utf8
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        self.data.extend_from_slice(chunk);
-        if !complete {
-            self.frame = Some(frame);
+        partial.data.extend_from_slice(chunk);
+        if !complete || !frame.fin {
             return Ok(None);
         }
-        self.frame = None;
-        if !frame.fin {
-            return Ok(None);
-        }
-        let kind = self.message.take().unwrap_or(MessageKind::Binary);
+        let kind = partial.message.take().unwrap_or(MessageKind::Binary);
         if kind == MessageKind::Text {
-            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            partial
+                .utf8
+                .finish()
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        Ok(Some(Event::Message(
-            kind,
-            Payload::Owned(std::mem::take(&mut self.data)),
-        )))
+        let data = std::mem::take(&mut partial.data);
+        self.release_if_idle();
+        Ok(Some(Event::Message(kind, Payload::Owned(data))))
     }
 
     fn store_partial_header(&mut self, bytes: &[u8]) {

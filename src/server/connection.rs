@@ -2,8 +2,6 @@
 //! so everything that exists only briefly (the request head being read) is boxed, and the
 //! decoder and output queue own no memory between messages.
 
-use std::time::Instant;
-
 use mio::net::TcpStream;
 
 use crate::protocol::decoder::Decoder;
@@ -11,6 +9,7 @@ use crate::protocol::handshake::HeadScanner;
 use crate::protocol::CloseCode;
 
 use super::out_queue::OutQueue;
+use super::timer::Tick;
 
 /// The bytes of a request head still arriving.
 #[derive(Debug, Default)]
@@ -51,10 +50,10 @@ pub struct Connection {
     pub out: OutQueue,
     /// Bytes queued for it in this turn's outbox.
     pub corked: usize,
-    /// The deadline the timer heap holds for this connection's phase.
-    pub deadline: Option<Instant>,
+    /// The deadline the timer heap holds for this connection's phase ([`Tick::NONE`]: none).
+    pub deadline: Tick,
     /// When bytes last arrived.
-    pub last_seen: Instant,
+    pub last_seen: Tick,
     /// The close code to report to the application when the connection ends.
     pub close_code: Option<CloseCode>,
     /// Whether the application saw `on_open` (and so must see `on_close`).
@@ -71,7 +70,7 @@ pub struct Connection {
 
 impl Connection {
     /// A freshly accepted connection, reading its request head.
-    pub fn new(socket: TcpStream, serial: u32, now: Instant) -> Connection {
+    pub fn new(socket: TcpStream, serial: u32, now: Tick) -> Connection {
         Connection {
             socket,
             serial,
@@ -79,7 +78,7 @@ impl Connection {
             decoder: Decoder::new(),
             out: OutQueue::default(),
             corked: 0,
-            deadline: None,
+            deadline: Tick::NONE,
             last_seen: now,
             close_code: None,
             app_open: false,
@@ -103,5 +102,17 @@ impl Connection {
     /// Whether it is marked for removal.
     pub fn is_dead(&self) -> bool {
         matches!(self.phase, Phase::Dead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle connection pays for this struct in the slab: keep it small on purpose.
+    #[test]
+    fn connection_stays_small() {
+        let size = std::mem::size_of::<super::Connection>();
+        assert!(size <= 112, "Connection grew to {size} bytes");
+        assert_eq!(std::mem::size_of::<crate::protocol::Decoder>(), 32);
+        assert_eq!(std::mem::size_of::<super::OutQueue>(), 8);
     }
 }

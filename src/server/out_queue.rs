@@ -31,9 +31,16 @@ impl Chunk {
     }
 }
 
-/// A connection's unsent output, in order. Empty (and unallocated) while the socket keeps up.
+/// A connection's unsent output, in order: one pointer, allocated only while the socket
+/// lags behind (an idle connection pays 8 bytes for it).
 #[derive(Debug, Default)]
 pub struct OutQueue {
+    inner: Option<Box<Chunks>>,
+}
+
+/// The queued chunks themselves.
+#[derive(Debug, Default)]
+struct Chunks {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
@@ -44,19 +51,72 @@ pub struct OutQueue {
 impl OutQueue {
     /// Unsent bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.inner.as_ref().map_or(0, |c| c.len)
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Appends a copy of `bytes`, extending the last owned chunk where it has room.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
+        if !bytes.is_empty() {
+            self.inner
+                .get_or_insert_with(Box::default)
+                .push_bytes(bytes);
         }
+    }
+
+    /// Appends a shared frame from byte `from` on (no copy when `from` is 0).
+    pub fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
+        if from < frame.len() {
+            self.inner
+                .get_or_insert_with(Box::default)
+                .push_shared(frame, from);
+        }
+    }
+
+    /// Drops everything (the connection is going away).
+    pub fn clear(&mut self) {
+        self.inner = None;
+    }
+
+    /// Writes the queue to `socket` until it is empty or the socket would block.
+    ///
+    /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest
+    /// stays queued until the socket is writable again.
+    ///
+    /// # Errors
+    /// Any other socket error (the connection is then dead).
+    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+        self.write_with(socket, &[], &[]).map(|(n, _)| n)
+    }
+
+    /// Writes the queue followed by `entries` (ranges of `outbox_bytes`, or shared frames) in
+    /// as few vectored writes as the socket allows; whatever the socket refuses is appended to
+    /// the queue, which is freed once empty. Returns (bytes written, whether the socket would
+    /// block).
+    ///
+    /// # Errors
+    /// Any socket error other than `WouldBlock`/`Interrupted`.
+    pub fn write_with(
+        &mut self,
+        socket: &mut impl Write,
+        outbox_bytes: &[u8],
+        entries: &[OutEntry],
+    ) -> io::Result<(usize, bool)> {
+        let mut chunks = self.inner.take().unwrap_or_default();
+        let result = chunks.write_with(socket, outbox_bytes, entries);
+        if chunks.len != 0 {
+            self.inner = Some(chunks);
+        }
+        result
+    }
+}
+
+impl Chunks {
+    fn push_bytes(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
         if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
             if last.capacity() - last.len() >= bytes.len() {
@@ -69,8 +129,7 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Owned(chunk));
     }
 
-    /// Appends a shared frame from byte `from` on (no copy).
-    pub fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
+    fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
         let len = frame.len().saturating_sub(from);
         if len == 0 {
             return;
@@ -81,11 +140,6 @@ impl OutQueue {
         } else {
             self.push_bytes(frame.get(from..).unwrap_or_default());
         }
-    }
-
-    /// Drops everything (the connection is going away).
-    pub fn clear(&mut self) {
-        *self = OutQueue::default();
     }
 
     /// Adds the queued slices to `iov`, front first.
@@ -124,31 +178,10 @@ impl OutQueue {
             }
         }
         self.len -= taken;
-        if self.chunks.is_empty() {
-            // Give the ring's memory back: an idle connection owns no buffers.
-            self.chunks = VecDeque::new();
-        }
         taken
     }
 
-    /// Writes the queue to `socket` until it is empty or the socket would block.
-    ///
-    /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest
-    /// stays queued until the socket is writable again.
-    ///
-    /// # Errors
-    /// Any other socket error (the connection is then dead).
-    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
-        self.write_with(socket, &[], &[]).map(|(n, _)| n)
-    }
-
-    /// Writes the queue followed by `entries` (ranges of `outbox_bytes`, or shared frames) in
-    /// as few vectored writes as the socket allows; whatever the socket refuses is appended to
-    /// the queue. Returns (bytes written, whether the socket would block).
-    ///
-    /// # Errors
-    /// Any socket error other than `WouldBlock`/`Interrupted`.
-    pub fn write_with(
+    fn write_with(
         &mut self,
         socket: &mut impl Write,
         outbox_bytes: &[u8],

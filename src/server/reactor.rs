@@ -36,7 +36,7 @@ use super::http::{error_response, ok_response, StaticFiles};
 use super::out_queue::Outbox;
 use super::rooms::Rooms;
 use super::stats::Stats;
-use super::timer::Timers;
+use super::timer::{Clock, Tick, Timers};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -65,6 +65,9 @@ pub struct Core {
     registry: Registry,
     static_files: StaticFiles,
     now: Instant,
+    /// `now` as a [`Tick`], for connection deadlines.
+    tick: Tick,
+    clock: Clock,
     next_serial: u32,
     /// Connections whose reads were cut short (fairness) or resumed after backpressure.
     ready: Vec<usize>,
@@ -116,6 +119,8 @@ impl<H: Handler> Reactor<H> {
                 registry: poll.registry().try_clone()?,
                 static_files,
                 now,
+                tick: Clock::new(now).tick(now),
+                clock: Clock::new(now),
                 next_serial: 0,
                 ready: Vec::new(),
                 doomed: Vec::new(),
@@ -183,6 +188,7 @@ impl<H: Handler> Reactor<H> {
                 return Err(e);
             }
             self.core.now = Instant::now();
+            self.core.tick = self.core.clock.tick(self.core.now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -233,7 +239,10 @@ impl<H: Handler> Reactor<H> {
             return Some(Duration::ZERO);
         }
         let deadlines = [
-            self.core.timers.next_deadline(),
+            self.core
+                .timers
+                .next_deadline()
+                .map(|t| self.core.clock.instant(t)),
             self.accept_paused_until,
             self.next_stats,
             self.core.shutdown_deadline,
@@ -345,7 +354,7 @@ impl<H: Handler> Reactor<H> {
                     return;
                 }
             };
-            conn.last_seen = self.core.now;
+            conn.last_seen = self.core.tick;
             conn.ping_sent = false;
             self.core.stats.bytes_in += n as u64;
             let input = self.read_buf.get_mut(..n).unwrap_or_default();
@@ -412,7 +421,7 @@ impl Core {
             return;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
-        entry.insert(Connection::new(socket, self.next_serial, self.now));
+        entry.insert(Connection::new(socket, self.next_serial, self.tick));
         self.stats.accepted += 1;
         self.stats.open += 1;
         if over_limit {
@@ -424,14 +433,14 @@ impl Core {
             self.reject_http(key, 503, &[("Retry-After", "5")]);
         } else {
             debug!("{peer}: accepted as #{key}");
-            self.arm(key, self.now + self.config.handshake_timeout);
+            self.arm(key, self.tick.after(self.config.handshake_timeout));
         }
     }
 
     /// Sets a connection's deadline and schedules it.
-    fn arm(&mut self, key: usize, at: Instant) {
+    fn arm(&mut self, key: usize, at: Tick) {
         if let Some(conn) = self.conns.get_mut(key) {
-            conn.deadline = Some(at);
+            conn.deadline = at;
             self.timers.schedule(at, key, conn.serial);
         }
     }
@@ -501,7 +510,7 @@ impl Core {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.phase = Phase::Head(head);
             }
-            self.arm(key, self.now + self.config.handshake_timeout);
+            self.arm(key, self.tick.after(self.config.handshake_timeout));
         }
     }
 
@@ -592,7 +601,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.phase = Phase::Linger;
         }
-        self.arm(key, self.now + self.config.close_timeout);
+        self.arm(key, self.tick.after(self.config.close_timeout));
     }
 
     fn on_frames<H: Handler>(&mut self, app: &mut H, key: usize, input: &mut [u8]) {
@@ -753,7 +762,7 @@ impl Core {
             conn.phase = Phase::CloseSent;
             conn.close_code = Some(code);
         }
-        self.arm(key, self.now + self.config.close_timeout);
+        self.arm(key, self.tick.after(self.config.close_timeout));
     }
 
     pub(crate) fn buffered_amount(&self, id: ConnId) -> Option<usize> {
@@ -913,14 +922,14 @@ impl Core {
     }
 
     fn fire_timers<H: Handler>(&mut self, app: &mut H) {
-        while let Some((at, key, serial)) = self.timers.pop_due(self.now) {
+        while let Some((at, key, serial)) = self.timers.pop_due(self.tick) {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.serial != serial || conn.deadline != Some(at) {
+            if conn.serial != serial || conn.deadline != at {
                 continue; // Stale: re-armed or a different connection since.
             }
-            conn.deadline = None;
+            conn.deadline = Tick::NONE;
             match conn.phase {
                 Phase::Head(_) => {
                     debug!("#{key}: handshake timeout");
@@ -944,7 +953,7 @@ impl Core {
             .flatten()
             .min();
         if let Some(after) = first {
-            self.arm(key, self.now + after);
+            self.arm(key, self.tick.after(after));
         }
     }
 
@@ -955,7 +964,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let silent = self.now.saturating_duration_since(conn.last_seen);
+        let silent = self.tick.since(conn.last_seen);
         if idle.is_some_and(|idle| silent >= idle) {
             debug!("#{key}: no traffic for {silent:?}: dropping the dead peer (1006)");
             self.stats.idle_timeouts += 1;
@@ -970,13 +979,15 @@ impl Core {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let next_ping = ping.filter(|_| !conn.ping_sent).map(|p| conn.last_seen + p);
-        let next_idle = idle.map(|i| conn.last_seen + i);
+        let next_ping = ping
+            .filter(|_| !conn.ping_sent)
+            .map(|p| conn.last_seen.after(p));
+        let next_idle = idle.map(|i| conn.last_seen.after(i));
         let next = [next_ping, next_idle].into_iter().flatten().min();
         if let Some(next) = next {
-            let next = if next <= self.now {
+            let next = if next <= self.tick {
                 // Ping sent and no idle limit configured: check again one interval later.
-                self.now + ping.unwrap_or(Duration::from_secs(30))
+                self.tick.after(ping.unwrap_or(Duration::from_secs(30)))
             } else {
                 next
             };
