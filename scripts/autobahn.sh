@@ -2,7 +2,13 @@
 # Autobahn conformance (fuzzingclient cases) against a freshly built release wsloop.
 #
 # usage: scripts/autobahn.sh [INCLUDE_GLOBS] [EXCLUDE_GLOBS]
-#   default: every case except 12.* and 13.* (permessage-deflate is not implemented yet)
+#   default: every case, 1.* to 13.*, against `wsloop --deflate --deflate-min-size 0`
+#   (12.*/13.* are permessage-deflate). WSLOOP_ARGS replaces the extra server flags.
+#
+# Why --deflate-min-size 0: kosoku 0.1.0's case 12/13 code hashes a received text message
+# without encoding it when it arrived uncompressed ("Strings must be encoded before hashing"),
+# so a server that sends short messages uncompressed (RFC 7692 allows it; wsloop's default is
+# 64 bytes) gets ERROR on the 16-byte cases through no fault of its own.
 #
 # The runner is `kosoku` (PyPI, pinned): a Python 3 runner of Autobahn's own case files (the
 # original `autobahntestsuite` is Python 2 code and does not run here). It is installed into a
@@ -11,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 include=${1:-}
-exclude=${2-12.*,13.*}
+exclude=${2:-}
 tmp=${TMPDIR:-/tmp}
 venv=${AUTOBAHN_VENV:-$tmp/wsloop-kosoku-venv}
 if [[ ! -x $venv/bin/kosoku ]]; then
@@ -22,7 +28,8 @@ cargo build --release --quiet --bin wsloop
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 out=$tmp/wsloop-autobahn-$port
 log=$tmp/wsloop-autobahn-server-$port.log
-target/release/wsloop --addr "127.0.0.1:$port" >"$log" 2>&1 &
+# shellcheck disable=SC2086
+target/release/wsloop --addr "127.0.0.1:$port" ${WSLOOP_ARGS:---deflate --deflate-min-size 0} >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
 use wsloop::server::SlowConsumerPolicy;
 use wsloop::{Config, EchoChat, Reactor};
@@ -65,6 +66,22 @@ struct Args {
     /// Seconds between stats log lines (0 disables).
     #[arg(long, default_value_t = 0.0)]
     stats_interval: f64,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it.
+    #[arg(long)]
+    deflate: bool,
+    /// Largest compression window, in bits (9-15), for the server and asked of clients.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
+    deflate_window_bits: u8,
+    /// Keep deflate contexts across messages (better ratio; ~300 KiB per connection). Off:
+    /// one shared context pair per reactor.
+    #[arg(long)]
+    deflate_context_takeover: bool,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, default_value_t = 64)]
+    deflate_min_size: usize,
+    /// zlib compression level (0-9).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    deflate_level: u32,
 }
 
 fn seconds(s: f64) -> Option<Duration> {
@@ -95,6 +112,13 @@ impl Args {
             static_dir: self.static_dir.clone(),
             allow_origins: self.allow_origin.clone(),
             stats_interval: seconds(self.stats_interval),
+            deflate: self.deflate.then_some(DeflateConfig {
+                server_max_window_bits: self.deflate_window_bits,
+                client_max_window_bits: self.deflate_window_bits,
+                context_takeover: self.deflate_context_takeover,
+                min_size: self.deflate_min_size,
+                level: self.deflate_level,
+            }),
         }
     }
 }

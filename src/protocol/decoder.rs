@@ -75,6 +75,9 @@ impl Payload {
 pub enum Event {
     /// A complete text or binary message (text already validated as UTF-8).
     Message(MessageKind, Payload),
+    /// A complete message sent compressed (RSV1, permessage-deflate): inflate it within the
+    /// message limit, then validate text as UTF-8 — the decoder cannot, it sees deflate bytes.
+    Compressed(MessageKind, Payload),
     /// A ping; the caller answers with a pong carrying the same payload.
     Ping(Payload),
     /// A pong.
@@ -109,6 +112,9 @@ pub struct Decoded {
     pub outcome: Outcome,
 }
 
+/// The RSV1 bit as `FrameHeader::rsv` holds it (RFC 7692 uses it as "Per-Message Compressed").
+const RSV1: u8 = 0x4;
+
 /// A frame whose header has been read and whose payload is still arriving.
 #[derive(Debug, Clone, Copy)]
 struct FrameInProgress {
@@ -137,6 +143,8 @@ pub struct Decoder {
 #[derive(Debug, Default)]
 struct Partial {
     frame: Option<FrameInProgress>,
+    /// The message in progress is compressed (its first frame had RSV1).
+    compressed: bool,
     /// The data message in progress, if a first fragment (or partial frame) arrived.
     message: Option<MessageKind>,
     utf8: Utf8Validator,
@@ -166,6 +174,11 @@ impl Decoder {
         self.partial
             .as_ref()
             .map_or(0, |p| p.data.capacity() + p.control.capacity())
+    }
+
+    /// Accepts RSV1 on the first frame of a data message: permessage-deflate was negotiated.
+    pub fn enable_compression(&mut self) {
+        self.allowed_rsv |= RSV1;
     }
 
     /// Whether a message or frame is partly received.
@@ -275,6 +288,12 @@ impl Decoder {
         };
         *pos += header_bytes;
         self.check_sequence(limits, &header)?;
+        // RFC 7692 §6.1: RSV1 marks the first frame of a compressed message; it is an error on
+        // control frames and on continuations.
+        let compressed = header.rsv & RSV1 != 0;
+        if compressed && !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::ReservedBits);
+        }
         let mask = header.mask.unwrap_or_default();
         let available = (input.len() - *pos) as u64;
         let kind = match header.opcode {
@@ -291,6 +310,9 @@ impl Decoder {
             let payload = input.get_mut(range.clone()).unwrap_or_default();
             apply_mask(payload, mask, 0);
             return match kind {
+                Some(kind) if compressed => {
+                    Ok(Some(Event::Compressed(kind, Payload::Input(range))))
+                }
                 Some(kind) => {
                     if kind == MessageKind::Text {
                         super::utf8::validate(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -303,6 +325,7 @@ impl Decoder {
         let partial = self.partial_mut();
         if let Some(kind) = kind {
             partial.message = Some(kind);
+            partial.compressed = compressed;
         }
         partial.frame = Some(FrameInProgress {
             opcode: header.opcode,
@@ -360,7 +383,7 @@ impl Decoder {
             self.release_if_idle();
             return control_event(frame.opcode, payload, input).map(Some);
         }
-        if partial.message == Some(MessageKind::Text) {
+        if partial.message == Some(MessageKind::Text) && !partial.compressed {
             partial
                 .utf8
                 .feed(chunk)
@@ -371,6 +394,11 @@ impl Decoder {
             return Ok(None);
         }
         let kind = partial.message.take().unwrap_or(MessageKind::Binary);
+        if std::mem::take(&mut partial.compressed) {
+            let data = std::mem::take(&mut partial.data);
+            self.release_if_idle();
+            return Ok(Some(Event::Compressed(kind, Payload::Owned(data))));
+        }
         if kind == MessageKind::Text {
             partial
                 .utf8
@@ -417,6 +445,7 @@ mod tests {
     enum Kind {
         Text,
         Binary,
+        Compressed(MessageKind),
         Ping,
         Pong,
         Close(Option<u16>),
@@ -428,6 +457,7 @@ mod tests {
         let (kind, payload) = match event {
             Event::Message(MessageKind::Text, p) => (Kind::Text, p),
             Event::Message(MessageKind::Binary, p) => (Kind::Binary, p),
+            Event::Compressed(kind, p) => (Kind::Compressed(*kind), p),
             Event::Ping(p) => (Kind::Ping, p),
             Event::Pong(p) => (Kind::Pong, p),
             Event::Close { code, payload } => (Kind::Close(code.map(|c| c.0)), payload),
@@ -2107,5 +2137,92 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(limits.max_frame, 16 << 20);
         assert_eq!(limits.max_message, 16 << 20);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // permessage-deflate: RSV1
+    // ---------------------------------------------------------------------------------------
+
+    /// `frame` with RSV1 set (the first byte's 0x40 bit).
+    fn rsv1(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes[0] |= 0x40;
+        bytes
+    }
+
+    #[test]
+    fn rsv1_is_refused_without_compression() {
+        expect_error(
+            &rsv1(frame(true, OpCode::Text, b"x")),
+            ProtocolError::ReservedBits,
+            1002,
+        );
+    }
+
+    #[test]
+    fn compressed_messages_skip_utf8_and_are_marked() {
+        let mut decoder = Decoder::new();
+        decoder.enable_compression();
+        let limits = Limits::default();
+        // Deflate bytes are not UTF-8; the decoder must not judge them.
+        let whole = rsv1(frame(
+            true,
+            OpCode::Text,
+            &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+        ));
+        let got = decode_all(&mut decoder, &limits, &whole);
+        assert_eq!(
+            got,
+            vec![Ok((
+                Kind::Compressed(MessageKind::Text),
+                vec![0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]
+            ))]
+        );
+        // Fragmented: RSV1 on the first frame only, with a ping in between.
+        let stream = concat(&[
+            rsv1(frame(false, OpCode::Binary, &[0xff, 0x01])),
+            frame(true, OpCode::Ping, b"p"),
+            frame(true, OpCode::Continuation, &[0x02]),
+        ]);
+        let got = decode_chunks(&mut Decoder::new_compressed(), &limits, &stream, &[3, 9]);
+        assert_eq!(
+            got,
+            vec![
+                ping("p"),
+                Ok((
+                    Kind::Compressed(MessageKind::Binary),
+                    vec![0xff, 0x01, 0x02]
+                ))
+            ]
+        );
+        // Uncompressed messages on the same connection are still validated.
+        let got = decode_all(&mut decoder, &limits, &frame(true, OpCode::Text, &[0xff]));
+        assert_eq!(got, vec![Err(ProtocolError::InvalidUtf8)]);
+    }
+
+    #[test]
+    fn rsv1_on_control_or_continuation_is_an_error() {
+        let limits = Limits::default();
+        let mut decoder = Decoder::new_compressed();
+        let got = decode_all(&mut decoder, &limits, &rsv1(frame(true, OpCode::Ping, b"")));
+        assert_eq!(got, vec![Err(ProtocolError::ReservedBits)]);
+        let stream = concat(&[
+            rsv1(frame(false, OpCode::Text, b"a")),
+            rsv1(frame(true, OpCode::Continuation, b"b")),
+        ]);
+        let got = decode_all(&mut Decoder::new_compressed(), &limits, &stream);
+        assert_eq!(got, vec![Err(ProtocolError::ReservedBits)]);
+        // RSV2 and RSV3 stay reserved.
+        let mut bad = frame(true, OpCode::Text, b"a");
+        bad[0] |= 0x20;
+        let got = decode_all(&mut Decoder::new_compressed(), &limits, &bad);
+        assert_eq!(got, vec![Err(ProtocolError::ReservedBits)]);
+    }
+
+    impl Decoder {
+        fn new_compressed() -> Decoder {
+            let mut d = Decoder::new();
+            d.enable_compression();
+            d
+        }
     }
 }

@@ -30,6 +30,8 @@ pub enum ProtocolError {
     InvalidUtf8,
     /// A close payload of one byte, or a code that may not be sent (§5.5.1, §7.4).
     InvalidClosePayload,
+    /// A compressed message that is not valid raw deflate (RFC 7692 §6.2).
+    BadCompressedData,
 }
 
 impl ProtocolError {
@@ -48,6 +50,7 @@ impl ProtocolError {
             ProtocolError::MessageTooBig => "message over the size limit",
             ProtocolError::InvalidUtf8 => "invalid UTF-8",
             ProtocolError::InvalidClosePayload => "invalid close payload",
+            ProtocolError::BadCompressedData => "invalid compressed data",
         }
     }
 }
@@ -63,7 +66,9 @@ impl std::error::Error for ProtocolError {}
 impl From<&ProtocolError> for CloseCode {
     fn from(e: &ProtocolError) -> CloseCode {
         match e {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }

@@ -176,9 +176,20 @@ impl FrameHeader {
 
 /// Encodes the header of an unmasked, unfragmented server frame.
 pub fn server_header(opcode: OpCode, payload_len: usize, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
+    data_header(opcode, false, payload_len, out)
+}
+
+/// Encodes the header of an unmasked, unfragmented server frame, with RSV1 set when the
+/// payload is compressed (permessage-deflate).
+pub fn data_header(
+    opcode: OpCode,
+    compressed: bool,
+    payload_len: usize,
+    out: &mut [u8; MAX_HEADER_LEN],
+) -> usize {
     FrameHeader {
         fin: true,
-        rsv: 0,
+        rsv: if compressed { 0x4 } else { 0 },
         opcode,
         mask: None,
         payload_len: payload_len as u64,

@@ -296,8 +296,14 @@ pub fn accept_key(key: &str) -> String {
     BASE64.encode(sha.finalize())
 }
 
-/// Appends the `101 Switching Protocols` answer to `out`.
-pub fn write_accept_response(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
+/// Appends the `101 Switching Protocols` answer to `out`, with the selected subprotocol and
+/// the accepted extensions, if any.
+pub fn write_accept_response(
+    out: &mut Vec<u8>,
+    key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -305,6 +311,10 @@ pub fn write_accept_response(out: &mut Vec<u8>, key: &str, protocol: Option<&str
     if let Some(protocol) = protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(protocol.as_bytes());
+    }
+    if let Some(extensions) = extensions {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(extensions.as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
 }
@@ -446,11 +456,17 @@ mod tests {
     #[test]
     fn response_bytes() {
         let mut out = Vec::new();
-        write_accept_response(&mut out, "dGhlIHNhbXBsZSBub25jZQ==", Some("chat"));
+        write_accept_response(
+            &mut out,
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some("chat"),
+            Some("permessage-deflate"),
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(text.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(text.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
     }
 }

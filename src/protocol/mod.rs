@@ -5,6 +5,7 @@
 
 pub mod close;
 pub mod decoder;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
 /// What to do with a publication for a subscriber whose send queue is already over the
@@ -50,6 +51,8 @@ pub struct Config {
     pub allow_origins: Vec<String>,
     /// Interval of the stats log line; `None` disables it.
     pub stats_interval: Option<Duration>,
+    /// permessage-deflate (RFC 7692) settings; `None` declines every offer.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             static_dir: PathBuf::from("html"),
             allow_origins: Vec::new(),
             stats_interval: None,
+            deflate: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::protocol::decoder::Decoder;
 use crate::protocol::handshake::HeadScanner;
 use crate::protocol::CloseCode;
 
+use super::compression::ConnDeflate;
 use super::out_queue::OutQueue;
 use super::timer::Tick;
 
@@ -66,6 +67,8 @@ pub struct Connection {
     pub read_paused: bool,
     /// Whether our FIN was sent (`shutdown(Write)`).
     pub fin_sent: bool,
+    /// permessage-deflate state, when negotiated.
+    pub deflate: Option<Box<ConnDeflate>>,
 }
 
 impl Connection {
@@ -86,6 +89,7 @@ impl Connection {
             writable: true,
             read_paused: false,
             fin_sent: false,
+            deflate: None,
         }
     }
 
@@ -111,7 +115,7 @@ mod tests {
     #[test]
     fn connection_stays_small() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 112, "Connection grew to {size} bytes");
+        assert!(size <= 120, "Connection grew to {size} bytes");
         assert_eq!(std::mem::size_of::<crate::protocol::Decoder>(), 32);
         assert_eq!(std::mem::size_of::<super::OutQueue>(), 8);
     }

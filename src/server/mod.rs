@@ -1,6 +1,7 @@
 //! The reactor: moves bytes between sockets and the [`crate::protocol`] core, and nothing else.
 
 pub mod app;
+pub mod compression;
 pub mod config;
 pub mod connection;
 pub mod handle;

@@ -22,13 +22,15 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::protocol::close::{parse_close_payload, truncate_reason};
-use crate::protocol::frame::{server_header, OpCode, MAX_HEADER_LEN};
+use crate::protocol::deflate::negotiate;
+use crate::protocol::frame::{data_header, server_header, OpCode, MAX_HEADER_LEN};
 use crate::protocol::handshake::{
     validate_upgrade, write_accept_response, HandshakeError, RequestHead, EMPTY_HEADER,
 };
 use crate::protocol::{CloseCode, Event, MessageKind, Outcome, ProtocolError};
 
 use super::app::{ConnId, Context, Decision, Handler, Message, Request};
+use super::compression::{ConnDeflate, SharedContexts};
 use super::config::{Config, SlowConsumerPolicy};
 use super::connection::{Connection, Phase};
 use super::handle::{Command, ServerHandle};
@@ -75,6 +77,11 @@ pub struct Core {
     doomed: Vec<usize>,
     shutting_down: bool,
     shutdown_deadline: Option<Instant>,
+    /// Deflate contexts shared by connections without context takeover.
+    contexts: SharedContexts,
+    /// Scratch for inflated messages and compressed frames (reused, trimmed when large).
+    inflate_buf: Vec<u8>,
+    deflate_buf: Vec<u8>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
@@ -126,6 +133,9 @@ impl<H: Handler> Reactor<H> {
                 doomed: Vec::new(),
                 shutting_down: false,
                 shutdown_deadline: None,
+                contexts: SharedContexts::new(config.deflate.map_or(1, |d| d.level)),
+                inflate_buf: Vec::new(),
+                deflate_buf: Vec::new(),
                 config,
             },
             poll,
@@ -567,14 +577,32 @@ impl Core {
                 return false;
             }
         };
-        let mut response = Vec::with_capacity(160);
-        write_accept_response(&mut response, key_header, protocol.as_deref());
+        let deflate = self.config.deflate.as_ref().and_then(|config| {
+            let offers = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| h.value);
+            negotiate(offers, config)
+        });
+        let extensions = deflate.map(|params| params.response_value());
+        let mut response = Vec::with_capacity(256);
+        write_accept_response(
+            &mut response,
+            key_header,
+            protocol.as_deref(),
+            extensions.as_deref(),
+        );
         self.queue(key, &[&response]);
         self.stats.upgraded += 1;
         debug!("#{key}: upgraded {} from {peer}", req.target);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.phase = Phase::Open;
             conn.app_open = true;
+            if let Some(params) = deflate {
+                conn.decoder.enable_compression();
+                conn.deflate = Some(Box::new(ConnDeflate::new(params)));
+            }
         }
         self.arm_idle(key);
         true
@@ -600,6 +628,12 @@ impl Core {
     fn linger(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.phase = Phase::Linger;
+            if conn.buffered_amount() == 0 && !conn.fin_sent {
+                // Nothing left to write (e.g. the peer answered our close): FIN now. Otherwise
+                // `after_write` sends it once the queue drains.
+                conn.fin_sent = true;
+                let _ = conn.socket.shutdown(Shutdown::Write);
+            }
         }
         self.arm(key, self.tick.after(self.config.close_timeout));
     }
@@ -631,20 +665,13 @@ impl Core {
         let open = self.conns.get(key).is_some_and(Connection::is_open);
         match event {
             Event::Message(kind, payload) => {
-                if !open {
-                    return; // After our close, data is ignored (§5.5.1).
+                if open {
+                    self.deliver(app, key, kind, payload.bytes(input));
                 }
-                self.stats.messages_in += 1;
-                let bytes = payload.bytes(input);
-                let msg = match kind {
-                    MessageKind::Binary => Message::Binary(bytes),
-                    MessageKind::Text => match crate::protocol::utf8::validate(bytes) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => return self.fail(key, ProtocolError::InvalidUtf8),
-                    },
-                };
-                if let Some(id) = self.id_of(key) {
-                    app.on_message(&mut Context { core: self }, id, msg);
+            }
+            Event::Compressed(kind, payload) => {
+                if open {
+                    self.inflate_and_deliver(app, key, kind, payload.bytes(input));
                 }
             }
             Event::Ping(payload) => {
@@ -666,6 +693,46 @@ impl Core {
                 // The close handshake is complete: the server closes TCP first (§7.1.1).
                 self.linger(key);
             }
+        }
+    }
+
+    /// Hands a complete message to the application (text validated once more as `&str`).
+    fn deliver<H: Handler>(&mut self, app: &mut H, key: usize, kind: MessageKind, bytes: &[u8]) {
+        self.stats.messages_in += 1;
+        let msg = match kind {
+            MessageKind::Binary => Message::Binary(bytes),
+            MessageKind::Text => match crate::protocol::utf8::validate(bytes) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return self.fail(key, ProtocolError::InvalidUtf8),
+            },
+        };
+        if let Some(id) = self.id_of(key) {
+            app.on_message(&mut Context { core: self }, id, msg);
+        }
+    }
+
+    /// Inflates a compressed message (bounded by the message limit: a deflate bomb fails with
+    /// 1009 after at most that many bytes) and delivers it.
+    fn inflate_and_deliver<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        kind: MessageKind,
+        bytes: &[u8],
+    ) {
+        let mut out = std::mem::take(&mut self.inflate_buf);
+        out.clear();
+        let max = usize::try_from(self.config.limits.max_message).unwrap_or(usize::MAX);
+        let result = match self.conns.get_mut(key).and_then(|c| c.deflate.as_mut()) {
+            Some(deflate) => self.contexts.inflate(deflate, bytes, &mut out, max),
+            None => Err(ProtocolError::ReservedBits),
+        };
+        match result {
+            Ok(()) => self.deliver(app, key, kind, &out),
+            Err(e) => self.fail(key, e),
+        }
+        if out.capacity() <= READ_BUF {
+            self.inflate_buf = out;
         }
     }
 
@@ -735,13 +802,37 @@ impl Core {
         if !self.conns.get(key).is_some_and(Connection::is_open) {
             return false;
         }
-        let opcode = match msg {
-            Message::Text(_) => OpCode::Text,
-            Message::Binary(_) => OpCode::Binary,
-        };
-        self.queue_frame(key, opcode, &[msg.as_bytes()]);
+        self.queue_message(key, &msg);
         self.stats.messages_out += 1;
         true
+    }
+
+    /// Corks one data frame for `key`, compressed when deflate was negotiated.
+    fn queue_message(&mut self, key: usize, msg: &Message<'_>) {
+        let opcode = opcode_of(msg);
+        let payload = msg.as_bytes();
+        if let Some(compressed) = self.compress_for(key, payload) {
+            let mut header = [0u8; MAX_HEADER_LEN];
+            let n = data_header(opcode, true, compressed.len(), &mut header);
+            self.queue(key, &[header.get(..n).unwrap_or_default(), &compressed]);
+            self.deflate_buf = compressed;
+        } else {
+            self.queue_frame(key, opcode, &[payload]);
+        }
+    }
+
+    /// `payload` compressed for connection `key`, when it negotiated deflate and the message is
+    /// long enough to be worth it. The buffer is the reactor's scratch: give it back after use.
+    fn compress_for(&mut self, key: usize, payload: &[u8]) -> Option<Vec<u8>> {
+        let min_size = self.config.deflate.as_ref()?.min_size;
+        if payload.len() < min_size {
+            return None;
+        }
+        let deflate = self.conns.get_mut(key)?.deflate.as_mut()?;
+        let mut out = std::mem::take(&mut self.deflate_buf);
+        out.clear();
+        self.contexts.compress(deflate, payload, &mut out);
+        Some(out)
     }
 
     pub(crate) fn close_conn(&mut self, id: ConnId, code: CloseCode, reason: &str) {
@@ -785,17 +876,12 @@ impl Core {
     /// every open connection). Members over the backpressure limit get the slow-consumer
     /// policy instead.
     pub(crate) fn publish(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
-        let opcode = match msg {
-            Message::Text(_) => OpCode::Text,
-            Message::Binary(_) => OpCode::Binary,
-        };
+        let opcode = opcode_of(&msg);
         let payload = msg.as_bytes();
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let n = server_header(opcode, payload.len(), &mut header);
-        let mut frame = Vec::with_capacity(n + payload.len());
-        frame.extend_from_slice(header.get(..n).unwrap_or_default());
-        frame.extend_from_slice(payload);
-        let frame: Rc<[u8]> = frame.into();
+        let frame = shared_frame(opcode, false, payload);
+        // Deflate receivers without context takeover share one compressed frame per window
+        // size; those with context takeover need their own compression.
+        let mut compressed: [Option<Rc<[u8]>>; 7] = Default::default();
         self.stats.publications += 1;
         let members: Vec<usize> = match topic {
             Some(topic) => self.rooms.members(topic).to_vec(),
@@ -814,7 +900,7 @@ impl Core {
             if !conn.is_open() {
                 continue;
             }
-            if conn.buffered_amount() + frame.len() > self.config.max_backpressure {
+            if conn.buffered_amount() + payload.len() > self.config.max_backpressure {
                 self.stats.backpressure_closes += 1;
                 match self.config.slow_consumer {
                     SlowConsumerPolicy::Close => {
@@ -825,9 +911,44 @@ impl Core {
                 }
                 continue;
             }
-            conn.corked += frame.len();
-            self.outbox.push_shared(key, &frame);
+            let shared_deflate = conn.deflate.as_ref().map(|d| {
+                (
+                    d.params.server_no_context_takeover,
+                    d.params.server_max_window_bits,
+                )
+            });
+            let min_size = self
+                .config
+                .deflate
+                .as_ref()
+                .map_or(usize::MAX, |d| d.min_size);
             delivered += 1;
+            let frame = match shared_deflate {
+                Some((true, bits)) if payload.len() >= min_size => {
+                    let slot = compressed.get_mut(usize::from(bits.clamp(9, 15) - 9));
+                    match slot {
+                        Some(Some(frame)) => Rc::clone(frame),
+                        Some(slot) => match self.compress_for(key, payload) {
+                            Some(packed) => {
+                                let frame = shared_frame(opcode, true, &packed);
+                                self.deflate_buf = packed;
+                                slot.insert(frame).clone()
+                            }
+                            None => Rc::clone(&frame),
+                        },
+                        None => Rc::clone(&frame),
+                    }
+                }
+                Some((false, _)) if payload.len() >= min_size => {
+                    self.queue_message(key, &msg);
+                    continue;
+                }
+                _ => Rc::clone(&frame),
+            };
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.corked += frame.len();
+            }
+            self.outbox.push_shared(key, &frame);
         }
         self.stats.messages_out += delivered as u64;
         delivered
@@ -1065,6 +1186,23 @@ impl Core {
             self.outbox = produced;
         }
     }
+}
+
+fn opcode_of(msg: &Message<'_>) -> OpCode {
+    match msg {
+        Message::Text(_) => OpCode::Text,
+        Message::Binary(_) => OpCode::Binary,
+    }
+}
+
+/// One complete server frame in a reference-counted buffer, for sharing among receivers.
+fn shared_frame(opcode: OpCode, compressed: bool, payload: &[u8]) -> Rc<[u8]> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = data_header(opcode, compressed, payload.len(), &mut header);
+    let mut frame = Vec::with_capacity(n + payload.len());
+    frame.extend_from_slice(header.get(..n).unwrap_or_default());
+    frame.extend_from_slice(payload);
+    frame.into()
 }
 
 /// A writer that always would block: queues entries without touching a socket.

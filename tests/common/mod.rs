@@ -120,7 +120,10 @@ pub fn raw_upgraded(server: &ServerProcess, path: &str) -> TcpStream {
         .write_all(upgrade_request(path).as_bytes())
         .expect("send upgrade");
     let head = read_http_head(&mut stream);
-    assert!(head.starts_with("HTTP/1.1 101"), "bad upgrade answer: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "bad upgrade answer: {head}"
+    );
     stream
 }
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# End-to-end test of the demo page (html/index.html) in headless Chromium against a real
+# wsloop on a free loopback port. Installs what is missing on a fresh Debian machine (as root):
+# Chromium and fonts for CJK/emoji from Debian, playwright-core from npm (tests/browser).
+#
+#   bash scripts/browser-test.sh
+#
+# Env: SCREENSHOT (default target/browser/demo.png), BROWSER_TEST_TIMEOUT (seconds, default 300).
+# Exit code: the test's (124 if it timed out).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { printf 'browser-test: %s\n' "$*" >&2; }
+
+# ---- system packages (Debian) ------------------------------------------------------------
+apt_missing=()
+[[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
+# Fonts only matter for the screenshot (CJK and emoji glyphs instead of boxes).
+for pkg in fonts-noto-color-emoji fonts-wqy-zenhei; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$pkg")
+done
+if ((${#apt_missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    log "missing Debian packages: ${apt_missing[*]} (run as root or install them)"
+    [[ -x /usr/bin/chromium ]] || exit 1
+  else
+    log "installing ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+  fi
+fi
+[[ -x /usr/bin/chromium ]] || { log "/usr/bin/chromium not found"; exit 1; }
+command -v node >/dev/null || { log "node not found"; exit 1; }
+
+# ---- npm -----------------------------------------------------------------------------------
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+  log "npm ci in tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# ---- server --------------------------------------------------------------------------------
+cargo build --release --bin wsloop
+
+tmp="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+target/release/wsloop --addr 127.0.0.1:0 >"$tmp/stdout" 2>"$tmp/stderr" &
+server_pid=$!
+
+addr=""
+for _ in $(seq 200); do # up to 20 s
+  addr="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$tmp/stdout" | head -n 1)"
+  [[ -n "$addr" ]] && break
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    log "wsloop exited before listening"
+    cat "$tmp/stdout" "$tmp/stderr" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+if [[ -z "$addr" ]]; then
+  log "no 'listening on' line from wsloop within 20 s"
+  cat "$tmp/stdout" "$tmp/stderr" >&2
+  exit 1
+fi
+log "wsloop (pid $server_pid) listening on $addr"
+
+# ---- test ----------------------------------------------------------------------------------
+export WSLOOP_URL="http://$addr/"
+export SCREENSHOT="${SCREENSHOT:-$root/target/browser/demo.png}"
+mkdir -p "$(dirname "$SCREENSHOT")"
+status=0
+(cd tests/browser && timeout --kill-after=10 "${BROWSER_TEST_TIMEOUT:-300}" node --test) || status=$?
+if ((status != 0)); then
+  log "test failed (exit $status); wsloop stderr follows"
+  tail -n 50 "$tmp/stderr" >&2 || true
+fi
+exit "$status"

@@ -1,0 +1,456 @@
+//! permessage-deflate (RFC 7692): negotiating the extension, and compressing and inflating
+//! whole messages with hard output bounds.
+//!
+//! # Memory
+//! A deflate context costs memory for as long as it keeps its sliding window: about 256 KiB
+//! for a compressor with a 32 KiB window, about 40 KiB for an inflater. "No context takeover"
+//! means the window is dropped after every message, so one context can serve every connection
+//! in turn: by default wsloop answers with `server_no_context_takeover` and
+//! `client_no_context_takeover` (RFC 7692 §7.1.1 lets a server add both), so a reactor needs one
+//! compressor and one inflater whatever the number of connections. Context takeover (better
+//! ratios on streams of small similar messages) is opt-in and then costs a context pair per
+//! connection, created on its first compressed message.
+//!
+//! zlib cannot compress raw deflate with a 256-byte window (`windowBits` 8), so an offer that
+//! requires `server_max_window_bits=8` is declined, as RFC 7692 §7.1.2.1 allows.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::error::ProtocolError;
+
+/// The tail that a sync flush ends with, removed from and re-added to each message (§7.2.1).
+const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// What the server is willing to negotiate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateConfig {
+    /// Largest window the server compresses with (9–15).
+    pub server_max_window_bits: u8,
+    /// Largest window the server asks clients to compress with, when they let it (9–15).
+    pub client_max_window_bits: u8,
+    /// Keep compression contexts across messages (better ratio, memory per connection).
+    pub context_takeover: bool,
+    /// Messages shorter than this are sent uncompressed.
+    pub min_size: usize,
+    /// zlib level 0–9.
+    pub level: u32,
+}
+
+impl Default for DeflateConfig {
+    fn default() -> Self {
+        DeflateConfig {
+            server_max_window_bits: 15,
+            client_max_window_bits: 15,
+            context_takeover: false,
+            min_size: 64,
+            level: 1,
+        }
+    }
+}
+
+/// The parameters agreed for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateParams {
+    /// The server resets its compressor after each message.
+    pub server_no_context_takeover: bool,
+    /// The client resets its compressor after each message (so our inflater may too).
+    pub client_no_context_takeover: bool,
+    /// The server's compression window.
+    pub server_max_window_bits: u8,
+    /// `Some(bits)` when the response limits the client's window.
+    pub client_max_window_bits: Option<u8>,
+    /// Whether the offer named `server_max_window_bits` (the response must then carry it).
+    server_bits_requested: bool,
+}
+
+impl DeflateParams {
+    /// The `Sec-WebSocket-Extensions` value that accepts this configuration.
+    pub fn response_value(&self) -> String {
+        let mut value = String::from("permessage-deflate");
+        if self.server_no_context_takeover {
+            value.push_str("; server_no_context_takeover");
+        }
+        if self.client_no_context_takeover {
+            value.push_str("; client_no_context_takeover");
+        }
+        if self.server_bits_requested || self.server_max_window_bits < 15 {
+            value.push_str("; server_max_window_bits=");
+            value.push_str(&self.server_max_window_bits.to_string());
+        }
+        if let Some(bits) = self.client_max_window_bits {
+            value.push_str("; client_max_window_bits=");
+            value.push_str(&bits.to_string());
+        }
+        value
+    }
+}
+
+/// One parsed offer; `None` fields were absent.
+#[derive(Debug, Default)]
+struct Offer {
+    server_no_context_takeover: bool,
+    client_no_context_takeover: bool,
+    server_max_window_bits: Option<u8>,
+    /// `Some(None)`: offered without a value.
+    client_max_window_bits: Option<Option<u8>>,
+}
+
+/// Picks the first acceptable `permessage-deflate` offer from the `Sec-WebSocket-Extensions`
+/// header values, in the client's order of preference (RFC 7692 §5). Offers with unknown,
+/// repeated or invalid parameters are declined, and so is one the server cannot honour.
+pub fn negotiate<'a>(
+    header_values: impl IntoIterator<Item = &'a str>,
+    config: &DeflateConfig,
+) -> Option<DeflateParams> {
+    header_values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(parse_offer)
+        .find_map(|offer| accept(&offer, config))
+}
+
+fn parse_offer(extension: &str) -> Option<Offer> {
+    let mut parts = extension.split(';').map(|p| p.trim_matches([' ', '\t']));
+    if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
+        return None;
+    }
+    let mut offer = Offer::default();
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => {
+                let v = v.trim_matches([' ', '\t']);
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                (n.trim_matches([' ', '\t']), Some(v))
+            }
+            None => (param, None),
+        };
+        match (name.to_ascii_lowercase().as_str(), value) {
+            ("server_no_context_takeover", None) if !offer.server_no_context_takeover => {
+                offer.server_no_context_takeover = true;
+            }
+            ("client_no_context_takeover", None) if !offer.client_no_context_takeover => {
+                offer.client_no_context_takeover = true;
+            }
+            ("server_max_window_bits", Some(v)) if offer.server_max_window_bits.is_none() => {
+                offer.server_max_window_bits = Some(window_bits(v)?);
+            }
+            ("client_max_window_bits", v) if offer.client_max_window_bits.is_none() => {
+                offer.client_max_window_bits = Some(match v {
+                    Some(v) => Some(window_bits(v)?),
+                    None => None,
+                });
+            }
+            _ => return None, // Unknown, repeated, or a value where none belongs: decline.
+        }
+    }
+    Some(offer)
+}
+
+/// §7.1.2: "a decimal integer value without leading zeros between 8 to 15, inclusive".
+fn window_bits(value: &str) -> Option<u8> {
+    if value.starts_with('0') || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|bits| (8..=15).contains(bits))
+}
+
+fn accept(offer: &Offer, config: &DeflateConfig) -> Option<DeflateParams> {
+    let server_bits = config
+        .server_max_window_bits
+        .clamp(9, 15)
+        .min(offer.server_max_window_bits.unwrap_or(15));
+    if server_bits < 9 {
+        return None; // zlib cannot honour an 8-bit window when compressing.
+    }
+    let client_limit = config.client_max_window_bits.clamp(9, 15);
+    let client_max_window_bits = match offer.client_max_window_bits {
+        // The client lets us pick; say so only when it changes something.
+        Some(None) => (client_limit < 15).then_some(client_limit),
+        Some(Some(offered)) => Some(client_limit.min(offered)),
+        None => None,
+    };
+    Some(DeflateParams {
+        server_no_context_takeover: offer.server_no_context_takeover || !config.context_takeover,
+        client_no_context_takeover: offer.client_no_context_takeover || !config.context_takeover,
+        server_max_window_bits: server_bits,
+        client_max_window_bits,
+        server_bits_requested: offer.server_max_window_bits.is_some(),
+    })
+}
+
+/// A raw-deflate compressor for whole messages.
+pub struct Deflater {
+    compress: Compress,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deflater")
+    }
+}
+
+impl Deflater {
+    /// A compressor with a `window_bits` window (9–15) at zlib `level`.
+    pub fn new(window_bits: u8, level: u32) -> Deflater {
+        Deflater {
+            compress: Compress::new_with_window_bits(
+                Compression::new(level.min(9)),
+                false,
+                window_bits.clamp(9, 15),
+            ),
+        }
+    }
+
+    /// Appends `message` compressed to `out`, without the sync-flush tail (§7.2.1), and
+    /// forgets the context afterwards when `reset` (no context takeover).
+    pub fn compress(&mut self, message: &[u8], out: &mut Vec<u8>, reset: bool) {
+        let start_in = self.compress.total_in();
+        let start = out.len();
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(message.len() / 2 + 64);
+            }
+            let done = (self.compress.total_in() - start_in) as usize;
+            let rest = message.get(done..).unwrap_or_default();
+            if self
+                .compress
+                .compress_vec(rest, out, FlushCompress::Sync)
+                .is_err()
+            {
+                break; // Only with invalid parameters, which `new` never builds.
+            }
+            let all_in = (self.compress.total_in() - start_in) as usize == message.len();
+            if all_in && out.len() < out.capacity() {
+                break; // Room was left over: the flush is complete.
+            }
+        }
+        if out.get(start..).is_some_and(|o| o.ends_with(&SYNC_TAIL)) {
+            out.truncate(out.len() - SYNC_TAIL.len());
+        }
+        if out.len() == start {
+            // Nothing pending after the previous flush: zlib emits nothing, but the peer will
+            // append the 4-byte tail, which needs the empty stored block's header byte first
+            // (§7.2.3.6: an empty message is the single byte 0x00).
+            out.push(0x00);
+        }
+        if reset {
+            self.compress.reset();
+        }
+    }
+}
+
+/// A raw-deflate inflater for whole messages, bounded by the message size limit.
+pub struct Inflater {
+    decompress: Decompress,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inflater")
+    }
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater::new()
+    }
+}
+
+impl Inflater {
+    /// An inflater with the largest window, which reads streams made with any smaller one.
+    pub fn new() -> Inflater {
+        Inflater {
+            decompress: Decompress::new_with_window_bits(false, 15),
+        }
+    }
+
+    /// Inflates one message (its frames' payloads joined) into `out`, which must start empty.
+    ///
+    /// Output grows only as it is produced, and never past `max` bytes: a small message that
+    /// inflates to gigabytes fails with [`ProtocolError::MessageTooBig`] after at most `max`
+    /// bytes were allocated.
+    ///
+    /// # Errors
+    /// [`ProtocolError::MessageTooBig`] past `max`; [`ProtocolError::BadCompressedData`] for
+    /// input that is not raw deflate. The context is reset after an error.
+    pub fn inflate(
+        &mut self,
+        message: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+        reset: bool,
+    ) -> Result<(), ProtocolError> {
+        let result = self.inflate_parts(&[message, &SYNC_TAIL], out, max);
+        if reset || result.is_err() {
+            self.decompress.reset(false);
+        }
+        result
+    }
+
+    fn inflate_parts(
+        &mut self,
+        parts: &[&[u8]],
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        for part in parts {
+            let start_in = self.decompress.total_in();
+            loop {
+                if out.len() == out.capacity() {
+                    if out.len() > max {
+                        return Err(ProtocolError::MessageTooBig);
+                    }
+                    // Grow geometrically, but never reserve past the limit (+1 to detect it).
+                    let room = (max + 1 - out.len()).min(out.len().max(part.len() * 2).max(1024));
+                    out.reserve_exact(room);
+                }
+                let done = (self.decompress.total_in() - start_in) as usize;
+                let rest = part.get(done..).unwrap_or_default();
+                let status = self
+                    .decompress
+                    .decompress_vec(rest, out, FlushDecompress::Sync)
+                    .map_err(|_| ProtocolError::BadCompressedData)?;
+                if out.len() > max {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                let all_in = (self.decompress.total_in() - start_in) as usize == part.len();
+                if status == Status::StreamEnd || (all_in && out.len() < out.capacity()) {
+                    break;
+                }
+                if status == Status::BufError && out.len() < out.capacity() {
+                    break; // No progress possible: all input consumed.
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(value: &str) -> Option<DeflateParams> {
+        negotiate([value], &DeflateConfig::default())
+    }
+
+    #[test]
+    fn negotiates_defaults_without_context_takeover() {
+        let p = offer("permessage-deflate; client_max_window_bits").unwrap();
+        assert_eq!(
+            p.response_value(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        let takeover = DeflateConfig {
+            context_takeover: true,
+            client_max_window_bits: 12,
+            ..DeflateConfig::default()
+        };
+        let p = negotiate(["permessage-deflate; client_max_window_bits"], &takeover).unwrap();
+        assert_eq!(
+            p.response_value(),
+            "permessage-deflate; client_max_window_bits=12"
+        );
+    }
+
+    #[test]
+    fn honours_requested_parameters() {
+        let p = offer("permessage-deflate; server_max_window_bits=10; client_max_window_bits=9")
+            .unwrap();
+        assert_eq!(p.server_max_window_bits, 10);
+        assert_eq!(p.client_max_window_bits, Some(9));
+        assert!(p.response_value().contains("server_max_window_bits=10"));
+        assert!(p.response_value().contains("client_max_window_bits=9"));
+        let p = offer("permessage-deflate; server_max_window_bits=\"12\"").unwrap();
+        assert_eq!(p.server_max_window_bits, 12);
+    }
+
+    #[test]
+    fn declines_invalid_offers_and_takes_the_next() {
+        for bad in [
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits=010",
+            "permessage-deflate; client_max_window_bits=abc",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; foo",
+            "permessage-deflate; server_max_window_bits=8",
+            "x-webkit-deflate-frame",
+        ] {
+            assert_eq!(offer(bad), None, "{bad}");
+        }
+        let p = negotiate(
+            [
+                "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=11",
+            ],
+            &DeflateConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(p.server_max_window_bits, 11);
+    }
+
+    #[test]
+    fn round_trip_with_and_without_context_takeover() {
+        let messages: Vec<Vec<u8>> = vec![
+            b"Hello".to_vec(),
+            Vec::new(),
+            b"Hello Hello Hello Hello".repeat(100),
+            (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect(),
+        ];
+        for reset in [false, true] {
+            let mut deflater = Deflater::new(15, 6);
+            let mut inflater = Inflater::new();
+            for m in &messages {
+                let mut packed = Vec::new();
+                deflater.compress(m, &mut packed, reset);
+                assert!(!packed.ends_with(&SYNC_TAIL));
+                let mut out = Vec::new();
+                inflater.inflate(&packed, &mut out, 1 << 20, reset).unwrap();
+                assert_eq!(&out, m);
+            }
+        }
+    }
+
+    #[test]
+    fn rfc7692_example_hello() {
+        // §7.2.3.1: "Hello" compressed is c2 48 cd c9 c9 07 00 (one of several valid forms).
+        let mut out = Vec::new();
+        Inflater::new()
+            .inflate(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                &mut out,
+                100,
+                true,
+            )
+            .unwrap();
+        assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn bomb_is_refused_without_allocating_it() {
+        let big = vec![0u8; 10 << 20];
+        let mut packed = Vec::new();
+        Deflater::new(15, 9).compress(&big, &mut packed, true);
+        assert!(packed.len() < 20_000);
+        let mut out = Vec::new();
+        let err = Inflater::new().inflate(&packed, &mut out, 1 << 20, true);
+        assert_eq!(err, Err(ProtocolError::MessageTooBig));
+        assert!(
+            out.capacity() <= (1 << 20) + 1,
+            "allocated {}",
+            out.capacity()
+        );
+    }
+
+    #[test]
+    fn garbage_is_bad_data() {
+        let mut out = Vec::new();
+        let err = Inflater::new().inflate(&[0xff; 32], &mut out, 1 << 20, true);
+        assert_eq!(err, Err(ProtocolError::BadCompressedData));
+    }
+}

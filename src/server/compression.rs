@@ -1,0 +1,98 @@
+//! permessage-deflate on the reactor: each connection's negotiated parameters and (only with
+//! context takeover) its own contexts, plus the reactor-wide contexts that every connection
+//! without context takeover shares, reset after each message.
+
+use crate::protocol::deflate::{DeflateParams, Deflater, Inflater};
+use crate::protocol::ProtocolError;
+
+/// Rough heap cost of one compressor context (zlib: window ×2 plus hash tables, at level 1–6
+/// with a 32 KiB window), for the memory budget and the docs.
+pub const DEFLATER_BYTES: usize = 256 * 1024 + 6 * 1024;
+/// Rough heap cost of one inflater context (a 32 KiB window plus state).
+pub const INFLATER_BYTES: usize = 32 * 1024 + 8 * 1024;
+
+/// A connection's deflate state: 8 bytes in the slab entry (behind `Option<Box<_>>`).
+#[derive(Debug)]
+pub struct ConnDeflate {
+    /// What was negotiated.
+    pub params: DeflateParams,
+    deflater: Option<Deflater>,
+    inflater: Option<Inflater>,
+}
+
+impl ConnDeflate {
+    /// State for a connection that negotiated `params`; contexts are created on first use.
+    pub fn new(params: DeflateParams) -> ConnDeflate {
+        ConnDeflate {
+            params,
+            deflater: None,
+            inflater: None,
+        }
+    }
+
+    /// Heap bytes held by this connection's own contexts.
+    pub fn memory(&self) -> usize {
+        self.deflater.as_ref().map_or(0, |_| DEFLATER_BYTES)
+            + self.inflater.as_ref().map_or(0, |_| INFLATER_BYTES)
+    }
+}
+
+/// The reactor's shared contexts: one compressor per window size in use, one inflater.
+#[derive(Debug)]
+pub struct SharedContexts {
+    level: u32,
+    /// Indexed by window bits − 9.
+    deflaters: [Option<Deflater>; 7],
+    inflater: Option<Inflater>,
+}
+
+impl SharedContexts {
+    /// Shared contexts compressing at zlib `level`.
+    pub fn new(level: u32) -> SharedContexts {
+        SharedContexts {
+            level,
+            deflaters: Default::default(),
+            inflater: None,
+        }
+    }
+
+    /// Appends `payload` compressed for `conn` to `out` (no sync tail).
+    pub fn compress(&mut self, conn: &mut ConnDeflate, payload: &[u8], out: &mut Vec<u8>) {
+        let bits = conn.params.server_max_window_bits;
+        let level = self.level;
+        let reset = conn.params.server_no_context_takeover;
+        let deflater = if reset {
+            let slot = usize::from(bits.clamp(9, 15) - 9);
+            match self.deflaters.get_mut(slot) {
+                Some(slot) => slot.get_or_insert_with(|| Deflater::new(bits, level)),
+                None => conn
+                    .deflater
+                    .get_or_insert_with(|| Deflater::new(bits, level)),
+            }
+        } else {
+            conn.deflater
+                .get_or_insert_with(|| Deflater::new(bits, level))
+        };
+        deflater.compress(payload, out, reset);
+    }
+
+    /// Inflates a message from `conn` into `out` (which must be empty), at most `max` bytes.
+    ///
+    /// # Errors
+    /// See [`Inflater::inflate`].
+    pub fn inflate(
+        &mut self,
+        conn: &mut ConnDeflate,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        let reset = conn.params.client_no_context_takeover;
+        let inflater = if reset {
+            self.inflater.get_or_insert_with(Inflater::new)
+        } else {
+            conn.inflater.get_or_insert_with(Inflater::new)
+        };
+        inflater.inflate(payload, out, max, reset)
+    }
+}

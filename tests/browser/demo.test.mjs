@@ -1,0 +1,256 @@
+// End-to-end test of the wsloop demo page (html/index.html) in real headless Chromium.
+//
+//   WSLOOP_URL=http://127.0.0.1:PORT/ node --test        (from tests/browser)
+//
+// Env: WSLOOP_URL (required) base URL of a running wsloop; SCREENSHOT (optional) where to
+// save a screenshot of page 1, default <repo>/target/browser/demo.png (a "-dark" twin is
+// saved beside it); CHROMIUM (optional) browser binary, default /usr/bin/chromium.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createHash } from "node:crypto";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, "..", "..");
+const BASE = process.env.WSLOOP_URL;
+const SHOT = process.env.SCREENSHOT
+  ? path.resolve(process.env.SCREENSHOT)
+  : path.join(repoRoot, "target", "browser", "demo.png");
+const SHOT_DARK = SHOT.replace(/(\.png)?$/i, "-dark.png");
+const EXE = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const STEP = { timeout: 60_000 };
+
+let browser, ctx1, ctx2, page1, page2;
+/** Console errors/warnings, page errors and failed requests, per page. */
+const problems = { page1: [], page2: [] };
+
+function watch(page, name) {
+  const list = problems[name];
+  page.on("console", (msg) => {
+    if (msg.type() === "error" || msg.type() === "warning") {
+      list.push(`console.${msg.type()}: ${msg.text()} @ ${JSON.stringify(msg.location())}`);
+    }
+  });
+  page.on("pageerror", (err) => list.push(`pageerror: ${err.stack || err}`));
+  page.on("requestfailed", (req) => {
+    list.push(`requestfailed: ${req.method()} ${req.url()}: ${req.failure()?.errorText}`);
+  });
+  page.on("response", (res) => {
+    if (res.status() >= 400) list.push(`HTTP ${res.status()} for ${res.url()}`);
+  });
+}
+
+async function openPage(context, name) {
+  const page = await context.newPage();
+  watch(page, name);
+  const res = await page.goto(BASE, { waitUntil: "load" });
+  assert.ok(res, "navigation produced a response");
+  assert.equal(res.status(), 200, `GET ${BASE} status`);
+  assert.match(res.headers()["content-type"] || "", /^text\/html/i, "page content-type");
+  return page;
+}
+
+/** Types `text` into the echo box, clicks Send, waits for the identical echo in the log. */
+async function echoViaUi(page, text) {
+  const before = await page.locator("#echo-log li[data-rtt]").count();
+  await page.fill("#echo-input", text);
+  assert.equal(await page.inputValue("#echo-input"), text, "input holds the text");
+  await page.click("#echo-send");
+  const handle = await page.waitForFunction(
+    ([want, n]) => {
+      const items = [...document.querySelectorAll("#echo-log li[data-rtt]")].slice(n);
+      return items.find((li) => li.querySelector(".text")?.textContent === want) || null;
+    },
+    [text, before],
+    { timeout: 10_000 },
+  );
+  const info = await handle.evaluate((li) => ({
+    bad: li.classList.contains("bad"),
+    rtt: Number(li.dataset.rtt),
+    rttText: li.querySelector(".rtt")?.textContent,
+  }));
+  assert.equal(info.bad, false, `echo of ${JSON.stringify(text)} matched what was sent`);
+  assert.ok(Number.isFinite(info.rtt) && info.rtt >= 0, `RTT shown (${info.rttText})`);
+  assert.equal(await page.inputValue("#echo-input"), "", "input cleared after send");
+}
+
+/** Sends a chat line through the UI of `from`, waits until `to` shows it under `nick`. */
+async function chatViaUi(from, to, nick, text) {
+  await from.fill("#chat-input", text);
+  await from.click("#chat-send");
+  const seen = (page) =>
+    page.waitForFunction(
+      ([n, t]) =>
+        [...document.querySelectorAll("#chat-log li")].some(
+          (li) => li.dataset.nick === n && li.querySelector(".msg")?.textContent === t,
+        ),
+      [nick, text],
+      { timeout: 10_000 },
+    );
+  await seen(to);
+  await seen(from); // the room includes the sender
+}
+
+before(async () => {
+  assert.ok(BASE, "set WSLOOP_URL to the server's base URL, e.g. http://127.0.0.1:9001/");
+  const host = new URL(BASE).hostname;
+  assert.ok(["127.0.0.1", "localhost", "[::1]"].includes(host), `loopback only, got ${host}`);
+  browser = await chromium.launch({ executablePath: EXE, headless: true, args: ARGS, timeout: 60_000 });
+  ctx1 = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "light" });
+  ctx2 = await browser.newContext({ viewport: { width: 900, height: 800 }, colorScheme: "light" });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test("page 1 loads and both sockets open", STEP, async () => {
+  page1 = await openPage(ctx1, "page1");
+  assert.equal(await page1.title(), "wsloop · WebSocket demo");
+  await page1.waitForSelector('#state[data-state="open"]', { timeout: 15_000 });
+  await page1.waitForSelector('#chat-state[data-state="open"]', { timeout: 15_000 });
+  await page1.evaluate(() => window.wsloop.ready);
+  assert.equal(await page1.textContent("#state-text"), "open");
+  // The page connects back to where it was loaded from.
+  const endpoint = await page1.textContent("#endpoint");
+  assert.equal(endpoint, "ws://" + new URL(BASE).host);
+  const fav = await page1.request.get(new URL("favicon.svg", BASE).href);
+  assert.equal(fav.status(), 200, "favicon.svg is served");
+  assert.match(fav.headers()["content-type"] || "", /svg/, "favicon content-type");
+  const root = await page1.request.get(BASE);
+  const index = await page1.request.get(new URL("index.html", BASE).href);
+  assert.equal(index.status(), 200, "GET /index.html");
+  assert.equal(await index.text(), await root.text(), "/ and /index.html serve the same page");
+});
+
+test("GET /stats returns the documented counters", STEP, async () => {
+  const res = await page1.request.get(new URL("/stats", BASE).href);
+  assert.equal(res.status(), 200);
+  assert.match(res.headers()["content-type"] || "", /json/, "content-type");
+  const stats = await res.json();
+  const fields = ["open", "accepted", "rejected", "messages_in", "messages_out", "bytes_in", "bytes_out", "protocol_errors"];
+  for (const f of fields) {
+    assert.ok(Number.isSafeInteger(stats[f]) && stats[f] >= 0, `stats.${f} is a count: ${JSON.stringify(stats[f])}`);
+  }
+  assert.ok(stats.open >= 2, `page 1's two sockets are open (open=${stats.open})`);
+});
+
+test("echo: ASCII through the UI", STEP, async () => {
+  await echoViaUi(page1, "Hello, wsloop! 0123456789 ~!@#$%^&*()_+{}|:\"<>?");
+});
+
+test("echo: Chinese through the UI", STEP, async () => {
+  await echoViaUi(page1, "你好，世界");
+});
+
+test("echo: emoji through the UI", STEP, async () => {
+  await echoViaUi(page1, "😀🚀👍🏽");
+});
+
+test("echo: 1 MiB message comes back byte-identical", STEP, async () => {
+  // Mixed 1-, 3- and 4-byte UTF-8 sequences, exactly 1 MiB when encoded.
+  const unit = "wsloop 1MiB test · 你好，世界 · 😀🚀👍🏽\n";
+  let big = unit.repeat(Math.floor(1048576 / Buffer.byteLength(unit)));
+  big += "x".repeat(1048576 - Buffer.byteLength(big));
+  assert.equal(Buffer.byteLength(big), 1048576);
+  const back = await page1.evaluate((s) => window.wsloop.echo(s), big);
+  assert.equal(Buffer.byteLength(back), 1048576, "echo length in bytes");
+  const sha = (s) => createHash("sha256").update(s).digest("hex");
+  assert.equal(sha(back), sha(big), "echo SHA-256 matches");
+  assert.ok(back === big, "echo is identical");
+  const shown = await page1.locator("#echo-log li[data-rtt]").last().evaluate((li) => ({
+    bad: li.classList.contains("bad"),
+    text: li.querySelector(".text").textContent,
+  }));
+  assert.equal(shown.bad, false);
+  assert.match(shown.text, /\(\d[\d,]* chars, 1\.00 MiB\)$/, "log shows a preview of the big echo");
+});
+
+test("stats: RTT percentiles and server counters are shown", STEP, async () => {
+  await page1.waitForFunction(() => /ms$/.test(document.getElementById("stat-p50").textContent), null, {
+    timeout: 5_000,
+  });
+  for (const id of ["stat-p50", "stat-p90", "stat-p99"]) {
+    assert.match(await page1.textContent("#" + id), /^\d[\d.]* ms$/, id);
+  }
+  // /stats is polled every 2 s; wait for a poll that has seen our two sockets.
+  const count = (id) => Number((document.getElementById(id)?.textContent ?? "").replace(/,/g, ""));
+  await page1.waitForFunction(
+    () => Number((document.getElementById("server-open")?.textContent ?? "").replace(/,/g, "")) >= 2,
+    null,
+    { timeout: 8_000 },
+  );
+  const accepted = await page1.evaluate(count, "server-accepted");
+  assert.ok(accepted >= 2, `server panel shows >= 2 accepted connections, got ${accepted}`);
+  const messagesIn = await page1.textContent("#server-messages_in");
+  assert.match(messagesIn, /^\d[\d,]*$/, "server panel shows messages_in");
+});
+
+test("chat: two pages see each other's messages", STEP, async () => {
+  page2 = await openPage(ctx2, "page2");
+  await page2.evaluate(() => window.wsloop.ready);
+  await page1.fill("#chat-nick", "alice");
+  await page2.fill("#chat-nick", "bob");
+  await chatViaUi(page2, page1, "bob", "hi alice, bob here 👋 你好");
+  await chatViaUi(page1, page2, "alice", "hello bob! 😀 <b>not bold</b>");
+  // Markup in messages is shown as text, never parsed.
+  assert.equal(await page1.locator("#chat-log b").count(), 0);
+});
+
+test("burst: 500 messages through the UI", STEP, async () => {
+  await page1.fill("#burst-n", "500");
+  await page1.fill("#burst-size", "64");
+  await page1.click("#burst-go");
+  await page1.waitForSelector('#burst-result[data-state="done"]', { timeout: 30_000 });
+  const text = await page1.textContent("#burst-result");
+  assert.match(text, /^500 × 64 B echoed in [\d.]+ ms · [\d,]+ msgs\/s/, text);
+  // A second, bigger burst through the hook, to draw a second bar.
+  const r = await page1.evaluate(() => window.wsloop.burst(2000, 256));
+  assert.equal(r.n, 2000);
+  assert.equal(r.mismatches, 0);
+  assert.ok(r.rate > 0);
+});
+
+test("layout: no horizontal overflow when narrow", STEP, async () => {
+  await page1.setViewportSize({ width: 380, height: 800 });
+  const overflow = await page1.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page overflows a 380 px viewport by ${overflow}px`);
+  await page1.setViewportSize({ width: 1280, height: 900 });
+});
+
+test("no console errors, warnings or page errors", STEP, async () => {
+  // Let one more /stats poll and chart redraw happen before judging.
+  await page1.waitForTimeout(2_500);
+  assert.deepEqual(problems.page1, [], "page 1");
+  assert.deepEqual(problems.page2, [], "page 2");
+});
+
+test("screenshot of page 1 (light and dark)", STEP, async () => {
+  mkdirSync(path.dirname(SHOT), { recursive: true });
+  await page1.evaluate(() => {
+    for (const id of ["echo-log", "chat-log"]) {
+      const l = document.getElementById(id);
+      l.scrollTop = l.scrollHeight;
+    }
+  });
+  await page1.screenshot({ path: SHOT, fullPage: true });
+  await page1.emulateMedia({ colorScheme: "dark" });
+  await page1.waitForTimeout(200); // charts redraw on the colour-scheme change
+  await page1.screenshot({ path: SHOT_DARK, fullPage: true });
+  await page1.emulateMedia({ colorScheme: "light" });
+  console.log(`screenshots: ${SHOT} ${SHOT_DARK}`);
+  assert.deepEqual(problems.page1, [], "page 1 after screenshots");
+});
