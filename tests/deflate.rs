@@ -1,0 +1,177 @@
+//! permessage-deflate (RFC 7692) over real sockets against the real binary: negotiation,
+//! compressed echo (whole and fragmented), the size bound on inflation, and RSV1 rules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use common::{client_frame, client_frame_raw, expect_close, read_http_head, read_server_frame};
+use common::{upgrade_request, ServerProcess};
+use wsloop::protocol::deflate::{Deflater, Inflater};
+
+/// Upgrades with `extensions` offered; returns the stream and the response head.
+fn upgrade(server: &ServerProcess, extensions: &str) -> (TcpStream, String) {
+    let mut stream = server.raw();
+    let request = upgrade_request("/").replace(
+        "\r\n\r\n",
+        &format!("\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"),
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let head = read_http_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, head)
+}
+
+fn extensions_header(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: "))
+        .map(str::to_owned)
+}
+
+/// A compressed client message: RSV1 on the first frame, split into `pieces` frames.
+fn compressed_frames(opcode: u8, packed: &[u8], pieces: usize) -> Vec<u8> {
+    let chunk = packed.len().div_ceil(pieces).max(1);
+    let parts: Vec<&[u8]> = packed.chunks(chunk).collect();
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let fin = if i + 1 == parts.len() { 0x80 } else { 0 };
+        let first = if i == 0 { 0x40 | opcode } else { 0 };
+        out.extend(client_frame_raw(fin | first, part));
+    }
+    out
+}
+
+fn text_of_size(n: usize) -> String {
+    "wsloop compresses repeated text nicely. 你好 😀 "
+        .chars()
+        .cycle()
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn negotiates_only_when_enabled_and_offered() {
+    let off = ServerProcess::start(&[]);
+    let (_s, head) = upgrade(&off, "permessage-deflate; client_max_window_bits");
+    assert_eq!(extensions_header(&head), None, "declined when --deflate is off");
+
+    let on = ServerProcess::start(&["--deflate"]);
+    let (_s, head) = upgrade(&on, "permessage-deflate; client_max_window_bits");
+    assert_eq!(
+        extensions_header(&head).as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    let (_s, head) = upgrade(&on, "x-unknown, permessage-deflate; server_max_window_bits=10");
+    let ext = extensions_header(&head).unwrap();
+    assert!(ext.contains("server_max_window_bits=10"), "{ext}");
+    // An invalid offer is declined, not an error.
+    let (_s, head) = upgrade(&on, "permessage-deflate; server_max_window_bits=20");
+    assert_eq!(extensions_header(&head), None);
+}
+
+#[test]
+fn compressed_echo_whole_and_fragmented() {
+    let server = ServerProcess::start(&["--deflate"]);
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    let mut deflater = Deflater::new(15, 6);
+    let mut inflater = Inflater::new();
+    for (size, pieces) in [(100, 1), (5000, 1), (70_000, 7), (300_000, 40)] {
+        let text = text_of_size(size);
+        let mut packed = Vec::new();
+        deflater.compress(text.as_bytes(), &mut packed, true);
+        stream
+            .write_all(&compressed_frames(0x1, &packed, pieces))
+            .unwrap();
+        let (first, payload) = read_server_frame(&mut stream).unwrap();
+        assert_eq!(first, 0x80 | 0x40 | 0x1, "FIN + RSV1 + text");
+        assert!(payload.len() < text.len(), "the echo is compressed");
+        let mut out = Vec::new();
+        inflater.inflate(&payload, &mut out, 1 << 24, true).unwrap();
+        assert_eq!(out, text.as_bytes(), "size {size}");
+    }
+    // Short messages go uncompressed (below --deflate-min-size), and uncompressed client
+    // messages are fine on a deflate connection.
+    stream.write_all(&client_frame(true, 0x2, b"tiny")).unwrap();
+    assert_eq!(
+        read_server_frame(&mut stream).unwrap(),
+        (0x82, b"tiny".to_vec())
+    );
+}
+
+#[test]
+fn context_takeover_when_enabled() {
+    let server = ServerProcess::start(&["--deflate", "--deflate-context-takeover"]);
+    let (mut stream, head) = upgrade(&server, "permessage-deflate; client_max_window_bits");
+    assert_eq!(
+        extensions_header(&head).as_deref(),
+        Some("permessage-deflate")
+    );
+    let mut deflater = Deflater::new(15, 6);
+    let mut inflater = Inflater::new();
+    let text = text_of_size(2000);
+    let mut sizes = Vec::new();
+    for _ in 0..5 {
+        let mut packed = Vec::new();
+        deflater.compress(text.as_bytes(), &mut packed, false);
+        stream
+            .write_all(&compressed_frames(0x1, &packed, 1))
+            .unwrap();
+        let (_, payload) = read_server_frame(&mut stream).unwrap();
+        sizes.push(payload.len());
+        let mut out = Vec::new();
+        inflater.inflate(&payload, &mut out, 1 << 24, false).unwrap();
+        assert_eq!(out, text.as_bytes());
+    }
+    assert!(
+        sizes[4] < sizes[0] / 2,
+        "later messages reuse the window: {sizes:?}"
+    );
+}
+
+#[test]
+fn inflation_is_bounded_by_the_message_limit() {
+    let server = ServerProcess::start(&["--deflate", "--max-message", "1048576"]);
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    let bomb = vec![0u8; 32 << 20];
+    let mut packed = Vec::new();
+    Deflater::new(15, 9).compress(&bomb, &mut packed, true);
+    assert!(packed.len() < 100_000, "{}", packed.len());
+    stream
+        .write_all(&compressed_frames(0x2, &packed, 1))
+        .unwrap();
+    assert_eq!(expect_close(&mut stream), Some(1009));
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let kb: u64 = rss
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(kb < 48 * 1024, "server RSS {kb} KiB after a 32 MiB bomb");
+}
+
+#[test]
+fn rsv1_rules() {
+    // RSV1 without negotiation: 1002.
+    let server = ServerProcess::start(&["--deflate"]);
+    let (mut plain, _) = upgrade(&server, "x-something-else");
+    plain.write_all(&client_frame_raw(0xc1, b"x")).unwrap();
+    assert_eq!(expect_close(&mut plain), Some(1002));
+    // RSV1 on a continuation or a control frame: 1002 even when negotiated.
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    let mut bad = client_frame_raw(0x41, b"a");
+    bad.extend(client_frame_raw(0xc0, b"b"));
+    stream.write_all(&bad).unwrap();
+    assert_eq!(expect_close(&mut stream), Some(1002));
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    stream.write_all(&client_frame_raw(0xc9, b"")).unwrap();
+    assert_eq!(expect_close(&mut stream), Some(1002));
+    // Data that is not deflate: 1007.
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    stream
+        .write_all(&client_frame_raw(0xc2, &[0xff; 40]))
+        .unwrap();
+    assert_eq!(expect_close(&mut stream), Some(1007));
+}
