@@ -59,7 +59,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-target/release/wsloop --addr 127.0.0.1:0 >"$tmp/stdout" 2>"$tmp/stderr" &
+target/release/wsloop --addr 127.0.0.1:0 --deflate >"$tmp/stdout" 2>"$tmp/stderr" &
 server_pid=$!
 
 addr=""

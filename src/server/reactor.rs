@@ -208,14 +208,15 @@ impl<H: Handler> Reactor<H> {
                         if event.is_writable() {
                             self.core.on_writable(&mut self.app, key);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || hangup {
+                            self.on_readable(key, hangup);
                         }
                     }
                 }
             }
             for key in std::mem::take(&mut self.core.ready) {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
             if self
                 .accept_paused_until
@@ -338,7 +339,11 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// Reads from one connection until `WouldBlock`, a short read, or its fair share.
-    fn on_readable(&mut self, key: usize) {
+    ///
+    /// `read_to_end`: keep reading after a short read, because no new edge will come — the
+    /// event already reported the peer's FIN (or an error), or the connection is revisited
+    /// from the ready list.
+    fn on_readable(&mut self, key: usize, read_to_end: bool) {
         for _ in 0..READS_PER_EVENT {
             let Some(conn) = self.core.conns.get_mut(key) else {
                 return;
@@ -369,7 +374,7 @@ impl<H: Handler> Reactor<H> {
             self.core.stats.bytes_in += n as u64;
             let input = self.read_buf.get_mut(..n).unwrap_or_default();
             self.core.on_input(&mut self.app, key, input);
-            if n < self.read_buf.len() {
+            if n < self.read_buf.len() && !read_to_end {
                 // A short read drained the socket (as tokio also assumes on Linux): the next
                 // arrival raises a new edge.
                 return;

@@ -179,6 +179,30 @@ test("echo: 1 MiB message comes back byte-identical", STEP, async () => {
   assert.match(shown.text, /\(\d[\d,]* chars, 1\.00 MiB\)$/, "log shows a preview of the big echo");
 });
 
+test("permessage-deflate: Chromium negotiates it and compressed messages round-trip", STEP, async () => {
+  // scripts/browser-test.sh starts wsloop with --deflate; Chromium always offers the extension.
+  const result = await page1.evaluate(async () => {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/deflate-check";
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error("deflate socket failed"));
+    });
+    const text = "compressible text, 你好 😀 ".repeat(2000);
+    const back = await new Promise((resolve) => {
+      ws.onmessage = (e) => resolve(e.data);
+      ws.send(text);
+    });
+    const extensions = ws.extensions;
+    ws.close(1000);
+    return { extensions, same: back === text, length: text.length };
+  });
+  assert.match(result.extensions, /permessage-deflate/, "extension negotiated");
+  assert.ok(result.same, "compressed echo of " + result.length + " chars is identical");
+  const stats = await (await fetch(new URL("/stats", BASE))).json();
+  assert.ok(stats.bytes_in < 1_000_000 + result.length, "the server read compressed bytes");
+});
+
 test("stats: RTT percentiles and server counters are shown", STEP, async () => {
   await page1.waitForFunction(() => /ms$/.test(document.getElementById("stat-p50").textContent), null, {
     timeout: 5_000,
