@@ -55,7 +55,11 @@ fn text_of_size(n: usize) -> String {
 fn negotiates_only_when_enabled_and_offered() {
     let off = ServerProcess::start(&[]);
     let (_s, head) = upgrade(&off, "permessage-deflate; client_max_window_bits");
-    assert_eq!(extensions_header(&head), None, "declined when --deflate is off");
+    assert_eq!(
+        extensions_header(&head),
+        None,
+        "declined when --deflate is off"
+    );
 
     let on = ServerProcess::start(&["--deflate"]);
     let (_s, head) = upgrade(&on, "permessage-deflate; client_max_window_bits");
@@ -63,7 +67,10 @@ fn negotiates_only_when_enabled_and_offered() {
         extensions_header(&head).as_deref(),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
-    let (_s, head) = upgrade(&on, "x-unknown, permessage-deflate; server_max_window_bits=10");
+    let (_s, head) = upgrade(
+        &on,
+        "x-unknown, permessage-deflate; server_max_window_bits=10",
+    );
     let ext = extensions_header(&head).unwrap();
     assert!(ext.contains("server_max_window_bits=10"), "{ext}");
     // An invalid offer is declined, not an error.
@@ -121,7 +128,9 @@ fn context_takeover_when_enabled() {
         let (_, payload) = read_server_frame(&mut stream).unwrap();
         sizes.push(payload.len());
         let mut out = Vec::new();
-        inflater.inflate(&payload, &mut out, 1 << 24, false).unwrap();
+        inflater
+            .inflate(&payload, &mut out, 1 << 24, false)
+            .unwrap();
         assert_eq!(out, text.as_bytes());
     }
     assert!(

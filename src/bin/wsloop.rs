@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
-use wsloop::server::SlowConsumerPolicy;
+use wsloop::server::RoomPolicy;
 use wsloop::{Config, EchoChat, Reactor};
 
 /// A fast, strict RFC 6455 WebSocket server on one mio reactor.
@@ -36,9 +36,15 @@ struct Args {
     /// follow --slow-consumer.
     #[arg(long, default_value_t = 1 << 20)]
     max_backpressure: usize,
-    /// What a publication does to a subscriber over --max-backpressure: close (1008) or drop.
-    #[arg(long, default_value = "close", value_parser = ["close", "drop"])]
-    slow_consumer: String,
+    /// What a publication does to a subscriber over --max-backpressure, for rooms without a
+    /// policy of their own: close (1008), drop-newest (alias: drop), drop-oldest, latest-only.
+    #[arg(long, default_value = "close")]
+    slow_consumer: RoomPolicy,
+    /// Process-wide budget in bytes for send queues, partial messages and deflate contexts;
+    /// over it, upgrades get 503 and the largest holders are closed with 1013
+    /// [default: 32 × (--max-message + --max-backpressure)].
+    #[arg(long)]
+    max_buffered: Option<usize>,
     /// Seconds allowed from accept to a complete request head.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
@@ -57,9 +63,17 @@ struct Args {
     /// Folder served over plain HTTP (the embedded demo page when it does not exist).
     #[arg(long, default_value = "html")]
     static_dir: PathBuf,
-    /// Allowed Origin for upgrades (repeatable; `*` allows all). Default: every origin.
+    /// Origin allowed to upgrade besides the same-origin default (repeatable; an origin like
+    /// `https://app.example` or a host; `*` turns the check off). Requests without Origin
+    /// (non-browser clients) are always allowed.
     #[arg(long)]
     allow_origin: Vec<String>,
+    /// Do not serve /metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Serve /metrics on this address instead of the main port.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Put every connection in the chat room (default: only connections on /chat).
     #[arg(long)]
     chat: bool,
@@ -99,11 +113,13 @@ impl Args {
             max_head: self.max_head,
             max_conns: self.max_conns,
             max_backpressure: self.max_backpressure,
-            slow_consumer: if self.slow_consumer == "drop" {
-                SlowConsumerPolicy::Drop
-            } else {
-                SlowConsumerPolicy::Close
-            },
+            slow_consumer: self.slow_consumer,
+            max_buffered: self.max_buffered.unwrap_or_else(|| {
+                let per_conn = usize::try_from(self.max_message).unwrap_or(usize::MAX / 64);
+                per_conn
+                    .saturating_add(self.max_backpressure)
+                    .saturating_mul(32)
+            }),
             handshake_timeout: seconds(self.handshake_timeout).unwrap_or(Duration::from_secs(10)),
             ping_interval: seconds(self.ping_interval),
             idle_timeout: seconds(self.idle_timeout),
@@ -111,6 +127,8 @@ impl Args {
             drain_timeout: seconds(self.drain_timeout).unwrap_or(Duration::from_secs(10)),
             static_dir: self.static_dir.clone(),
             allow_origins: self.allow_origin.clone(),
+            metrics: !self.no_metrics,
+            metrics_addr: self.metrics_addr,
             stats_interval: seconds(self.stats_interval),
             deflate: self.deflate.then_some(DeflateConfig {
                 server_max_window_bits: self.deflate_window_bits,

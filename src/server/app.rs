@@ -163,6 +163,12 @@ impl Context<'_> {
         self.core.unsubscribe(id, topic)
     }
 
+    /// Sets what publications to `topic` do to a subscriber over its send-queue limit
+    /// (otherwise the server's `--slow-consumer` default).
+    pub fn set_room_policy(&mut self, topic: &str, policy: super::rooms::RoomPolicy) {
+        self.core.rooms.set_policy(topic, policy);
+    }
+
     /// Publishes to every subscriber of `topic`: the frame is encoded once and shared.
     /// Returns how many subscribers it was queued for.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {

@@ -7,17 +7,7 @@ use std::time::Duration;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
-/// What to do with a publication for a subscriber whose send queue is already over the
-/// backpressure limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SlowConsumerPolicy {
-    /// Close the subscriber with 1008 and log it (the default: memory stays bounded and the
-    /// client learns why).
-    #[default]
-    Close,
-    /// Drop the message for that subscriber and count it.
-    Drop,
-}
+pub use super::rooms::RoomPolicy;
 
 /// Everything the reactor needs to know before it starts.
 #[derive(Debug, Clone)]
@@ -33,8 +23,12 @@ pub struct Config {
     /// Per-connection send-queue limit: above it reading pauses and publications follow
     /// `slow_consumer`. Reading resumes below half of it.
     pub max_backpressure: usize,
-    /// What a publication does to a subscriber over `max_backpressure`.
-    pub slow_consumer: SlowConsumerPolicy,
+    /// What a publication does to a subscriber over `max_backpressure`, for rooms without a
+    /// policy of their own.
+    pub slow_consumer: RoomPolicy,
+    /// Process-wide budget for bytes held in send queues, partial messages and compressor
+    /// contexts: over it, upgrades get 503 and the largest holders are closed with 1013.
+    pub max_buffered: usize,
     /// Time allowed from accept to a complete request head.
     pub handshake_timeout: Duration,
     /// Silence after which the server pings; `None` disables keepalive pings.
@@ -47,8 +41,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Folder of static files for plain HTTP requests (embedded page when absent).
     pub static_dir: PathBuf,
-    /// Allowed `Origin` values for upgrades; empty allows every origin.
+    /// Origins allowed besides the same-origin default (`*` turns the check off).
     pub allow_origins: Vec<String>,
+    /// Serve `GET /metrics` (Prometheus text format).
+    pub metrics: bool,
+    /// Serve `/metrics` on this separate listener instead of the main port.
+    pub metrics_addr: Option<SocketAddr>,
     /// Interval of the stats log line; `None` disables it.
     pub stats_interval: Option<Duration>,
     /// permessage-deflate (RFC 7692) settings; `None` declines every offer.
@@ -63,7 +61,9 @@ impl Default for Config {
             max_head: 8 * 1024,
             max_conns: 100_000,
             max_backpressure: 1 << 20,
-            slow_consumer: SlowConsumerPolicy::Close,
+            slow_consumer: RoomPolicy::Close,
+            // Room for 32 connections at both per-connection limits (544 MiB by default).
+            max_buffered: 32 * ((16 << 20) + (1 << 20)),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(75)),
@@ -71,6 +71,8 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             static_dir: PathBuf::from("html"),
             allow_origins: Vec::new(),
+            metrics: true,
+            metrics_addr: None,
             stats_interval: None,
             deflate: None,
         }

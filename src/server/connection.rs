@@ -69,6 +69,11 @@ pub struct Connection {
     pub fin_sent: bool,
     /// permessage-deflate state, when negotiated.
     pub deflate: Option<Box<ConnDeflate>>,
+    /// Bytes of this connection counted in the process-wide `buffered_bytes` (see
+    /// [`Connection::footprint`]).
+    pub accounted: u64,
+    /// Accepted on the metrics listener: serves `/metrics` only.
+    pub metrics_only: bool,
 }
 
 impl Connection {
@@ -90,12 +95,21 @@ impl Connection {
             read_paused: false,
             fin_sent: false,
             deflate: None,
+            accounted: 0,
+            metrics_only: false,
         }
     }
 
     /// Bytes waiting to be sent: queued plus produced this turn.
     pub fn buffered_amount(&self) -> usize {
         self.out.len() + self.corked
+    }
+
+    /// Bytes it holds in its send queue, partial message and own deflate contexts: what the
+    /// memory budget counts.
+    pub fn footprint(&self) -> u64 {
+        let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
+        (self.out.len() + self.decoder.buffered() + deflate) as u64
     }
 
     /// Whether the application may send to it.
@@ -115,7 +129,7 @@ mod tests {
     #[test]
     fn connection_stays_small() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 120, "Connection grew to {size} bytes");
+        assert!(size <= 128, "Connection grew to {size} bytes");
         assert_eq!(std::mem::size_of::<crate::protocol::Decoder>(), 32);
         assert_eq!(std::mem::size_of::<super::OutQueue>(), 8);
     }

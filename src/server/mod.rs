@@ -1,11 +1,13 @@
 //! The reactor: moves bytes between sockets and the [`crate::protocol`] core, and nothing else.
 
+pub mod admission;
 pub mod app;
 pub mod compression;
 pub mod config;
 pub mod connection;
 pub mod handle;
 pub mod http;
+pub mod metrics;
 pub mod out_queue;
 pub mod reactor;
 pub mod rooms;
@@ -13,7 +15,8 @@ pub mod stats;
 pub mod timer;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
-pub use config::{Config, SlowConsumerPolicy};
+pub use config::Config;
 pub use handle::ServerHandle;
 pub use reactor::Reactor;
+pub use rooms::RoomPolicy;
 pub use stats::Stats;

@@ -19,14 +19,16 @@ const MAX_IOVECS: usize = 256;
 #[derive(Debug)]
 enum Chunk {
     Owned(Vec<u8>),
-    Shared(Rc<[u8]>),
+    /// A shared frame, tagged with the room it was published to (0: none), so a room's
+    /// slow-consumer policy can find its unsent frames.
+    Shared(Rc<[u8]>, u32),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
-            Chunk::Shared(s) => s,
+            Chunk::Shared(s, _) => s,
         }
     }
 }
@@ -68,13 +70,43 @@ impl OutQueue {
         }
     }
 
-    /// Appends a shared frame from byte `from` on (no copy when `from` is 0).
-    pub fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
+    /// Appends a shared frame of `room` (0: none) from byte `from` on (no copy when `from`
+    /// is 0).
+    pub fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
         if from < frame.len() {
             self.inner
                 .get_or_insert_with(Box::default)
-                .push_shared(frame, from);
+                .push_shared(frame, room, from);
         }
+    }
+
+    /// Removes unsent whole frames of `room` — the oldest one only, or all of them — and
+    /// returns (frames, bytes) freed. A frame already partly written is never touched:
+    /// cutting it would corrupt the stream.
+    pub fn drop_room_frames(&mut self, room: u32, all: bool) -> (usize, usize) {
+        let Some(inner) = self.inner.as_mut() else {
+            return (0, 0);
+        };
+        let (mut frames, mut freed) = (0, 0);
+        let mut index = usize::from(inner.front_written > 0);
+        while let Some(chunk) = inner.chunks.get(index) {
+            match chunk {
+                Chunk::Shared(frame, r) if *r == room && room != 0 => {
+                    freed += frame.len();
+                    frames += 1;
+                    inner.chunks.remove(index);
+                    if !all {
+                        break;
+                    }
+                }
+                _ => index += 1,
+            }
+        }
+        inner.len -= freed;
+        if inner.len == 0 {
+            self.inner = None;
+        }
+        (frames, freed)
     }
 
     /// Drops everything (the connection is going away).
@@ -129,14 +161,14 @@ impl Chunks {
         self.chunks.push_back(Chunk::Owned(chunk));
     }
 
-    fn push_shared(&mut self, frame: &Rc<[u8]>, from: usize) {
+    fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
         let len = frame.len().saturating_sub(from);
         if len == 0 {
             return;
         }
         if from == 0 {
             self.len += len;
-            self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+            self.chunks.push_back(Chunk::Shared(Rc::clone(frame), room));
         } else {
             self.push_bytes(frame.get(from..).unwrap_or_default());
         }
@@ -242,7 +274,7 @@ impl Chunks {
                         .and_then(|b| b.get(skip..))
                         .unwrap_or_default(),
                 ),
-                EntryData::Shared(frame) => self.push_shared(frame, skip),
+                EntryData::Shared(frame, room) => self.push_shared(frame, *room, skip),
             }
         }
         Ok((written_total, blocked))
@@ -254,8 +286,8 @@ impl Chunks {
 pub enum EntryData {
     /// A range of the outbox's byte buffer.
     Bytes(Range<usize>),
-    /// A frame shared with other receivers.
-    Shared(Rc<[u8]>),
+    /// A frame shared with other receivers, and its room (0: none).
+    Shared(Rc<[u8]>, u32),
 }
 
 /// Output for one connection produced during this loop turn.
@@ -271,7 +303,7 @@ impl OutEntry {
     fn bytes<'a>(&'a self, outbox_bytes: &'a [u8]) -> &'a [u8] {
         match &self.data {
             EntryData::Bytes(range) => outbox_bytes.get(range.clone()).unwrap_or_default(),
-            EntryData::Shared(frame) => frame,
+            EntryData::Shared(frame, _) => frame,
         }
     }
 }
@@ -310,11 +342,11 @@ impl Outbox {
         });
     }
 
-    /// Appends a shared frame for connection `key`.
-    pub fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>) {
+    /// Appends a shared frame of `room` (0: none) for connection `key`.
+    pub fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
         self.entries.push(OutEntry {
             key,
-            data: EntryData::Shared(Rc::clone(frame)),
+            data: EntryData::Shared(Rc::clone(frame), room),
         });
     }
 
@@ -364,7 +396,7 @@ mod tests {
         outbox.push_bytes(1, &[b"ab", b"cd"]);
         outbox.push_bytes(1, &[b"ef"]);
         let shared: Rc<[u8]> = Rc::from(&b"SHARED"[..]);
-        outbox.push_shared(1, &shared);
+        outbox.push_shared(1, &shared, 0);
         outbox.push_bytes(1, &[b"gh"]);
         assert_eq!(outbox.entries.len(), 3, "adjacent byte entries merge");
 
@@ -396,5 +428,38 @@ mod tests {
             sock.calls, 1,
             "one vectored write when the socket takes it all"
         );
+    }
+
+    #[test]
+    fn room_frames_drop_oldest_or_all_but_never_a_partly_written_one() {
+        let a: Rc<[u8]> = Rc::from(&b"AAAA"[..]);
+        let b: Rc<[u8]> = Rc::from(&b"BBBB"[..]);
+        let mut q = OutQueue::default();
+        q.push_shared(&a, 7, 0);
+        q.push_bytes(b"own");
+        q.push_shared(&b, 7, 0);
+        q.push_shared(&a, 8, 0);
+        // Write 2 bytes: the first room-7 frame is now partly written.
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 2,
+            calls: 0,
+        };
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(
+            q.drop_room_frames(7, false),
+            (1, 4),
+            "the second room-7 frame goes"
+        );
+        assert_eq!(
+            q.drop_room_frames(7, true),
+            (0, 0),
+            "the partly written one stays"
+        );
+        assert_eq!(q.drop_room_frames(8, true), (1, 4));
+        sock.room = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(sock.got, b"AAAAown");
+        assert!(q.is_empty());
     }
 }

@@ -29,20 +29,23 @@ use crate::protocol::handshake::{
 };
 use crate::protocol::{CloseCode, Event, MessageKind, Outcome, ProtocolError};
 
+use super::admission::{origin_allowed, Jitter};
 use super::app::{ConnId, Context, Decision, Handler, Message, Request};
 use super::compression::{ConnDeflate, SharedContexts};
-use super::config::{Config, SlowConsumerPolicy};
+use super::config::Config;
 use super::connection::{Connection, Phase};
 use super::handle::{Command, ServerHandle};
 use super::http::{error_response, ok_response, StaticFiles};
+use super::metrics;
 use super::out_queue::Outbox;
-use super::rooms::Rooms;
-use super::stats::Stats;
+use super::rooms::{RoomPolicy, Rooms};
+use super::stats::{RejectReason, Stats};
 use super::timer::{Clock, Tick, Timers};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const METRICS: Token = Token(usize::MAX - 3);
 
 /// Size of the one read buffer shared by every connection.
 const READ_BUF: usize = 256 * 1024;
@@ -62,7 +65,7 @@ pub struct Core {
     pub(crate) stats: Stats,
     conns: Slab<Connection>,
     outbox: Outbox,
-    rooms: Rooms,
+    pub(crate) rooms: Rooms,
     timers: Timers,
     registry: Registry,
     static_files: StaticFiles,
@@ -82,12 +85,16 @@ pub struct Core {
     /// Scratch for inflated messages and compressed frames (reused, trimmed when large).
     inflate_buf: Vec<u8>,
     deflate_buf: Vec<u8>,
+    /// Spreads `Retry-After` values.
+    jitter: Jitter,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
 pub struct Reactor<H: Handler> {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The `--metrics-addr` listener, when /metrics is served apart.
+    metrics_listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     commands: mpsc::Receiver<Command>,
     handle: ServerHandle,
@@ -111,6 +118,15 @@ impl<H: Handler> Reactor<H> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr.filter(|_| config.metrics) {
+            Some(addr) => {
+                let mut listener = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut listener, METRICS, Interest::READABLE)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let static_files = StaticFiles::new(&config.static_dir);
@@ -121,7 +137,7 @@ impl<H: Handler> Reactor<H> {
                 stats: Stats::default(),
                 conns: Slab::new(),
                 outbox: Outbox::default(),
-                rooms: Rooms::default(),
+                rooms: Rooms::new(config.slow_consumer),
                 timers: Timers::default(),
                 registry: poll.registry().try_clone()?,
                 static_files,
@@ -136,10 +152,12 @@ impl<H: Handler> Reactor<H> {
                 contexts: SharedContexts::new(config.deflate.map_or(1, |d| d.level)),
                 inflate_buf: Vec::new(),
                 deflate_buf: Vec::new(),
+                jitter: Jitter::new(),
                 config,
             },
             poll,
             listener: Some(listener),
+            metrics_listener,
             signals: None,
             commands: rx,
             handle: ServerHandle::new(tx, waker),
@@ -201,7 +219,8 @@ impl<H: Handler> Reactor<H> {
             self.core.tick = self.core.clock.tick(self.core.now);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
+                    LISTENER => self.accept_all(false),
+                    METRICS => self.accept_all(true),
                     WAKER => self.run_commands(),
                     SIGNALS => self.check_signals(),
                     Token(key) => {
@@ -223,13 +242,15 @@ impl<H: Handler> Reactor<H> {
                 .is_some_and(|until| until <= self.core.now)
             {
                 self.accept_paused_until = None;
-                self.accept_all();
+                self.accept_all(false);
+                self.accept_all(true);
             }
             self.core.fire_timers(&mut self.app);
             self.log_stats();
             self.core.finish_turn(&mut self.app);
             if self.core.shutting_down {
                 self.listener = None;
+                self.metrics_listener = None;
                 let expired = self
                     .core
                     .shutdown_deadline
@@ -310,18 +331,23 @@ impl<H: Handler> Reactor<H> {
 
     /// Accepts until `WouldBlock`. Out of file descriptors, it pauses accepting briefly
     /// (logged once) instead of spinning on a listener that stays readable.
-    fn accept_all(&mut self) {
+    fn accept_all(&mut self, metrics: bool) {
         if self.accept_paused_until.is_some() {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if metrics {
+                self.metrics_listener.as_ref()
+            } else {
+                self.listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
                 Ok((socket, peer)) => {
                     self.emfile_logged = false;
-                    self.core.add_connection(socket, peer);
+                    self.core.add_connection(socket, peer, metrics);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -374,6 +400,7 @@ impl<H: Handler> Reactor<H> {
             self.core.stats.bytes_in += n as u64;
             let input = self.read_buf.get_mut(..n).unwrap_or_default();
             self.core.on_input(&mut self.app, key, input);
+            self.core.reaccount(key);
             if n < self.read_buf.len() && !read_to_end {
                 // A short read drained the socket (as tokio also assumes on Linux): the next
                 // arrival raises a new edge.
@@ -415,13 +442,20 @@ impl Core {
             .map(|_| key)
     }
 
-    fn add_connection(&mut self, mut socket: TcpStream, peer: SocketAddr) {
+    fn add_connection(&mut self, mut socket: TcpStream, peer: SocketAddr, metrics_only: bool) {
         if self.shutting_down {
             return;
         }
-        let over_limit = self.conns.len() >= self.config.max_conns;
-        if over_limit && self.conns.len() >= self.config.max_conns + REJECT_OVERFLOW {
-            self.stats.rejected += 1;
+        let refusal = if self.conns.len() >= self.config.max_conns {
+            Some(RejectReason::MaxConns)
+        } else if self.over_budget() {
+            Some(RejectReason::MemoryBudget)
+        } else {
+            None
+        };
+        if refusal.is_some() && self.conns.len() >= self.config.max_conns + REJECT_OVERFLOW {
+            // Not even room to say so: drop the socket.
+            self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
             return;
         }
         let _ = socket.set_nodelay(true);
@@ -436,16 +470,14 @@ impl Core {
             return;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
-        entry.insert(Connection::new(socket, self.next_serial, self.tick));
+        let mut conn = Connection::new(socket, self.next_serial, self.tick);
+        conn.metrics_only = metrics_only;
+        entry.insert(conn);
         self.stats.accepted += 1;
         self.stats.open += 1;
-        if over_limit {
-            debug!(
-                "{peer}: over --max-conns {}, answering 503",
-                self.config.max_conns
-            );
-            self.stats.rejected += 1;
-            self.reject_http(key, 503, &[("Retry-After", "5")]);
+        if let Some(reason) = refusal {
+            debug!("{peer}: refused ({}): 503", reason.label());
+            self.reject_busy(key, reason);
         } else {
             debug!("{peer}: accepted as #{key}");
             self.arm(key, self.tick.after(self.config.handshake_timeout));
@@ -512,7 +544,7 @@ impl Core {
                 return;
             }
             let keep_alive = req.keep_alive() && !self.shutting_down;
-            let response = self.plain_http(&req, keep_alive);
+            let response = self.plain_http(key, &req, keep_alive);
             let closes = !keep_alive || !response.starts_with(b"HTTP/1.1 200");
             self.queue(key, &[&response]);
             if closes {
@@ -529,8 +561,28 @@ impl Core {
         }
     }
 
-    fn plain_http(&self, req: &RequestHead<'_, '_>, keep_alive: bool) -> Vec<u8> {
+    fn plain_http(&mut self, key: usize, req: &RequestHead<'_, '_>, keep_alive: bool) -> Vec<u8> {
+        self.stats.http_requests += 1;
         let path = req.target.split('?').next().unwrap_or_default();
+        let head_only = req.method == "HEAD";
+        let metrics_only = self.conns.get(key).is_some_and(|c| c.metrics_only);
+        let metrics_here = if metrics_only {
+            true
+        } else {
+            self.config.metrics && self.config.metrics_addr.is_none()
+        };
+        if path == "/metrics" && metrics_here && matches!(req.method, "GET" | "HEAD") {
+            let text = metrics::render(&self.stats, &self.rooms);
+            return ok_response(
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+                head_only,
+                keep_alive,
+            );
+        }
+        if metrics_only {
+            return error_response(404, &[]);
+        }
         if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
             let json = self.stats.to_json();
             return ok_response(
@@ -551,14 +603,16 @@ impl Core {
             return false;
         }
         let key_header = req.header("sec-websocket-key").unwrap_or_default();
-        if let Some(origin) = req.header("origin") {
-            let allowed = &self.config.allow_origins;
-            if !allowed.is_empty() && !allowed.iter().any(|a| a == "*" || a == origin) {
-                debug!("#{key}: origin {origin} not allowed: 403");
-                self.stats.rejected += 1;
-                self.reject_http(key, 403, &[]);
-                return false;
-            }
+        let origin = req.header("origin");
+        if !origin_allowed(origin, req.header("host"), &self.config.allow_origins) {
+            debug!("#{key}: origin {origin:?} not allowed: 403");
+            self.reject_http(key, 403, &[], RejectReason::Origin);
+            return false;
+        }
+        if self.over_budget() {
+            debug!("#{key}: over --max-buffered: 503");
+            self.reject_busy(key, RejectReason::MemoryBudget);
+            return false;
         }
         let (Some(id), Some(conn)) = (self.id_of(key), self.conns.get(key)) else {
             return false;
@@ -577,8 +631,7 @@ impl Core {
             Decision::Accept(protocol) => protocol,
             Decision::Reject(status) => {
                 debug!("#{key}: application rejected the upgrade: {status}");
-                self.stats.rejected += 1;
-                self.reject_http(key, status, &[]);
+                self.reject_http(key, status, &[], RejectReason::Application);
                 return false;
             }
         };
@@ -615,18 +668,85 @@ impl Core {
 
     fn refuse(&mut self, key: usize, e: HandshakeError) {
         debug!("#{key}: bad request: {e}: {}", e.status());
-        self.stats.rejected += 1;
         let extra: &[(&str, &str)] = if e == HandshakeError::UnsupportedVersion {
             &[("Sec-WebSocket-Version", "13")]
         } else {
             &[]
         };
-        self.reject_http(key, e.status(), extra);
+        let status = e.status();
+        self.reject_http(key, status, extra, RejectReason::for_status(status));
     }
 
-    fn reject_http(&mut self, key: usize, status: u16, extra: &[(&str, &str)]) {
+    /// Answers 503 with a jittered `Retry-After`, so a fleet told to come back spreads out.
+    fn reject_busy(&mut self, key: usize, reason: RejectReason) {
+        let retry = self.jitter.retry_after(2).to_string();
+        self.reject_http(key, 503, &[("Retry-After", &retry)], reason);
+    }
+
+    fn reject_http(
+        &mut self,
+        key: usize,
+        status: u16,
+        extra: &[(&str, &str)],
+        reason: RejectReason,
+    ) {
+        self.stats.reject(reason);
         self.queue(key, &[&error_response(status, extra)]);
         self.linger(key);
+    }
+
+    /// Brings the process-wide byte count up to date with what connection `key` holds now.
+    /// Called after anything that can change its queue, partial message or contexts.
+    fn reaccount(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let now = conn.footprint();
+            self.stats.buffered_bytes = self
+                .stats
+                .buffered_bytes
+                .saturating_sub(conn.accounted)
+                .saturating_add(now);
+            conn.accounted = now;
+        }
+    }
+
+    /// Over the budget: close the connections holding the most bytes with 1013 ("try again
+    /// later"), dropping what they had queued, until the total is back under 90 % of it.
+    fn shed(&mut self) {
+        let budget = self.config.max_buffered as u64;
+        let target = budget - budget / 10;
+        let mut holders: Vec<(u64, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.accounted > 0 && !c.is_dead())
+            .map(|(k, c)| (c.accounted, k))
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, key) in holders {
+            if self.stats.buffered_bytes <= target {
+                break;
+            }
+            warn!("#{key}: holds {bytes} bytes, over --max-buffered {budget}: shedding with 1013");
+            self.stats.shed += 1;
+            let open = self.conns.get(key).is_some_and(Connection::is_open);
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.out.clear();
+                conn.decoder = crate::protocol::Decoder::new();
+                conn.deflate = None;
+                conn.close_code = Some(CloseCode::TRY_AGAIN_LATER);
+            }
+            self.reaccount(key);
+            if open {
+                self.queue_close(key, CloseCode::TRY_AGAIN_LATER, "try again later");
+                self.linger(key);
+            } else {
+                self.kill(key);
+            }
+        }
+    }
+
+    /// Whether the bytes held for all connections are over `--max-buffered`.
+    fn over_budget(&self) -> bool {
+        self.stats.buffered_bytes > self.config.max_buffered as u64
     }
 
     /// Nothing more to say: flush, FIN, discard input until EOF or the close timeout.
@@ -684,13 +804,19 @@ impl Core {
                     self.queue_frame(key, OpCode::Pong, &[payload.bytes(input)]);
                 }
             }
-            Event::Pong(_) => {}
+            Event::Pong(payload) => self.record_rtt(payload.bytes(input)),
             Event::Close { code, payload } => {
                 let close = parse_close_payload(payload.bytes(input))
                     .unwrap_or(crate::protocol::close::ClosePayload { code, reason: "" });
                 debug!("#{key}: close received: {:?} {:?}", code, close.reason);
+                self.stats
+                    .close_received
+                    .add(code.unwrap_or(CloseCode::NO_STATUS));
                 if open {
                     // §5.5.1: answer with a close frame echoing the status code.
+                    if let Some(code) = code {
+                        self.stats.close_sent.add(code);
+                    }
                     let echo = code.map(|c| c.0.to_be_bytes());
                     self.queue_frame(key, OpCode::Close, &[echo.as_ref().map_or(&[][..], |b| b)]);
                 }
@@ -741,6 +867,25 @@ impl Core {
         }
     }
 
+    /// A keepalive ping carries its send time (µs since start); its pong gives the round trip.
+    /// Pongs that are not answers to ours (other lengths, impossible times) are ignored.
+    fn record_rtt(&mut self, payload: &[u8]) {
+        let Ok(sent) = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes) else {
+            return;
+        };
+        let now = self
+            .now
+            .saturating_duration_since(self.clock_start())
+            .as_micros() as u64;
+        if let Some(rtt) = now.checked_sub(sent).filter(|&rtt| rtt < 3_600_000_000) {
+            self.stats.ping_rtt.record(rtt);
+        }
+    }
+
+    fn clock_start(&self) -> Instant {
+        self.clock.instant(Tick::NONE)
+    }
+
     /// Fails the connection (§7.1.7): one close frame with the error's code, then TCP closes.
     fn fail(&mut self, key: usize, e: ProtocolError) {
         let code = CloseCode::from(&e);
@@ -768,6 +913,7 @@ impl Core {
     }
 
     fn queue_close(&mut self, key: usize, code: CloseCode, reason: &str) {
+        self.stats.close_sent.add(code);
         let reason = truncate_reason(reason);
         self.queue_frame(
             key,
@@ -888,6 +1034,9 @@ impl Core {
         // size; those with context takeover need their own compression.
         let mut compressed: [Option<Rc<[u8]>>; 7] = Default::default();
         self.stats.publications += 1;
+        let (room, policy) = topic
+            .and_then(|t| self.rooms.get(t))
+            .map_or((0, self.config.slow_consumer), |r| (r.id, r.policy));
         let members: Vec<usize> = match topic {
             Some(topic) => self.rooms.members(topic).to_vec(),
             None => self
@@ -907,15 +1056,34 @@ impl Core {
             }
             if conn.buffered_amount() + payload.len() > self.config.max_backpressure {
                 self.stats.backpressure_closes += 1;
-                match self.config.slow_consumer {
-                    SlowConsumerPolicy::Close => {
+                let dropped_old = match policy {
+                    RoomPolicy::Close => {
                         warn!("#{key}: send queue over --max-backpressure: closing with 1008");
                         self.start_close(key, CloseCode::POLICY_VIOLATION, "slow consumer");
+                        continue;
                     }
-                    SlowConsumerPolicy::Drop => self.stats.dropped_messages += 1,
+                    RoomPolicy::DropOldest | RoomPolicy::LatestOnly if room != 0 => {
+                        let all = policy == RoomPolicy::LatestOnly;
+                        conn.out.drop_room_frames(room, all).0
+                    }
+                    _ => 0,
+                };
+                self.reaccount(key);
+                // Older frames made room for this one, or else this one is dropped.
+                let dropped = dropped_old.max(1);
+                self.stats.dropped_messages += dropped as u64;
+                if let Some(topic) = topic {
+                    for _ in 0..dropped {
+                        self.rooms.count_drop(topic);
+                    }
                 }
-                continue;
+                if dropped_old == 0 {
+                    continue;
+                }
             }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             let shared_deflate = conn.deflate.as_ref().map(|d| {
                 (
                     d.params.server_no_context_takeover,
@@ -953,7 +1121,7 @@ impl Core {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.corked += frame.len();
             }
-            self.outbox.push_shared(key, &frame);
+            self.outbox.push_shared(key, &frame, room);
         }
         self.stats.messages_out += delivered as u64;
         delivered
@@ -998,6 +1166,7 @@ impl Core {
                 conn.phase = Phase::Dead;
                 conn.out.clear();
                 self.doomed.push(key);
+                self.reaccount(key);
             }
         }
     }
@@ -1014,6 +1183,7 @@ impl Core {
             Ok(n) => self.stats.bytes_out += n as u64,
             Err(e) => return self.socket_error(key, &e),
         }
+        self.reaccount(key);
         self.after_write(app, key);
     }
 
@@ -1100,7 +1270,11 @@ impl Core {
         }
         if ping.is_some_and(|ping| silent >= ping) && !conn.ping_sent {
             conn.ping_sent = true;
-            self.queue_frame(key, OpCode::Ping, &[b"wsloop"]);
+            let sent = self
+                .now
+                .saturating_duration_since(self.clock_start())
+                .as_micros() as u64;
+            self.queue_frame(key, OpCode::Ping, &[&sent.to_be_bytes()]);
         }
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -1124,6 +1298,9 @@ impl Core {
     /// Ends the turn: remove dead connections (telling the application), then write every
     /// connection's output, until neither produces more work.
     fn finish_turn<H: Handler>(&mut self, app: &mut H) {
+        if self.over_budget() {
+            self.shed();
+        }
         for _ in 0..4 {
             self.remove_doomed(app);
             if self.outbox.is_empty() {
@@ -1141,8 +1318,10 @@ impl Core {
                 .and_then(|c| c.close_code)
                 .unwrap_or(CloseCode::ABNORMAL);
             self.notify_close(app, key, code, "");
-            if self.conns.try_remove(key).is_some() {
+            if let Some(conn) = self.conns.try_remove(key) {
                 self.stats.open -= 1;
+                self.stats.buffered_bytes =
+                    self.stats.buffered_bytes.saturating_sub(conn.accounted);
                 self.rooms.remove_conn(key);
             }
         }
@@ -1168,6 +1347,7 @@ impl Core {
                 // Still blocked: queue behind what is waiting; WRITABLE will flush it.
                 let mut nowhere = Blocked;
                 let _ = conn.out.write_with(&mut nowhere, &outbox.bytes, group);
+                self.reaccount(key);
                 continue;
             }
             match conn.out.write_with(&mut conn.socket, &outbox.bytes, group) {
@@ -1177,6 +1357,7 @@ impl Core {
                     continue;
                 }
             }
+            self.reaccount(key);
             self.after_write(app, key);
         }
         outbox.entries.clear();

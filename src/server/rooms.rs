@@ -1,4 +1,5 @@
-//! Rooms (pub/sub topics): which connections receive a publication.
+//! Rooms (pub/sub topics): which connections receive a publication, and what a room does
+//! with a subscriber that cannot keep up.
 //!
 //! Membership only; the reactor encodes a publication into one shared frame and queues that
 //! same frame for every member. Keys are slab keys of live connections: a connection leaves
@@ -6,36 +7,108 @@
 
 use std::collections::HashMap;
 
+/// What a publication does to a subscriber whose send queue is over its high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoomPolicy {
+    /// Close the subscriber with 1008 (memory stays bounded and the client learns why).
+    #[default]
+    Close,
+    /// Drop the new publication for that subscriber.
+    DropNewest,
+    /// Drop the oldest unsent whole frame of this room from its queue, then queue the new one
+    /// (a partly written frame is never touched).
+    DropOldest,
+    /// Keep only the newest unsent frame of this room (tickers, game state).
+    LatestOnly,
+}
+
+impl std::str::FromStr for RoomPolicy {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<RoomPolicy, &'static str> {
+        match s {
+            "close" => Ok(RoomPolicy::Close),
+            "drop" | "drop-newest" => Ok(RoomPolicy::DropNewest),
+            "drop-oldest" => Ok(RoomPolicy::DropOldest),
+            "latest-only" => Ok(RoomPolicy::LatestOnly),
+            _ => Err("expected close, drop-newest, drop-oldest or latest-only"),
+        }
+    }
+}
+
+/// One room.
+#[derive(Debug)]
+pub struct Room {
+    /// Tags this room's frames in output queues.
+    pub id: u32,
+    /// Subscribed connections.
+    pub members: Vec<usize>,
+    /// Slow-consumer policy.
+    pub policy: RoomPolicy,
+    /// Publications dropped for slow subscribers (drop policies), for `/metrics`.
+    pub dropped: u64,
+}
+
 /// Topic membership, both ways.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    topics: HashMap<Box<str>, Vec<usize>>,
+    topics: HashMap<Box<str>, Room>,
     by_conn: HashMap<usize, Vec<Box<str>>>,
+    /// Policies set for rooms before (or between) their members.
+    policies: HashMap<Box<str>, RoomPolicy>,
+    default_policy: RoomPolicy,
+    next_id: u32,
 }
 
 impl Rooms {
+    /// Rooms whose policy is `default_policy` unless set otherwise.
+    pub fn new(default_policy: RoomPolicy) -> Rooms {
+        Rooms {
+            default_policy,
+            ..Rooms::default()
+        }
+    }
+
+    /// Sets the slow-consumer policy of `topic` (now and whenever it has members again).
+    pub fn set_policy(&mut self, topic: &str, policy: RoomPolicy) {
+        self.policies.insert(topic.into(), policy);
+        if let Some(room) = self.topics.get_mut(topic) {
+            room.policy = policy;
+        }
+    }
+
     /// Adds `key` to `topic`; returns false if it was already a member.
     pub fn subscribe(&mut self, key: usize, topic: &str) -> bool {
-        let members = self.topics.entry(topic.into()).or_default();
-        if members.contains(&key) {
+        if !self.topics.contains_key(topic) {
+            self.next_id = self.next_id.wrapping_add(1);
+            let policy = self
+                .policies
+                .get(topic)
+                .copied()
+                .unwrap_or(self.default_policy);
+            let room = Room {
+                id: self.next_id,
+                members: Vec::new(),
+                policy,
+                dropped: 0,
+            };
+            self.topics.insert(topic.into(), room);
+        }
+        let Some(room) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        if room.members.contains(&key) {
             return false;
         }
-        members.push(key);
+        room.members.push(key);
         self.by_conn.entry(key).or_default().push(topic.into());
         true
     }
 
     /// Removes `key` from `topic`; returns false if it was not a member.
     pub fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
-        let Some(members) = self.topics.get_mut(topic) else {
+        if !self.leave(key, topic) {
             return false;
-        };
-        let Some(at) = members.iter().position(|&k| k == key) else {
-            return false;
-        };
-        members.swap_remove(at);
-        if members.is_empty() {
-            self.topics.remove(topic);
         }
         if let Some(topics) = self.by_conn.get_mut(&key) {
             topics.retain(|t| &**t != topic);
@@ -49,12 +122,33 @@ impl Rooms {
     /// Removes `key` from every room (the connection is gone).
     pub fn remove_conn(&mut self, key: usize) {
         for topic in self.by_conn.remove(&key).unwrap_or_default() {
-            if let Some(members) = self.topics.get_mut(&topic) {
-                members.retain(|&k| k != key);
-                if members.is_empty() {
-                    self.topics.remove(&topic);
-                }
-            }
+            self.leave(key, &topic);
+        }
+    }
+
+    fn leave(&mut self, key: usize, topic: &str) -> bool {
+        let Some(room) = self.topics.get_mut(topic) else {
+            return false;
+        };
+        let Some(at) = room.members.iter().position(|&k| k == key) else {
+            return false;
+        };
+        room.members.swap_remove(at);
+        if room.members.is_empty() {
+            self.topics.remove(topic);
+        }
+        true
+    }
+
+    /// The room named `topic`, if it has members.
+    pub fn get(&self, topic: &str) -> Option<&Room> {
+        self.topics.get(topic)
+    }
+
+    /// Counts a publication dropped for a slow member of `topic`.
+    pub fn count_drop(&mut self, topic: &str) {
+        if let Some(room) = self.topics.get_mut(topic) {
+            room.dropped += 1;
         }
     }
 
@@ -62,8 +156,18 @@ impl Rooms {
     pub fn members(&self, topic: &str) -> &[usize] {
         self.topics
             .get(topic)
-            .map(Vec::as_slice)
+            .map(|r| r.members.as_slice())
             .unwrap_or_default()
+    }
+
+    /// Every room with members: (name, room).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Room)> {
+        self.topics.iter().map(|(name, room)| (&**name, room))
+    }
+
+    /// Subscriptions across all rooms.
+    pub fn subscriptions(&self) -> usize {
+        self.topics.values().map(|r| r.members.len()).sum()
     }
 
     /// Number of rooms with at least one member.
@@ -89,6 +193,7 @@ mod tests {
         assert!(rooms.subscribe(2, "a"));
         assert!(rooms.subscribe(2, "b"));
         assert_eq!(rooms.members("a"), &[1, 2]);
+        assert_eq!(rooms.subscriptions(), 3);
         rooms.remove_conn(2);
         assert_eq!(rooms.members("a"), &[1]);
         assert!(rooms.members("b").is_empty());
@@ -96,5 +201,27 @@ mod tests {
         assert!(rooms.unsubscribe(1, "a"));
         assert!(!rooms.unsubscribe(1, "a"));
         assert!(rooms.is_empty());
+    }
+
+    #[test]
+    fn policies_default_and_per_room() {
+        let mut rooms = Rooms::new(RoomPolicy::DropNewest);
+        rooms.set_policy("ticker", RoomPolicy::LatestOnly);
+        rooms.subscribe(1, "ticker");
+        rooms.subscribe(1, "chat");
+        assert_eq!(
+            rooms.get("ticker").map(|r| r.policy),
+            Some(RoomPolicy::LatestOnly)
+        );
+        assert_eq!(
+            rooms.get("chat").map(|r| r.policy),
+            Some(RoomPolicy::DropNewest)
+        );
+        assert_ne!(
+            rooms.get("ticker").map(|r| r.id),
+            rooms.get("chat").map(|r| r.id)
+        );
+        assert_eq!("drop-oldest".parse(), Ok(RoomPolicy::DropOldest));
+        assert!("nope".parse::<RoomPolicy>().is_err());
     }
 }

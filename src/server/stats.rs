@@ -1,18 +1,164 @@
-//! Counters the reactor keeps, readable through the API, `/stats` and the stats log line.
+//! Counters the reactor keeps, readable through the API, `/stats`, `/metrics` and the stats
+//! log line. Plain integers bumped on the reactor thread: no atomics, no allocation.
 
 use crate::protocol::CloseCode;
 
-/// Monotonic counters and gauges; plain integers, bumped on the reactor thread only.
+/// Why a connection or upgrade was refused (each one a label of `wsloop_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Over `--max-conns` (503).
+    MaxConns,
+    /// Over the process-wide `--max-buffered` memory budget (503).
+    MemoryBudget,
+    /// Over `--max-handshake-rate` (503).
+    HandshakeRate,
+    /// Over `--max-conns-per-ip` (503).
+    PerIp,
+    /// `Origin` not allowed (403).
+    Origin,
+    /// Malformed or invalid request (400).
+    BadRequest,
+    /// Unsupported WebSocket version (426).
+    BadVersion,
+    /// Request head too large (431).
+    HeadTooLarge,
+    /// The application refused the upgrade.
+    Application,
+    /// Missing, malformed or untrusted PROXY protocol header.
+    Proxy,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of [`Stats::rejected_by`].
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::MaxConns,
+        RejectReason::MemoryBudget,
+        RejectReason::HandshakeRate,
+        RejectReason::PerIp,
+        RejectReason::Origin,
+        RejectReason::BadRequest,
+        RejectReason::BadVersion,
+        RejectReason::HeadTooLarge,
+        RejectReason::Application,
+        RejectReason::Proxy,
+    ];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::MaxConns => "max_conns",
+            RejectReason::MemoryBudget => "memory_budget",
+            RejectReason::HandshakeRate => "handshake_rate",
+            RejectReason::PerIp => "per_ip",
+            RejectReason::Origin => "origin",
+            RejectReason::BadRequest => "bad_request_400",
+            RejectReason::BadVersion => "bad_version_426",
+            RejectReason::HeadTooLarge => "head_too_large_431",
+            RejectReason::Application => "application",
+            RejectReason::Proxy => "proxy_protocol",
+        }
+    }
+
+    /// The reason for a refused handshake with HTTP `status`.
+    pub fn for_status(status: u16) -> RejectReason {
+        match status {
+            426 => RejectReason::BadVersion,
+            431 => RejectReason::HeadTooLarge,
+            403 => RejectReason::Origin,
+            _ => RejectReason::BadRequest,
+        }
+    }
+}
+
+/// Close codes counted individually; anything else is "other".
+const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1013,
+];
+
+/// Counts of close codes (sent or received), one slot per common code plus "other".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloseCounts([u64; 13]);
+
+impl CloseCounts {
+    /// Counts one close with `code`.
+    pub fn add(&mut self, code: CloseCode) {
+        let slot = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code.0)
+            .unwrap_or(CLOSE_CODES.len());
+        if let Some(count) = self.0.get_mut(slot) {
+            *count += 1;
+        }
+    }
+
+    /// How many closes had `code` (other codes: ask for 0).
+    pub fn get(&self, code: u16) -> u64 {
+        let slot = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.0.get(slot).copied().unwrap_or(0)
+    }
+
+    /// (label, count) for every slot.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        const LABELS: [&str; 13] = [
+            "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+            "1013", "other",
+        ];
+        LABELS.into_iter().zip(self.0.iter().copied())
+    }
+}
+
+/// Upper bounds (milliseconds) of the ping round-trip histogram's buckets.
+pub const RTT_BUCKETS_MS: [f64; 12] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
+
+/// A fixed-bucket histogram of keepalive ping round trips.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RttHistogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    pub counts: [u64; 13],
+    /// Sum of all samples, in microseconds.
+    pub sum_us: u64,
+}
+
+impl RttHistogram {
+    /// Records one round trip.
+    pub fn record(&mut self, rtt_us: u64) {
+        let ms = rtt_us as f64 / 1000.0;
+        let slot = RTT_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(RTT_BUCKETS_MS.len());
+        if let Some(count) = self.counts.get_mut(slot) {
+            *count += 1;
+        }
+        self.sum_us = self.sum_us.saturating_add(rtt_us);
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Monotonic counters and gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Connections open now (any phase).
     pub open: u64,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections refused (max-conns, bad handshake, origin, application).
+    /// Connections or upgrades refused, all reasons together.
     pub rejected: u64,
+    /// Refusals by reason, in the order of [`RejectReason::ALL`].
+    pub rejected_by: [u64; 10],
     /// Successful WebSocket upgrades.
     pub upgraded: u64,
+    /// Plain HTTP requests answered (static files, stats, metrics).
+    pub http_requests: u64,
     /// Data messages received.
     pub messages_in: u64,
     /// Data messages sent (each receiver of a publication counts).
@@ -23,17 +169,49 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Connections failed for a protocol error, by close code: 1002, 1007, 1009.
     pub protocol_errors: [u64; 3],
+    /// Close frames sent, by code.
+    pub close_sent: CloseCounts,
+    /// Close frames received, by code (1005: a close frame without a code).
+    pub close_received: CloseCounts,
     /// Publications (each encoded into exactly one shared frame, whatever its fan-out).
     pub publications: u64,
     /// Subscribers closed or skipped because their queue was over the limit.
     pub backpressure_closes: u64,
-    /// Publications dropped for slow subscribers (drop policy).
+    /// Publications dropped for slow subscribers (drop policies).
     pub dropped_messages: u64,
     /// Connections dropped because the peer went silent.
     pub idle_timeouts: u64,
+    /// Connections shed (closed with 1013) to bring memory back under `--max-buffered`.
+    pub shed: u64,
+    /// Times a connection's reading was paused, or it was closed, for `--max-msg-rate`.
+    pub rate_limited: u64,
+    /// Bytes held now in output queues, partial messages and compressor contexts.
+    pub buffered_bytes: u64,
+    /// Keepalive ping round trips.
+    pub ping_rtt: RttHistogram,
 }
 
 impl Stats {
+    /// Counts a refusal.
+    pub fn reject(&mut self, reason: RejectReason) {
+        self.rejected += 1;
+        if let Some(slot) = RejectReason::ALL.iter().position(|&r| r == reason) {
+            if let Some(count) = self.rejected_by.get_mut(slot) {
+                *count += 1;
+            }
+        }
+    }
+
+    /// Refusals for one reason.
+    pub fn rejected_for(&self, reason: RejectReason) -> u64 {
+        RejectReason::ALL
+            .iter()
+            .position(|&r| r == reason)
+            .and_then(|slot| self.rejected_by.get(slot))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Counts a protocol error by the close code it was answered with.
     pub fn count_protocol_error(&mut self, code: CloseCode) {
         let slot = match code {
@@ -58,7 +236,8 @@ impl Stats {
             "{{\"open\":{},\"accepted\":{},\"rejected\":{},\"upgraded\":{},\"messages_in\":{},\
              \"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"protocol_errors\":{},\
              \"protocol_errors_by_code\":{{\"1002\":{e1002},\"1007\":{e1007},\"1009\":{e1009}}},\
-             \"publications\":{},\"backpressure_closes\":{},\"dropped_messages\":{},\"idle_timeouts\":{}}}",
+             \"publications\":{},\"backpressure_closes\":{},\"dropped_messages\":{},\
+             \"idle_timeouts\":{},\"shed\":{},\"rate_limited\":{},\"buffered_bytes\":{}}}",
             self.open,
             self.accepted,
             self.rejected,
@@ -72,6 +251,9 @@ impl Stats {
             self.backpressure_closes,
             self.dropped_messages,
             self.idle_timeouts,
+            self.shed,
+            self.rate_limited,
+            self.buffered_bytes,
         )
     }
 }
@@ -81,7 +263,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "open={} accepted={} rejected={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} \
-             protocol_errors={} backpressure_closes={}",
+             protocol_errors={} backpressure_closes={} buffered={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -90,7 +272,39 @@ impl std::fmt::Display for Stats {
             self.bytes_in,
             self.bytes_out,
             self.protocol_errors_total(),
-            self.backpressure_closes
+            self.backpressure_closes,
+            self.buffered_bytes,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_by_reason() {
+        let mut stats = Stats::default();
+        stats.reject(RejectReason::Origin);
+        stats.reject(RejectReason::Origin);
+        stats.reject(RejectReason::MaxConns);
+        assert_eq!(stats.rejected, 3);
+        assert_eq!(stats.rejected_for(RejectReason::Origin), 2);
+        assert_eq!(stats.rejected_for(RejectReason::Proxy), 0);
+    }
+
+    #[test]
+    fn close_counts_and_rtt_buckets() {
+        let mut c = CloseCounts::default();
+        c.add(CloseCode::NORMAL);
+        c.add(CloseCode(4000));
+        assert_eq!(c.get(1000), 1);
+        assert_eq!(c.iter().last(), Some(("other", 1)));
+        let mut h = RttHistogram::default();
+        h.record(300); // 0.3 ms → the 0.5 ms bucket
+        h.record(10_000_000); // 10 s → +Inf
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[12], 1);
+        assert_eq!(h.count(), 2);
     }
 }
