@@ -1,19 +1,25 @@
 //! The reactor: moves bytes between sockets and the [`crate::protocol`] core, and nothing else.
 
 pub mod app;
+pub mod board;
+pub mod broker;
 pub mod compression;
 pub mod config;
 pub mod connection;
 pub mod handle;
 pub mod http;
+pub mod listen;
 pub mod out_queue;
 pub mod reactor;
 pub mod rooms;
 pub mod stats;
 pub mod timer;
+pub mod workers;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
+pub use broker::redis::RedisConfig;
 pub use config::{Config, SlowConsumerPolicy};
 pub use handle::ServerHandle;
 pub use reactor::Reactor;
 pub use stats::Stats;
+pub use workers::Workers;
