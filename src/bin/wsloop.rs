@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
-use wsloop::server::RoomPolicy;
-use wsloop::{Config, EchoChat, Reactor};
+use wsloop::server::{RedisConfig, RoomPolicy, Workers};
+use wsloop::{Config, EchoChat};
 
 /// A fast, strict RFC 6455 WebSocket server on one mio reactor.
 #[derive(Debug, Parser)]
@@ -96,6 +96,23 @@ struct Args {
     /// zlib compression level (0-9).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     deflate_level: u32,
+    /// Reactors (threads) sharing the port through SO_REUSEPORT, each with its own
+    /// connections and timers; publications reach every worker's subscribers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Bind with SO_REUSEPORT so several wsloop processes can share the port.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Share rooms with other wsloop processes through this Redis, e.g.
+    /// redis://127.0.0.1:6379 (at-most-once between processes).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Prefix of the Redis channel of each topic.
+    #[arg(long, default_value = "wsloop:")]
+    redis_prefix: String,
+    /// Publications waiting to go to Redis; beyond it they are dropped and counted.
+    #[arg(long, default_value_t = 65_536)]
+    redis_queue: usize,
 }
 
 fn seconds(s: f64) -> Option<Duration> {
@@ -137,36 +154,44 @@ impl Args {
                 min_size: self.deflate_min_size,
                 level: self.deflate_level,
             }),
+            reuse_port: self.reuse_port,
         }
+    }
+
+    fn redis(&self) -> Option<RedisConfig> {
+        self.redis.as_deref().map(|url| RedisConfig {
+            prefix: self.redis_prefix.clone(),
+            queue: self.redis_queue,
+            ..RedisConfig::new(url)
+        })
     }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let mut reactor = match Reactor::bind(args.config(), EchoChat::new(args.chat)) {
-        Ok(reactor) => reactor,
-        Err(e) => {
-            eprintln!("wsloop: cannot listen on {}: {e}", args.addr);
-            return ExitCode::FAILURE;
-        }
+    let chat = args.chat;
+    let workers = Workers::new(args.config())
+        .count(usize::from(args.workers))
+        .redis(args.redis());
+    let on_listening = |addr: SocketAddr, from_disk: bool| {
+        let page = if from_disk {
+            format!("files from {}", args.static_dir.display())
+        } else {
+            "the embedded demo page".to_owned()
+        };
+        let scale = match (args.workers, &args.redis) {
+            (1, None) => String::new(),
+            (n, None) => format!(", {n} workers"),
+            (n, Some(url)) => format!(", {n} workers, rooms shared through {url}"),
+        };
+        println!("wsloop listening on {addr} (open http://{addr}/ for {page}{scale})");
+        let _ = std::io::stdout().flush();
     };
-    if let Err(e) = reactor.handle_signals() {
-        eprintln!("wsloop: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
-    let addr = reactor.local_addr();
-    let page = if reactor.static_from_disk() {
-        format!("files from {}", args.static_dir.display())
-    } else {
-        "the embedded demo page".to_owned()
-    };
-    println!("wsloop listening on {addr} (open http://{addr}/ for {page})");
-    let _ = std::io::stdout().flush();
-    match reactor.run() {
+    match workers.run(move |_| EchoChat::new(chat), on_listening) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wsloop: {e}");
+            eprintln!("wsloop: {}: {e}", args.addr);
             ExitCode::FAILURE
         }
     }

@@ -51,6 +51,9 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     /// permessage-deflate (RFC 7692) settings; `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
+    /// Bind with `SO_REUSEPORT`, so that other reactors or processes bound the same way share
+    /// the port (the kernel spreads connections among them).
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             metrics_addr: None,
             stats_interval: None,
             deflate: None,
+            reuse_port: false,
         }
     }
 }

@@ -32,6 +32,11 @@ impl ServerHandle {
         ServerHandle { tx, waker }
     }
 
+    /// The reactor's waker (shared with broker mailboxes).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
     fn submit(&self, command: Command) -> bool {
         self.tx.send(command).is_ok() && self.waker.wake().is_ok()
     }

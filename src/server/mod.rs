@@ -2,21 +2,29 @@
 
 pub mod admission;
 pub mod app;
+pub mod board;
+pub mod broker;
+pub mod client_addr;
 pub mod compression;
 pub mod config;
 pub mod connection;
 pub mod handle;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod out_queue;
+pub mod ratelimit;
 pub mod reactor;
 pub mod rooms;
 pub mod stats;
 pub mod timer;
+pub mod workers;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
+pub use broker::redis::RedisConfig;
 pub use config::Config;
 pub use handle::ServerHandle;
 pub use reactor::Reactor;
 pub use rooms::RoomPolicy;
 pub use stats::Stats;
+pub use workers::Workers;

@@ -31,16 +31,19 @@ use crate::protocol::{CloseCode, Event, MessageKind, Outcome, ProtocolError};
 
 use super::admission::{origin_allowed, Jitter};
 use super::app::{ConnId, Context, Decision, Handler, Message, Request};
+use super::broker::{Delivery, Inbox, Kind};
 use super::compression::{ConnDeflate, SharedContexts};
 use super::config::Config;
 use super::connection::{Connection, Phase};
 use super::handle::{Command, ServerHandle};
 use super::http::{error_response, ok_response, StaticFiles};
+use super::listen;
 use super::metrics;
 use super::out_queue::Outbox;
 use super::rooms::{RoomPolicy, Rooms};
 use super::stats::{RejectReason, Stats};
 use super::timer::{Clock, Tick, Timers};
+use super::workers::Member;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -87,6 +90,9 @@ pub struct Core {
     deflate_buf: Vec<u8>,
     /// Spreads `Retry-After` values.
     jitter: Jitter,
+    /// Set only when this reactor is one of several or has a broker; `None` keeps the single
+    /// reactor's hot path free of any broker work.
+    member: Option<Box<Member>>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
@@ -105,6 +111,8 @@ pub struct Reactor<H: Handler> {
     accept_paused_until: Option<Instant>,
     emfile_logged: bool,
     next_stats: Option<Instant>,
+    /// Publications from the broker (other workers, other processes).
+    inbox: Option<Inbox>,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -114,7 +122,7 @@ impl<H: Handler> Reactor<H> {
     /// When the address cannot be bound or the poller cannot be created.
     pub fn bind(config: Config, app: H) -> io::Result<Reactor<H>> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = listen::bind(config.addr, config.reuse_port)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -153,6 +161,7 @@ impl<H: Handler> Reactor<H> {
                 inflate_buf: Vec::new(),
                 deflate_buf: Vec::new(),
                 jitter: Jitter::new(),
+                member: None,
                 config,
             },
             poll,
@@ -167,7 +176,21 @@ impl<H: Handler> Reactor<H> {
             accept_paused_until: None,
             emfile_logged: false,
             next_stats,
+            inbox: None,
         })
+    }
+
+    /// Makes this reactor worker `member.index` of a process: its counters go to the shared
+    /// board, and with a hub its publications reach the other workers (and the hub's
+    /// upstream) while the hub's deliveries arrive through `inbox`.
+    pub(crate) fn join(&mut self, member: Member, inbox: Option<Inbox>) {
+        self.core.member = Some(Box::new(member));
+        self.inbox = inbox;
+    }
+
+    /// The waker that interrupts this reactor's `poll` (for a broker mailbox).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.handle.waker()
     }
 
     /// The bound address (useful with port 0).
@@ -221,7 +244,10 @@ impl<H: Handler> Reactor<H> {
                 match event.token() {
                     LISTENER => self.accept_all(false),
                     METRICS => self.accept_all(true),
-                    WAKER => self.run_commands(),
+                    WAKER => {
+                        self.run_commands();
+                        self.drain_inbox();
+                    }
                     SIGNALS => self.check_signals(),
                     Token(key) => {
                         if event.is_writable() {
@@ -248,6 +274,9 @@ impl<H: Handler> Reactor<H> {
             self.core.fire_timers(&mut self.app);
             self.log_stats();
             self.core.finish_turn(&mut self.app);
+            if let Some(member) = &self.core.member {
+                member.board.store(member.index, &self.core.stats);
+            }
             if self.core.shutting_down {
                 self.listener = None;
                 self.metrics_listener = None;
@@ -326,6 +355,17 @@ impl<H: Handler> Reactor<H> {
                 Command::Close(id, code, reason) => ctx.close(id, code, &reason),
                 Command::Shutdown => ctx.shutdown(),
             }
+        }
+    }
+
+    /// Delivers what the broker brought to this reactor's subscribers, never publishing it
+    /// again.
+    fn drain_inbox(&mut self) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        for delivery in inbox.drain() {
+            self.core.deliver_from_broker(&delivery);
         }
     }
 
@@ -584,7 +624,10 @@ impl Core {
             return error_response(404, &[]);
         }
         if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
-            let json = self.stats.to_json();
+            let json = match &self.member {
+                Some(member) => member.stats_json(&self.stats),
+                None => self.stats.to_json(),
+            };
             return ok_response(
                 "application/json",
                 json.as_bytes(),
@@ -942,7 +985,7 @@ impl Core {
             key: key as u32,
             serial: conn.serial,
         };
-        self.rooms.remove_conn(key);
+        self.leave_rooms(key);
         app.on_close(&mut Context { core: self }, id, code, reason);
     }
 
@@ -1014,26 +1057,80 @@ impl Core {
     }
 
     pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
-        self.key_of(id)
-            .is_some_and(|key| self.rooms.subscribe(key, topic))
+        let added = self
+            .key_of(id)
+            .is_some_and(|key| self.rooms.subscribe(key, topic));
+        if added && self.rooms.members(topic).len() == 1 {
+            self.interest(topic, true);
+        }
+        added
     }
 
     pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
-        self.key_of(id)
-            .is_some_and(|key| self.rooms.unsubscribe(key, topic))
+        let removed = self
+            .key_of(id)
+            .is_some_and(|key| self.rooms.unsubscribe(key, topic));
+        if removed && self.rooms.members(topic).is_empty() {
+            self.interest(topic, false);
+        }
+        removed
     }
 
-    /// Encodes `msg` into one shared frame and queues it for every member of `topic` (or
-    /// every open connection). Members over the backpressure limit get the slow-consumer
-    /// policy instead.
+    /// Tells the hub that this reactor gained its first or lost its last subscriber to
+    /// `topic` (nothing to do without one).
+    fn interest(&self, topic: &str, subscribed: bool) {
+        if let Some(member) = &self.member {
+            member.interest(topic, subscribed);
+        }
+    }
+
+    /// Removes a connection from every room, telling the hub about rooms it left empty.
+    fn leave_rooms(&mut self, key: usize) {
+        let member = self.member.as_deref();
+        self.rooms.remove_conn(key, |topic| {
+            if let Some(member) = member {
+                member.interest(topic, false);
+            }
+        });
+    }
+
+    /// A publication from the broker: this reactor's subscribers only.
+    fn deliver_from_broker(&mut self, delivery: &Delivery) {
+        let msg = match delivery.kind {
+            Kind::Binary => Message::Binary(&delivery.payload),
+            Kind::Text => match crate::protocol::utf8::validate(&delivery.payload) {
+                Ok(text) => Message::Text(text),
+                Err(_) => {
+                    debug!("broker: dropping invalid UTF-8 text on {}", delivery.topic);
+                    return;
+                }
+            },
+        };
+        self.stats.broker_in += 1;
+        self.publish_local(Some(&delivery.topic), msg);
+    }
+
+    /// Publishes to `topic` (or, with `None`, broadcasts to every open connection of this
+    /// reactor): local subscribers first, then the broker when this reactor has one.
     pub(crate) fn publish(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
+        self.stats.publications += 1;
+        let delivered = self.publish_local(topic, msg);
+        if let (Some(member), Some(topic)) = (&self.member, topic) {
+            member.publish(topic, &msg);
+        }
+        delivered
+    }
+
+    /// Encodes `msg` into one shared frame and queues it for every member of `topic` on this
+    /// reactor (or every open connection). Members over the backpressure limit get the
+    /// slow-consumer policy instead.
+    fn publish_local(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
         let opcode = opcode_of(&msg);
         let payload = msg.as_bytes();
         let frame = shared_frame(opcode, false, payload);
         // Deflate receivers without context takeover share one compressed frame per window
         // size; those with context takeover need their own compression.
         let mut compressed: [Option<Rc<[u8]>>; 7] = Default::default();
-        self.stats.publications += 1;
         let (room, policy) = topic
             .and_then(|t| self.rooms.get(t))
             .map_or((0, self.config.slow_consumer), |r| (r.id, r.policy));
@@ -1322,7 +1419,7 @@ impl Core {
                 self.stats.open -= 1;
                 self.stats.buffered_bytes =
                     self.stats.buffered_bytes.saturating_sub(conn.accounted);
-                self.rooms.remove_conn(key);
+                self.leave_rooms(key);
             }
         }
     }

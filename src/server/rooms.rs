@@ -119,10 +119,13 @@ impl Rooms {
         true
     }
 
-    /// Removes `key` from every room (the connection is gone).
-    pub fn remove_conn(&mut self, key: usize) {
+    /// Removes `key` from every room (the connection is gone), calling `emptied` for each
+    /// room it was the last member of.
+    pub fn remove_conn(&mut self, key: usize, mut emptied: impl FnMut(&str)) {
         for topic in self.by_conn.remove(&key).unwrap_or_default() {
-            self.leave(key, &topic);
+            if self.leave(key, &topic) && !self.topics.contains_key(&topic) {
+                emptied(&topic);
+            }
         }
     }
 
@@ -194,7 +197,9 @@ mod tests {
         assert!(rooms.subscribe(2, "b"));
         assert_eq!(rooms.members("a"), &[1, 2]);
         assert_eq!(rooms.subscriptions(), 3);
-        rooms.remove_conn(2);
+        let mut emptied = Vec::new();
+        rooms.remove_conn(2, |t| emptied.push(t.to_owned()));
+        assert_eq!(emptied, ["b"]);
         assert_eq!(rooms.members("a"), &[1]);
         assert!(rooms.members("b").is_empty());
         assert_eq!(rooms.len(), 1);

@@ -77,7 +77,7 @@ const CLOSE_CODES: [u16; 12] = [
 
 /// Counts of close codes (sent or received), one slot per common code plus "other".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CloseCounts([u64; 13]);
+pub struct CloseCounts(pub(crate) [u64; 13]);
 
 impl CloseCounts {
     /// Counts one close with `code`.
@@ -189,7 +189,13 @@ pub struct Stats {
     pub buffered_bytes: u64,
     /// Keepalive ping round trips.
     pub ping_rtt: RttHistogram,
+    /// Publications that arrived from the broker (other workers or processes) and were
+    /// delivered to this reactor's subscribers.
+    pub broker_in: u64,
 }
+
+/// How many `u64` counters [`Stats::to_fields`] yields.
+pub const STATS_FIELDS: usize = 70;
 
 impl Stats {
     /// Counts a refusal.
@@ -229,15 +235,80 @@ impl Stats {
         self.protocol_errors.iter().sum()
     }
 
+    /// Every counter, in one fixed order (the single list that `to_fields`, `from_fields` and
+    /// `add` share, so a new counter cannot be summed in one and forgotten in another).
+    fn fields_mut(&mut self) -> Vec<&mut u64> {
+        let mut fields = vec![
+            &mut self.open,
+            &mut self.accepted,
+            &mut self.rejected,
+            &mut self.upgraded,
+            &mut self.http_requests,
+            &mut self.messages_in,
+            &mut self.messages_out,
+            &mut self.bytes_in,
+            &mut self.bytes_out,
+            &mut self.publications,
+            &mut self.backpressure_closes,
+            &mut self.dropped_messages,
+            &mut self.idle_timeouts,
+            &mut self.shed,
+            &mut self.rate_limited,
+            &mut self.buffered_bytes,
+            &mut self.broker_in,
+            &mut self.ping_rtt.sum_us,
+        ];
+        fields.extend(self.rejected_by.iter_mut());
+        fields.extend(self.protocol_errors.iter_mut());
+        fields.extend(self.close_sent.0.iter_mut());
+        fields.extend(self.close_received.0.iter_mut());
+        fields.extend(self.ping_rtt.counts.iter_mut());
+        fields
+    }
+
+    /// Every counter in a fixed order, for copying into shared atomics (see
+    /// [`super::board::StatsBoard`]).
+    pub fn to_fields(&self) -> [u64; STATS_FIELDS] {
+        let mut copy = self.clone();
+        let mut out = [0; STATS_FIELDS];
+        for (slot, value) in out.iter_mut().zip(copy.fields_mut()) {
+            *slot = *value;
+        }
+        out
+    }
+
+    /// The inverse of [`Stats::to_fields`].
+    pub fn from_fields(fields: [u64; STATS_FIELDS]) -> Stats {
+        let mut stats = Stats::default();
+        for (value, slot) in fields.into_iter().zip(stats.fields_mut()) {
+            *slot = value;
+        }
+        stats
+    }
+
+    /// Adds every counter of `other` (summing the workers of one process).
+    pub fn add(&mut self, other: &Stats) {
+        for (mine, theirs) in self.fields_mut().into_iter().zip(other.to_fields()) {
+            *mine += theirs;
+        }
+    }
+
     /// The counters as one JSON object (for `/stats` and the demo page).
     pub fn to_json(&self) -> String {
+        self.to_json_with("")
+    }
+
+    /// The counters as one JSON object, with `extra` (`"key":value` pairs, comma-led) appended
+    /// inside it.
+    pub fn to_json_with(&self, extra: &str) -> String {
         let [e1002, e1007, e1009] = self.protocol_errors;
         format!(
             "{{\"open\":{},\"accepted\":{},\"rejected\":{},\"upgraded\":{},\"messages_in\":{},\
              \"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"protocol_errors\":{},\
              \"protocol_errors_by_code\":{{\"1002\":{e1002},\"1007\":{e1007},\"1009\":{e1009}}},\
              \"publications\":{},\"backpressure_closes\":{},\"dropped_messages\":{},\
-             \"idle_timeouts\":{},\"shed\":{},\"rate_limited\":{},\"buffered_bytes\":{}}}",
+             \"idle_timeouts\":{},\"shed\":{},\"rate_limited\":{},\"buffered_bytes\":{},\
+             \"broker_in\":{}{extra}}}",
             self.open,
             self.accepted,
             self.rejected,
@@ -254,6 +325,7 @@ impl Stats {
             self.shed,
             self.rate_limited,
             self.buffered_bytes,
+            self.broker_in,
         )
     }
 }
@@ -281,6 +353,23 @@ impl std::fmt::Display for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_round_trip_and_sum() {
+        let mut a = Stats::default();
+        a.reject(RejectReason::Proxy);
+        a.close_sent.add(CloseCode::NORMAL);
+        a.ping_rtt.record(1500);
+        a.broker_in = 4;
+        assert_eq!(Stats::from_fields(a.to_fields()), a);
+        assert_eq!(a.clone().fields_mut().len(), STATS_FIELDS);
+        let mut sum = a.clone();
+        sum.add(&a);
+        assert_eq!(sum.rejected_for(RejectReason::Proxy), 2);
+        assert_eq!(sum.close_sent.get(1000), 2);
+        assert_eq!(sum.ping_rtt.count(), 2);
+        assert_eq!(sum.broker_in, 8);
+    }
 
     #[test]
     fn rejections_by_reason() {

@@ -188,3 +188,177 @@ pub fn expect_close(stream: &mut TcpStream) -> Option<u16> {
         }
     }
 }
+
+/// A `redis-server` started for one test on a free loopback port, with persistence off;
+/// stopped by PID on drop.
+pub struct RedisServer {
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Whether `redis-server` can be run here (CI installs it; tests skip without it).
+    pub fn available() -> bool {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts one on a port nobody listens on.
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts one on `port` (e.g. the port of one that was killed) and waits for PING.
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.connection().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A connection that answered PING, if the server is up.
+    pub fn connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        Some(con)
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many connections subscribe to it.
+    pub fn numsub(&self, channel: &str) -> i64 {
+        let mut con = self.connection().expect("redis connection");
+        let reply: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut con)
+            .expect("PUBSUB NUMSUB");
+        reply.1
+    }
+
+    /// Waits until `PUBSUB NUMSUB channel` equals `n`.
+    pub fn wait_numsub(&self, channel: &str, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = self.numsub(channel);
+            if now == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PUBSUB NUMSUB {channel} stayed {now}, expected {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a command and ignores its reply (e.g. `CLIENT KILL TYPE pubsub`).
+    pub fn command(&self, args: &[&str]) {
+        let mut con = self.connection().expect("redis connection");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query::<redis::Value>(&mut con).expect("redis command");
+    }
+
+    /// Kills the server (SIGKILL, by PID) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A WebSocket client on a blocking socket whose reads time out quickly, so tests can poll.
+pub type Client = tungstenite::WebSocket<TcpStream>;
+
+/// Connects a WebSocket client to `ws://ADDR/PATH`.
+pub fn ws_client(addr: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let (ws, _) =
+        tungstenite::client(format!("ws://{addr}{path}"), stream).expect("WebSocket handshake");
+    ws
+}
+
+/// The next text message within `wait`, if any.
+pub fn recv_text(ws: &mut Client, wait: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(text)) => return Some(text.to_string()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("WebSocket read: {e}"),
+        }
+    }
+    None
+}
+
+/// Sends one text message.
+pub fn send_text(ws: &mut Client, text: &str) {
+    ws.send(tungstenite::Message::text(text)).expect("send");
+}
+
+/// `GET /stats` as JSON.
+pub fn stats(addr: SocketAddr) -> serde_json::Value {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let response = String::from_utf8(read_to_close(&mut stream)).expect("UTF-8");
+    let body = response.split("\r\n\r\n").nth(1).expect("body");
+    serde_json::from_str(body).expect("stats JSON")
+}

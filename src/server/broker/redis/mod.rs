@@ -1,0 +1,155 @@
+//! The Redis upstream: rooms that span processes and hosts.
+//!
+//! Two threads per process bridge the reactors to Redis with the `redis` crate's synchronous
+//! client (no async runtime): the *publisher* takes publications from a bounded queue and
+//! PUBLISHes them in pipelined batches; the *subscriber* holds one connection in pub/sub mode,
+//! SUBSCRIBEd to `PREFIX + topic` exactly while some worker of the process has a subscriber
+//! to the topic, and hands what arrives to the [`Hub`] (local workers only).
+//!
+//! The sync client never reconnects by itself, so both threads do: on any connection error
+//! they reconnect with capped exponential backoff and jitter, and the subscriber SUBSCRIBEs
+//! again to every topic it wants. Local delivery never waits for Redis. Delivery between
+//! processes is at-most-once: a full queue drops (counted), and a batch whose send failed is
+//! lost (counted; never resent, since Redis may have delivered part of it).
+
+mod backoff;
+mod publisher;
+mod subscriber;
+pub mod wire;
+
+use std::io;
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::warn;
+
+use super::random::random_u64;
+use super::{BrokerStats, Delivery, Hub, Upstream};
+
+/// Time allowed to open a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where Redis is and how the bridge uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prepended to a topic to name its Redis channel.
+    pub prefix: String,
+    /// Publications waiting for the publisher thread; beyond it they are dropped and counted.
+    pub queue: usize,
+    /// Most PUBLISH commands in one pipelined round trip.
+    pub batch: usize,
+}
+
+impl RedisConfig {
+    /// `url` with the default prefix `wsloop:`, a queue of 65 536 and batches of 256.
+    pub fn new(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.to_owned(),
+            prefix: "wsloop:".to_owned(),
+            queue: 65_536,
+            batch: 256,
+        }
+    }
+}
+
+/// A change of the process's interest in a topic, for the subscriber thread.
+#[derive(Debug)]
+enum Control {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// The hub's [`Upstream`] when Redis is configured: the sending ends of the two threads.
+#[derive(Debug)]
+pub struct RedisBridge {
+    outgoing: SyncSender<Delivery>,
+    control: Sender<Control>,
+    stats: Arc<BrokerStats>,
+    dropped_logged: std::sync::atomic::AtomicBool,
+}
+
+impl RedisBridge {
+    /// Checks the URL and starts the publisher and subscriber threads. Does not wait for
+    /// Redis: when it is unreachable the threads keep retrying while the server runs locally.
+    ///
+    /// # Errors
+    /// When the URL is invalid or a thread cannot be started.
+    pub fn start(
+        config: &RedisConfig,
+        hub: Weak<Hub>,
+        stats: Arc<BrokerStats>,
+    ) -> io::Result<RedisBridge> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let origin = random_u64();
+        let (outgoing, queue) = sync_channel(config.queue.max(1));
+        let (control, control_rx) = channel();
+        let publisher = publisher::Publisher {
+            client: client.clone(),
+            prefix: config.prefix.clone(),
+            origin,
+            batch: config.batch.max(1),
+            stats: Arc::clone(&stats),
+        };
+        std::thread::Builder::new()
+            .name("wsloop-redis-pub".into())
+            .spawn(move || publisher.run(&queue))?;
+        let subscriber = subscriber::Subscriber::new(
+            client,
+            config.prefix.clone(),
+            origin,
+            hub,
+            Arc::clone(&stats),
+        );
+        std::thread::Builder::new()
+            .name("wsloop-redis-sub".into())
+            .spawn(move || subscriber.run(&control_rx))?;
+        Ok(RedisBridge {
+            outgoing,
+            control,
+            stats,
+            dropped_logged: Default::default(),
+        })
+    }
+}
+
+impl Upstream for RedisBridge {
+    fn publish(&self, delivery: &Delivery) {
+        match self.outgoing.try_send(delivery.clone()) {
+            Ok(()) => BrokerStats::bump(&self.stats.upstream_queued),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                BrokerStats::bump(&self.stats.upstream_dropped);
+                if !self
+                    .dropped_logged
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!("redis: publish queue full: dropping publications (counted in /stats)");
+                }
+            }
+        }
+    }
+
+    fn interest(&self, topic: &str, subscribed: bool) {
+        let topic = topic.to_owned();
+        let _ = self.control.send(if subscribed {
+            Control::Subscribe(topic)
+        } else {
+            Control::Unsubscribe(topic)
+        });
+    }
+}
+
+/// Wall-clock microseconds since the Unix epoch (0 before it).
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A fresh synchronous connection (the client never reconnects by itself).
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    client.get_connection_with_timeout(CONNECT_TIMEOUT)
+}

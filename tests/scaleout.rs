@@ -1,0 +1,251 @@
+//! Scale-out with the real engines: several wsloop processes sharing rooms through a real
+//! `redis-server` (started per test on a free loopback port, stopped by PID), and several
+//! reactors of one process sharing a port.
+
+// Test code may panic on the unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{recv_text, send_text, stats, ws_client, Client, RedisServer, ServerProcess};
+
+const CHANNEL: &str = "wsloop:chat";
+
+/// `None` (and a clear message) only when redis-server is not installed; CI installs it.
+fn redis() -> Option<RedisServer> {
+    if RedisServer::available() {
+        Some(RedisServer::start())
+    } else {
+        eprintln!(
+            "SKIPPED: redis-server is not installed (CI installs it: apt-get install redis-server)"
+        );
+        None
+    }
+}
+
+fn node(redis: &RedisServer, extra: &[&str]) -> ServerProcess {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+/// Reads until `want` messages arrived or nothing came for a while.
+fn collect(ws: &mut Client, want: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match recv_text(ws, Duration::from_secs(5)) {
+            Some(text) => got.push(text),
+            None => break,
+        }
+    }
+    got
+}
+
+/// Messages from `prefix`, checked to arrive in order and never twice.
+fn from_publisher(got: &[String], prefix: &str) -> Vec<usize> {
+    let seq: Vec<usize> = got
+        .iter()
+        .filter_map(|m| m.strip_prefix(prefix)?.parse().ok())
+        .collect();
+    assert!(
+        seq.windows(2).all(|w| w[0] < w[1]),
+        "{prefix}: out of order or repeated: {seq:?}"
+    );
+    seq
+}
+
+/// Sends `prefix N` from `from` until `to` receives one of them (within 20 s); returns it.
+fn until_delivered(from: &mut Client, to: &mut Client, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        assert!(Instant::now() < deadline, "{prefix}: never delivered");
+        send_text(from, &format!("{prefix}{n}"));
+        while let Some(text) = recv_text(to, Duration::from_millis(100)) {
+            if text.starts_with(prefix) {
+                return text;
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn two_processes_share_a_room_in_order_and_once() {
+    let Some(redis) = redis() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let mut ca = ws_client(a.addr, "/chat");
+    let mut cb = ws_client(b.addr, "/chat");
+    redis.wait_numsub(CHANNEL, 2);
+    const N: usize = 200;
+    for i in 0..N {
+        send_text(&mut ca, &format!("a{i}"));
+        send_text(&mut cb, &format!("b{i}"));
+    }
+    for (name, client) in [("a", &mut ca), ("b", &mut cb)] {
+        let got = collect(client, 2 * N);
+        assert_eq!(
+            got.len(),
+            2 * N,
+            "client {name} got {} of {}",
+            got.len(),
+            2 * N
+        );
+        assert_eq!(
+            from_publisher(&got, "a").len(),
+            N,
+            "client {name}: a's messages"
+        );
+        assert_eq!(
+            from_publisher(&got, "b").len(),
+            N,
+            "client {name}: b's messages"
+        );
+        assert!(
+            recv_text(client, Duration::from_millis(300)).is_none(),
+            "a duplicate arrived"
+        );
+    }
+    let broker = &stats(a.addr)["broker"];
+    assert_eq!(broker["echoes_dropped"], N as u64, "{broker}");
+    assert_eq!(broker["gaps"], 0, "{broker}");
+}
+
+#[test]
+fn workers_on_one_port_share_a_room() {
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let mut clients = Vec::new();
+    let per_worker = |s: &serde_json::Value| -> Vec<u64> {
+        s["workers"]
+            .as_array()
+            .expect("per-worker stats")
+            .iter()
+            .map(|w| w["upgraded"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    // The kernel spreads connections by hash: open until both workers upgraded some.
+    while clients.len() < 64 {
+        clients.push(ws_client(server.addr, "/chat"));
+        let open = per_worker(&stats(server.addr));
+        if clients.len() >= 4 && open.iter().all(|&n| n > 0) {
+            break;
+        }
+    }
+    let open = per_worker(&stats(server.addr));
+    assert_eq!(open.len(), 2);
+    assert!(
+        open.iter().all(|&n| n > 0),
+        "one worker got every connection: {open:?}"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        send_text(client, &format!("c{i}:"));
+    }
+    let n = clients.len();
+    for client in &mut clients {
+        let got = collect(client, n);
+        assert_eq!(got.len(), n, "every member sees every message");
+    }
+    let s = stats(server.addr);
+    assert!(s["broker_in"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(
+        s["upgraded"].as_u64(),
+        Some(n as u64),
+        "summed over workers: {s}"
+    );
+}
+
+#[test]
+fn local_chat_survives_redis_loss_and_cross_node_delivery_resumes() {
+    let Some(mut redis) = redis() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (mut ca, mut ca2, mut cb) = (
+        ws_client(a.addr, "/chat"),
+        ws_client(a.addr, "/chat"),
+        ws_client(b.addr, "/chat"),
+    );
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut ca, &mut cb, "before");
+    let port = redis.port;
+    redis.kill();
+    // Local delivery never waits for Redis.
+    send_text(&mut ca, "during");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let local = std::iter::from_fn(|| recv_text(&mut ca2, Duration::from_secs(1)))
+        .take_while(|_| Instant::now() < deadline)
+        .any(|m| m == "during");
+    assert!(local, "local chat stopped while Redis was down");
+    std::thread::sleep(Duration::from_millis(500));
+    let redis = RedisServer::start_on(port);
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut ca, &mut cb, "after");
+    until_delivered(&mut cb, &mut ca, "back");
+    let broker = &stats(a.addr)["broker"];
+    assert!(
+        broker["connection_errors"].as_u64().unwrap_or(0) > 0,
+        "{broker}"
+    );
+    assert!(broker["connects"].as_u64().unwrap_or(0) >= 4, "{broker}");
+}
+
+#[test]
+fn killed_pubsub_connections_heal() {
+    let Some(redis) = redis() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let (mut ca, mut cb) = (ws_client(a.addr, "/chat"), ws_client(b.addr, "/chat"));
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut ca, &mut cb, "before");
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut ca, &mut cb, "after");
+    until_delivered(&mut cb, &mut ca, "back");
+}
+
+#[test]
+fn redis_subscription_follows_local_subscribers() {
+    let Some(redis) = redis() else { return };
+    let a = node(&redis, &[]);
+    let mut echo = ws_client(a.addr, "/");
+    send_text(&mut echo, "ping");
+    assert_eq!(
+        recv_text(&mut echo, Duration::from_secs(5)).as_deref(),
+        Some("ping")
+    );
+    assert_eq!(
+        redis.numsub(CHANNEL),
+        0,
+        "an echo client subscribes to nothing"
+    );
+    let first = ws_client(a.addr, "/chat");
+    let second = ws_client(a.addr, "/chat");
+    redis.wait_numsub(CHANNEL, 1);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(redis.numsub(CHANNEL), 1, "one local subscriber is left");
+    drop(second);
+    redis.wait_numsub(CHANNEL, 0);
+}
+
+#[test]
+fn starts_without_redis_and_joins_when_it_appears() {
+    if !RedisServer::available() {
+        eprintln!("SKIPPED: redis-server is not installed (CI installs it)");
+        return;
+    }
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = ServerProcess::start(&["--redis", &url]);
+    let (mut ca, mut ca2) = (ws_client(a.addr, "/chat"), ws_client(a.addr, "/chat"));
+    send_text(&mut ca, "local");
+    assert_eq!(
+        recv_text(&mut ca2, Duration::from_secs(5)).as_deref(),
+        Some("local")
+    );
+    let redis = RedisServer::start_on(port);
+    let b = node(&redis, &[]);
+    let mut cb = ws_client(b.addr, "/chat");
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut cb, &mut ca, "hello");
+    until_delivered(&mut ca, &mut cb, "hi");
+}
