@@ -11,7 +11,7 @@ use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
 use wsloop::server::SlowConsumerPolicy;
-use wsloop::{Config, EchoChat, Reactor};
+use wsloop::{Config, EchoChat, Reactor, TlsConfig, TlsError};
 
 /// A fast, strict RFC 6455 WebSocket server on one mio reactor.
 #[derive(Debug, Parser)]
@@ -82,6 +82,12 @@ struct Args {
     /// zlib compression level (0-9).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     deflate_level: u32,
+    /// PEM certificate chain (leaf first): the port then speaks only TLS (wss://, https://).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn seconds(s: f64) -> Option<Duration> {
@@ -89,8 +95,12 @@ fn seconds(s: f64) -> Option<Duration> {
 }
 
 impl Args {
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> Result<Config, TlsError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        Ok(Config {
             addr: self.addr,
             limits: Limits {
                 max_frame: self.max_frame.unwrap_or(self.max_message),
@@ -119,14 +129,27 @@ impl Args {
                 min_size: self.deflate_min_size,
                 level: self.deflate_level,
             }),
-        }
+            tls,
+        })
     }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let mut reactor = match Reactor::bind(args.config(), EchoChat::new(args.chat)) {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wsloop: TLS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut reactor = match Reactor::bind(config, EchoChat::new(args.chat)) {
         Ok(reactor) => reactor,
         Err(e) => {
             eprintln!("wsloop: cannot listen on {}: {e}", args.addr);
@@ -143,7 +166,7 @@ fn main() -> ExitCode {
     } else {
         "the embedded demo page".to_owned()
     };
-    println!("wsloop listening on {addr} (open http://{addr}/ for {page})");
+    println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page})");
     let _ = std::io::stdout().flush();
     match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
+use super::tls::TlsConfig;
+
 /// What to do with a publication for a subscriber whose send queue is already over the
 /// backpressure limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,6 +55,9 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     /// permessage-deflate (RFC 7692) settings; `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
+    /// Certificate and key: the listener then speaks only TLS (wss://, https://). `None`:
+    /// plain TCP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             allow_origins: Vec::new(),
             stats_interval: None,
             deflate: None,
+            tls: None,
         }
     }
 }

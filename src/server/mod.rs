@@ -11,9 +11,15 @@ pub mod reactor;
 pub mod rooms;
 pub mod stats;
 pub mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+pub mod tls;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
 pub use config::{Config, SlowConsumerPolicy};
 pub use handle::ServerHandle;
 pub use reactor::Reactor;
 pub use stats::Stats;
+pub use tls::{TlsConfig, TlsError};
