@@ -104,12 +104,9 @@ fn wss_close_handshake_then_close_notify() {
         reason: "done".into(),
     }))
     .unwrap();
-    let echoed = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(e) => panic!("no close frame: {e}"),
-        }
+    let echoed = match ws.read() {
+        Ok(Message::Close(frame)) => frame,
+        other => panic!("expected the close echo, got {other:?}"),
     };
     assert_eq!(echoed.map(|f| f.code), Some(CloseCode::Normal));
     // The server then sends close_notify and FIN: a clean TLS end (Ok(0)), not a truncation.
