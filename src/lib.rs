@@ -12,5 +12,5 @@ pub mod server;
 pub use protocol::CloseCode;
 pub use server::{
     Config, ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Reactor, Request,
-    ServerHandle,
+    ServerHandle, TlsConfig, TlsError,
 };

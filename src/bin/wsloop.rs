@@ -11,7 +11,7 @@ use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
 use wsloop::server::{RedisConfig, RoomPolicy, Workers};
-use wsloop::{Config, EchoChat};
+use wsloop::{Config, EchoChat, TlsConfig, TlsError};
 
 /// A fast, strict RFC 6455 WebSocket server on one mio reactor.
 #[derive(Debug, Parser)]
@@ -113,6 +113,12 @@ struct Args {
     /// Publications waiting to go to Redis; beyond it they are dropped and counted.
     #[arg(long, default_value_t = 65_536)]
     redis_queue: usize,
+    /// PEM certificate chain (leaf first): the port then speaks only TLS (wss://, https://).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn seconds(s: f64) -> Option<Duration> {
@@ -120,8 +126,12 @@ fn seconds(s: f64) -> Option<Duration> {
 }
 
 impl Args {
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> Result<Config, TlsError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        Ok(Config {
             addr: self.addr,
             limits: Limits {
                 max_frame: self.max_frame.unwrap_or(self.max_message),
@@ -155,7 +165,8 @@ impl Args {
                 level: self.deflate_level,
             }),
             reuse_port: self.reuse_port,
-        }
+            tls,
+        })
     }
 
     fn redis(&self) -> Option<RedisConfig> {
@@ -170,8 +181,20 @@ impl Args {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wsloop: TLS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let chat = args.chat;
-    let workers = Workers::new(args.config())
+    let workers = Workers::new(config)
         .count(usize::from(args.workers))
         .redis(args.redis());
     let on_listening = |addr: SocketAddr, from_disk: bool| {
@@ -185,7 +208,7 @@ fn main() -> ExitCode {
             (n, None) => format!(", {n} workers"),
             (n, Some(url)) => format!(", {n} workers, rooms shared through {url}"),
         };
-        println!("wsloop listening on {addr} (open http://{addr}/ for {page}{scale})");
+        println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
         let _ = std::io::stdout().flush();
     };
     match workers.run(move |_| EchoChat::new(chat), on_listening) {

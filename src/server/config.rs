@@ -8,6 +8,7 @@ use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
 pub use super::rooms::RoomPolicy;
+use super::tls::TlsConfig;
 
 /// Everything the reactor needs to know before it starts.
 #[derive(Debug, Clone)]
@@ -54,6 +55,9 @@ pub struct Config {
     /// Bind with `SO_REUSEPORT`, so that other reactors or processes bound the same way share
     /// the port (the kernel spreads connections among them).
     pub reuse_port: bool,
+    /// Certificate and key: the listener then speaks only TLS (wss://, https://). `None`:
+    /// plain TCP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             stats_interval: None,
             deflate: None,
             reuse_port: false,
+            tls: None,
         }
     }
 }

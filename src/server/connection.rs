@@ -2,6 +2,9 @@
 //! so everything that exists only briefly (the request head being read) is boxed, and the
 //! decoder and output queue own no memory between messages.
 
+use std::io;
+use std::net::Shutdown;
+
 use mio::net::TcpStream;
 
 use crate::protocol::decoder::Decoder;
@@ -9,8 +12,9 @@ use crate::protocol::handshake::HeadScanner;
 use crate::protocol::CloseCode;
 
 use super::compression::ConnDeflate;
-use super::out_queue::OutQueue;
+use super::out_queue::{OutEntry, OutQueue};
 use super::timer::Tick;
+use super::tls::TlsSession;
 
 /// The bytes of a request head still arriving.
 #[derive(Debug, Default)]
@@ -74,11 +78,18 @@ pub struct Connection {
     pub accounted: u64,
     /// Accepted on the metrics listener: serves `/metrics` only.
     pub metrics_only: bool,
+    /// TLS state on a TLS listener; `None` (and never looked into per byte) on plain ones.
+    pub tls: Option<Box<TlsSession>>,
 }
 
 impl Connection {
     /// A freshly accepted connection, reading its request head.
-    pub fn new(socket: TcpStream, serial: u32, now: Tick) -> Connection {
+    pub fn new(
+        socket: TcpStream,
+        serial: u32,
+        now: Tick,
+        tls: Option<Box<TlsSession>>,
+    ) -> Connection {
         Connection {
             socket,
             serial,
@@ -97,6 +108,7 @@ impl Connection {
             deflate: None,
             accounted: 0,
             metrics_only: false,
+            tls,
         }
     }
 
@@ -121,6 +133,47 @@ impl Connection {
     pub fn is_dead(&self) -> bool {
         matches!(self.phase, Phase::Dead)
     }
+
+    /// Whether output waits for the socket: queued bytes, or TLS records rustls holds.
+    pub fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Writes the queue, then `entries` (this turn's output), through TLS when the connection
+    /// has it; what the socket refuses stays queued. Returns the plaintext bytes written.
+    ///
+    /// # Errors
+    /// A socket error other than `WouldBlock` (the connection is then dead).
+    pub fn write_out(&mut self, outbox_bytes: &[u8], entries: &[OutEntry]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self
+                .out
+                .write_with(&mut self.socket, outbox_bytes, entries)
+                .map(|(n, _)| n),
+            Some(tls) => tls.write_with(&mut self.socket, &mut self.out, outbox_bytes, entries),
+        }
+    }
+
+    /// Once a lingering connection has said everything: TLS `close_notify`, then FIN. Called
+    /// again after each write until it happens.
+    pub fn finish_when_drained(&mut self) {
+        if !matches!(self.phase, Phase::Linger)
+            || self.fin_sent
+            || self.corked != 0
+            || !self.out.is_empty()
+        {
+            return;
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify();
+            let sent = tls.send_pending(&mut self.socket);
+            if sent.is_ok() && tls.wants_write() {
+                return; // The rest of the records leave on WRITABLE; FIN after them.
+            }
+        }
+        self.fin_sent = true;
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +182,7 @@ mod tests {
     #[test]
     fn connection_stays_small() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 128, "Connection grew to {size} bytes");
+        assert!(size <= 136, "Connection grew to {size} bytes");
         assert_eq!(std::mem::size_of::<crate::protocol::Decoder>(), 32);
         assert_eq!(std::mem::size_of::<super::OutQueue>(), 8);
     }

@@ -19,6 +19,11 @@ pub mod rooms;
 pub mod stats;
 pub mod timer;
 pub mod workers;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+pub mod tls;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
 pub use broker::redis::RedisConfig;
@@ -28,3 +33,4 @@ pub use reactor::Reactor;
 pub use rooms::RoomPolicy;
 pub use stats::Stats;
 pub use workers::Workers;
+pub use tls::{TlsConfig, TlsError};

@@ -10,7 +10,7 @@
 //!    vectored write per connection, queueing only what the socket refused.
 
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ const METRICS: Token = Token(usize::MAX - 3);
 
 /// Size of the one read buffer shared by every connection.
 const READ_BUF: usize = 256 * 1024;
+/// TLS connections: plaintext goes to `read_buf[..PLAIN_LEN]`, ciphertext is read above it.
+const PLAIN_LEN: usize = READ_BUF / 2;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 16;
 /// Most header lines in a request.
@@ -422,7 +424,15 @@ impl<H: Handler> Reactor<H> {
                 conn.read_paused = true;
                 return;
             }
-            let n = match conn.socket.read(&mut self.read_buf) {
+            // TLS: ciphertext into the upper half, plaintext drained into the lower half.
+            let tls = conn.tls.is_some();
+            let buf = if tls {
+                self.read_buf.get_mut(PLAIN_LEN..).unwrap_or_default()
+            } else {
+                self.read_buf.as_mut_slice()
+            };
+            let full = buf.len();
+            let n = match conn.socket.read(buf) {
                 Ok(0) => {
                     self.core.peer_closed(key);
                     return;
@@ -438,16 +448,66 @@ impl<H: Handler> Reactor<H> {
             conn.last_seen = self.core.tick;
             conn.ping_sent = false;
             self.core.stats.bytes_in += n as u64;
-            let input = self.read_buf.get_mut(..n).unwrap_or_default();
-            self.core.on_input(&mut self.app, key, input);
+            if tls {
+                if !self.on_ciphertext(key, n) {
+                    return;
+                }
+            } else {
+                let input = self.read_buf.get_mut(..n).unwrap_or_default();
+                self.core.on_input(&mut self.app, key, input);
+            }
             self.core.reaccount(key);
-            if n < self.read_buf.len() && !read_to_end {
+            if n < full && !read_to_end {
                 // A short read drained the socket (as tokio also assumes on Linux): the next
                 // arrival raises a new edge.
                 return;
             }
         }
         self.core.ready.push(key);
+    }
+
+    /// Decrypts the `n` bytes of ciphertext just read and hands the plaintext to the core as
+    /// a plain connection's bytes; then writes what rustls itself has to say (handshake
+    /// records, alerts), even when the application said nothing. False when the connection
+    /// ended.
+    fn on_ciphertext(&mut self, key: usize, n: usize) -> bool {
+        let (plain, cipher) = self.read_buf.split_at_mut(PLAIN_LEN);
+        let mut cipher: &[u8] = cipher.get(..n).unwrap_or_default();
+        loop {
+            let Some(conn) = self.core.conns.get_mut(key).filter(|c| !c.is_dead()) else {
+                return false;
+            };
+            let Some(tls) = conn.tls.as_deref_mut() else {
+                return false;
+            };
+            let step = match tls.decrypt(&mut cipher, plain) {
+                Ok(step) => step,
+                Err(e) => {
+                    let during = if tls.is_handshaking() {
+                        " handshake"
+                    } else {
+                        ""
+                    };
+                    debug!("#{key}: TLS{during} error: {e}: closing");
+                    let _ = tls.send_pending(&mut conn.socket); // the alert, best effort
+                    self.core.kill(key);
+                    return false;
+                }
+            };
+            if step.len > 0 {
+                let input = plain.get_mut(..step.len).unwrap_or_default();
+                self.core.on_input(&mut self.app, key, input);
+            }
+            if step.closed {
+                self.core.peer_closed(key);
+                return false;
+            }
+            if cipher.is_empty() && step.len < plain.len() {
+                break;
+            }
+        }
+        self.core.write_pending(&mut self.app, key);
+        true
     }
 }
 
@@ -498,6 +558,24 @@ impl Core {
             self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
             return;
         }
+        // The metrics listener is always plain HTTP.
+        let tls_config = self.config.tls.as_ref().filter(|_| !metrics_only);
+        let tls = match tls_config {
+            // A 503 cannot be said before a TLS handshake: over the limit, just close.
+            Some(_) if refusal.is_some() => {
+                debug!("{peer}: refused before the TLS handshake: closing");
+                self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
+                return;
+            }
+            Some(config) => match config.accept() {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    warn!("{peer}: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
         let _ = socket.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -510,7 +588,7 @@ impl Core {
             return;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
-        let mut conn = Connection::new(socket, self.next_serial, self.tick);
+        let mut conn = Connection::new(socket, self.next_serial, self.tick, tls);
         conn.metrics_only = metrics_only;
         entry.insert(conn);
         self.stats.accepted += 1;
@@ -796,12 +874,9 @@ impl Core {
     fn linger(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.phase = Phase::Linger;
-            if conn.buffered_amount() == 0 && !conn.fin_sent {
-                // Nothing left to write (e.g. the peer answered our close): FIN now. Otherwise
-                // `after_write` sends it once the queue drains.
-                conn.fin_sent = true;
-                let _ = conn.socket.shutdown(Shutdown::Write);
-            }
+            // Nothing left to write (e.g. the peer answered our close): FIN now. Otherwise
+            // `after_write` sends it once the queue drains.
+            conn.finish_when_drained();
         }
         self.arm(key, self.tick.after(self.config.close_timeout));
     }
@@ -1269,14 +1344,21 @@ impl Core {
     }
 
     fn on_writable<H: Handler>(&mut self, app: &mut H, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.writable = true;
+        }
+        self.write_pending(app, key);
+    }
+
+    /// Writes what waits for the socket (queued bytes, TLS records) if it accepts writes.
+    fn write_pending<H: Handler>(&mut self, app: &mut H, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.writable = true;
-        if conn.is_dead() || conn.out.is_empty() {
+        if conn.is_dead() || !conn.writable || !conn.has_pending_output() {
             return;
         }
-        match conn.out.write_to(&mut conn.socket) {
+        match conn.write_out(&[], &[]) {
             Ok(n) => self.stats.bytes_out += n as u64,
             Err(e) => return self.socket_error(key, &e),
         }
@@ -1291,7 +1373,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if !conn.out.is_empty() {
+        if conn.has_pending_output() {
             conn.writable = false;
         }
         if conn.read_paused && conn.out.len() <= low_water {
@@ -1305,12 +1387,8 @@ impl Core {
                 app.on_drain(&mut Context { core: self }, id);
             }
         }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if matches!(conn.phase, Phase::Linger) && conn.out.is_empty() && !conn.fin_sent {
-            conn.fin_sent = true;
-            let _ = conn.socket.shutdown(Shutdown::Write);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.finish_when_drained();
         }
     }
 
@@ -1447,8 +1525,8 @@ impl Core {
                 self.reaccount(key);
                 continue;
             }
-            match conn.out.write_with(&mut conn.socket, &outbox.bytes, group) {
-                Ok((n, _)) => self.stats.bytes_out += n as u64,
+            match conn.write_out(&outbox.bytes, group) {
+                Ok(n) => self.stats.bytes_out += n as u64,
                 Err(e) => {
                     self.socket_error(key, &e);
                     continue;

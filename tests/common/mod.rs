@@ -2,6 +2,9 @@
 //! port and stop it (by PID) when the test ends.
 #![allow(dead_code)]
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,252 @@
+//! TLS on the reactor (feature `tls`): rustls's sans-IO [`ServerConnection`] between the socket
+//! and the same plaintext path plain connections take.
+//!
+//! - Reading: the reactor reads ciphertext into one half of its shared read buffer,
+//!   [`TlsSession::decrypt`] feeds it to rustls and drains plaintext into the other half, and
+//!   that plaintext goes to `Core::on_input` exactly as a plain connection's bytes do.
+//! - Writing: [`TlsSession::write_with`] hands the plaintext that the plain path would `writev`
+//!   to rustls's `writer()` and writes the records with `write_tls`. Ciphertext the socket
+//!   refuses stays in rustls (bounded by its buffer limit); plaintext rustls refuses stays in the
+//!   connection's `OutQueue`, so backpressure works as for plain connections.
+//!
+//! Plain connections never reach this module: the connection holds `Option<Box<TlsSession>>`
+//! and the reactor branches once per read or write, not per byte.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+use super::out_queue::{OutEntry, OutQueue};
+
+/// Ciphertext and pending plaintext rustls may hold for one connection's output. Beyond it
+/// plaintext stays in the connection's own queue (counted for backpressure).
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// A certificate chain and key, ready to accept TLS connections (ALPN `http/1.1`).
+#[derive(Clone)]
+pub struct TlsConfig {
+    server: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("alpn", &self.server.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate or key could not be used: a message for the operator, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError(String);
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+impl TlsConfig {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    ///
+    /// # Errors
+    /// A file that cannot be read, holds no certificate or key, or a key that does not fit.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<TlsConfig, TlsError> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| TlsError(format!("cannot read {what} {}: {e}", path.display())))
+        };
+        let cert_pem = read(cert, "certificate")?;
+        let key_pem = read(key, "private key")?;
+        TlsConfig::from_pem(&cert_pem, &key_pem).map_err(|TlsError(e)| {
+            TlsError(format!(
+                "{e} (certificate {}, key {})",
+                cert.display(),
+                key.display()
+            ))
+        })
+    }
+
+    /// Like [`from_pem_files`](TlsConfig::from_pem_files), from PEM text in memory.
+    ///
+    /// # Errors
+    /// No certificate, no key, or a key that does not fit the certificate.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsConfig, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError(format!("bad certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(TlsError("no certificate found in the PEM".to_owned()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsError(format!("no usable private key in the PEM: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError(format!("certificate and key do not fit: {e}")))?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsConfig::from_rustls(Arc::new(server)))
+    }
+
+    /// Uses a rustls configuration as it is (the caller sets ALPN, versions, resumption).
+    pub fn from_rustls(server: Arc<ServerConfig>) -> TlsConfig {
+        TlsConfig { server }
+    }
+
+    /// The state of one accepted connection.
+    pub(crate) fn accept(&self) -> Result<Box<TlsSession>, TlsError> {
+        let mut conn = ServerConnection::new(Arc::clone(&self.server))
+            .map_err(|e| TlsError(format!("TLS session: {e}")))?;
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        Ok(Box::new(TlsSession {
+            conn,
+            close_notify_sent: false,
+        }))
+    }
+}
+
+/// One connection's TLS state (boxed in the connection: 8 bytes there).
+#[derive(Debug)]
+pub struct TlsSession {
+    conn: ServerConnection,
+    close_notify_sent: bool,
+}
+
+/// What one [`TlsSession::decrypt`] step produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decrypted {
+    /// Plaintext bytes written to the front of the buffer.
+    pub len: usize,
+    /// The peer sent `close_notify`: no more plaintext will come.
+    pub closed: bool,
+}
+
+impl TlsSession {
+    /// Feeds ciphertext from `cipher` (advancing it) and drains plaintext into `plain` until
+    /// `plain` is full or `cipher` is used up with every plaintext byte drained. Call again
+    /// while `cipher` is not empty or `plain` came back full.
+    ///
+    /// # Errors
+    /// A TLS protocol error (garbage, plain HTTP, a failed handshake). rustls then has an alert
+    /// queued: [`send_pending`](TlsSession::send_pending) it before dropping the connection.
+    pub fn decrypt(&mut self, cipher: &mut &[u8], plain: &mut [u8]) -> io::Result<Decrypted> {
+        let mut len = 0;
+        loop {
+            while let Some(room) = plain.get_mut(len..).filter(|r| !r.is_empty()) {
+                match self.conn.reader().read(room) {
+                    Ok(0) => return Ok(Decrypted { len, closed: true }),
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if len == plain.len() || cipher.is_empty() {
+                return Ok(Decrypted { len, closed: false });
+            }
+            self.conn.read_tls(cipher)?;
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
+    /// Whether rustls holds ciphertext for the socket (handshake records, alerts, data).
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Whether the handshake is still going on.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Writes rustls's pending ciphertext until done or the socket would block (not an error:
+    /// the rest waits for `WRITABLE`).
+    ///
+    /// # Errors
+    /// A socket error other than `WouldBlock`.
+    pub fn send_pending(&mut self, socket: &mut impl Write) -> io::Result<()> {
+        send_records(&mut self.conn, socket)
+    }
+
+    /// Writes pending ciphertext, then `out`'s queue and `entries` as plaintext through rustls
+    /// (what the socket refuses stays queued, as `OutQueue::write_with` documents). Returns
+    /// the plaintext bytes taken.
+    ///
+    /// # Errors
+    /// A socket error other than `WouldBlock`.
+    pub fn write_with(
+        &mut self,
+        socket: &mut impl Write,
+        out: &mut OutQueue,
+        outbox_bytes: &[u8],
+        entries: &[OutEntry],
+    ) -> io::Result<usize> {
+        self.send_pending(socket)?;
+        let mut sink = Encrypting {
+            tls: &mut self.conn,
+            socket,
+        };
+        out.write_with(&mut sink, outbox_bytes, entries)
+            .map(|(n, _)| n)
+    }
+
+    /// Queues `close_notify` once (the connection has said everything).
+    pub fn close_notify(&mut self) {
+        if !std::mem::replace(&mut self.close_notify_sent, true) {
+            self.conn.send_close_notify();
+        }
+    }
+}
+
+/// A `Write` that encrypts: takes plaintext only while the socket has taken every earlier
+/// record, so rustls never holds more than one vectored write's worth of ciphertext.
+struct Encrypting<'a, W: Write> {
+    tls: &'a mut ServerConnection,
+    socket: &'a mut W,
+}
+
+impl<W: Write> Write for Encrypting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_records(self.tls, self.socket)?;
+        if self.tls.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.writer().write_vectored(bufs)?;
+        send_records(self.tls, self.socket)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        send_records(self.tls, self.socket)
+    }
+}
+
+/// Writes rustls's pending records until done or the socket would block.
+fn send_records(tls: &mut ServerConnection, socket: &mut impl Write) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(socket) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
