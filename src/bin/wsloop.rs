@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
+use wsloop::server::config::{Cidr, ProxyMode, RatePolicy};
 use wsloop::server::{RedisConfig, RoomPolicy, Workers};
 use wsloop::{Config, EchoChat, TlsConfig, TlsError};
 
@@ -68,6 +69,30 @@ struct Args {
     /// (non-browser clients) are always allowed.
     #[arg(long)]
     allow_origin: Vec<String>,
+    /// Handshakes admitted per second, e.g. `200` or `200/1000` (rate/burst); over it new
+    /// connections get 503 with a jittered Retry-After.
+    #[arg(long, value_parser = parse_rate)]
+    max_handshake_rate: Option<(u64, u64)>,
+    /// Upgraded connections per client address (after PROXY / trusted forwarding headers).
+    #[arg(long)]
+    max_conns_per_ip: Option<usize>,
+    /// Messages per second each connection may send (1 s of burst).
+    #[arg(long)]
+    max_msg_rate: Option<u64>,
+    /// Bytes per second each connection may send (1 s of burst).
+    #[arg(long)]
+    max_bytes_rate: Option<u64>,
+    /// Over --max-msg-rate / --max-bytes-rate: `pause` reading until tokens return, or `close`
+    /// with 1008.
+    #[arg(long, default_value = "pause", value_parser = ["pause", "close"])]
+    rate_limit_policy: String,
+    /// PROXY protocol v1/v2 header on each connection: `required` or `optional`.
+    #[arg(long, value_parser = ["required", "optional"])]
+    proxy_protocol: Option<String>,
+    /// Peers (CIDR, repeatable) whose PROXY and Forwarded / X-Forwarded-For headers are
+    /// believed. Default: loopback only for PROXY; forwarding headers ignored.
+    #[arg(long)]
+    trusted_proxy: Vec<Cidr>,
     /// Do not serve /metrics.
     #[arg(long)]
     no_metrics: bool,
@@ -121,6 +146,13 @@ struct Args {
     tls_key: Option<PathBuf>,
 }
 
+/// `RATE` or `RATE/BURST` (burst defaults to the rate: one second's worth).
+fn parse_rate(text: &str) -> Result<(u64, u64), String> {
+    let (rate, burst) = text.split_once('/').unwrap_or((text, text));
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|e| format!("{s}: {e}"));
+    Ok((number(rate)?, number(burst)?))
+}
+
 fn seconds(s: f64) -> Option<Duration> {
     (s > 0.0).then(|| Duration::from_secs_f64(s))
 }
@@ -154,6 +186,21 @@ impl Args {
             drain_timeout: seconds(self.drain_timeout).unwrap_or(Duration::from_secs(10)),
             static_dir: self.static_dir.clone(),
             allow_origins: self.allow_origin.clone(),
+            max_handshake_rate: self.max_handshake_rate,
+            max_conns_per_ip: self.max_conns_per_ip,
+            max_msg_rate: self.max_msg_rate,
+            max_bytes_rate: self.max_bytes_rate,
+            rate_policy: if self.rate_limit_policy == "close" {
+                RatePolicy::Close
+            } else {
+                RatePolicy::Pause
+            },
+            proxy_protocol: match self.proxy_protocol.as_deref() {
+                Some("required") => ProxyMode::Required,
+                Some(_) => ProxyMode::Optional,
+                None => ProxyMode::Off,
+            },
+            trusted_proxies: self.trusted_proxy.clone(),
             metrics: !self.no_metrics,
             metrics_addr: self.metrics_addr,
             stats_interval: seconds(self.stats_interval),

@@ -7,7 +7,30 @@ use std::time::Duration;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
+pub use super::client_addr::Cidr;
 pub use super::rooms::RoomPolicy;
+
+/// What a connection over `--max-msg-rate` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RatePolicy {
+    /// Stop reading from it until its tokens return (TCP pushes back on the sender).
+    #[default]
+    Pause,
+    /// Close it with 1008.
+    Close,
+}
+
+/// Whether connections start with a PROXY protocol header (v1 or v2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    /// No PROXY header is expected (one would be a bad request).
+    #[default]
+    Off,
+    /// A PROXY header from a trusted peer is honoured; connections without one are served.
+    Optional,
+    /// Every connection must start with a PROXY header from a trusted peer.
+    Required,
+}
 use super::tls::TlsConfig;
 
 /// Everything the reactor needs to know before it starts.
@@ -44,6 +67,21 @@ pub struct Config {
     pub static_dir: PathBuf,
     /// Origins allowed besides the same-origin default (`*` turns the check off).
     pub allow_origins: Vec<String>,
+    /// Handshakes admitted per second (a token bucket with `burst`): `(rate, burst)`.
+    pub max_handshake_rate: Option<(u64, u64)>,
+    /// Upgraded connections per client address.
+    pub max_conns_per_ip: Option<usize>,
+    /// Messages per second each connection may send (1 s of burst).
+    pub max_msg_rate: Option<u64>,
+    /// Bytes per second each connection may send (1 s of burst).
+    pub max_bytes_rate: Option<u64>,
+    /// What a connection over its message or byte rate gets.
+    pub rate_policy: RatePolicy,
+    /// PROXY protocol on accepted connections.
+    pub proxy_protocol: ProxyMode,
+    /// Peers whose PROXY header and `Forwarded`/`X-Forwarded-For` headers are believed
+    /// (empty: loopback only).
+    pub trusted_proxies: Vec<Cidr>,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
     /// Serve `/metrics` on this separate listener instead of the main port.
@@ -78,6 +116,13 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             static_dir: PathBuf::from("html"),
             allow_origins: Vec::new(),
+            max_handshake_rate: None,
+            max_conns_per_ip: None,
+            max_msg_rate: None,
+            max_bytes_rate: None,
+            rate_policy: RatePolicy::Pause,
+            proxy_protocol: ProxyMode::Off,
+            trusted_proxies: Vec::new(),
             metrics: true,
             metrics_addr: None,
             stats_interval: None,

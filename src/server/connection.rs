@@ -23,6 +23,22 @@ pub struct HeadState {
     pub buf: Vec<u8>,
     /// Where the search for the blank line resumes.
     pub scanner: HeadScanner,
+    /// Whether the PROXY protocol header (if any is expected) has been dealt with.
+    pub proxy_done: bool,
+    /// The client address a trusted PROXY header gave.
+    pub client: Option<std::net::SocketAddr>,
+}
+
+/// Per-connection message and byte budgets, allocated only for connections that send while
+/// `--max-msg-rate`/`--max-bytes-rate` is set.
+#[derive(Debug)]
+pub struct RateState {
+    /// Messages per second.
+    pub messages: Option<super::ratelimit::TokenBucket>,
+    /// Bytes per second.
+    pub bytes: Option<super::ratelimit::TokenBucket>,
+    /// Reading stopped until the buckets refill.
+    pub paused: bool,
 }
 
 /// Where a connection is in its life.
@@ -80,6 +96,8 @@ pub struct Connection {
     pub metrics_only: bool,
     /// TLS state on a TLS listener; `None` (and never looked into per byte) on plain ones.
     pub tls: Option<Box<TlsSession>>,
+    /// Rate-limit state, once the connection sent a message under a rate limit.
+    pub rate: Option<Box<RateState>>,
 }
 
 impl Connection {
@@ -109,6 +127,7 @@ impl Connection {
             accounted: 0,
             metrics_only: false,
             tls,
+            rate: None,
         }
     }
 
@@ -182,7 +201,7 @@ mod tests {
     #[test]
     fn connection_stays_small() {
         let size = std::mem::size_of::<super::Connection>();
-        assert!(size <= 136, "Connection grew to {size} bytes");
+        assert!(size <= 144, "Connection grew to {size} bytes");
         assert_eq!(std::mem::size_of::<crate::protocol::Decoder>(), 32);
         assert_eq!(std::mem::size_of::<super::OutQueue>(), 8);
     }

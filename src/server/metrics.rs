@@ -213,8 +213,10 @@ mod tests {
 
     #[test]
     fn renders_counters_labels_and_histogram() {
-        let mut stats = Stats::default();
-        stats.open = 3;
+        let mut stats = Stats {
+            open: 3,
+            ..Stats::default()
+        };
         stats.reject(RejectReason::Origin);
         stats.ping_rtt.record(400);
         stats.ping_rtt.record(3000);

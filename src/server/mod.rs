@@ -18,12 +18,12 @@ pub mod reactor;
 pub mod rooms;
 pub mod stats;
 pub mod timer;
-pub mod workers;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 pub mod tls;
+pub mod workers;
 
 pub use app::{ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Request};
 pub use broker::redis::RedisConfig;
@@ -32,5 +32,5 @@ pub use handle::ServerHandle;
 pub use reactor::Reactor;
 pub use rooms::RoomPolicy;
 pub use stats::Stats;
-pub use workers::Workers;
 pub use tls::{TlsConfig, TlsError};
+pub use workers::Workers;

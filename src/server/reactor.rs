@@ -9,8 +9,9 @@
 //! 4. Remove dead connections (telling the application), then write this turn's outbox: one
 //!    vectored write per connection, queueing only what the socket refused.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,19 +28,24 @@ use crate::protocol::frame::{data_header, server_header, OpCode, MAX_HEADER_LEN}
 use crate::protocol::handshake::{
     validate_upgrade, write_accept_response, HandshakeError, RequestHead, EMPTY_HEADER,
 };
+use crate::protocol::proxy::{self, ProxyHeader};
 use crate::protocol::{CloseCode, Event, MessageKind, Outcome, ProtocolError};
 
 use super::admission::{origin_allowed, Jitter};
 use super::app::{ConnId, Context, Decision, Handler, Message, Request};
 use super::broker::{Delivery, Inbox, Kind};
+use super::client_addr::client_ip;
 use super::compression::{ConnDeflate, SharedContexts};
 use super::config::Config;
+use super::config::{ProxyMode, RatePolicy};
+use super::connection::RateState;
 use super::connection::{Connection, Phase};
 use super::handle::{Command, ServerHandle};
 use super::http::{error_response, ok_response, StaticFiles};
 use super::listen;
 use super::metrics;
 use super::out_queue::Outbox;
+use super::ratelimit::TokenBucket;
 use super::rooms::{RoomPolicy, Rooms};
 use super::stats::{RejectReason, Stats};
 use super::timer::{Clock, Tick, Timers};
@@ -92,6 +98,14 @@ pub struct Core {
     deflate_buf: Vec<u8>,
     /// Spreads `Retry-After` values.
     jitter: Jitter,
+    /// `--max-handshake-rate`.
+    handshake_bucket: Option<TokenBucket>,
+    /// Upgraded connections per client address, and each one's address (with
+    /// `--max-conns-per-ip` only).
+    per_ip: HashMap<IpAddr, usize>,
+    ip_of: HashMap<usize, IpAddr>,
+    /// When rate-limited connections may read again.
+    resume: Timers,
     /// Set only when this reactor is one of several or has a broker; `None` keeps the single
     /// reactor's hot path free of any broker work.
     member: Option<Box<Member>>,
@@ -163,6 +177,12 @@ impl<H: Handler> Reactor<H> {
                 inflate_buf: Vec::new(),
                 deflate_buf: Vec::new(),
                 jitter: Jitter::new(),
+                handshake_bucket: config
+                    .max_handshake_rate
+                    .map(|(rate, burst)| TokenBucket::new(rate, burst, Clock::new(now).tick(now))),
+                per_ip: HashMap::new(),
+                ip_of: HashMap::new(),
+                resume: Timers::default(),
                 member: None,
                 config,
             },
@@ -306,6 +326,10 @@ impl<H: Handler> Reactor<H> {
                 .timers
                 .next_deadline()
                 .map(|t| self.core.clock.instant(t)),
+            self.core
+                .resume
+                .next_deadline()
+                .map(|t| self.core.clock.instant(t)),
             self.accept_paused_until,
             self.next_stats,
             self.core.shutdown_deadline,
@@ -418,6 +442,9 @@ impl<H: Handler> Reactor<H> {
             };
             if conn.is_dead() {
                 return;
+            }
+            if conn.rate.as_ref().is_some_and(|r| r.paused) {
+                return; // Over its rate: the resume timer brings it back.
             }
             if conn.buffered_amount() > self.core.config.max_backpressure {
                 // Stop reading: TCP pushes back on a peer that sends but does not read.
@@ -550,6 +577,13 @@ impl Core {
             Some(RejectReason::MaxConns)
         } else if self.over_budget() {
             Some(RejectReason::MemoryBudget)
+        } else if !metrics_only
+            && self
+                .handshake_bucket
+                .as_mut()
+                .is_some_and(|bucket| !bucket.try_take(self.tick, 1))
+        {
+            Some(RejectReason::HandshakeRate)
         } else {
             None
         };
@@ -634,6 +668,30 @@ impl Core {
             let Phase::Head(head) = &mut conn.phase else {
                 return;
             };
+            if !head.proxy_done && self.config.proxy_protocol != ProxyMode::Off {
+                let peer = conn.socket.peer_addr().map(|a| a.ip()).ok();
+                let trusted = peer.is_some_and(|ip| trusted_peer(&self.config.trusted_proxies, ip));
+                match proxy::parse(&head.buf) {
+                    Ok(ProxyHeader::Partial) => return,
+                    Ok(ProxyHeader::Absent)
+                        if self.config.proxy_protocol == ProxyMode::Optional =>
+                    {
+                        head.proxy_done = true;
+                    }
+                    Ok(ProxyHeader::Found { len, source }) if trusted => {
+                        head.buf.drain(..len.min(head.buf.len()));
+                        head.client = source;
+                        head.proxy_done = true;
+                    }
+                    outcome => {
+                        debug!("#{key}: PROXY header refused from {peer:?}: {outcome:?}");
+                        self.stats.reject(RejectReason::Proxy);
+                        self.kill(key);
+                        return;
+                    }
+                }
+                continue;
+            }
             let end = match head.scanner.scan(&head.buf, self.config.max_head) {
                 Ok(Some(end)) => end,
                 Ok(None) => return,
@@ -655,7 +713,7 @@ impl Core {
                 }
             };
             if req.wants_websocket() {
-                if self.upgrade(app, key, &req) {
+                if self.upgrade(app, key, &req, head.client) {
                     // Bytes after the head are the first frames: decode them now.
                     self.on_frames(app, key, &mut rest);
                 }
@@ -718,7 +776,13 @@ impl Core {
     }
 
     /// Validates an upgrade and asks the application; on success the connection is open.
-    fn upgrade<H: Handler>(&mut self, app: &mut H, key: usize, req: &RequestHead<'_, '_>) -> bool {
+    fn upgrade<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        req: &RequestHead<'_, '_>,
+        proxied: Option<SocketAddr>,
+    ) -> bool {
         if let Err(e) = validate_upgrade(req) {
             self.refuse(key, e);
             return false;
@@ -738,10 +802,20 @@ impl Core {
         let (Some(id), Some(conn)) = (self.id_of(key), self.conns.get(key)) else {
             return false;
         };
-        let peer = conn
+        let socket_peer = conn
             .socket
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = self.client_addr(proxied.unwrap_or(socket_peer), req);
+        if let Some(cap) = self.config.max_conns_per_ip {
+            if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= cap {
+                debug!("#{key}: {} already has {cap} connections: 503", peer.ip());
+                self.reject_busy(key, RejectReason::PerIp);
+                return false;
+            }
+            *self.per_ip.entry(peer.ip()).or_default() += 1;
+            self.ip_of.insert(key, peer.ip());
+        }
         let request = Request {
             path: req.target,
             headers: req.headers,
@@ -785,6 +859,32 @@ impl Core {
         }
         self.arm_idle(key);
         true
+    }
+
+    /// The client's address: `Forwarded` / `X-Forwarded-For` are honoured only when
+    /// `--trusted-proxy` is set and only for hops it trusts.
+    fn client_addr(&self, peer: SocketAddr, req: &RequestHead<'_, '_>) -> SocketAddr {
+        if self.config.trusted_proxies.is_empty() {
+            return peer;
+        }
+        let joined = |name: &str| {
+            let values: Vec<&str> = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
+        let forwarded = joined("forwarded");
+        let xff = joined("x-forwarded-for");
+        let ip = client_ip(
+            peer.ip(),
+            &self.config.trusted_proxies,
+            forwarded.as_deref(),
+            xff.as_deref(),
+        );
+        SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
     }
 
     fn refuse(&mut self, key: usize, e: HandshakeError) {
@@ -957,6 +1057,59 @@ impl Core {
         };
         if let Some(id) = self.id_of(key) {
             app.on_message(&mut Context { core: self }, id, msg);
+        }
+        if self.config.max_msg_rate.is_some() || self.config.max_bytes_rate.is_some() {
+            self.check_rate(key, bytes.len());
+        }
+    }
+
+    /// Charges one message of `len` bytes to the connection's budgets. Over them: pause
+    /// reading until the buckets refill (the default; TCP pushes back on the sender), or
+    /// close with 1008. Messages already read in the same buffer are still delivered.
+    fn check_rate(&mut self, key: usize, len: usize) {
+        let tick = self.tick;
+        let (msg_rate, byte_rate) = (self.config.max_msg_rate, self.config.max_bytes_rate);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let rate = conn.rate.get_or_insert_with(|| {
+            Box::new(RateState {
+                messages: msg_rate.map(|r| TokenBucket::new(r, r, tick)),
+                bytes: byte_rate.map(|r| TokenBucket::new(r, r, tick)),
+                paused: false,
+            })
+        });
+        let bytes = len as u64;
+        let messages_ok = rate.messages.as_mut().is_none_or(|b| b.try_take(tick, 1));
+        let bytes_ok = rate
+            .bytes
+            .as_mut()
+            .is_none_or(|b| b.try_take(tick, bytes.min(b.burst())));
+        if messages_ok && bytes_ok {
+            return;
+        }
+        self.stats.rate_limited += 1;
+        if self.config.rate_policy == RatePolicy::Close {
+            debug!("#{key}: over --max-msg-rate: closing with 1008");
+            self.start_close(key, CloseCode::POLICY_VIOLATION, "rate limit");
+            return;
+        }
+        let wait = [
+            rate.messages.as_ref().map(|b| b.wait(tick, 1)),
+            rate.bytes
+                .as_ref()
+                .map(|b| b.wait(tick, bytes.min(b.burst()))),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(Duration::from_millis(10))
+        .max(Duration::from_millis(1));
+        if !rate.paused {
+            debug!("#{key}: over its message rate: pausing reads for {wait:?}");
+            rate.paused = true;
+            let serial = conn.serial;
+            self.resume.schedule(tick.after(wait), key, serial);
         }
     }
 
@@ -1393,6 +1546,15 @@ impl Core {
     }
 
     fn fire_timers<H: Handler>(&mut self, app: &mut H) {
+        while let Some((_, key, serial)) = self.resume.pop_due(self.tick) {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.serial == serial) else {
+                continue;
+            };
+            if let Some(rate) = conn.rate.as_mut().filter(|r| r.paused) {
+                rate.paused = false;
+                self.ready.push(key);
+            }
+        }
         while let Some((at, key, serial)) = self.timers.pop_due(self.tick) {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -1497,6 +1659,14 @@ impl Core {
                 self.stats.open -= 1;
                 self.stats.buffered_bytes =
                     self.stats.buffered_bytes.saturating_sub(conn.accounted);
+                if let Some(ip) = self.ip_of.remove(&key) {
+                    if let Some(count) = self.per_ip.get_mut(&ip) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.per_ip.remove(&ip);
+                        }
+                    }
+                }
                 self.leave_rooms(key);
             }
         }
@@ -1546,6 +1716,15 @@ impl Core {
         if !produced.is_empty() {
             self.outbox = produced;
         }
+    }
+}
+
+/// Whether PROXY headers from `ip` are believed (no `--trusted-proxy`: loopback only).
+fn trusted_peer(trusted: &[super::client_addr::Cidr], ip: IpAddr) -> bool {
+    if trusted.is_empty() {
+        ip.is_loopback()
+    } else {
+        trusted.iter().any(|c| c.contains(ip))
     }
 }
 
