@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::close::{parse_close_payload, CloseCode};
 use super::error::ProtocolError;
-use super::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use super::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
@@ -217,7 +217,7 @@ impl Decoder {
         loop {
             let step = match self.frame() {
                 None => self.start_frame(limits, input, &mut pos),
-                Some(frame) => self.continue_frame(frame, input, &mut pos),
+                Some(frame) => self.continue_frame(limits, frame, input, &mut pos),
             };
             match step {
                 // Go on while input remains, or when a zero-length frame can complete now.
@@ -361,6 +361,7 @@ impl Decoder {
     /// Streams the next part of a frame's payload into the message or control buffer.
     fn continue_frame(
         &mut self,
+        limits: &Limits,
         mut frame: FrameInProgress,
         input: &mut [u8],
         pos: &mut usize,
@@ -375,7 +376,7 @@ impl Decoder {
         let partial = self.partial_mut();
         partial.frame = (!complete).then_some(frame);
         if frame.opcode.is_control() {
-            partial.control.extend_from_slice(chunk);
+            append_bounded(&mut partial.control, chunk, MAX_CONTROL_PAYLOAD);
             if !complete {
                 return Ok(None);
             }
@@ -389,7 +390,8 @@ impl Decoder {
                 .feed(chunk)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        partial.data.extend_from_slice(chunk);
+        let cap = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
+        append_bounded(&mut partial.data, chunk, cap);
         if !complete || !frame.fin {
             return Ok(None);
         }
@@ -417,6 +419,21 @@ impl Decoder {
         }
         self.header_len = len as u8;
     }
+}
+
+/// Appends `chunk`, growing capacity geometrically but never past `cap` (unless the bytes
+/// themselves need more), so a message at the size limit never holds twice the limit.
+fn append_bounded(buf: &mut Vec<u8>, chunk: &[u8], cap: usize) {
+    let needed = buf.len() + chunk.len();
+    if needed > buf.capacity() {
+        let target = buf
+            .capacity()
+            .saturating_mul(2)
+            .max(needed)
+            .min(cap.max(needed));
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(chunk);
 }
 
 /// Validates a complete control frame (unmasked already) and makes its event.
@@ -2224,5 +2241,27 @@ mod tests {
             d.enable_compression();
             d
         }
+    }
+
+    #[test]
+    fn buffered_never_exceeds_the_message_limit() {
+        // A 600 + 400 byte message with the last byte withheld, fed one byte at a time.
+        let limits = Limits {
+            max_frame: 1000,
+            max_message: 1000,
+        };
+        let stream = concat(&[
+            frame(false, OpCode::Binary, &[7; 600]),
+            frame(true, OpCode::Continuation, &[8; 400]),
+        ]);
+        let mut decoder = Decoder::new();
+        let mut most = 0;
+        for byte in &stream[..stream.len() - 1] {
+            let _ = decode_all(&mut decoder, &limits, &[*byte]);
+            most = most.max(decoder.buffered());
+        }
+        assert!(most <= 1000 + MAX_CONTROL_PAYLOAD, "held {most} bytes");
+        let got = decode_all(&mut decoder, &limits, &stream[stream.len() - 1..]);
+        assert_eq!(got.len(), 1);
     }
 }
