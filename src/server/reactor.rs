@@ -1288,7 +1288,7 @@ impl Core {
         let added = self
             .key_of(id)
             .is_some_and(|key| self.rooms.subscribe(key, topic));
-        if added && self.rooms.members(topic).len() == 1 {
+        if added && self.member.is_some() && self.rooms.members(topic).len() == 1 {
             self.interest(topic, true);
         }
         added
@@ -1298,7 +1298,7 @@ impl Core {
         let removed = self
             .key_of(id)
             .is_some_and(|key| self.rooms.unsubscribe(key, topic));
-        if removed && self.rooms.members(topic).is_empty() {
+        if removed && self.member.is_some() && self.rooms.members(topic).is_empty() {
             self.interest(topic, false);
         }
         removed

@@ -20,8 +20,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> ServerProcess {
+        ServerProcess::start_at("127.0.0.1:0", args)
+    }
+
+    /// Starts `wsloop --addr ADDR ARGS...` and waits for its `listening on` line.
+    pub fn start_at(addr: &str, args: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsloop"))
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", addr])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -69,6 +69,15 @@ pub struct RedisBridge {
     control: Sender<Control>,
     stats: Arc<BrokerStats>,
     dropped_logged: std::sync::atomic::AtomicBool,
+    /// Set on drop, so a publisher waiting for Redis with a batch in hand stops retrying.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for RedisBridge {
+    fn drop(&mut self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl RedisBridge {
@@ -87,7 +96,9 @@ impl RedisBridge {
         let origin = random_u64();
         let (outgoing, queue) = sync_channel(config.queue.max(1));
         let (control, control_rx) = channel();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let publisher = publisher::Publisher {
+            closed: Arc::clone(&closed),
             client: client.clone(),
             prefix: config.prefix.clone(),
             origin,
@@ -112,6 +123,7 @@ impl RedisBridge {
             control,
             stats,
             dropped_logged: Default::default(),
+            closed,
         })
     }
 }
@@ -152,4 +164,41 @@ fn unix_micros() -> u64 {
 /// A fresh synchronous connection (the client never reconnects by itself).
 fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
     client.get_connection_with_timeout(CONNECT_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn the_queue_towards_redis_is_bounded_and_drops_are_counted() {
+        // Nothing listens on port 1: the publisher holds one batch and retries; the queue
+        // (capacity 2) fills up and the rest is dropped, without ever blocking the caller.
+        let config = RedisConfig {
+            queue: 2,
+            batch: 1,
+            ..RedisConfig::new("redis://127.0.0.1:1")
+        };
+        let stats = Arc::new(BrokerStats::default());
+        let bridge = RedisBridge::start(&config, Weak::new(), Arc::clone(&stats)).unwrap();
+        let delivery = Delivery {
+            topic: "t".into(),
+            kind: super::super::Kind::Text,
+            payload: b"x"[..].into(),
+        };
+        for _ in 0..100 {
+            bridge.publish(&delivery);
+        }
+        let queued = stats.upstream_queued.load(Ordering::Relaxed);
+        let dropped = stats.upstream_dropped.load(Ordering::Relaxed);
+        assert_eq!(queued + dropped, 100);
+        assert!(queued <= 3, "queue plus the batch in hand: {queued}");
+    }
+
+    #[test]
+    fn an_invalid_url_is_an_error_at_start() {
+        let config = RedisConfig::new("not a url");
+        assert!(RedisBridge::start(&config, Weak::new(), Arc::default()).is_err());
+    }
 }

@@ -1,6 +1,7 @@
 //! The publisher thread: bounded queue in, pipelined PUBLISH batches out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub(super) struct Publisher {
     pub(super) origin: u64,
     pub(super) batch: usize,
     pub(super) stats: Arc<BrokerStats>,
+    /// The bridge is gone: stop retrying.
+    pub(super) closed: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -40,6 +43,9 @@ impl Publisher {
             let live = loop {
                 if let Some(live) = con.as_mut() {
                     break live;
+                }
+                if self.closed.load(Ordering::Relaxed) {
+                    return;
                 }
                 match self.open() {
                     Ok(fresh) => {
@@ -64,15 +70,11 @@ impl Publisher {
             let n = batch.len() as u64;
             match self.send(live, &batch, &mut seqs) {
                 Ok(()) => {
-                    self.stats
-                        .upstream_sent
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.upstream_sent.fetch_add(n, Ordering::Relaxed);
                 }
                 Err(e) => {
                     warn!("redis: publish failed, {n} publications lost: {e}; reconnecting");
-                    self.stats
-                        .upstream_lost
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.upstream_lost.fetch_add(n, Ordering::Relaxed);
                     BrokerStats::bump(&self.stats.connection_errors);
                     con = None;
                     down_logged = true;
