@@ -104,6 +104,11 @@ impl TlsConfig {
         TlsConfig { server }
     }
 
+    /// The rustls configuration in use (to run another server with the very same settings).
+    pub fn rustls_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.server)
+    }
+
     /// The state of one accepted connection.
     pub(crate) fn accept(&self) -> Result<Box<TlsSession>, TlsError> {
         let mut conn = ServerConnection::new(Arc::clone(&self.server))
