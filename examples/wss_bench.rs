@@ -108,10 +108,9 @@ impl Conn {
             sent: 0,
             received: 0,
         };
-        let req = format!(
+        let req =
             "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
         conn.send(req.as_bytes());
         Ok(conn)
     }
