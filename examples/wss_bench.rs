@@ -178,29 +178,57 @@ impl Conn {
     }
 }
 
-/// Deterministic payload of message `seq`: the receiver recomputes and compares.
-fn payload(seq: u64, size: usize, out: &mut Vec<u8>) {
-    out.clear();
-    let seed = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    out.extend((0..size).map(|i| (seed >> ((i % 8) * 8)) as u8 ^ (i as u8)));
+/// The messages: a fixed pseudo-random body whose first 8 bytes are replaced by the message's
+/// sequence number, so every echo is checked byte for byte at memcmp speed, and frames are
+/// built from a body masked once.
+struct Payloads {
+    body: Vec<u8>,
+    masked: Vec<u8>,
 }
 
-/// A masked binary client frame carrying `payload`.
-fn client_frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x82);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+impl Payloads {
+    fn new(size: usize) -> Payloads {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let body: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let masked = body.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
+        Payloads { body, masked }
     }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+
+    /// Whether `got` is exactly message `seq`.
+    fn matches(&self, seq: u64, got: &[u8]) -> bool {
+        let k = self.body.len().min(8);
+        got.len() == self.body.len()
+            && got[..k] == seq.to_le_bytes()[..k]
+            && got[k..] == self.body[k..]
+    }
+
+    /// Appends message `seq` as a masked binary client frame.
+    fn frame(&self, seq: u64, out: &mut Vec<u8>) {
+        out.push(0x82);
+        match self.body.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&MASK);
+        let k = self.body.len().min(8);
+        let seq = seq.to_le_bytes();
+        out.extend((0..k).map(|i| seq[i] ^ MASK[i % 4]));
+        out.extend_from_slice(&self.masked[k..]);
+    }
 }
 
 /// One complete server frame at the front of `buf`: (header length, payload length).
@@ -248,7 +276,7 @@ fn main() -> io::Result<()> {
     let mut events = Events::with_capacity(4096);
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut scratch = Vec::new();
+    let payloads = Payloads::new(args.size);
     let mut frame = Vec::new();
     let target = args.conns;
     let rss_before = args.server_pid.map(proc_rss_kib);
@@ -321,9 +349,8 @@ fn main() -> io::Result<()> {
                     upgraded_now = true;
                     if args.mode == Mode::Echo {
                         for _ in 0..args.inflight {
-                            payload(conn.sent, args.size, &mut scratch);
                             frame.clear();
-                            client_frame(&scratch, &mut frame);
+                            payloads.frame(conn.sent, &mut frame);
                             conn.send(&frame);
                             conn.sent += 1;
                         }
@@ -333,18 +360,16 @@ fn main() -> io::Result<()> {
                 while let Some((hl, len)) = server_frame(&conn.inbuf[pos..]) {
                     let first = conn.inbuf[pos];
                     assert_eq!(first, 0x82, "a binary echo frame");
-                    payload(conn.received, args.size, &mut scratch);
                     assert!(
-                        conn.inbuf[pos + hl..pos + hl + len] == scratch[..],
+                        payloads.matches(conn.received, &conn.inbuf[pos + hl..pos + hl + len]),
                         "echo of message {} differs",
                         conn.received
                     );
                     conn.received += 1;
                     received += 1;
                     pos += hl + len;
-                    payload(conn.sent, args.size, &mut scratch);
                     frame.clear();
-                    client_frame(&scratch, &mut frame);
+                    payloads.frame(conn.sent, &mut frame);
                     conn.send(&frame);
                     conn.sent += 1;
                 }
