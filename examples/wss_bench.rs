@@ -197,7 +197,11 @@ impl Payloads {
                 x as u8
             })
             .collect();
-        let masked = body.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
+        let masked = body
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK[i % 4])
+            .collect();
         Payloads { body, masked }
     }
 
