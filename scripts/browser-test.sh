@@ -5,6 +5,9 @@
 #
 #   bash scripts/browser-test.sh
 #
+# A second wsloop with a self-signed certificate (openssl) serves the same page over https://
+# and wss:// (WSLOOP_TLS_URL); Chromium runs with --ignore-certificate-errors for it.
+#
 # Env: SCREENSHOT (default target/browser/demo.png), BROWSER_TEST_TIMEOUT (seconds, default 300).
 # Exit code: the test's (124 if it timed out).
 set -euo pipefail
@@ -46,42 +49,61 @@ cargo build --release --bin wsloop
 
 tmp="$(mktemp -d)"
 server_pid=""
-cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+tls_pid=""
+stop_pid() {
+  local pid=$1
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
+}
+cleanup() {
+  stop_pid "$server_pid"
+  stop_pid "$tls_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# wait_listening PID OUT: prints the address from wsloop's "listening on" line.
+wait_listening() {
+  local pid=$1 out=$2 addr=""
+  for _ in $(seq 200); do # up to 20 s
+    addr="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$out" | head -n 1)"
+    [[ -n "$addr" ]] && { echo "$addr"; return 0; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "wsloop exited before listening"
+      cat "$out" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  log "no 'listening on' line from wsloop within 20 s"
+  cat "$out" >&2
+  return 1
+}
+
 target/release/wsloop --addr 127.0.0.1:0 --deflate >"$tmp/stdout" 2>"$tmp/stderr" &
 server_pid=$!
-
-addr=""
-for _ in $(seq 200); do # up to 20 s
-  addr="$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$tmp/stdout" | head -n 1)"
-  [[ -n "$addr" ]] && break
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    log "wsloop exited before listening"
-    cat "$tmp/stdout" "$tmp/stderr" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-if [[ -z "$addr" ]]; then
-  log "no 'listening on' line from wsloop within 20 s"
-  cat "$tmp/stdout" "$tmp/stderr" >&2
-  exit 1
-fi
+addr="$(wait_listening "$server_pid" "$tmp/stdout")" || { cat "$tmp/stderr" >&2; exit 1; }
 log "wsloop (pid $server_pid) listening on $addr"
+
+command -v openssl >/dev/null || { log "openssl not found"; exit 1; }
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+target/release/wsloop --addr 127.0.0.1:0 --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
+  >"$tmp/tls-stdout" 2>"$tmp/tls-stderr" &
+tls_pid=$!
+tls_addr="$(wait_listening "$tls_pid" "$tmp/tls-stdout")" || { cat "$tmp/tls-stderr" >&2; exit 1; }
+log "wsloop with TLS (pid $tls_pid) listening on $tls_addr"
 
 # ---- test ----------------------------------------------------------------------------------
 export WSLOOP_URL="http://$addr/"
+export WSLOOP_TLS_URL="https://$tls_addr/"
 export SCREENSHOT="${SCREENSHOT:-$root/target/browser/demo.png}"
 mkdir -p "$(dirname "$SCREENSHOT")"
 status=0
@@ -89,5 +111,7 @@ status=0
 if ((status != 0)); then
   log "test failed (exit $status); wsloop stderr follows"
   tail -n 50 "$tmp/stderr" >&2 || true
+  log "TLS wsloop stderr follows"
+  tail -n 50 "$tmp/tls-stderr" >&2 || true
 fi
 exit "$status"

@@ -2,7 +2,9 @@
 //
 //   WSLOOP_URL=http://127.0.0.1:PORT/ node --test        (from tests/browser)
 //
-// Env: WSLOOP_URL (required) base URL of a running wsloop; SCREENSHOT (optional) where to
+// Env: WSLOOP_URL (required) base URL of a running wsloop; WSLOOP_TLS_URL (optional) https://
+// base URL of a wsloop with --tls-cert/--tls-key (self-signed is fine: certificate errors are
+// ignored), whose page is then loaded and exercised over https:// and wss:// too; SCREENSHOT (optional) where to
 // save a screenshot of page 1, default <repo>/target/browser/demo.png (a "-dark" twin is
 // saved beside it); CHROMIUM (optional) browser binary, default /usr/bin/chromium.
 import { test, before, after } from "node:test";
@@ -16,6 +18,7 @@ import { chromium } from "playwright-core";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..", "..");
 const BASE = process.env.WSLOOP_URL;
+const TLS_BASE = process.env.WSLOOP_TLS_URL;
 const SHOT = process.env.SCREENSHOT
   ? path.resolve(process.env.SCREENSHOT)
   : path.join(repoRoot, "target", "browser", "demo.png");
@@ -30,12 +33,15 @@ const ARGS = [
   "--disable-background-networking",
   "--disable-component-update",
   "--disable-sync",
+  // The TLS run's server has a self-signed certificate (also for wss://, which Playwright's
+  // ignoreHTTPSErrors does not reach in every Chromium build).
+  ...(TLS_BASE ? ["--ignore-certificate-errors"] : []),
 ];
 const STEP = { timeout: 60_000 };
 
-let browser, ctx1, ctx2, page1, page2;
+let browser, ctx1, ctx2, page1, page2, ctxTls, pageTls;
 /** Console errors/warnings, page errors and failed requests, per page. */
-const problems = { page1: [], page2: [] };
+const problems = { page1: [], page2: [], pageTls: [] };
 
 function watch(page, name) {
   const list = problems[name];
@@ -53,12 +59,12 @@ function watch(page, name) {
   });
 }
 
-async function openPage(context, name) {
+async function openPage(context, name, base = BASE) {
   const page = await context.newPage();
   watch(page, name);
-  const res = await page.goto(BASE, { waitUntil: "load" });
+  const res = await page.goto(base, { waitUntil: "load" });
   assert.ok(res, "navigation produced a response");
-  assert.equal(res.status(), 200, `GET ${BASE} status`);
+  assert.equal(res.status(), 200, `GET ${base} status`);
   assert.match(res.headers()["content-type"] || "", /^text\/html/i, "page content-type");
   return page;
 }
@@ -106,8 +112,10 @@ async function chatViaUi(from, to, nick, text) {
 
 before(async () => {
   assert.ok(BASE, "set WSLOOP_URL to the server's base URL, e.g. http://127.0.0.1:9001/");
-  const host = new URL(BASE).hostname;
-  assert.ok(["127.0.0.1", "localhost", "[::1]"].includes(host), `loopback only, got ${host}`);
+  for (const base of [BASE, TLS_BASE].filter(Boolean)) {
+    const host = new URL(base).hostname;
+    assert.ok(["127.0.0.1", "localhost", "[::1]"].includes(host), `loopback only, got ${host}`);
+  }
   browser = await chromium.launch({ executablePath: EXE, headless: true, args: ARGS, timeout: 60_000 });
   ctx1 = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme: "light" });
   ctx2 = await browser.newContext({ viewport: { width: 900, height: 800 }, colorScheme: "light" });
@@ -277,4 +285,38 @@ test("screenshot of page 1 (light and dark)", STEP, async () => {
   await page1.emulateMedia({ colorScheme: "light" });
   console.log(`screenshots: ${SHOT} ${SHOT_DARK}`);
   assert.deepEqual(problems.page1, [], "page 1 after screenshots");
+});
+
+// ---- the same page over https:// and wss:// (WSLOOP_TLS_URL) -------------------------------
+
+test("TLS: page loads over https:// and both sockets open over wss://", { ...STEP, skip: !TLS_BASE }, async () => {
+  assert.match(TLS_BASE, /^https:/, "WSLOOP_TLS_URL is an https:// URL");
+  ctxTls = await browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors: true });
+  pageTls = await openPage(ctxTls, "pageTls", TLS_BASE);
+  await pageTls.waitForSelector('#state[data-state="open"]', { timeout: 15_000 });
+  await pageTls.waitForSelector('#chat-state[data-state="open"]', { timeout: 15_000 });
+  await pageTls.evaluate(() => window.wsloop.ready);
+  assert.equal(await pageTls.textContent("#endpoint"), "wss://" + new URL(TLS_BASE).host);
+  const fav = await pageTls.request.get(new URL("favicon.svg", TLS_BASE).href);
+  assert.equal(fav.status(), 200, "favicon.svg over https://");
+  const stats = await (await pageTls.request.get(new URL("/stats", TLS_BASE).href)).json();
+  assert.ok(stats.open >= 2, `the TLS server counts the page's sockets (open=${stats.open})`);
+});
+
+test("TLS: echo through the UI and a ~1 MB echo over wss://", { ...STEP, skip: !TLS_BASE }, async () => {
+  await echoViaUi(pageTls, "over TLS: Hello 你好 😀");
+  const big = "wss 1MiB · 你好 · 😀\n".repeat(40_000);
+  const back = await pageTls.evaluate((s) => window.wsloop.echo(s), big);
+  assert.ok(back === big, "~1 MB echo over wss:// is identical");
+});
+
+test("TLS: burst of 2000 messages over wss://", { ...STEP, skip: !TLS_BASE }, async () => {
+  const r = await pageTls.evaluate(() => window.wsloop.burst(2000, 256));
+  assert.equal(r.n, 2000);
+  assert.equal(r.mismatches, 0);
+});
+
+test("TLS: no console errors, warnings or page errors", { ...STEP, skip: !TLS_BASE }, async () => {
+  await pageTls.waitForTimeout(2_500);
+  assert.deepEqual(problems.pageTls, [], "TLS page");
 });
