@@ -87,6 +87,8 @@ pub struct Connection {
     pub read_paused: bool,
     /// Whether our FIN was sent (`shutdown(Write)`).
     pub fin_sent: bool,
+    /// Whether the peer's FIN arrived while output was still queued for it.
+    pub peer_eof: bool,
     /// permessage-deflate state, when negotiated.
     pub deflate: Option<Box<ConnDeflate>>,
     /// Bytes of this connection counted in the process-wide `buffered_bytes` (see
@@ -123,6 +125,7 @@ impl Connection {
             writable: true,
             read_paused: false,
             fin_sent: false,
+            peer_eof: false,
             deflate: None,
             accounted: 0,
             metrics_only: false,

@@ -443,6 +443,9 @@ impl<H: Handler> Reactor<H> {
             if conn.is_dead() {
                 return;
             }
+            if conn.peer_eof {
+                return; // Its FIN already arrived; only our output is left.
+            }
             if conn.rate.as_ref().is_some_and(|r| r.paused) {
                 return; // Over its rate: the resume timer brings it back.
             }
@@ -1471,12 +1474,24 @@ impl Core {
     }
 
     fn peer_closed(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get(key) {
-            if conn.is_open() {
-                debug!("#{key}: peer closed TCP without a close frame");
-            }
+        let Some(conn) = self.conns.get_mut(key).filter(|c| !c.is_dead()) else {
+            return;
+        };
+        if conn.is_open() {
+            debug!("#{key}: peer closed TCP without a close frame");
+            conn.close_code.get_or_insert(CloseCode::ABNORMAL);
         }
-        self.kill(key);
+        let pending = conn.corked != 0 || conn.has_pending_output();
+        if !pending || conn.fin_sent {
+            self.kill(key);
+            return;
+        }
+        // A client may half-close right after its last message (or HTTP request): what is
+        // queued for it goes out first; `after_write` removes the connection once FIN is sent.
+        conn.peer_eof = true;
+        if !matches!(conn.phase, Phase::Linger) {
+            self.linger(key);
+        }
     }
 
     fn socket_error(&mut self, key: usize, e: &io::Error) {
@@ -1542,6 +1557,9 @@ impl Core {
         }
         if let Some(conn) = self.conns.get_mut(key) {
             conn.finish_when_drained();
+            if conn.peer_eof && conn.fin_sent {
+                self.kill(key); // Both directions are done.
+            }
         }
     }
 

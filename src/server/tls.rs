@@ -360,7 +360,7 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push_bytes(1, &[&message[..1000]]);
         let shared: std::rc::Rc<[u8]> = message[1000..].into();
-        outbox.push_shared(1, &shared);
+        outbox.push_shared(1, &shared, 0);
         let mut out = OutQueue::default();
         let mut received = Vec::new();
         let mut entries = &outbox.entries[..];

@@ -25,9 +25,14 @@ impl ServerProcess {
 
     /// Starts `wsloop --addr ADDR ARGS...` and waits for its `listening on` line.
     pub fn start_at(addr: &str, args: &[&str]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsloop"))
-            .args(["--addr", addr])
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsloop"));
+        command.args(["--addr", addr]).args(args);
+        ServerProcess::spawn(command)
+    }
+
+    /// Runs `command` (which starts wsloop) and waits for its `listening on` line.
+    fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -369,4 +374,21 @@ pub fn stats(addr: SocketAddr) -> serde_json::Value {
     let response = String::from_utf8(read_to_close(&mut stream)).expect("UTF-8");
     let body = response.split("\r\n\r\n").nth(1).expect("body");
     serde_json::from_str(body).expect("stats JSON")
+}
+
+impl ServerProcess {
+    /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` through `sh -c 'ulimit -n LIMIT; exec ...'`,
+    /// so the server runs with at most `fd_limit` open files; waits for `listening on`.
+    /// `pid()` is the server's own PID (the shell `exec`s it).
+    pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> ServerProcess {
+        let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_wsloop"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args);
+        ServerProcess::spawn(command)
+    }
 }
