@@ -1,0 +1,284 @@
+//! `wsload`: wsloop's own WebSocket load generator (loopback only, every mode bounded).
+//!
+//! Prints a table on stderr and exactly one JSON line on stdout. Exit code 1 when the run saw
+//! mismatched echoes, errors or nothing at all; 2 on bad arguments.
+
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use wsloop::load::{self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions};
+
+/// wsloop's load generator: echo throughput, latency, held connections, connection rate and
+/// broadcast fan-out, against a server on this machine (loopback addresses only).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Closed-loop echo: N connections with K messages each in flight; msgs/s, MB/s, RTT.
+    Echo {
+        /// ws:// URL on a loopback address.
+        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+        url: String,
+        /// Connections.
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Messages in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        inflight: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Binary messages (default: text).
+        #[arg(long)]
+        binary: bool,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Unmeasured seconds before.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// The server's PID: report its CPU and memory too.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// One connection, one message at a time: round-trip time percentiles.
+    Latency {
+        /// ws:// URL on a loopback address.
+        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+        url: String,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Binary messages (default: text).
+        #[arg(long)]
+        binary: bool,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Unmeasured seconds before.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// The server's PID: report its CPU and memory too.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Open N idle connections, keep them alive with pings, report how many stayed up and
+    /// (with --server-pid) the server's memory per connection. Run `ulimit -n` high enough
+    /// first: this process needs one descriptor per connection.
+    Hold {
+        /// ws:// URL on a loopback address.
+        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+        url: String,
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Seconds to hold them once open.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The server's PID: report its RSS before/after and per connection.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds between keep-alive ping rounds.
+        #[arg(long, default_value_t = 5.0)]
+        ping_every: f64,
+        /// First source address to bind, with explicit ports from 10000 (127.x.x.x); by
+        /// default 127.0.0.1 from 4096 connections on, else the kernel's choice. A new
+        /// address every --per-source connections.
+        #[arg(long)]
+        source_base: Option<Ipv4Addr>,
+        /// Connections per source address.
+        #[arg(long, default_value_t = 20_000)]
+        per_source: usize,
+        /// Most handshakes in progress at once while opening.
+        #[arg(long, default_value_t = 256)]
+        max_pending: usize,
+    },
+    /// Connection lifecycles per second: TCP connect, upgrade, close handshake, TCP close.
+    Connect {
+        /// ws:// URL on a loopback address.
+        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+        url: String,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Lifecycles in parallel.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The server's PID: report its CPU too.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// One publisher at --rate msgs/s into the broadcast room, N subscribers: deliveries/s,
+    /// publish->receive latency, losses.
+    Fanout {
+        /// ws:// URL of the room on a loopback address.
+        #[arg(long, default_value = "ws://127.0.0.1:9001/chat")]
+        url: String,
+        /// Subscriber connections.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Messages per second published.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Payload bytes per message (at least 24).
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// The server's PID: report its CPU and memory too.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+}
+
+/// What every mode's report offers the binary.
+trait Printable {
+    fn table(&self) -> String;
+    fn to_json(&self) -> String;
+    fn ok(&self) -> bool;
+}
+
+impl Printable for load::EchoReport {
+    fn table(&self) -> String {
+        load::EchoReport::table(self)
+    }
+    fn to_json(&self) -> String {
+        load::EchoReport::to_json(self)
+    }
+    fn ok(&self) -> bool {
+        load::EchoReport::ok(self)
+    }
+}
+
+macro_rules! printable {
+    ($($t:ty),*) => {$(
+        impl Printable for $t {
+            fn table(&self) -> String {
+                <$t>::table(self)
+            }
+            fn to_json(&self) -> String {
+                <$t>::to_json(self)
+            }
+            fn ok(&self) -> bool {
+                <$t>::ok(self)
+            }
+        }
+    )*};
+}
+
+printable!(load::HoldReport, load::ConnectReport, load::FanoutReport);
+
+fn emit<R: Printable>(result: std::io::Result<R>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            eprint!("{}", report.table());
+            println!("{}", report.to_json());
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("wsload: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match Args::parse().mode {
+        Mode::Echo {
+            url,
+            conns,
+            inflight,
+            size,
+            binary,
+            duration,
+            warmup,
+            server_pid,
+        } => emit(load::run_echo(&EchoOptions {
+            url,
+            conns,
+            inflight,
+            size,
+            binary,
+            duration: secs(duration),
+            warmup: secs(warmup),
+            server_pid,
+        })),
+        Mode::Latency {
+            url,
+            size,
+            binary,
+            duration,
+            warmup,
+            server_pid,
+        } => emit(load::run_latency(&LatencyOptions {
+            url,
+            size,
+            binary,
+            duration: secs(duration),
+            warmup: secs(warmup),
+            server_pid,
+        })),
+        Mode::Hold {
+            url,
+            conns,
+            duration,
+            server_pid,
+            ping_every,
+            source_base,
+            per_source,
+            max_pending,
+        } => emit(load::run_hold(&HoldOptions {
+            url,
+            conns,
+            duration: secs(duration),
+            server_pid,
+            ping_every: secs(ping_every),
+            source_base,
+            per_source,
+            max_pending,
+        })),
+        Mode::Connect {
+            url,
+            duration,
+            concurrency,
+            server_pid,
+        } => emit(load::run_connect(&ConnectOptions {
+            url,
+            duration: secs(duration),
+            concurrency,
+            server_pid,
+        })),
+        Mode::Fanout {
+            url,
+            subscribers,
+            rate,
+            size,
+            duration,
+            server_pid,
+        } => emit(load::run_fanout(&FanoutOptions {
+            url,
+            subscribers,
+            rate,
+            size,
+            duration: secs(duration),
+            server_pid,
+        })),
+    }
+}

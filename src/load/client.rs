@@ -1,0 +1,587 @@
+//! The client side of the wire, sans-IO: the upgrade request and its answer, masked client
+//! frames out, unmasked server frames in.
+//!
+//! The server-side [`Decoder`](crate::protocol::Decoder) insists on masks, so the load
+//! generator has its own small decoder for server frames. It is incremental and never copies
+//! payload: [`ClientDecoder::decode`] hands out [`Piece`]s that borrow the caller's read
+//! buffer, each tagged with its offset in the frame's payload, so a frame split across reads
+//! is verified chunk by chunk. Only a partial *header* (at most 14 bytes) is ever carried.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::protocol::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::protocol::handshake::accept_key;
+use crate::protocol::mask::apply_mask;
+
+/// The header of a frame sent by a server (unmasked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerHeader {
+    /// Final fragment of its message.
+    pub fin: bool,
+    /// The opcode.
+    pub opcode: OpCode,
+    /// Payload length in bytes.
+    pub payload_len: u64,
+}
+
+/// Why a server's byte stream is not a valid sequence of server frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// RSV bits set without an extension.
+    ReservedBits,
+    /// Opcode 3–7 or 0xB–0xF.
+    ReservedOpcode,
+    /// A server frame with the mask bit (§5.1: a server MUST NOT mask).
+    Masked,
+    /// A control frame longer than 125 bytes or fragmented.
+    BadControl,
+    /// A 64-bit length with its top bit set.
+    LengthOverflow,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrameError::ReservedBits => "server frame with RSV bits set",
+            FrameError::ReservedOpcode => "server frame with a reserved opcode",
+            FrameError::Masked => "masked server frame",
+            FrameError::BadControl => "control frame too long or fragmented",
+            FrameError::LengthOverflow => "64-bit length with the top bit set",
+        })
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+fn opcode_from_bits(bits: u8) -> Result<OpCode, FrameError> {
+    Ok(match bits {
+        0x0 => OpCode::Continuation,
+        0x1 => OpCode::Text,
+        0x2 => OpCode::Binary,
+        0x8 => OpCode::Close,
+        0x9 => OpCode::Ping,
+        0xA => OpCode::Pong,
+        _ => return Err(FrameError::ReservedOpcode),
+    })
+}
+
+/// Parses a server frame header from the start of `buf`: `Ok(None)` while incomplete, else
+/// the header and its length in bytes (2, 4 or 10).
+///
+/// # Errors
+/// A header no server may send.
+pub fn parse_server_header(buf: &[u8]) -> Result<Option<(ServerHeader, usize)>, FrameError> {
+    let (first, second) = match buf {
+        [a, b, ..] => (*a, *b),
+        _ => return Ok(None),
+    };
+    if first & 0x70 != 0 {
+        return Err(FrameError::ReservedBits);
+    }
+    let fin = first & 0x80 != 0;
+    let opcode = opcode_from_bits(first & 0x0f)?;
+    if second & 0x80 != 0 {
+        return Err(FrameError::Masked);
+    }
+    let short = second & 0x7f;
+    if opcode.is_control() && (short as usize > MAX_CONTROL_PAYLOAD || !fin) {
+        return Err(FrameError::BadControl);
+    }
+    let (payload_len, header_len) = match short {
+        126 => match buf.get(2..4) {
+            Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+            _ => return Ok(None),
+        },
+        127 => match buf.get(2..10).map(<[u8; 8]>::try_from) {
+            Some(Ok(bytes)) => {
+                let len = u64::from_be_bytes(bytes);
+                if len >> 63 != 0 {
+                    return Err(FrameError::LengthOverflow);
+                }
+                (len, 10)
+            }
+            _ => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let header = ServerHeader {
+        fin,
+        opcode,
+        payload_len,
+    };
+    Ok(Some((header, header_len)))
+}
+
+/// A contiguous part of one server frame's payload, borrowed from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece<'a> {
+    /// The frame this piece belongs to.
+    pub header: ServerHeader,
+    /// Where `data` starts within the frame's payload.
+    pub offset: u64,
+    /// The bytes (empty only for an empty frame).
+    pub data: &'a [u8],
+}
+
+impl Piece<'_> {
+    /// Whether this piece completes its frame.
+    pub fn is_last(&self) -> bool {
+        self.offset + self.data.len() as u64 == self.header.payload_len
+    }
+
+    /// Whether this piece starts its frame.
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
+}
+
+/// Incremental decoder of server frames. Carries at most a partial header between calls.
+#[derive(Debug, Clone, Default)]
+pub struct ClientDecoder {
+    partial: [u8; MAX_HEADER_LEN],
+    partial_len: usize,
+    /// The frame whose payload is being received, and how much of it has arrived.
+    current: Option<(ServerHeader, u64)>,
+}
+
+impl ClientDecoder {
+    /// A decoder at a frame boundary.
+    pub fn new() -> ClientDecoder {
+        ClientDecoder::default()
+    }
+
+    /// Whether the decoder stands between two frames.
+    pub fn at_boundary(&self) -> bool {
+        self.partial_len == 0 && self.current.is_none()
+    }
+
+    /// Decodes from `input`; returns how many bytes were consumed and, possibly, a piece.
+    ///
+    /// Call again with the rest of the input until it is empty. Each call either consumes at
+    /// least one byte or returns the piece of an empty frame, so the loop always progresses.
+    /// A piece is returned for every frame at least once (its first bytes, or the whole empty
+    /// payload); a header whose payload has not arrived yet returns no piece.
+    ///
+    /// # Errors
+    /// A header no server may send; the decoder is then unusable.
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<Piece<'a>>), FrameError> {
+        if let Some((header, offset)) = self.current {
+            let remaining = header.payload_len - offset;
+            let take = remaining.min(input.len() as u64) as usize;
+            let data = input.get(..take).unwrap_or_default();
+            let end = offset + take as u64;
+            self.current = (end < header.payload_len).then_some((header, end));
+            let piece = (take > 0).then_some(Piece {
+                header,
+                offset,
+                data,
+            });
+            return Ok((take, piece));
+        }
+        if self.partial_len == 0 {
+            return match parse_server_header(input)? {
+                Some((header, used)) => Ok(self.start(header, used, input)),
+                None => {
+                    // Shorter than a header, so it fits in `partial`.
+                    let take = input.len().min(MAX_HEADER_LEN);
+                    self.stash(input.get(..take).unwrap_or_default());
+                    Ok((take, None))
+                }
+            };
+        }
+        let before = self.partial_len;
+        let take = (MAX_HEADER_LEN - before).min(input.len());
+        self.stash(input.get(..take).unwrap_or_default());
+        let parsed = parse_server_header(self.partial.get(..self.partial_len).unwrap_or_default())?;
+        match parsed {
+            Some((header, header_len)) => {
+                self.partial_len = 0;
+                // Only the header's bytes are consumed from `input`; the payload follows.
+                let used = header_len - before;
+                Ok(self.start(header, used, input))
+            }
+            None => Ok((take, None)),
+        }
+    }
+
+    fn stash(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            if let Some(slot) = self.partial.get_mut(self.partial_len) {
+                *slot = *b;
+                self.partial_len += 1;
+            }
+        }
+    }
+
+    /// A header ended at `input[used]`: hand out the payload bytes that follow it.
+    fn start<'a>(
+        &mut self,
+        header: ServerHeader,
+        used: usize,
+        input: &'a [u8],
+    ) -> (usize, Option<Piece<'a>>) {
+        let rest = input.get(used..).unwrap_or_default();
+        let take = header.payload_len.min(rest.len() as u64) as usize;
+        let data = rest.get(..take).unwrap_or_default();
+        self.current = ((take as u64) < header.payload_len).then_some((header, take as u64));
+        let piece = (take > 0 || header.payload_len == 0).then_some(Piece {
+            header,
+            offset: 0,
+            data,
+        });
+        (used + take, piece)
+    }
+}
+
+/// Appends one masked, unfragmented client frame: header, then `payload` masked with `key`.
+pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
+    let mut head = [0u8; MAX_HEADER_LEN];
+    let n = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: Some(key),
+        payload_len: payload.len() as u64,
+    }
+    .encode(&mut head);
+    out.extend_from_slice(head.get(..n).unwrap_or_default());
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(tail) = out.get_mut(start..) {
+        apply_mask(tail, key, 0);
+    }
+}
+
+/// Appends a masked close frame with `code` and no reason.
+pub fn encode_close(out: &mut Vec<u8>, code: u16, key: [u8; 4]) {
+    encode_frame(out, OpCode::Close, &code.to_be_bytes(), key);
+}
+
+/// A small fast PRNG (xorshift64*) for mask keys, handshake keys and binary payloads.
+/// Not cryptographic: the load generator only talks to loopback.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// Seeded from `seed` (zero is replaced by a constant).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// Seeded from the clock and the process id.
+    pub fn from_entropy() -> XorShift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        XorShift::new(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A fresh 4-byte mask key.
+    pub fn mask_key(&mut self) -> [u8; 4] {
+        let b = self.next_u64().to_le_bytes();
+        [b[0], b[1], b[2], b[3]]
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            for (dst, src) in chunk.iter_mut().zip(bytes) {
+                *dst = src;
+            }
+        }
+    }
+
+    /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64.
+    pub fn handshake_key(&mut self) -> String {
+        let mut raw = [0u8; 16];
+        self.fill(&mut raw);
+        BASE64.encode(raw)
+    }
+}
+
+/// Appends an upgrade request for `path` on `host` with `key`.
+pub fn write_upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
+    for part in [
+        "GET ",
+        path,
+        " HTTP/1.1\r\nHost: ",
+        host,
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
+        key,
+        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// Largest response head accepted from the server.
+pub const MAX_RESPONSE_HEAD: usize = 8192;
+
+/// Why an upgrade answer is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeError {
+    /// No blank line within [`MAX_RESPONSE_HEAD`] bytes.
+    HeadTooLong,
+    /// The status line is not `HTTP/1.x NNN ...`.
+    BadStatusLine,
+    /// A status other than 101.
+    Status(u16),
+    /// `Upgrade: websocket` or `Connection: Upgrade` missing.
+    NotUpgraded,
+    /// `Sec-WebSocket-Accept` missing or wrong.
+    BadAccept,
+}
+
+impl fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeError::HeadTooLong => f.write_str("response head too long"),
+            UpgradeError::BadStatusLine => f.write_str("malformed status line"),
+            UpgradeError::Status(code) => write!(f, "status {code} instead of 101"),
+            UpgradeError::NotUpgraded => f.write_str("Upgrade/Connection headers missing"),
+            UpgradeError::BadAccept => f.write_str("wrong or missing Sec-WebSocket-Accept"),
+        }
+    }
+}
+
+impl std::error::Error for UpgradeError {}
+
+/// Checks the server's answer to an upgrade request sent with `key`.
+///
+/// Returns `Ok(None)` until the head is complete, then the head's length: bytes after it
+/// already belong to the WebSocket stream.
+///
+/// # Errors
+/// Anything but a valid `101 Switching Protocols` for this key.
+pub fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, UpgradeError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_RESPONSE_HEAD {
+            Err(UpgradeError::HeadTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(buf.get(..end).unwrap_or_default())
+        .map_err(|_| UpgradeError::BadStatusLine)?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(UpgradeError::BadStatusLine);
+    }
+    let code: u16 = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .ok_or(UpgradeError::BadStatusLine)?;
+    if code != 101 {
+        return Err(UpgradeError::Status(code));
+    }
+    let (mut upgrade, mut connection, mut accept_ok) = (false, false, false);
+    let expected = accept_key(key);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept_ok = value == expected;
+        }
+    }
+    if !(upgrade && connection) {
+        return Err(UpgradeError::NotUpgraded);
+    }
+    if !accept_ok {
+        return Err(UpgradeError::BadAccept);
+    }
+    Ok(Some(end + 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decoder::{Decoder, Event, Limits, Outcome};
+    use crate::protocol::frame::server_header;
+
+    fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = server_header(opcode, payload.len(), &mut head);
+        let mut out = head[..n].to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Feeds `input` in chunks of `chunk` bytes; returns (header, reassembled payload) per frame.
+    fn decode_all(input: &[u8], chunk: usize) -> Vec<(ServerHeader, Vec<u8>)> {
+        let mut dec = ClientDecoder::new();
+        let mut frames: Vec<(ServerHeader, Vec<u8>)> = Vec::new();
+        for part in input.chunks(chunk) {
+            let mut rest = part;
+            while !rest.is_empty() {
+                let (used, piece) = dec.decode(rest).unwrap();
+                if let Some(p) = piece {
+                    if p.is_first() {
+                        frames.push((p.header, Vec::new()));
+                    }
+                    let last = frames.last_mut().unwrap();
+                    assert_eq!(last.1.len() as u64, p.offset);
+                    last.1.extend_from_slice(p.data);
+                }
+                rest = &rest[used..];
+            }
+        }
+        assert!(dec.at_boundary());
+        frames
+    }
+
+    #[test]
+    fn decodes_every_length_class_in_every_split() {
+        let payloads: Vec<Vec<u8>> = [0usize, 1, 125, 126, 127, 300, 65535, 65536, 70000]
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 31 + 7) as u8).collect())
+            .collect();
+        let mut stream = Vec::new();
+        for p in &payloads {
+            stream.extend(server_frame(OpCode::Binary, p));
+        }
+        stream.extend(server_frame(OpCode::Ping, b"hi"));
+        for chunk in [1, 2, 3, 7, 13, 100, 4096, stream.len()] {
+            let frames = decode_all(&stream, chunk);
+            assert_eq!(frames.len(), payloads.len() + 1, "chunk {chunk}");
+            for (f, p) in frames.iter().zip(&payloads) {
+                assert_eq!(f.0.opcode, OpCode::Binary);
+                assert_eq!(f.0.payload_len, p.len() as u64);
+                assert_eq!(&f.1, p, "chunk {chunk}");
+            }
+            assert_eq!(frames.last().unwrap().0.opcode, OpCode::Ping);
+            assert_eq!(frames.last().unwrap().1, b"hi");
+        }
+    }
+
+    #[test]
+    fn empty_frame_yields_one_piece() {
+        let stream = server_frame(OpCode::Text, b"");
+        let mut dec = ClientDecoder::new();
+        let (used, piece) = dec.decode(&stream).unwrap();
+        assert_eq!(used, 2);
+        let p = piece.unwrap();
+        assert!(p.is_first() && p.is_last() && p.data.is_empty());
+    }
+
+    #[test]
+    fn header_then_payload_later_gives_no_empty_piece() {
+        let stream = server_frame(OpCode::Text, b"abc");
+        let mut dec = ClientDecoder::new();
+        assert_eq!(dec.decode(&stream[..2]).unwrap(), (2, None));
+        let (used, piece) = dec.decode(&stream[2..]).unwrap();
+        assert_eq!(used, 3);
+        assert_eq!(piece.unwrap().data, b"abc");
+    }
+
+    #[test]
+    fn refuses_what_no_server_sends() {
+        let e = |bytes: &[u8]| ClientDecoder::new().decode(bytes).unwrap_err();
+        assert_eq!(e(&[0x81, 0x80, 1, 2, 3, 4]), FrameError::Masked);
+        assert_eq!(e(&[0xC1, 0x00]), FrameError::ReservedBits);
+        assert_eq!(e(&[0x83, 0x00]), FrameError::ReservedOpcode);
+        assert_eq!(e(&[0x89, 126, 0, 200]), FrameError::BadControl);
+        assert_eq!(e(&[0x09, 0x00]), FrameError::BadControl);
+        let mut long = vec![0x82, 127];
+        long.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        assert_eq!(e(&long), FrameError::LengthOverflow);
+    }
+
+    #[test]
+    fn encoded_frames_pass_the_servers_decoder() {
+        let mut rng = XorShift::new(42);
+        let mut wire = Vec::new();
+        let text = "hello 你好 😀".repeat(40);
+        encode_frame(&mut wire, OpCode::Text, text.as_bytes(), rng.mask_key());
+        encode_close(&mut wire, 1000, rng.mask_key());
+        let mut dec = Decoder::new();
+        let limits = Limits::default();
+        let mut events = Vec::new();
+        let mut input = wire.clone();
+        let mut rest: &mut [u8] = &mut input;
+        while !rest.is_empty() {
+            let decoded = dec.decode(&limits, rest);
+            match decoded.outcome {
+                Outcome::Event(Event::Message(_, payload)) => {
+                    events.push(format!("msg {}", payload.bytes(rest).len()))
+                }
+                Outcome::Event(Event::Close { code, .. }) => events.push(format!("close {code:?}")),
+                Outcome::Event(other) => events.push(format!("{other:?}")),
+                Outcome::NeedMore => {}
+                Outcome::Error(e) => panic!("{e:?}"),
+            }
+            rest = &mut rest[decoded.consumed..];
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0], format!("msg {}", text.len()));
+        assert!(events[1].starts_with("close"), "{events:?}");
+    }
+
+    #[test]
+    fn upgrade_round_trip() {
+        let mut rng = XorShift::new(7);
+        let key = rng.handshake_key();
+        let mut req = Vec::new();
+        write_upgrade_request(&mut req, "127.0.0.1:9001", "/chat", &key);
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.starts_with("GET /chat HTTP/1.1\r\n"));
+        assert!(req.ends_with("\r\n\r\n"));
+        let mut resp = Vec::new();
+        crate::protocol::handshake::write_accept_response(&mut resp, &key, None, None);
+        let head_len = resp.len();
+        resp.extend_from_slice(&[0x81, 0x00]);
+        assert_eq!(parse_upgrade_response(&resp[..10], &key), Ok(None));
+        assert_eq!(parse_upgrade_response(&resp, &key), Ok(Some(head_len)));
+        assert_eq!(
+            parse_upgrade_response(&resp, "dGhlIHNhbXBsZSBub25jZQ=="),
+            Err(UpgradeError::BadAccept)
+        );
+        assert_eq!(
+            parse_upgrade_response(b"HTTP/1.1 503 Busy\r\n\r\n", &key),
+            Err(UpgradeError::Status(503))
+        );
+        assert_eq!(
+            parse_upgrade_response(&vec![b'a'; MAX_RESPONSE_HEAD + 1], &key),
+            Err(UpgradeError::HeadTooLong)
+        );
+    }
+
+    #[test]
+    fn rng_masks_vary() {
+        let mut rng = XorShift::new(1);
+        assert_ne!(rng.mask_key(), rng.mask_key());
+        let key = rng.handshake_key();
+        assert_eq!(key.len(), 24);
+    }
+}

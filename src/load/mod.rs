@@ -1,0 +1,38 @@
+//! `wsload`, the project's own load generator, as a library: each mode is a function that
+//! runs against a server on loopback and returns a report (`cargo bench` and the tests call
+//! them; the `wsload` binary prints them).
+//!
+//! - [`run_echo`]: closed-loop echo throughput and round-trip latency, every echo verified.
+//! - [`run_latency`]: one connection, one message at a time.
+//! - [`run_hold`]: many idle connections kept alive with pings; the server's memory per
+//!   connection.
+//! - [`run_connect`]: whole connection lifecycles (TCP, upgrade, close handshake) per second.
+//! - [`run_fanout`]: one publisher, many subscribers in the `/chat` room; deliveries per
+//!   second, publish→receive latency and losses.
+//!
+//! One mio reactor on the calling thread drives every connection. Only loopback addresses
+//! are accepted ([`Target::parse`]), and every mode is bounded in time. Every report has
+//! `to_json` (one line), `table` (text) and `ok`, and includes the load generator's own CPU
+//! use so a run can tell whether the client was the bottleneck.
+//!
+//! [`client`] is the sans-IO client side of the protocol (upgrade request and answer, masked
+//! frames out, incremental decoding of server frames); [`stats`] the histogram and `/proc`
+//! readings; [`net`] loopback targets, non-blocking connects and bulk opening.
+
+pub mod client;
+mod connect;
+mod echo;
+mod fanout;
+mod hold;
+pub mod net;
+pub mod report;
+pub mod stats;
+
+pub use connect::{run_connect, ConnectOptions, ConnectReport};
+pub use echo::{run_echo, run_latency, EchoOptions, EchoReport, LatencyOptions, MAX_ECHO_SIZE};
+pub use fanout::{
+    fanout_payload, parse_prefix, run_fanout, FanoutOptions, FanoutReport, MIN_FANOUT_SIZE,
+};
+pub use hold::{run_hold, HoldOptions, HoldReport};
+pub use net::Target;
+pub use stats::{Histogram, Percentiles};
