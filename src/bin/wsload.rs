@@ -13,7 +13,7 @@ use wsloop::load::{self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions
 /// wsloop's load generator: echo throughput, latency, held connections, connection rate and
 /// broadcast fan-out, against a server on this machine (loopback addresses only).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     mode: Mode,

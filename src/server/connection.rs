@@ -39,6 +39,9 @@ pub struct RateState {
     pub bytes: Option<super::ratelimit::TokenBucket>,
     /// Reading stopped until the buckets refill.
     pub paused: bool,
+    /// Bytes read but not decoded yet because the budget ran out mid-buffer (at most one
+    /// read's worth); decoded first when reading resumes.
+    pub backlog: Vec<u8>,
 }
 
 /// Where a connection is in its life.
@@ -143,7 +146,8 @@ impl Connection {
     /// memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
-        (self.out.len() + self.decoder.buffered() + deflate) as u64
+        let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
+        (self.out.len() + self.decoder.buffered() + deflate + backlog) as u64
     }
 
     /// Whether the application may send to it.

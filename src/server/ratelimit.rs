@@ -59,6 +59,13 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens, or all there are when fewer (refilling first): for charging work
+    /// already done, such as a message whose size was only known after it was read.
+    pub fn charge(&mut self, now: Tick, n: u64) {
+        self.level = self.level_at(now).saturating_sub(n.saturating_mul(MILLI));
+        self.last = self.last.max(now);
+    }
+
     /// How long until `n` tokens will be available (zero if they are now; `n` > burst → the
     /// time to fill the whole burst), for a timer or a `Retry-After`. With a rate of zero,
     /// tokens that are missing never come: [`Duration::MAX`].

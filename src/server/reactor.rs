@@ -449,6 +449,13 @@ impl<H: Handler> Reactor<H> {
             if conn.rate.as_ref().is_some_and(|r| r.paused) {
                 return; // Over its rate: the resume timer brings it back.
             }
+            if let Some(rate) = conn.rate.as_mut().filter(|r| !r.backlog.is_empty()) {
+                // Decode what was read before the pause first.
+                let mut backlog = std::mem::take(&mut rate.backlog);
+                self.core.on_input(&mut self.app, key, &mut backlog);
+                self.core.reaccount(key);
+                continue;
+            }
             if conn.buffered_amount() > self.core.config.max_backpressure {
                 // Stop reading: TCP pushes back on a peer that sends but does not read.
                 conn.read_paused = true;
@@ -671,7 +678,10 @@ impl Core {
             let Phase::Head(head) = &mut conn.phase else {
                 return;
             };
-            if !head.proxy_done && self.config.proxy_protocol != ProxyMode::Off {
+            if !head.proxy_done
+                && self.config.proxy_protocol != ProxyMode::Off
+                && !conn.metrics_only
+            {
                 let peer = conn.socket.peer_addr().map(|a| a.ip()).ok();
                 let trusted = peer.is_some_and(|ip| trusted_peer(&self.config.trusted_proxies, ip));
                 match proxy::parse(&head.buf) {
@@ -993,6 +1003,17 @@ impl Core {
             if !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
                 return;
             }
+            if !self.rate_admits(key) {
+                // Over its rate: the rest waits until the buckets refill.
+                if let Some(rate) = self.conns.get_mut(key).and_then(|c| c.rate.as_mut()) {
+                    rate.backlog
+                        .extend_from_slice(input.get(pos..).unwrap_or_default());
+                }
+                return;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             let rest = input.get_mut(pos..).unwrap_or_default();
             let decoded = conn.decoder.decode(&self.config.limits, rest);
             pos += decoded.consumed;
@@ -1061,58 +1082,86 @@ impl Core {
         if let Some(id) = self.id_of(key) {
             app.on_message(&mut Context { core: self }, id, msg);
         }
-        if self.config.max_msg_rate.is_some() || self.config.max_bytes_rate.is_some() {
-            self.check_rate(key, bytes.len());
-        }
+        self.rate_charge(key, bytes.len());
     }
 
-    /// Charges one message of `len` bytes to the connection's budgets. Over them: pause
-    /// reading until the buckets refill (the default; TCP pushes back on the sender), or
-    /// close with 1008. Messages already read in the same buffer are still delivered.
-    fn check_rate(&mut self, key: usize, len: usize) {
+    /// The connection's rate state, created on its first message under a rate limit.
+    fn rate_state(&mut self, key: usize) -> Option<&mut RateState> {
         let tick = self.tick;
         let (msg_rate, byte_rate) = (self.config.max_msg_rate, self.config.max_bytes_rate);
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let rate = conn.rate.get_or_insert_with(|| {
+        if msg_rate.is_none() && byte_rate.is_none() {
+            return None;
+        }
+        let conn = self.conns.get_mut(key)?;
+        Some(conn.rate.get_or_insert_with(|| {
             Box::new(RateState {
                 messages: msg_rate.map(|r| TokenBucket::new(r, r, tick)),
                 bytes: byte_rate.map(|r| TokenBucket::new(r, r, tick)),
                 paused: false,
+                backlog: Vec::new(),
             })
-        });
-        let bytes = len as u64;
-        let messages_ok = rate.messages.as_mut().is_none_or(|b| b.try_take(tick, 1));
-        let bytes_ok = rate
-            .bytes
-            .as_mut()
-            .is_none_or(|b| b.try_take(tick, bytes.min(b.burst())));
-        if messages_ok && bytes_ok {
-            return;
+        }))
+    }
+
+    /// Before decoding more of a connection's input: whether its budgets allow another
+    /// message. Over them it is paused (or closed); `on_frames` keeps the undecoded rest.
+    fn rate_admits(&mut self, key: usize) -> bool {
+        let tick = self.tick;
+        let Some(rate) = self.rate_state(key) else {
+            return true;
+        };
+        if rate.paused {
+            return false;
         }
+        let wait = [
+            rate.messages.as_ref().map(|b| b.wait(tick, 1)),
+            rate.bytes.as_ref().map(|b| b.wait(tick, 1)),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(Duration::ZERO);
+        if wait.is_zero() {
+            return true;
+        }
+        self.over_rate(key, wait);
+        false
+    }
+
+    /// After a message of `len` bytes: charges it to the connection's budgets (emptying them
+    /// at most: a message larger than the byte burst takes the whole burst).
+    fn rate_charge(&mut self, key: usize, len: usize) {
+        let tick = self.tick;
+        let Some(rate) = self.rate_state(key) else {
+            return;
+        };
+        if let Some(bucket) = rate.messages.as_mut() {
+            bucket.charge(tick, 1);
+        }
+        if let Some(bucket) = rate.bytes.as_mut() {
+            bucket.charge(tick, len as u64);
+        }
+    }
+
+    /// A connection over its rate: pause reading for `wait` (TCP pushes back on the sender),
+    /// or close it with 1008 (`--rate-limit-policy close`).
+    fn over_rate(&mut self, key: usize, wait: Duration) {
         self.stats.rate_limited += 1;
         if self.config.rate_policy == RatePolicy::Close {
             debug!("#{key}: over --max-msg-rate: closing with 1008");
             self.start_close(key, CloseCode::POLICY_VIOLATION, "rate limit");
             return;
         }
-        let wait = [
-            rate.messages.as_ref().map(|b| b.wait(tick, 1)),
-            rate.bytes
-                .as_ref()
-                .map(|b| b.wait(tick, bytes.min(b.burst()))),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(Duration::from_millis(10))
-        .max(Duration::from_millis(1));
-        if !rate.paused {
+        let tick = self.tick;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let serial = conn.serial;
+        if let Some(rate) = conn.rate.as_mut().filter(|r| !r.paused) {
             debug!("#{key}: over its message rate: pausing reads for {wait:?}");
             rate.paused = true;
-            let serial = conn.serial;
-            self.resume.schedule(tick.after(wait), key, serial);
+            let at = tick.after(wait.max(Duration::from_millis(1)));
+            self.resume.schedule(at, key, serial);
         }
     }
 
