@@ -20,6 +20,7 @@ log() { printf 'browser-test: %s\n' "$*" >&2; }
 # ---- system packages (Debian) ------------------------------------------------------------
 apt_missing=()
 [[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
+command -v openssl >/dev/null || apt_missing+=(openssl)
 # Fonts only matter for the screenshot (CJK and emoji glyphs instead of boxes).
 for pkg in fonts-noto-color-emoji fonts-wqy-zenhei; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$pkg")
