@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     client_frame, expect_close, raw_upgraded, read_http_head, read_server_frame, read_to_close,
-    stats, upgrade_request, ServerProcess,
+    rss_kib, stats, upgrade_request, ServerProcess,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -20,17 +20,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
-}
-
-/// `VmRSS` of the process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 /// utime + stime of the process, in seconds.

@@ -151,13 +151,7 @@ fn inflation_is_bounded_by_the_message_limit() {
         .write_all(&compressed_frames(0x2, &packed, 1))
         .unwrap();
     assert_eq!(expect_close(&mut stream), Some(1009));
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let kb: u64 = rss
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let kb = common::rss_kib(server.pid());
     assert!(kb < 48 * 1024, "server RSS {kb} KiB after a 32 MiB bomb");
 }
 

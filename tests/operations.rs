@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     client_frame, client_frame_raw, expect_close, raw_upgraded, read_http_head, read_server_frame,
-    read_to_close, upgrade_request, ServerProcess,
+    read_to_close, rss_kib, upgrade_request, ServerProcess,
 };
 use tungstenite::{Message, WebSocket};
 
@@ -229,16 +229,6 @@ fn wait_for_stats(server: &ServerProcess, within: Duration, ok: impl Fn(&str) ->
         assert!(start.elapsed() < within, "stats never matched: {json}");
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn masked_close(code: u16) -> Vec<u8> {

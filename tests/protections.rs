@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     client_frame, expect_close, free_port, raw_upgraded, read_http_head, read_server_frame,
-    read_to_close, ServerProcess,
+    read_to_close, rss_kib, ServerProcess,
 };
 
 const OPCODE_TEXT: u8 = 0x1;
@@ -262,16 +262,6 @@ fn wait_metrics(
         assert!(start.elapsed() < within, "metrics never matched: {m:?}");
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Sends one masked text message and waits for its echo; returns the round trip.

@@ -392,3 +392,14 @@ impl ServerProcess {
         ServerProcess::spawn(command)
     }
 }
+
+/// `VmRSS` of process `pid`, in KiB (user memory; kernel socket buffers are not in it).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
