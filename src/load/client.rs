@@ -12,7 +12,9 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::protocol::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::protocol::frame::{
+    payload_length, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 use crate::protocol::handshake::accept_key;
 use crate::protocol::mask::apply_mask;
 
@@ -56,18 +58,6 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-fn opcode_from_bits(bits: u8) -> Result<OpCode, FrameError> {
-    Ok(match bits {
-        0x0 => OpCode::Continuation,
-        0x1 => OpCode::Text,
-        0x2 => OpCode::Binary,
-        0x8 => OpCode::Close,
-        0x9 => OpCode::Ping,
-        0xA => OpCode::Pong,
-        _ => return Err(FrameError::ReservedOpcode),
-    })
-}
-
 /// Parses a server frame header from the start of `buf`: `Ok(None)` while incomplete, else
 /// the header and its length in bytes (2, 4 or 10).
 ///
@@ -82,7 +72,7 @@ pub fn parse_server_header(buf: &[u8]) -> Result<Option<(ServerHeader, usize)>, 
         return Err(FrameError::ReservedBits);
     }
     let fin = first & 0x80 != 0;
-    let opcode = opcode_from_bits(first & 0x0f)?;
+    let opcode = OpCode::from_bits(first & 0x0f).ok_or(FrameError::ReservedOpcode)?;
     if second & 0x80 != 0 {
         return Err(FrameError::Masked);
     }
@@ -90,22 +80,10 @@ pub fn parse_server_header(buf: &[u8]) -> Result<Option<(ServerHeader, usize)>, 
     if opcode.is_control() && (short as usize > MAX_CONTROL_PAYLOAD || !fin) {
         return Err(FrameError::BadControl);
     }
-    let (payload_len, header_len) = match short {
-        126 => match buf.get(2..4) {
-            Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
-            _ => return Ok(None),
-        },
-        127 => match buf.get(2..10).map(<[u8; 8]>::try_from) {
-            Some(Ok(bytes)) => {
-                let len = u64::from_be_bytes(bytes);
-                if len >> 63 != 0 {
-                    return Err(FrameError::LengthOverflow);
-                }
-                (len, 10)
-            }
-            _ => return Ok(None),
-        },
-        n => (u64::from(n), 2),
+    let Some((payload_len, header_len)) =
+        payload_length(second, buf).map_err(|_| FrameError::LengthOverflow)?
+    else {
+        return Ok(None);
     };
     let header = ServerHeader {
         fin,

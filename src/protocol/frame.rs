@@ -37,15 +37,17 @@ impl OpCode {
         }
     }
 
-    fn from_bits(bits: u8) -> Result<OpCode, ProtocolError> {
-        Ok(match bits {
+    /// The opcode with wire value `bits`; `None` for the reserved ones (§5.2). Clients and
+    /// servers share it: the load generator decodes server frames with it too.
+    pub fn from_bits(bits: u8) -> Option<OpCode> {
+        Some(match bits {
             0x0 => OpCode::Continuation,
             0x1 => OpCode::Text,
             0x2 => OpCode::Binary,
             0x8 => OpCode::Close,
             0x9 => OpCode::Ping,
             0xA => OpCode::Pong,
-            _ => return Err(ProtocolError::ReservedOpcode),
+            _ => return None,
         })
     }
 
@@ -99,7 +101,7 @@ impl FrameHeader {
         if rsv & !allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBits);
         }
-        let opcode = OpCode::from_bits(first & 0x0f)?;
+        let opcode = OpCode::from_bits(first & 0x0f).ok_or(ProtocolError::ReservedOpcode)?;
         // §5.1: "a client MUST mask all frames that it sends to the server".
         if second & 0x80 == 0 {
             return Err(ProtocolError::UnmaskedFrame);
@@ -115,25 +117,9 @@ impl FrameHeader {
                 return Err(ProtocolError::FragmentedControlFrame);
             }
         }
-        let (payload_len, len_bytes) = match short_len {
-            126 => match buf.get(2..4) {
-                Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 2),
-                _ => return Ok(None),
-            },
-            127 => match buf.get(2..10).map(<[u8; 8]>::try_from) {
-                Some(Ok(bytes)) => {
-                    let len = u64::from_be_bytes(bytes);
-                    // §5.2: "the most significant bit MUST be 0".
-                    if len >> 63 != 0 {
-                        return Err(ProtocolError::LengthOverflow);
-                    }
-                    (len, 8)
-                }
-                _ => return Ok(None),
-            },
-            n => (u64::from(n), 0),
+        let Some((payload_len, mask_at)) = payload_length(second, buf)? else {
+            return Ok(None);
         };
-        let mask_at = 2 + len_bytes;
         let mask = match buf.get(mask_at..mask_at + 4).map(<[u8; 4]>::try_from) {
             Some(Ok(key)) => key,
             _ => return Ok(None),
@@ -172,6 +158,33 @@ impl FrameHeader {
         }
         n
     }
+}
+
+/// The payload length announced by a header's second byte and the extended length bytes
+/// after it in `buf` (the header from its first byte). `Ok(None)` while those bytes have not
+/// all arrived; else the length and where the length field ends (2, 4 or 10).
+///
+/// # Errors
+/// [`ProtocolError::LengthOverflow`] for a 64-bit length with its top bit set.
+pub fn payload_length(second: u8, buf: &[u8]) -> Result<Option<(u64, usize)>, ProtocolError> {
+    Ok(Some(match second & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+            _ => return Ok(None),
+        },
+        127 => match buf.get(2..10).map(<[u8; 8]>::try_from) {
+            Some(Ok(bytes)) => {
+                let len = u64::from_be_bytes(bytes);
+                // §5.2: "the most significant bit MUST be 0".
+                if len >> 63 != 0 {
+                    return Err(ProtocolError::LengthOverflow);
+                }
+                (len, 10)
+            }
+            _ => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    }))
 }
 
 /// Encodes the header of an unmasked, unfragmented server frame.
