@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds every cargo-fuzz target in fuzz/ and runs each for N seconds (default 30); fails on
 # any crash, panic, timeout or out-of-memory report. Usage: scripts/fuzz-smoke.sh [SECONDS].
+# FUZZ_RUNS=N also stops a target after N executions (the long run: FUZZ_RUNS=10000000 with
+# SECONDS=1800 stops each target at 10 million executions or 30 minutes, whichever comes first);
+# FUZZ_TARGETS="a b" runs only those targets; FUZZ_LOGDIR=DIR keeps each target's log there.
 #
 # Works on the stable toolchain: libFuzzer's instrumentation needs -Zsanitizer and friends,
 # which stable rustc accepts with RUSTC_BOOTSTRAP=1. AddressSanitizer is used when it builds,
@@ -35,11 +38,18 @@ if ! cargo fuzz build --sanitizer "$SANITIZER"; then
     cargo fuzz build --sanitizer "$SANITIZER"
 fi
 
-targets=$(cargo fuzz list)
+targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
+extra=()
+if [ -n "${FUZZ_RUNS:-}" ]; then extra+=("-runs=$FUZZ_RUNS"); fi
 failed=()
 summary=()
-logdir=$(mktemp -d)
-trap 'rm -rf "$logdir"' EXIT
+if [ -n "${FUZZ_LOGDIR:-}" ]; then
+    logdir="$FUZZ_LOGDIR" # kept: the long run's figures are read from these logs
+    mkdir -p "$logdir"
+else
+    logdir=$(mktemp -d)
+    trap 'rm -rf "$logdir"' EXIT
+fi
 
 for t in $targets; do
     echo "== $t: ${SECS}s"
@@ -47,7 +57,7 @@ for t in $targets; do
     log="$logdir/$t.log"
     # One process on one core; -timeout flags a single input slower than 25 s as a failure.
     if cargo fuzz run --sanitizer "$SANITIZER" "$t" "corpus-work/$t" "corpus/$t" -- \
-        -max_total_time="$SECS" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$SECS" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" \
         >"$log" 2>&1; then
         status=ok
     else
