@@ -211,6 +211,49 @@ test("permessage-deflate: Chromium negotiates it and compressed messages round-t
   assert.ok(stats.bytes_in < 1_000_000 + result.length, "the server read compressed bytes");
 });
 
+/** The `wsloop_rejected_total{reason="origin"}` counter from the server's /metrics. */
+async function originRejections() {
+  const text = await (await fetch(new URL("/metrics", BASE))).text();
+  const line = text.split("\n").find((l) => l.startsWith('wsloop_rejected_total{reason="origin"} '));
+  assert.ok(line, "/metrics has the origin rejection counter");
+  return Number(line.split(" ")[1]);
+}
+
+/** In the page: opens a WebSocket to `url`, reports whether it opened and its close code. */
+function openAndReport(url) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      ws.close(1000);
+    };
+    ws.onclose = (e) => resolve({ opened, code: e.code });
+  });
+}
+
+test("origin check: Chromium's WebSocket from a cross-origin page is refused, same-origin is not", STEP, async () => {
+  // Cross-site WebSocket hijacking: a page of another origin opens a socket to wsloop with the
+  // user's browser. wsloop checks the Origin header Chromium sends against Host by default.
+  // The other origin is http://localhost:PORT (loopback too, so Chromium's own local-network
+  // access blocking, which stops a public site reaching 127.0.0.1 before wsloop sees it, is
+  // not what refuses the socket here) and the socket goes to ws://127.0.0.1:PORT.
+  const port = new URL(BASE).port;
+  const target = `ws://127.0.0.1:${port}/`;
+  const before = await originRejections();
+  const other = await ctx1.newPage(); // not watched: the refused socket logs a console error
+  await other.goto(`http://localhost:${port}/cross-origin`); // wsloop's 404 page: any document will do
+  assert.equal(await other.evaluate(() => location.origin), `http://localhost:${port}`);
+  const refused = await other.evaluate(openAndReport, target);
+  await other.close();
+  assert.deepEqual(refused, { opened: false, code: 1006 }, "cross-origin socket never opens");
+  assert.equal((await originRejections()) - before, 1, "wsloop refused it and counted one origin rejection");
+  // The demo page's own origin (http://127.0.0.1:PORT, matching Host) is accepted.
+  const own = await page1.evaluate(openAndReport, target);
+  assert.deepEqual(own, { opened: true, code: 1000 }, "same-origin socket opens and closes cleanly");
+  assert.equal((await originRejections()) - before, 1, "no rejection for the same-origin socket");
+});
+
 test("stats: RTT percentiles and server counters are shown", STEP, async () => {
   await page1.waitForFunction(() => /ms$/.test(document.getElementById("stat-p50").textContent), null, {
     timeout: 5_000,
