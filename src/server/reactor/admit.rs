@@ -1,0 +1,375 @@
+//! Admission and the opening handshake: accept-time refusals, the request head, plain HTTP
+//! answers, the upgrade (origin, per-IP cap, subprotocol and extension negotiation), and the
+//! real client address (PROXY header, trusted forwarding headers).
+
+use std::net::{IpAddr, SocketAddr};
+
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use crate::protocol::deflate::negotiate;
+use crate::protocol::handshake::{
+    validate_upgrade, write_accept_response, HandshakeError, RequestHead, EMPTY_HEADER,
+};
+use crate::protocol::proxy::{self, ProxyHeader};
+use crate::server::admission::origin_allowed;
+use crate::server::app::{Context, Decision, Handler, Request};
+use crate::server::client_addr::{client_ip, Cidr};
+use crate::server::compression::ConnDeflate;
+use crate::server::config::ProxyMode;
+use crate::server::connection::{Connection, Phase};
+use crate::server::http::{error_response, ok_response};
+use crate::server::metrics;
+use crate::server::stats::RejectReason;
+
+use super::{Core, MAX_HEADERS, REJECT_OVERFLOW};
+
+impl Core {
+    pub(super) fn add_connection(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        metrics_only: bool,
+    ) {
+        if self.shutting_down {
+            return;
+        }
+        let refusal = if self.conns.len() >= self.config.max_conns {
+            Some(RejectReason::MaxConns)
+        } else if self.over_budget() {
+            Some(RejectReason::MemoryBudget)
+        } else if !metrics_only
+            && self
+                .handshake_bucket
+                .as_mut()
+                .is_some_and(|bucket| !bucket.try_take(self.tick, 1))
+        {
+            Some(RejectReason::HandshakeRate)
+        } else {
+            None
+        };
+        if refusal.is_some() && self.conns.len() >= self.config.max_conns + REJECT_OVERFLOW {
+            // Not even room to say so: drop the socket.
+            self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
+            return;
+        }
+        // The metrics listener is always plain HTTP.
+        let tls_config = self.config.tls.as_ref().filter(|_| !metrics_only);
+        let tls = match tls_config {
+            // A 503 cannot be said before a TLS handshake: over the limit, just close.
+            Some(_) if refusal.is_some() => {
+                debug!("{peer}: refused before the TLS handshake: closing");
+                self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
+                return;
+            }
+            Some(config) => match config.accept() {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    warn!("{peer}: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let _ = socket.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.registry.register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("register {peer}: {e}");
+            return;
+        }
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let mut conn = Connection::new(socket, self.next_serial, self.tick, tls);
+        conn.metrics_only = metrics_only;
+        entry.insert(conn);
+        self.stats.accepted += 1;
+        self.stats.open += 1;
+        if let Some(reason) = refusal {
+            debug!("{peer}: refused ({}): 503", reason.label());
+            self.reject_busy(key, reason);
+        } else {
+            debug!("{peer}: accepted as #{key}");
+            self.arm(key, self.tick.after(self.config.handshake_timeout));
+        }
+    }
+
+    /// Handles the request head(s) collected so far: plain HTTP requests (possibly several,
+    /// pipelined on a keep-alive connection) and at most one upgrade.
+    pub(super) fn on_head_bytes<H: Handler>(&mut self, app: &mut H, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Phase::Head(head) = &mut conn.phase else {
+                return;
+            };
+            if !head.proxy_done
+                && self.config.proxy_protocol != ProxyMode::Off
+                && !conn.metrics_only
+            {
+                let peer = conn.socket.peer_addr().map(|a| a.ip()).ok();
+                let trusted = peer.is_some_and(|ip| trusted_peer(&self.config.trusted_proxies, ip));
+                match proxy::parse(&head.buf) {
+                    Ok(ProxyHeader::Partial) => return,
+                    Ok(ProxyHeader::Absent)
+                        if self.config.proxy_protocol == ProxyMode::Optional =>
+                    {
+                        head.proxy_done = true;
+                    }
+                    Ok(ProxyHeader::Found { len, source }) if trusted => {
+                        head.buf.drain(..len.min(head.buf.len()));
+                        head.client = source;
+                        head.proxy_done = true;
+                    }
+                    outcome => {
+                        debug!("#{key}: PROXY header refused from {peer:?}: {outcome:?}");
+                        self.stats.reject(RejectReason::Proxy);
+                        self.kill(key);
+                        return;
+                    }
+                }
+                continue;
+            }
+            let end = match head.scanner.scan(&head.buf, self.config.max_head) {
+                Ok(Some(end)) => end,
+                Ok(None) => return,
+                Err(e) => {
+                    self.refuse(key, e);
+                    return;
+                }
+            };
+            let Phase::Head(mut head) = std::mem::replace(&mut conn.phase, Phase::Linger) else {
+                return;
+            };
+            let mut rest = head.buf.split_off(end);
+            let mut headers = [EMPTY_HEADER; MAX_HEADERS];
+            let req = match RequestHead::parse(&head.buf, &mut headers) {
+                Ok(req) => req,
+                Err(e) => {
+                    self.refuse(key, e);
+                    return;
+                }
+            };
+            if req.wants_websocket() {
+                if self.upgrade(app, key, &req, head.client) {
+                    // Bytes after the head are the first frames: decode them now.
+                    self.on_frames(app, key, &mut rest);
+                }
+                return;
+            }
+            let keep_alive = req.keep_alive() && !self.shutting_down;
+            let response = self.plain_http(key, &req, keep_alive);
+            let closes = !keep_alive || !response.starts_with(b"HTTP/1.1 200");
+            self.queue(key, &[&response]);
+            if closes {
+                self.linger(key);
+                return;
+            }
+            // Keep-alive: the next request may already be in `rest`.
+            head.buf = rest;
+            head.scanner = Default::default();
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.phase = Phase::Head(head);
+            }
+            self.arm(key, self.tick.after(self.config.handshake_timeout));
+        }
+    }
+
+    pub(super) fn plain_http(
+        &mut self,
+        key: usize,
+        req: &RequestHead<'_, '_>,
+        keep_alive: bool,
+    ) -> Vec<u8> {
+        self.stats.http_requests += 1;
+        let path = req.target.split('?').next().unwrap_or_default();
+        let head_only = req.method == "HEAD";
+        let metrics_only = self.conns.get(key).is_some_and(|c| c.metrics_only);
+        let metrics_here = if metrics_only {
+            true
+        } else {
+            self.config.metrics && self.config.metrics_addr.is_none()
+        };
+        if path == "/metrics" && metrics_here && matches!(req.method, "GET" | "HEAD") {
+            let text = metrics::render(&self.stats, &self.rooms);
+            return ok_response(
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+                head_only,
+                keep_alive,
+            );
+        }
+        if metrics_only {
+            return error_response(404, &[]);
+        }
+        if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
+            let json = match &self.member {
+                Some(member) => member.stats_json(&self.stats),
+                None => self.stats.to_json(),
+            };
+            return ok_response(
+                "application/json",
+                json.as_bytes(),
+                req.method == "HEAD",
+                keep_alive,
+            );
+        }
+        self.static_files
+            .respond(req.method, req.target, keep_alive)
+    }
+
+    /// Validates an upgrade and asks the application; on success the connection is open.
+    pub(super) fn upgrade<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        req: &RequestHead<'_, '_>,
+        proxied: Option<SocketAddr>,
+    ) -> bool {
+        if let Err(e) = validate_upgrade(req) {
+            self.refuse(key, e);
+            return false;
+        }
+        let key_header = req.header("sec-websocket-key").unwrap_or_default();
+        let origin = req.header("origin");
+        if !origin_allowed(origin, req.header("host"), &self.config.allow_origins) {
+            debug!("#{key}: origin {origin:?} not allowed: 403");
+            self.reject_http(key, 403, &[], RejectReason::Origin);
+            return false;
+        }
+        if self.over_budget() {
+            debug!("#{key}: over --max-buffered: 503");
+            self.reject_busy(key, RejectReason::MemoryBudget);
+            return false;
+        }
+        let (Some(id), Some(conn)) = (self.id_of(key), self.conns.get(key)) else {
+            return false;
+        };
+        let socket_peer = conn
+            .socket
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = self.client_addr(proxied.unwrap_or(socket_peer), req);
+        if let Some(cap) = self.config.max_conns_per_ip {
+            if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= cap {
+                debug!("#{key}: {} already has {cap} connections: 503", peer.ip());
+                self.reject_busy(key, RejectReason::PerIp);
+                return false;
+            }
+            *self.per_ip.entry(peer.ip()).or_default() += 1;
+            self.ip_of.insert(key, peer.ip());
+        }
+        let request = Request {
+            path: req.target,
+            headers: req.headers,
+            peer,
+        };
+        let decision = app.on_open(&mut Context { core: self }, id, &request);
+        let protocol = match decision {
+            Decision::Accept(protocol) => protocol,
+            Decision::Reject(status) => {
+                debug!("#{key}: application rejected the upgrade: {status}");
+                self.reject_http(key, status, &[], RejectReason::Application);
+                return false;
+            }
+        };
+        let deflate = self.config.deflate.as_ref().and_then(|config| {
+            let offers = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|h| h.value);
+            negotiate(offers, config)
+        });
+        let extensions = deflate.map(|params| params.response_value());
+        let mut response = Vec::with_capacity(256);
+        write_accept_response(
+            &mut response,
+            key_header,
+            protocol.as_deref(),
+            extensions.as_deref(),
+        );
+        self.queue(key, &[&response]);
+        self.stats.upgraded += 1;
+        debug!("#{key}: upgraded {} from {peer}", req.target);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.phase = Phase::Open;
+            conn.app_open = true;
+            if let Some(params) = deflate {
+                conn.decoder.enable_compression();
+                conn.deflate = Some(Box::new(ConnDeflate::new(params)));
+            }
+        }
+        self.arm_idle(key);
+        true
+    }
+
+    /// The client's address: `Forwarded` / `X-Forwarded-For` are honoured only when
+    /// `--trusted-proxy` is set and only for hops it trusts.
+    pub(super) fn client_addr(&self, peer: SocketAddr, req: &RequestHead<'_, '_>) -> SocketAddr {
+        if self.config.trusted_proxies.is_empty() {
+            return peer;
+        }
+        let joined = |name: &str| {
+            let values: Vec<&str> = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
+        let forwarded = joined("forwarded");
+        let xff = joined("x-forwarded-for");
+        let ip = client_ip(
+            peer.ip(),
+            &self.config.trusted_proxies,
+            forwarded.as_deref(),
+            xff.as_deref(),
+        );
+        SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
+    }
+
+    pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
+        debug!("#{key}: bad request: {e}: {}", e.status());
+        let extra: &[(&str, &str)] = if e == HandshakeError::UnsupportedVersion {
+            &[("Sec-WebSocket-Version", "13")]
+        } else {
+            &[]
+        };
+        let status = e.status();
+        self.reject_http(key, status, extra, RejectReason::for_status(status));
+    }
+
+    /// Answers 503 with a jittered `Retry-After`, so a fleet told to come back spreads out.
+    pub(super) fn reject_busy(&mut self, key: usize, reason: RejectReason) {
+        let retry = self.jitter.retry_after(2).to_string();
+        self.reject_http(key, 503, &[("Retry-After", &retry)], reason);
+    }
+
+    pub(super) fn reject_http(
+        &mut self,
+        key: usize,
+        status: u16,
+        extra: &[(&str, &str)],
+        reason: RejectReason,
+    ) {
+        self.stats.reject(reason);
+        self.queue(key, &[&error_response(status, extra)]);
+        self.linger(key);
+    }
+}
+
+/// Whether PROXY headers from `ip` are believed (no `--trusted-proxy`: loopback only).
+fn trusted_peer(trusted: &[Cidr], ip: IpAddr) -> bool {
+    if trusted.is_empty() {
+        ip.is_loopback()
+    } else {
+        trusted.iter().any(|c| c.contains(ip))
+    }
+}
