@@ -290,3 +290,161 @@ fn processes_share_one_port_with_reuse_port() {
         );
     }
 }
+
+/// Lines from a process's stdout, read on a thread so the process never blocks on the pipe.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns it.
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {needle:?} within 20 s"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+/// The number after `(pid ` in a supervisor line.
+fn pid_in(line: &str) -> u32 {
+    let rest = line.split("(pid ").nth(1).unwrap();
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Echo on `n` fresh connections (they land on whichever process the kernel picks).
+fn echo_on_fresh_connections(addr: std::net::SocketAddr, n: usize) -> Vec<Client> {
+    (0..n)
+        .map(|i| {
+            let mut ws = ws_client(addr, "/");
+            send_text(&mut ws, &format!("hello {i}"));
+            assert_eq!(
+                recv_text(&mut ws, Duration::from_secs(5)).as_deref(),
+                Some(format!("hello {i}").as_str())
+            );
+            ws
+        })
+        .collect()
+}
+
+/// The supervisor of `--processes`, stopped (with its children) if a test fails midway.
+struct Supervised {
+    child: std::process::Child,
+    pids: Vec<u32>,
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in &self.pids {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[test]
+fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
+        .args(["--addr", "127.0.0.1:0", "--processes", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sup = Supervised {
+        child,
+        pids: Vec::new(),
+    };
+    let lines = stdout_lines(&mut sup.child);
+    let head = wait_line(&lines, "supervisor on ");
+    let addr: std::net::SocketAddr = head
+        .split("supervisor on ")
+        .nth(1)
+        .and_then(|r| r.rsplit_once(':').map(|(a, _)| a))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The children's own lines interleave with the supervisor's: take them in any order.
+    let (mut started, mut listening) = (Vec::new(), 0);
+    while started.len() < 2 || listening < 2 {
+        let line = wait_line(&lines, "");
+        if line.contains(" of 2 started") {
+            started.push(pid_in(&line));
+        } else if line.contains("listening on") {
+            listening += 1;
+        }
+    }
+    sup.pids.clone_from(&started);
+    let (first, second) = (started[0], started[1]);
+
+    // Both processes take connections on the one port.
+    let before = (open_fds(first), open_fds(second));
+    let held = echo_on_fresh_connections(addr, 40);
+    assert!(open_fds(first) > before.0 && open_fds(second) > before.1);
+    drop(held);
+
+    // A process killed outright is replaced; the port keeps serving meanwhile.
+    kill_process(Pid::from_raw(first as i32).unwrap(), Signal::KILL).unwrap();
+    let (mut replacement, mut listening) = (None, false);
+    while replacement.is_none() || !listening {
+        let line = wait_line(&lines, "");
+        if line.contains("restarted (pid") {
+            replacement = Some(pid_in(&line));
+        } else if line.contains("listening on") {
+            listening = true;
+        }
+    }
+    let replacement = replacement.unwrap();
+    sup.pids.push(replacement);
+    assert_ne!(replacement, first);
+    let held = echo_on_fresh_connections(addr, 40);
+    assert!(alive(replacement) && alive(second));
+    drop(held);
+
+    // SIGTERM to the supervisor stops every process, then the supervisor.
+    kill_process(Pid::from_raw(sup.child.id() as i32).unwrap(), Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = sup.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "supervisor did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!alive(replacement) && !alive(second));
+}

@@ -5,12 +5,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
 use wsloop::server::config::{Cidr, ProxyMode, RatePolicy};
+use wsloop::server::supervisor::{Supervisor, SUPERVISED_ADDR};
 use wsloop::server::{RedisConfig, RoomPolicy, Workers};
 use wsloop::{Config, EchoChat, TlsConfig, TlsError};
 
@@ -128,6 +131,11 @@ struct Args {
     /// Bind with SO_REUSEPORT so several wsloop processes can share the port.
     #[arg(long)]
     reuse_port: bool,
+    /// Run this many wsloop processes on the port (SO_REUSEPORT) under a small supervisor
+    /// that restarts any that dies and passes SIGTERM/SIGINT on; each has its own open-file
+    /// limit. Rooms span them only through --redis.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    processes: u16,
     /// Share rooms with other wsloop processes through this Redis, e.g.
     /// redis://127.0.0.1:6379 (at-most-once between processes).
     #[arg(long)]
@@ -227,7 +235,20 @@ impl Args {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    match std::env::var(SUPERVISED_ADDR).ok().map(|a| a.parse()) {
+        // A child of `--processes`: serve on the supervisor's address.
+        Some(Ok(addr)) => {
+            args.addr = addr;
+            args.reuse_port = true;
+        }
+        Some(Err(e)) => {
+            eprintln!("wsloop: {SUPERVISED_ADDR}: {e}");
+            return ExitCode::FAILURE;
+        }
+        None if args.processes > 1 => return supervise(&args),
+        None => {}
+    }
     let config = match args.config() {
         Ok(config) => config,
         Err(e) => {
@@ -259,6 +280,49 @@ fn main() -> ExitCode {
         let _ = std::io::stdout().flush();
     };
     match workers.run(move |_| EchoChat::new(chat), on_listening) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsloop: {}: {e}", args.addr);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--processes N`: start N copies of this program on one port and keep them running.
+fn supervise(args: &Args) -> ExitCode {
+    if args.metrics_addr.is_some() {
+        eprintln!(
+            "wsloop: --metrics-addr cannot be used with --processes: every process would bind it"
+        );
+        return ExitCode::FAILURE;
+    }
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("wsloop: cannot find this program to start it again: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("wsloop: cannot handle signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let supervisor = Supervisor {
+        program,
+        args: std::env::args_os().skip(1).collect(),
+        processes: usize::from(args.processes),
+        addr: args.addr,
+    };
+    let result = supervisor.run(&stop, |event| {
+        // Not println!: a closed stdout must not take the supervisor (and its duty to stop
+        // the children) down.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "wsloop supervisor: {event}").and_then(|()| out.flush());
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsloop: {}: {e}", args.addr);

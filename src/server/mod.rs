@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod reactor;
 pub mod rooms;
 pub mod stats;
+pub mod supervisor;
 pub mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;
