@@ -2,8 +2,9 @@
 //! whole messages with hard output bounds.
 //!
 //! # Memory
-//! A deflate context costs memory for as long as it keeps its sliding window: about 256 KiB
-//! for a compressor with a 32 KiB window, about 40 KiB for an inflater. "No context takeover"
+//! A deflate context costs memory for as long as it keeps its sliding window: about 336 KiB
+//! for a compressor with a 32 KiB window, about 44 KiB for an inflater (measured with
+//! zlib-rs: benches/README.md, "permessage-deflate"). "No context takeover"
 //! means the window is dropped after every message, so one context can serve every connection
 //! in turn: by default wsloop answers with `server_no_context_takeover` and
 //! `client_no_context_takeover` (RFC 7692 §7.1.1 lets a server add both), so a reactor needs one
