@@ -277,8 +277,9 @@ struct Held {
     control: Vec<u8>,
     /// Corpus offset of its one message (with `deflate`).
     start: usize,
-    /// The server accepted permessage-deflate.
-    deflate: bool,
+    /// The window the server allows this client to compress with, when it accepted
+    /// permessage-deflate.
+    deflate: Option<u8>,
     /// Bytes of its message not yet written.
     out: Vec<u8>,
     /// Payload of the echo so far, and whether it is compressed.
@@ -370,10 +371,13 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         .into_iter()
         .enumerate()
         .map(|(i, o)| {
-            let deflate = o.as_ref().is_some_and(|o| o.deflate.is_some());
+            let deflate = o
+                .as_ref()
+                .and_then(|o| o.deflate)
+                .map(|p| p.client_max_window_bits.unwrap_or(15));
             Held {
                 stream: o.map(|o| o.stream),
-                decoder: ClientDecoder::with_deflate(deflate),
+                decoder: ClientDecoder::with_deflate(deflate.is_some()),
                 control: Vec::new(),
                 start: payload::first_start(i, opts.size, corpus.len()),
                 deflate,
@@ -548,7 +552,8 @@ struct Messages {
     /// One context pair for all connections, reset after each message: a connection's first
     /// message is compressed from an empty context with or without context takeover, so
     /// the load generator needs no context per connection.
-    deflater: Option<Deflater>,
+    /// (window bits, compressor): remade if a server answers with another window.
+    deflater: Option<(u8, Deflater)>,
     inflater: Option<Inflater>,
 }
 
@@ -560,11 +565,14 @@ impl Messages {
             .get(conn.start..conn.start + self.size)
             .unwrap_or_default();
         conn.out.clear();
-        if conn.deflate {
+        if let Some(bits) = conn.deflate {
             let mut packed = Vec::with_capacity(self.size / 2 + 64);
-            let deflater = self
+            if self.deflater.as_ref().is_some_and(|(b, _)| *b != bits) {
+                self.deflater = None;
+            }
+            let (_, deflater) = self
                 .deflater
-                .get_or_insert_with(|| Deflater::new(15, CLIENT_DEFLATE_LEVEL));
+                .get_or_insert_with(|| (bits, Deflater::new(bits, CLIENT_DEFLATE_LEVEL)));
             deflater.compress(message, &mut packed, true);
             encode_frame_rsv(&mut conn.out, OpCode::Text, true, &packed, conn.key);
         } else {
