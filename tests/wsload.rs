@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::ServerProcess;
 use wsloop::load::{
     run_connect, run_echo, run_fanout, run_hold, run_latency, ConnectOptions, EchoOptions,
-    FanoutOptions, HoldOptions, LatencyOptions,
+    FanoutOptions, HoldOptions, LatencyOptions, Payload,
 };
 
 #[test]
@@ -25,6 +25,7 @@ fn echo_verifies_every_message() {
             duration: Duration::from_millis(700),
             warmup: Duration::from_millis(100),
             server_pid: Some(server.pid()),
+            ..EchoOptions::default()
         })
         .expect("run_echo");
         eprint!("{}", report.table());
@@ -98,4 +99,117 @@ fn refuses_non_loopback_targets() {
     })
     .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// `wsload echo --deflate` against `wsloop --deflate`: every echo inflated and verified, and
+/// the bytes on the wire show that both sides really compressed.
+#[test]
+fn echo_with_deflate_compresses_and_verifies() {
+    for (args, answer, most) in [
+        (
+            &["--deflate"][..],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            0.6,
+        ),
+        (
+            &["--deflate", "--deflate-context-takeover"][..],
+            "permessage-deflate",
+            0.6,
+        ),
+        // A 1 KiB window asked of the client too: it must compress within it.
+        (
+            &["--deflate", "--deflate-window-bits", "10"][..],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=10",
+            0.8,
+        ),
+    ] {
+        let server = ServerProcess::start(args);
+        for size in [1024, 70_000] {
+            let report = run_echo(&EchoOptions {
+                url: server.ws_url("/"),
+                conns: 4,
+                inflight: 4,
+                size,
+                duration: Duration::from_millis(500),
+                warmup: Duration::from_millis(100),
+                server_pid: Some(server.pid()),
+                deflate: true,
+                payload: Payload::Text,
+                ..EchoOptions::default()
+            })
+            .expect("run_echo");
+            eprint!("{}", report.table());
+            let json = report.to_json();
+            assert!(report.ok(), "{json}");
+            assert_eq!(report.deflate_conns, 4, "{json}");
+            assert_eq!(report.deflate_answer.as_deref(), Some(answer), "{json}");
+            let recv = report.wire_ratio_recv.expect("ratio");
+            let sent = report.wire_ratio_sent.expect("ratio");
+            assert!(recv < most, "the server compressed its echoes: {json}");
+            assert!(sent < most, "the client compressed its messages: {json}");
+            assert!(json.contains("\"wire_ratio_recv\":"), "{json}");
+        }
+    }
+}
+
+/// Declined offers and plain text: the same client, uncompressed, still verified.
+#[test]
+fn deflate_declined_and_latency_with_deflate() {
+    let plain = ServerProcess::start(&[]);
+    let report = run_echo(&EchoOptions {
+        url: plain.ws_url("/"),
+        conns: 2,
+        inflight: 2,
+        size: 2000,
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        deflate: true,
+        payload: Payload::Text,
+        ..EchoOptions::default()
+    })
+    .unwrap();
+    assert!(report.ok(), "{}", report.to_json());
+    assert_eq!(report.deflate_conns, 0);
+    assert!(report.wire_ratio_recv.unwrap() > 1.0, "headers only add");
+
+    let server = ServerProcess::start(&["--deflate"]);
+    let latency = run_latency(&LatencyOptions {
+        url: server.ws_url("/"),
+        size: 4096,
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        deflate: true,
+        payload: Payload::Text,
+        ..LatencyOptions::default()
+    })
+    .unwrap();
+    assert!(latency.ok(), "{}", latency.to_json());
+    assert!(
+        latency.wire_ratio_recv.unwrap() < 0.6,
+        "{}",
+        latency.to_json()
+    );
+}
+
+/// `hold --deflate`: each connection sends one message, gets it back intact, then idles.
+#[test]
+fn hold_with_deflate_echoes_one_message_each() {
+    let server = ServerProcess::start(&["--deflate", "--deflate-context-takeover"]);
+    let hold = run_hold(&HoldOptions {
+        url: server.ws_url("/"),
+        conns: 40,
+        duration: Duration::from_millis(200),
+        server_pid: Some(server.pid()),
+        ping_every: Duration::from_millis(100),
+        deflate: true,
+        size: 100_000,
+        ..HoldOptions::default()
+    })
+    .unwrap();
+    eprint!("{}", hold.table());
+    assert!(hold.ok(), "{}", hold.to_json());
+    assert_eq!(hold.deflate_conns, 40);
+    assert_eq!((hold.messages_sent, hold.echoes_ok), (40, 40));
+    assert!(hold.server_rss_message_per_conn_bytes.is_some());
 }

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wsloop::load::{self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions};
+use wsloop::load::{
+    self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions, Payload,
+};
 
 /// wsloop's load generator: echo throughput, latency, held connections, connection rate and
 /// broadcast fan-out, against a server on this machine (loopback addresses only).
@@ -17,6 +19,16 @@ use wsloop::load::{self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions
 struct Args {
     #[command(subcommand)]
     mode: Mode,
+}
+
+/// The payload asked for, else text with deflate (random bytes would only show the cost of
+/// failing to compress) and random without.
+fn payload(asked: Option<Payload>, deflate: bool) -> Payload {
+    asked.unwrap_or(if deflate {
+        Payload::Text
+    } else {
+        Payload::Random
+    })
 }
 
 fn secs(s: f64) -> Duration {
@@ -51,6 +63,12 @@ enum Mode {
         /// The server's PID: report its CPU and memory too.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Offer permessage-deflate: compress messages, inflate echoes (default payload: text).
+        #[arg(long)]
+        deflate: bool,
+        /// Payload: random, or JSON-like text (default: random, or text with --deflate).
+        #[arg(long)]
+        payload: Option<Payload>,
     },
     /// One connection, one message at a time: round-trip time percentiles.
     Latency {
@@ -72,6 +90,12 @@ enum Mode {
         /// The server's PID: report its CPU and memory too.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Offer permessage-deflate: compress messages, inflate echoes (default payload: text).
+        #[arg(long)]
+        deflate: bool,
+        /// Payload: random, or JSON-like text (default: random, or text with --deflate).
+        #[arg(long)]
+        payload: Option<Payload>,
     },
     /// Open N idle connections, keep them alive with pings, report how many stayed up and
     /// (with --server-pid) the server's memory per connection. Run `ulimit -n` high enough
@@ -103,6 +127,16 @@ enum Mode {
         /// Most handshakes in progress at once while opening.
         #[arg(long, default_value_t = 256)]
         max_pending: usize,
+        /// Offer permessage-deflate; once all are open, each connection sends one message and
+        /// reads its echo (so the server has made its deflate state), then idles.
+        #[arg(long)]
+        deflate: bool,
+        /// Payload of that message: random or JSON-like text.
+        #[arg(long, default_value = "text")]
+        payload: Payload,
+        /// Size of that message in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
     },
     /// Connection lifecycles per second: TCP connect, upgrade, close handshake, TCP close.
     Connect {
@@ -210,6 +244,8 @@ fn main() -> ExitCode {
             duration,
             warmup,
             server_pid,
+            deflate,
+            payload: asked,
         } => emit(load::run_echo(&EchoOptions {
             url,
             conns,
@@ -219,6 +255,8 @@ fn main() -> ExitCode {
             duration: secs(duration),
             warmup: secs(warmup),
             server_pid,
+            deflate,
+            payload: payload(asked, deflate),
         })),
         Mode::Latency {
             url,
@@ -227,6 +265,8 @@ fn main() -> ExitCode {
             duration,
             warmup,
             server_pid,
+            deflate,
+            payload: asked,
         } => emit(load::run_latency(&LatencyOptions {
             url,
             size,
@@ -234,6 +274,8 @@ fn main() -> ExitCode {
             duration: secs(duration),
             warmup: secs(warmup),
             server_pid,
+            deflate,
+            payload: payload(asked, deflate),
         })),
         Mode::Hold {
             url,
@@ -244,6 +286,9 @@ fn main() -> ExitCode {
             source_base,
             per_source,
             max_pending,
+            deflate,
+            payload,
+            size,
         } => emit(load::run_hold(&HoldOptions {
             url,
             conns,
@@ -253,6 +298,9 @@ fn main() -> ExitCode {
             source_base,
             per_source,
             max_pending,
+            deflate,
+            payload,
+            size,
         })),
         Mode::Connect {
             url,

@@ -114,7 +114,7 @@ struct Args {
     /// Largest compression window, in bits (9-15), for the server and asked of clients.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
     deflate_window_bits: u8,
-    /// Keep deflate contexts across messages (better ratio; ~300 KiB per connection). Off:
+    /// Keep deflate contexts across messages (better ratio; ~380 KiB per connection). Off:
     /// one shared context pair per reactor.
     #[arg(long)]
     deflate_context_takeover: bool,

@@ -6,12 +6,21 @@
 //! payload: [`ClientDecoder::decode`] hands out [`Piece`]s that borrow the caller's read
 //! buffer, each tagged with its offset in the frame's payload, so a frame split across reads
 //! is verified chunk by chunk. Only a partial *header* (at most 14 bytes) is ever carried.
+//!
+//! permessage-deflate (RFC 7692) on the client side: the offer ([`CLIENT_OFFER`]) goes in the
+//! upgrade request, the answer is checked by [`parse_upgrade_response`], RSV1 is accepted on
+//! the first frame of a data message only once negotiated, and [`ClientDeflate`] compresses
+//! and inflates with the server's own [`Deflater`] and [`Inflater`].
 
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
+use crate::protocol::deflate::{
+    accept_response, DeflateParams, Deflater, Inflater, ResponseError, CLIENT_OFFER,
+};
+use crate::protocol::error::ProtocolError;
 use crate::protocol::frame::{
     payload_length, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
@@ -23,6 +32,8 @@ use crate::protocol::mask::apply_mask;
 pub struct ServerHeader {
     /// Final fragment of its message.
     pub fin: bool,
+    /// RSV1: the message is compressed (first frame of a data message, with deflate only).
+    pub rsv1: bool,
     /// The opcode.
     pub opcode: OpCode,
     /// Payload length in bytes.
@@ -32,7 +43,8 @@ pub struct ServerHeader {
 /// Why a server's byte stream is not a valid sequence of server frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    /// RSV bits set without an extension.
+    /// RSV bits set without an extension (RSV1 is allowed on the first frame of a data
+    /// message once permessage-deflate is negotiated).
     ReservedBits,
     /// Opcode 3–7 or 0xB–0xF.
     ReservedOpcode,
@@ -59,20 +71,26 @@ impl fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 /// Parses a server frame header from the start of `buf`: `Ok(None)` while incomplete, else
-/// the header and its length in bytes (2, 4 or 10).
+/// the header and its length in bytes (2, 4 or 10). `deflate`: permessage-deflate was
+/// negotiated, so RSV1 may mark a compressed message (on its first frame only, §6.1).
 ///
 /// # Errors
 /// A header no server may send.
-pub fn parse_server_header(buf: &[u8]) -> Result<Option<(ServerHeader, usize)>, FrameError> {
+pub fn parse_server_header(
+    buf: &[u8],
+    deflate: bool,
+) -> Result<Option<(ServerHeader, usize)>, FrameError> {
     let (first, second) = match buf {
         [a, b, ..] => (*a, *b),
         _ => return Ok(None),
     };
-    if first & 0x70 != 0 {
+    let fin = first & 0x80 != 0;
+    let rsv1 = first & 0x40 != 0;
+    let opcode = OpCode::from_bits(first & 0x0f).ok_or(FrameError::ReservedOpcode)?;
+    let rsv1_allowed = deflate && matches!(opcode, OpCode::Text | OpCode::Binary);
+    if first & 0x30 != 0 || (rsv1 && !rsv1_allowed) {
         return Err(FrameError::ReservedBits);
     }
-    let fin = first & 0x80 != 0;
-    let opcode = OpCode::from_bits(first & 0x0f).ok_or(FrameError::ReservedOpcode)?;
     if second & 0x80 != 0 {
         return Err(FrameError::Masked);
     }
@@ -87,6 +105,7 @@ pub fn parse_server_header(buf: &[u8]) -> Result<Option<(ServerHeader, usize)>, 
     };
     let header = ServerHeader {
         fin,
+        rsv1,
         opcode,
         payload_len,
     };
@@ -123,12 +142,22 @@ pub struct ClientDecoder {
     partial_len: usize,
     /// The frame whose payload is being received, and how much of it has arrived.
     current: Option<(ServerHeader, u64)>,
+    /// permessage-deflate was negotiated: RSV1 is allowed on data frames.
+    deflate: bool,
 }
 
 impl ClientDecoder {
     /// A decoder at a frame boundary.
     pub fn new() -> ClientDecoder {
         ClientDecoder::default()
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate when `deflate`.
+    pub fn with_deflate(deflate: bool) -> ClientDecoder {
+        ClientDecoder {
+            deflate,
+            ..ClientDecoder::default()
+        }
     }
 
     /// Whether the decoder stands between two frames.
@@ -163,7 +192,7 @@ impl ClientDecoder {
             return Ok((take, piece));
         }
         if self.partial_len == 0 {
-            return match parse_server_header(input)? {
+            return match parse_server_header(input, self.deflate)? {
                 Some((header, used)) => Ok(self.start(header, used, input)),
                 None => {
                     // Shorter than a header, so it fits in `partial`.
@@ -176,7 +205,8 @@ impl ClientDecoder {
         let before = self.partial_len;
         let take = (MAX_HEADER_LEN - before).min(input.len());
         self.stash(input.get(..take).unwrap_or_default());
-        let parsed = parse_server_header(self.partial.get(..self.partial_len).unwrap_or_default())?;
+        let partial = self.partial.get(..self.partial_len).unwrap_or_default();
+        let parsed = parse_server_header(partial, self.deflate)?;
         match parsed {
             Some((header, header_len)) => {
                 self.partial_len = 0;
@@ -219,10 +249,21 @@ impl ClientDecoder {
 
 /// Appends one masked, unfragmented client frame: header, then `payload` masked with `key`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
+    encode_frame_rsv(out, opcode, false, payload, key);
+}
+
+/// [`encode_frame`] with RSV1 set when `compressed` (a permessage-deflate message).
+pub fn encode_frame_rsv(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    compressed: bool,
+    payload: &[u8],
+    key: [u8; 4],
+) {
     let mut head = [0u8; MAX_HEADER_LEN];
     let n = FrameHeader {
         fin: true,
-        rsv: 0,
+        rsv: if compressed { 0b100 } else { 0 },
         opcode,
         mask: Some(key),
         payload_len: payload.len() as u64,
@@ -298,8 +339,9 @@ impl XorShift {
     }
 }
 
-/// Appends an upgrade request for `path` on `host` with `key`.
-pub fn write_upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
+/// Appends an upgrade request for `path` on `host` with `key`, offering permessage-deflate
+/// ([`CLIENT_OFFER`]) when `deflate`.
+pub fn write_upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str, deflate: bool) {
     for part in [
         "GET ",
         path,
@@ -307,10 +349,16 @@ pub fn write_upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, key: &st
         host,
         "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
         key,
-        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
     ] {
         out.extend_from_slice(part.as_bytes());
     }
+    if deflate {
+        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        out.extend_from_slice(CLIENT_OFFER.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Largest response head accepted from the server.
@@ -329,6 +377,8 @@ pub enum UpgradeError {
     NotUpgraded,
     /// `Sec-WebSocket-Accept` missing or wrong.
     BadAccept,
+    /// A `Sec-WebSocket-Extensions` answer the client must refuse.
+    Extension(ResponseError),
 }
 
 impl fmt::Display for UpgradeError {
@@ -339,20 +389,35 @@ impl fmt::Display for UpgradeError {
             UpgradeError::Status(code) => write!(f, "status {code} instead of 101"),
             UpgradeError::NotUpgraded => f.write_str("Upgrade/Connection headers missing"),
             UpgradeError::BadAccept => f.write_str("wrong or missing Sec-WebSocket-Accept"),
+            UpgradeError::Extension(e) => fmt::Display::fmt(e, f),
         }
     }
 }
 
 impl std::error::Error for UpgradeError {}
 
-/// Checks the server's answer to an upgrade request sent with `key`.
+/// A valid `101` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgraded {
+    /// Length of the response head: bytes after it already belong to the WebSocket stream.
+    pub head_len: usize,
+    /// The permessage-deflate parameters, when the server accepted the offer.
+    pub deflate: Option<DeflateParams>,
+}
+
+/// Checks the server's answer to an upgrade request sent with `key` (and with
+/// [`CLIENT_OFFER`] when `deflate_offered`).
 ///
-/// Returns `Ok(None)` until the head is complete, then the head's length: bytes after it
-/// already belong to the WebSocket stream.
+/// Returns `Ok(None)` until the head is complete.
 ///
 /// # Errors
-/// Anything but a valid `101 Switching Protocols` for this key.
-pub fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, UpgradeError> {
+/// Anything but a valid `101 Switching Protocols` for this key, including an extension the
+/// request did not offer.
+pub fn parse_upgrade_response(
+    buf: &[u8],
+    key: &str,
+    deflate_offered: bool,
+) -> Result<Option<Upgraded>, UpgradeError> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return if buf.len() > MAX_RESPONSE_HEAD {
             Err(UpgradeError::HeadTooLong)
@@ -377,6 +442,7 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, Up
         return Err(UpgradeError::Status(code));
     }
     let (mut upgrade, mut connection, mut accept_ok) = (false, false, false);
+    let mut extensions: Vec<&str> = Vec::new();
     let expected = accept_key(key);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -391,6 +457,8 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, Up
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
             accept_ok = value == expected;
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            extensions.push(value);
         }
     }
     if !(upgrade && connection) {
@@ -399,7 +467,91 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, Up
     if !accept_ok {
         return Err(UpgradeError::BadAccept);
     }
-    Ok(Some(end + 4))
+    let deflate = accept_response(extensions, deflate_offered).map_err(UpgradeError::Extension)?;
+    Ok(Some(Upgraded {
+        head_len: end + 4,
+        deflate,
+    }))
+}
+
+/// zlib level of the client's compressor: the fastest, so the load generator spends its CPU
+/// on load, not on squeezing bytes (the server's own level is what a run measures).
+pub const CLIENT_DEFLATE_LEVEL: u32 = 1;
+
+/// One connection's client-side permessage-deflate state: what was agreed and, only where
+/// context takeover needs them, the connection's own contexts. Without context takeover a
+/// run shares one pair ([`SharedDeflate`]), as the server does, so thousands of connections
+/// do not cost the load generator ~380 KiB each.
+#[derive(Debug)]
+pub struct ClientDeflate {
+    /// What the server agreed to.
+    pub params: DeflateParams,
+    deflater: Option<Deflater>,
+    inflater: Option<Inflater>,
+}
+
+/// The contexts shared by every connection of a run that resets them after each message.
+#[derive(Debug, Default)]
+pub struct SharedDeflate {
+    /// With the window bits it was made for (one per run in practice).
+    deflater: Option<(u8, Deflater)>,
+    inflater: Option<Inflater>,
+}
+
+impl SharedDeflate {
+    /// Whether the shared compressor was made (some connection resets its context).
+    pub fn deflater_in_use(&self) -> bool {
+        self.deflater.is_some()
+    }
+}
+
+impl ClientDeflate {
+    /// State for a connection that agreed `params`; contexts are made on first use.
+    pub fn new(params: DeflateParams) -> ClientDeflate {
+        ClientDeflate {
+            params,
+            deflater: None,
+            inflater: None,
+        }
+    }
+
+    /// Appends `message` compressed to `out` (no sync tail), within the window the server
+    /// allowed and resetting after it when told `client_no_context_takeover`.
+    pub fn compress(&mut self, shared: &mut SharedDeflate, message: &[u8], out: &mut Vec<u8>) {
+        let bits = self.params.client_max_window_bits.unwrap_or(15);
+        let reset = self.params.client_no_context_takeover;
+        let fresh = || Deflater::new(bits, CLIENT_DEFLATE_LEVEL);
+        let deflater = if reset {
+            if shared.deflater.as_ref().is_some_and(|(b, _)| *b != bits) {
+                shared.deflater = None;
+            }
+            &mut shared.deflater.get_or_insert_with(|| (bits, fresh())).1
+        } else {
+            self.deflater.get_or_insert_with(fresh)
+        };
+        deflater.compress(message, out, reset);
+    }
+
+    /// Inflates one compressed message from the server (its frames' payloads joined) into
+    /// `out`, at most `max` bytes; the context is kept unless `server_no_context_takeover`.
+    ///
+    /// # Errors
+    /// See [`Inflater::inflate`].
+    pub fn inflate(
+        &mut self,
+        shared: &mut SharedDeflate,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(), ProtocolError> {
+        let reset = self.params.server_no_context_takeover;
+        let inflater = if reset {
+            shared.inflater.get_or_insert_with(Inflater::new)
+        } else {
+            self.inflater.get_or_insert_with(Inflater::new)
+        };
+        inflater.inflate(payload, out, max, reset)
+    }
 }
 
 #[cfg(test)]
@@ -531,27 +683,134 @@ mod tests {
         let mut rng = XorShift::new(7);
         let key = rng.handshake_key();
         let mut req = Vec::new();
-        write_upgrade_request(&mut req, "127.0.0.1:9001", "/chat", &key);
+        write_upgrade_request(&mut req, "127.0.0.1:9001", "/chat", &key, false);
         let req = String::from_utf8(req).unwrap();
         assert!(req.starts_with("GET /chat HTTP/1.1\r\n"));
         assert!(req.ends_with("\r\n\r\n"));
+        assert!(!req.contains("Extensions"));
         let mut resp = Vec::new();
         crate::protocol::handshake::write_accept_response(&mut resp, &key, None, None);
         let head_len = resp.len();
         resp.extend_from_slice(&[0x81, 0x00]);
-        assert_eq!(parse_upgrade_response(&resp[..10], &key), Ok(None));
-        assert_eq!(parse_upgrade_response(&resp, &key), Ok(Some(head_len)));
+        assert_eq!(parse_upgrade_response(&resp[..10], &key, false), Ok(None));
+        let plain = Upgraded {
+            head_len,
+            deflate: None,
+        };
+        assert_eq!(parse_upgrade_response(&resp, &key, false), Ok(Some(plain)));
         assert_eq!(
-            parse_upgrade_response(&resp, "dGhlIHNhbXBsZSBub25jZQ=="),
+            parse_upgrade_response(&resp, &key, true),
+            Ok(Some(plain)),
+            "a server may decline the offer"
+        );
+        assert_eq!(
+            parse_upgrade_response(&resp, "dGhlIHNhbXBsZSBub25jZQ==", false),
             Err(UpgradeError::BadAccept)
         );
         assert_eq!(
-            parse_upgrade_response(b"HTTP/1.1 503 Busy\r\n\r\n", &key),
+            parse_upgrade_response(b"HTTP/1.1 503 Busy\r\n\r\n", &key, false),
             Err(UpgradeError::Status(503))
         );
         assert_eq!(
-            parse_upgrade_response(&vec![b'a'; MAX_RESPONSE_HEAD + 1], &key),
+            parse_upgrade_response(&vec![b'a'; MAX_RESPONSE_HEAD + 1], &key, false),
             Err(UpgradeError::HeadTooLong)
+        );
+    }
+
+    /// The server's real answer, with `extensions` as its `Sec-WebSocket-Extensions` value.
+    fn answer_with(key: &str, extensions: &str) -> Vec<u8> {
+        let mut resp = Vec::new();
+        crate::protocol::handshake::write_accept_response(&mut resp, key, None, Some(extensions));
+        resp
+    }
+
+    #[test]
+    fn deflate_offer_and_answer() {
+        let key = XorShift::new(9).handshake_key();
+        let mut req = Vec::new();
+        write_upgrade_request(&mut req, "h", "/", &key, true);
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        ));
+        let resp = answer_with(&key, "permessage-deflate; server_no_context_takeover");
+        let up = parse_upgrade_response(&resp, &key, true).unwrap().unwrap();
+        let params = up.deflate.unwrap();
+        assert!(params.server_no_context_takeover);
+        assert!(!params.client_no_context_takeover);
+    }
+
+    #[test]
+    fn refuses_an_answer_it_did_not_offer() {
+        let key = XorShift::new(10).handshake_key();
+        // No offer at all, yet the server turned deflate on: its RSV1 frames would be
+        // unreadable, so the client fails the connection (RFC 7692 §5).
+        let resp = answer_with(&key, "permessage-deflate");
+        assert_eq!(
+            parse_upgrade_response(&resp, &key, false),
+            Err(UpgradeError::Extension(ResponseError::NotOffered))
+        );
+        // An extension other than the one offered.
+        let resp = answer_with(&key, "x-webkit-deflate-frame");
+        assert_eq!(
+            parse_upgrade_response(&resp, &key, true),
+            Err(UpgradeError::Extension(ResponseError::NotOffered))
+        );
+        // A parameter that cannot be in an answer.
+        let resp = answer_with(&key, "permessage-deflate; client_max_window_bits");
+        assert_eq!(
+            parse_upgrade_response(&resp, &key, true),
+            Err(UpgradeError::Extension(ResponseError::BadParameter))
+        );
+    }
+
+    #[test]
+    fn rsv1_only_on_first_data_frames_with_deflate() {
+        let mut dec = ClientDecoder::with_deflate(true);
+        let (_, piece) = dec.decode(&[0xC1, 0x01, 0x00]).unwrap();
+        assert!(piece.unwrap().header.rsv1);
+        let e = |bytes: &[u8]| ClientDecoder::with_deflate(true).decode(bytes).unwrap_err();
+        assert_eq!(e(&[0xC0, 0x00]), FrameError::ReservedBits, "continuation");
+        assert_eq!(e(&[0xC9, 0x00]), FrameError::ReservedBits, "ping");
+        assert_eq!(e(&[0xA1, 0x00]), FrameError::ReservedBits, "RSV2");
+    }
+
+    #[test]
+    fn client_deflate_round_trips_with_the_server_contexts() {
+        let server = crate::protocol::deflate::negotiate(
+            [CLIENT_OFFER],
+            &crate::protocol::deflate::DeflateConfig {
+                context_takeover: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let key = XorShift::new(11).handshake_key();
+        let resp = answer_with(&key, &server.response_value());
+        let params = parse_upgrade_response(&resp, &key, true)
+            .unwrap()
+            .unwrap()
+            .deflate
+            .unwrap();
+        let mut client = ClientDeflate::new(params);
+        let mut shared = SharedDeflate::default();
+        let mut server_inflater = Inflater::new();
+        let message = br#"{"user":"ann","text":"hello hello hello"}"#.repeat(20);
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            let mut packed = Vec::new();
+            client.compress(&mut shared, &message, &mut packed);
+            sizes.push(packed.len());
+            let mut out = Vec::new();
+            server_inflater
+                .inflate(&packed, &mut out, 1 << 20, false)
+                .unwrap();
+            assert_eq!(out, message);
+        }
+        assert!(shared.deflater.is_none(), "context takeover: own context");
+        assert!(
+            sizes[1] < sizes[0],
+            "the second message refers to the first"
         );
     }
 

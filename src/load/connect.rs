@@ -347,7 +347,7 @@ fn start_slot(
     )?;
     let key = rng.handshake_key();
     request.clear();
-    write_upgrade_request(request, &target.host, &target.path, &key);
+    write_upgrade_request(request, &target.host, &target.path, &key, false);
     let phase = match stream.write(request) {
         Ok(n) if n == request.len() => Phase::Upgrading,
         Ok(_) => return Err(io::Error::other("request only partly written")),
@@ -395,7 +395,7 @@ fn advance(
             Err(e) => return Err(Failure::Connect(format!("connect: {e}"))),
         }
         request.clear();
-        write_upgrade_request(request, &target.host, &target.path, &slot.key);
+        write_upgrade_request(request, &target.host, &target.path, &slot.key, false);
         // A fresh socket's buffer takes a 150-byte request whole.
         match slot.stream.write(request) {
             Ok(n) if n == request.len() => slot.phase = Phase::Upgrading,
@@ -430,8 +430,9 @@ fn advance(
         if slot.phase == Phase::Upgrading {
             let before = slot.response.len();
             slot.response.extend_from_slice(data);
-            match parse_upgrade_response(&slot.response, &slot.key) {
-                Ok(Some(len)) => {
+            match parse_upgrade_response(&slot.response, &slot.key, false) {
+                Ok(Some(up)) => {
+                    let len = up.head_len;
                     upgrade.record(slot.started.elapsed().as_nanos() as u64);
                     close.clear();
                     encode_close(close, 1000, rng.mask_key());

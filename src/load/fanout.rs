@@ -275,6 +275,7 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
             sources: None,
             attempt_timeout: Duration::from_secs(10),
             total_timeout: Duration::from_secs(30) + Duration::from_millis(count as u64),
+            deflate: false,
         },
         &mut rng,
     )?;

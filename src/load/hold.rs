@@ -1,5 +1,10 @@
 //! `hold`: open many idle connections, keep them alive with pings, and measure what they cost
 //! the server (resident memory before and after opening them).
+//!
+//! With `deflate`, each connection offers permessage-deflate and, once open, sends one
+//! message and reads its echo before idling: a real chat connection has spoken at least once,
+//! and only then has the server made its deflate contexts (per connection with context
+//! takeover), so only then does the memory per connection include them.
 
 use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
@@ -8,10 +13,14 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Poll};
 
-use super::client::{encode_frame, ClientDecoder, XorShift};
+use super::client::{
+    encode_frame, encode_frame_rsv, ClientDecoder, XorShift, CLIENT_DEFLATE_LEVEL,
+};
 use super::net::{close_all, default_sources, open_many, OpenPlan, Target};
+use super::payload::{self, Payload};
 use super::report::{JsonLine, Table};
 use super::stats::{open_files_limit, rss_kib, CpuMeter, Histogram, Percentiles};
+use crate::protocol::deflate::{Deflater, Inflater};
 use crate::protocol::frame::OpCode;
 
 /// Options of [`run_hold`].
@@ -35,7 +44,16 @@ pub struct HoldOptions {
     pub per_source: usize,
     /// Most handshakes in progress at once while opening.
     pub max_pending: usize,
+    /// Offer permessage-deflate, and send one message per connection once all are open.
+    pub deflate: bool,
+    /// What that message contains.
+    pub payload: Payload,
+    /// Its size in bytes (at most 1 MiB).
+    pub size: usize,
 }
+
+/// Largest message `hold` sends: the point is memory at rest, not throughput.
+pub const MAX_HOLD_SIZE: usize = 1 << 20;
 
 impl Default for HoldOptions {
     fn default() -> Self {
@@ -48,6 +66,9 @@ impl Default for HoldOptions {
             source_base: None,
             per_source: 20_000,
             max_pending: 256,
+            deflate: false,
+            payload: Payload::Text,
+            size: 1024,
         }
     }
 }
@@ -83,12 +104,27 @@ pub struct HoldReport {
     pub pongs: u64,
     /// Ping round trips.
     pub ping_rtt: Percentiles,
+    /// permessage-deflate was offered (and one message sent per connection).
+    pub deflate_offered: bool,
+    /// Connections on which the server accepted it.
+    pub deflate_conns: usize,
+    /// Messages sent, one per connection.
+    pub messages_sent: usize,
+    /// Echoes that came back intact.
+    pub echoes_ok: usize,
+    /// Echoes that differed from the message.
+    pub echo_mismatches: usize,
     /// Server RSS before opening, KiB.
     pub server_rss_before_kib: Option<u64>,
-    /// Server RSS with every connection open, KiB.
+    /// Server RSS with every connection open, before the messages (with `deflate`), KiB.
+    pub server_rss_open_kib: Option<u64>,
+    /// Server RSS with every connection open (and, with `deflate`, its message echoed), KiB.
     pub server_rss_after_kib: Option<u64>,
     /// (after − before) / established, bytes.
     pub server_rss_per_conn_bytes: Option<f64>,
+    /// (after − open) / established, bytes: what one message (deflate contexts, buffers)
+    /// added to each connection.
+    pub server_rss_message_per_conn_bytes: Option<f64>,
     /// Server RSS at the end of the hold, KiB.
     pub server_rss_end_kib: Option<u64>,
     /// The load generator's CPU over the whole run, % of one core.
@@ -102,9 +138,14 @@ pub struct HoldReport {
 }
 
 impl HoldReport {
-    /// Every connection opened and answered the final ping.
+    /// Every connection opened, echoed its message intact (with `deflate`) and answered
+    /// the final ping.
     pub fn ok(&self) -> bool {
-        self.established == self.conns && self.stayed_up == self.conns && self.conns > 0
+        self.established == self.conns
+            && self.stayed_up == self.conns
+            && self.conns > 0
+            && self.echoes_ok == self.messages_sent
+            && self.echo_mismatches == 0
     }
 
     /// The one-line JSON form.
@@ -126,9 +167,19 @@ impl HoldReport {
             .int("pongs", self.pongs)
             .num("ping_p50_us", self.ping_rtt.p50_us)
             .num("ping_p99_us", self.ping_rtt.p99_us)
+            .bool("deflate_offered", self.deflate_offered)
+            .int("deflate_conns", self.deflate_conns as u64)
+            .int("messages_sent", self.messages_sent as u64)
+            .int("echoes_ok", self.echoes_ok as u64)
+            .int("echo_mismatches", self.echo_mismatches as u64)
             .opt_int("server_rss_before_kib", self.server_rss_before_kib)
+            .opt_int("server_rss_open_kib", self.server_rss_open_kib)
             .opt_int("server_rss_after_kib", self.server_rss_after_kib)
             .opt_num("server_rss_per_conn_bytes", self.server_rss_per_conn_bytes)
+            .opt_num(
+                "server_rss_message_per_conn_bytes",
+                self.server_rss_message_per_conn_bytes,
+            )
             .opt_int("server_rss_end_kib", self.server_rss_end_kib)
             .num("client_cpu_pct", self.client_cpu_pct)
             .opt_num("server_cpu_pct", self.server_cpu_pct)
@@ -170,8 +221,26 @@ impl HoldReport {
                 ),
             )
             .opt_row(
+                "deflate accepted",
+                self.deflate_offered
+                    .then(|| format!("{} connections", self.deflate_conns)),
+            )
+            .opt_row(
+                "messages / echoes ok / bad",
+                self.deflate_offered.then(|| {
+                    format!(
+                        "{} / {} / {}",
+                        self.messages_sent, self.echoes_ok, self.echo_mismatches
+                    )
+                }),
+            )
+            .opt_row(
                 "server RSS before",
                 self.server_rss_before_kib.map(|k| format!("{k} KiB")),
+            )
+            .opt_row(
+                "server RSS open, before messages",
+                self.server_rss_open_kib.map(|k| format!("{k} KiB")),
             )
             .opt_row(
                 "server RSS all open",
@@ -180,6 +249,11 @@ impl HoldReport {
             .opt_row(
                 "server RSS per connection",
                 self.server_rss_per_conn_bytes.map(|b| format!("{b:.0} B")),
+            )
+            .opt_row(
+                "of which its message",
+                self.server_rss_message_per_conn_bytes
+                    .map(|b| format!("{b:.0} B")),
             )
             .opt_row(
                 "server RSS at end",
@@ -201,6 +275,18 @@ struct Held {
     stream: Option<TcpStream>,
     decoder: ClientDecoder,
     control: Vec<u8>,
+    /// Corpus offset of its one message (with `deflate`).
+    start: usize,
+    /// The window the server allows this client to compress with, when it accepted
+    /// permessage-deflate.
+    deflate: Option<u8>,
+    /// Bytes of its message not yet written.
+    out: Vec<u8>,
+    /// Payload of the echo so far, and whether it is compressed.
+    echo: Vec<u8>,
+    echo_compressed: bool,
+    /// The echo came back (intact or not).
+    echoed: bool,
     /// The last ping's number, and whether its pong came back.
     ping_seq: u64,
     answered: bool,
@@ -220,6 +306,12 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--conns must be at least 1",
+        ));
+    }
+    if opts.size > MAX_HOLD_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--size is limited to 1 MiB in hold",
         ));
     }
     if let Some(base) = opts.source_base {
@@ -255,6 +347,7 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
             sources,
             attempt_timeout: Duration::from_secs(15),
             total_timeout: Duration::from_secs(60) + Duration::from_millis(opts.conns as u64 * 2),
+            deflate: opts.deflate,
         },
         &mut rng,
     )?;
@@ -262,16 +355,40 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
     let open_secs = opened.elapsed.as_secs_f64();
     let failures = opened.failures.clone();
     let mut first_error = failures.first.clone();
+    let deflate_conns = opened
+        .conns
+        .iter()
+        .flatten()
+        .filter(|o| o.deflate.is_some());
+    let deflate_conns = deflate_conns.count();
+    let corpus = if opts.deflate {
+        payload::corpus(opts.payload, false, opts.size, &mut rng)
+    } else {
+        Vec::new()
+    };
     let mut conns: Vec<Held> = opened
         .conns
         .into_iter()
-        .map(|o| Held {
-            stream: o.map(|o| o.stream),
-            decoder: ClientDecoder::new(),
-            control: Vec::new(),
-            ping_seq: 0,
-            answered: true,
-            key: rng.mask_key(),
+        .enumerate()
+        .map(|(i, o)| {
+            let deflate = o
+                .as_ref()
+                .and_then(|o| o.deflate)
+                .map(|p| p.client_max_window_bits.unwrap_or(15));
+            Held {
+                stream: o.map(|o| o.stream),
+                decoder: ClientDecoder::with_deflate(deflate.is_some()),
+                control: Vec::new(),
+                start: payload::first_start(i, opts.size, corpus.len()),
+                deflate,
+                out: Vec::new(),
+                echo: Vec::new(),
+                echo_compressed: false,
+                echoed: false,
+                ping_seq: 0,
+                answered: true,
+                key: rng.mask_key(),
+            }
         })
         .collect();
 
@@ -285,9 +402,33 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         frame: Vec::with_capacity(32),
         events: Events::with_capacity(1024),
         first_error: None,
+        messages: Messages {
+            corpus,
+            size: opts.size,
+            sent: 0,
+            ok: 0,
+            mismatches: 0,
+            deflater: None,
+            inflater: None,
+        },
     };
     // Let the server finish its side of the last upgrades, then read its memory.
     state.pump(&mut poll, &mut conns, Duration::from_millis(200))?;
+    let mut server_rss_open_kib = None;
+    if opts.deflate {
+        server_rss_open_kib = opts.server_pid.and_then(rss_kib);
+        state.send_messages(&mut poll, &mut conns)?;
+        let echo_end = Instant::now() + Duration::from_secs(10) + opts.duration;
+        while conns.iter().any(|c| c.stream.is_some() && !c.echoed) {
+            let left = echo_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.note(|| "echoes still missing after the wait".into());
+                break;
+            }
+            state.pump(&mut poll, &mut conns, left.min(Duration::from_millis(50)))?;
+        }
+        state.pump(&mut poll, &mut conns, Duration::from_millis(200))?;
+    }
     let server_rss_after_kib = opts.server_pid.and_then(rss_kib);
 
     let hold_start = Instant::now();
@@ -348,6 +489,12 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         }
         _ => None,
     };
+    let server_rss_message_per_conn_bytes = match (server_rss_open_kib, server_rss_after_kib) {
+        (Some(open), Some(after)) if established > 0 => {
+            Some((after as f64 - open as f64) * 1024.0 / established as f64)
+        }
+        _ => None,
+    };
     Ok(HoldReport {
         conns: opts.conns,
         established,
@@ -363,9 +510,16 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         pings_sent: state.pings_sent,
         pongs: state.pongs,
         ping_rtt: state.hist.percentiles_us(),
+        deflate_offered: opts.deflate,
+        deflate_conns,
+        messages_sent: state.messages.sent,
+        echoes_ok: state.messages.ok,
+        echo_mismatches: state.messages.mismatches,
         server_rss_before_kib,
+        server_rss_open_kib,
         server_rss_after_kib,
         server_rss_per_conn_bytes,
+        server_rss_message_per_conn_bytes,
         server_rss_end_kib,
         client_cpu_pct,
         server_cpu_pct,
@@ -384,11 +538,103 @@ struct HoldState {
     frame: Vec<u8>,
     events: Events,
     first_error: Option<String>,
+    messages: Messages,
+}
+
+/// The one message per connection (with `deflate`) and its echoes.
+struct Messages {
+    /// What the messages are cut from.
+    corpus: Vec<u8>,
+    size: usize,
+    sent: usize,
+    ok: usize,
+    mismatches: usize,
+    /// One context pair for all connections, reset after each message: a connection's first
+    /// message is compressed from an empty context with or without context takeover, so
+    /// the load generator needs no context per connection.
+    /// (window bits, compressor): remade if a server answers with another window.
+    deflater: Option<(u8, Deflater)>,
+    inflater: Option<Inflater>,
+}
+
+impl Messages {
+    /// Encodes `conn`'s message into its `out` (compressed where deflate was accepted).
+    fn encode(&mut self, conn: &mut Held) {
+        let message = self
+            .corpus
+            .get(conn.start..conn.start + self.size)
+            .unwrap_or_default();
+        conn.out.clear();
+        if let Some(bits) = conn.deflate {
+            let mut packed = Vec::with_capacity(self.size / 2 + 64);
+            if self.deflater.as_ref().is_some_and(|(b, _)| *b != bits) {
+                self.deflater = None;
+            }
+            let (_, deflater) = self
+                .deflater
+                .get_or_insert_with(|| (bits, Deflater::new(bits, CLIENT_DEFLATE_LEVEL)));
+            deflater.compress(message, &mut packed, true);
+            encode_frame_rsv(&mut conn.out, OpCode::Text, true, &packed, conn.key);
+        } else {
+            encode_frame(&mut conn.out, OpCode::Text, message, conn.key);
+        }
+        self.sent += 1;
+    }
+
+    /// A whole echo arrived in `conn.echo`: inflate it if need be and compare.
+    fn check(&mut self, conn: &mut Held) -> Result<(), String> {
+        let echo = if conn.echo_compressed {
+            let mut out = Vec::new();
+            self.inflater
+                .get_or_insert_with(Inflater::new)
+                .inflate(&conn.echo, &mut out, self.size + 1, true)
+                .map_err(|e| format!("inflating an echo: {e}"))?;
+            out
+        } else {
+            std::mem::take(&mut conn.echo)
+        };
+        let expected = self.corpus.get(conn.start..conn.start + self.size);
+        if conn.echoed || expected != Some(echo.as_slice()) {
+            self.mismatches += 1;
+        } else {
+            self.ok += 1;
+        }
+        conn.echoed = true;
+        conn.echo = Vec::new();
+        Ok(())
+    }
 }
 
 impl HoldState {
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
+    }
+
+    fn note(&mut self, why: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(why());
+        }
+    }
+
+    /// Sends every connection its one message (compressed where deflate was accepted).
+    fn send_messages(&mut self, poll: &mut Poll, conns: &mut [Held]) -> io::Result<()> {
+        const SLICE: usize = 256;
+        for i in 0..conns.len() {
+            let Some(conn) = conns.get_mut(i) else {
+                continue;
+            };
+            if conn.stream.is_none() {
+                continue;
+            }
+            self.messages.encode(conn);
+            if let Err(why) = write_out(conn) {
+                self.drop_conn(poll, conn, || why);
+            }
+            if i % SLICE == SLICE - 1 {
+                self.pump(poll, conns, Duration::ZERO)?;
+            }
+        }
+        Ok(())
     }
 
     fn drop_conn(&mut self, poll: &mut Poll, conn: &mut Held, why: impl FnOnce() -> String) {
@@ -431,6 +677,12 @@ impl HoldState {
             encode_frame(&mut self.frame, OpCode::Ping, &payload, conn.key);
             conn.ping_seq = seq;
             conn.answered = false;
+            if !conn.out.is_empty() {
+                // The message is still going out: the ping follows it, whole.
+                conn.out.extend_from_slice(&self.frame);
+                self.pings_sent += 1;
+                continue;
+            }
             match stream.write(&self.frame) {
                 Ok(n) if n == self.frame.len() => self.pings_sent += 1,
                 Ok(_) => self.drop_conn(poll, conn, || "ping only partly written".into()),
@@ -467,7 +719,7 @@ impl HoldState {
                     continue;
                 };
                 if conn.stream.is_some() {
-                    if let Err(why) = self.read(conn) {
+                    if let Err(why) = write_out(conn).and_then(|()| self.read(conn)) {
                         self.drop_conn(poll, conn, || why);
                     }
                 }
@@ -498,6 +750,16 @@ impl HoldState {
                 let Some(piece) = piece else { continue };
                 let opcode = piece.header.opcode;
                 if !opcode.is_control() {
+                    if piece.is_first() && opcode != OpCode::Continuation {
+                        conn.echo_compressed = piece.header.rsv1;
+                    }
+                    if conn.echo.len() + piece.data.len() > self.messages.size + 1024 {
+                        return Err("echo longer than the message".into());
+                    }
+                    conn.echo.extend_from_slice(piece.data);
+                    if piece.is_last() && piece.header.fin {
+                        self.messages.check(conn)?;
+                    }
                     continue;
                 }
                 if piece.is_first() {
@@ -529,7 +791,9 @@ impl HoldState {
                     OpCode::Ping => {
                         self.frame.clear();
                         encode_frame(&mut self.frame, OpCode::Pong, &conn.control, conn.key);
-                        if let Some(stream) = conn.stream.as_mut() {
+                        if !conn.out.is_empty() {
+                            conn.out.extend_from_slice(&self.frame);
+                        } else if let Some(stream) = conn.stream.as_mut() {
                             stream
                                 .write_all(&self.frame)
                                 .map_err(|e| format!("pong: {e}"))?;
@@ -550,4 +814,23 @@ impl HoldState {
             }
         }
     }
+}
+
+/// Writes what is left of `conn`'s message; the rest waits for the next writable event.
+fn write_out(conn: &mut Held) -> Result<(), String> {
+    let Some(stream) = conn.stream.as_mut() else {
+        return Ok(());
+    };
+    let mut done = 0;
+    while let Some(rest) = conn.out.get(done..).filter(|r| !r.is_empty()) {
+        match stream.write(rest) {
+            Ok(0) => return Err("message: wrote nothing".into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("message: {e}")),
+        }
+    }
+    conn.out.drain(..done);
+    Ok(())
 }

@@ -16,8 +16,9 @@
 //! use so a run can tell whether the client was the bottleneck.
 //!
 //! [`client`] is the sans-IO client side of the protocol (upgrade request and answer, masked
-//! frames out, incremental decoding of server frames); [`stats`] the histogram and `/proc`
-//! readings; [`net`] loopback targets, non-blocking connects and bulk opening.
+//! frames out, incremental decoding of server frames, permessage-deflate); [`payload`] what
+//! messages contain (random, or JSON-like text for deflate runs); [`stats`] the histogram and
+//! `/proc` readings; [`net`] loopback targets, non-blocking connects and bulk opening.
 
 pub mod client;
 mod connect;
@@ -25,6 +26,7 @@ mod echo;
 mod fanout;
 mod hold;
 pub mod net;
+pub mod payload;
 pub mod report;
 pub mod stats;
 
@@ -35,4 +37,5 @@ pub use fanout::{
 };
 pub use hold::{run_hold, HoldOptions, HoldReport};
 pub use net::Target;
+pub use payload::Payload;
 pub use stats::{Histogram, Percentiles};

@@ -10,6 +10,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::client::{encode_close, parse_upgrade_response, write_upgrade_request, XorShift};
+use crate::protocol::deflate::DeflateParams;
 
 /// Where the load goes: a `ws://` URL on a loopback address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +167,8 @@ pub struct OpenPlan {
     pub attempt_timeout: Duration,
     /// Budget for the whole opening.
     pub total_timeout: Duration,
+    /// Offer permessage-deflate.
+    pub deflate: bool,
 }
 
 /// Why connections failed to open, by stage.
@@ -201,6 +204,8 @@ pub struct Opened {
     pub stream: TcpStream,
     /// WebSocket bytes that arrived with the `101` answer: feed them first.
     pub leftover: Vec<u8>,
+    /// permessage-deflate, when offered and accepted.
+    pub deflate: Option<DeflateParams>,
 }
 
 /// What [`open_many`] achieved.
@@ -231,11 +236,13 @@ struct Pending {
     connected: bool,
     response: Vec<u8>,
     started: Instant,
+    /// permessage-deflate was offered.
+    deflate: bool,
 }
 
 enum Step {
     Wait,
-    Done(Vec<u8>),
+    Done(Vec<u8>, Option<DeflateParams>),
     Failed(Stage, String),
 }
 
@@ -273,10 +280,10 @@ impl Pending {
                 Ok(n) => {
                     self.response
                         .extend_from_slice(buf.get(..n).unwrap_or_default());
-                    match parse_upgrade_response(&self.response, &self.key) {
-                        Ok(Some(head)) => {
-                            let leftover = self.response.get(head..).unwrap_or_default().to_vec();
-                            return Step::Done(leftover);
+                    match parse_upgrade_response(&self.response, &self.key, self.deflate) {
+                        Ok(Some(up)) => {
+                            let leftover = self.response.get(up.head_len..).unwrap_or_default();
+                            return Step::Done(leftover.to_vec(), up.deflate);
                         }
                         Ok(None) => {}
                         Err(e) => return Step::Failed(Stage::Handshake, e.to_string()),
@@ -343,7 +350,7 @@ pub fn open_many(
             }
             let key = rng.handshake_key();
             let mut request = Vec::with_capacity(160);
-            write_upgrade_request(&mut request, &target.host, &target.path, &key);
+            write_upgrade_request(&mut request, &target.host, &target.path, &key, plan.deflate);
             if let Some(slot) = pending.get_mut(index) {
                 *slot = Some(Pending {
                     index,
@@ -354,6 +361,7 @@ pub fn open_many(
                     connected: false,
                     response: Vec::new(),
                     started: Instant::now(),
+                    deflate: plan.deflate,
                 });
                 active.push(index);
             }
@@ -403,11 +411,12 @@ pub fn open_many(
             };
             match p.advance(&mut buf) {
                 Step::Wait => {}
-                Step::Done(leftover) => {
+                Step::Done(leftover, deflate) => {
                     if let (Some(p), Some(out)) = (slot.take(), conns.get_mut(index)) {
                         *out = Some(Opened {
                             stream: p.stream,
                             leftover,
+                            deflate,
                         });
                     }
                     finished = true;

@@ -2,8 +2,9 @@
 //! whole messages with hard output bounds.
 //!
 //! # Memory
-//! A deflate context costs memory for as long as it keeps its sliding window: about 256 KiB
-//! for a compressor with a 32 KiB window, about 40 KiB for an inflater. "No context takeover"
+//! A deflate context costs memory for as long as it keeps its sliding window: about 336 KiB
+//! for a compressor with a 32 KiB window, about 44 KiB for an inflater (measured with
+//! zlib-rs: benches/README.md, "permessage-deflate"). "No context takeover"
 //! means the window is dropped after every message, so one context can serve every connection
 //! in turn: by default wsloop answers with `server_no_context_takeover` and
 //! `client_no_context_takeover` (RFC 7692 §7.1.1 lets a server add both), so a reactor needs one
@@ -114,6 +115,12 @@ fn parse_offer(extension: &str) -> Option<Offer> {
     if !parts.next()?.eq_ignore_ascii_case("permessage-deflate") {
         return None;
     }
+    parse_params(parts)
+}
+
+/// The parameters of one `permessage-deflate` element (offer or response: same grammar);
+/// `None` for an unknown, repeated or malformed one.
+fn parse_params<'a>(parts: impl Iterator<Item = &'a str>) -> Option<Offer> {
     let mut offer = Offer::default();
     for param in parts {
         let (name, value) = match param.split_once('=') {
@@ -147,6 +154,85 @@ fn parse_offer(extension: &str) -> Option<Offer> {
         }
     }
     Some(offer)
+}
+
+/// The offer a client sends: permessage-deflate with every parameter left to the server
+/// (`client_max_window_bits` without a value says the client can honour a window limit).
+pub const CLIENT_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// Why a client refuses the server's `Sec-WebSocket-Extensions` answer; RFC 7692 §5 says the
+/// client must then fail the connection rather than guess what the server will send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    /// An extension the client did not offer (any extension, when it offered none).
+    NotOffered,
+    /// permessage-deflate accepted more than once.
+    Repeated,
+    /// An unknown, repeated or malformed parameter, or `client_max_window_bits` without the
+    /// value a response must give it (§7.1.2.2).
+    BadParameter,
+    /// `client_max_window_bits=8`: zlib cannot compress with a 256-byte window.
+    WindowTooSmall,
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResponseError::NotOffered => "server accepted an extension that was not offered",
+            ResponseError::Repeated => "server accepted permessage-deflate twice",
+            ResponseError::BadParameter => "bad permessage-deflate parameter in the answer",
+            ResponseError::WindowTooSmall => "server asked for an 8-bit client window",
+        })
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+/// The client side of negotiation: checks the server's `Sec-WebSocket-Extensions` values
+/// against what the client offered (`offered`: [`CLIENT_OFFER`], or nothing) and returns the
+/// agreed parameters, `None` when the server declined.
+///
+/// Every parameter the server may add on its own (§7.1.1, §7.1.2.2: both
+/// `*_no_context_takeover`, `server_max_window_bits`) is taken; `client_max_window_bits`
+/// must carry a value, which [`CLIENT_OFFER`] allows since it names the parameter.
+///
+/// # Errors
+/// An answer the client must fail the connection on, see [`ResponseError`].
+pub fn accept_response<'a>(
+    header_values: impl IntoIterator<Item = &'a str>,
+    offered: bool,
+) -> Result<Option<DeflateParams>, ResponseError> {
+    let mut accepted = None;
+    let elements = header_values
+        .into_iter()
+        .flat_map(|value| value.split(','))
+        .map(|element| element.trim_matches([' ', '\t']))
+        .filter(|element| !element.is_empty());
+    for element in elements {
+        let mut parts = element.split(';').map(|p| p.trim_matches([' ', '\t']));
+        let name = parts.next().unwrap_or_default();
+        if !offered || !name.eq_ignore_ascii_case("permessage-deflate") {
+            return Err(ResponseError::NotOffered);
+        }
+        if accepted.is_some() {
+            return Err(ResponseError::Repeated);
+        }
+        let answer = parse_params(parts).ok_or(ResponseError::BadParameter)?;
+        let client_max_window_bits = match answer.client_max_window_bits {
+            Some(None) => return Err(ResponseError::BadParameter),
+            Some(Some(8)) => return Err(ResponseError::WindowTooSmall),
+            Some(bits) => bits,
+            None => None,
+        };
+        accepted = Some(DeflateParams {
+            server_no_context_takeover: answer.server_no_context_takeover,
+            client_no_context_takeover: answer.client_no_context_takeover,
+            server_max_window_bits: answer.server_max_window_bits.unwrap_or(15),
+            client_max_window_bits,
+            server_bits_requested: answer.server_max_window_bits.is_some(),
+        });
+    }
+    Ok(accepted)
 }
 
 /// §7.1.2: "a decimal integer value without leading zeros between 8 to 15, inclusive".
@@ -392,6 +478,70 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.server_max_window_bits, 11);
+    }
+
+    #[test]
+    fn client_takes_the_servers_answers() {
+        let p = accept_response(["permessage-deflate"], true)
+            .unwrap()
+            .unwrap();
+        assert!(!p.server_no_context_takeover && !p.client_no_context_takeover);
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (15, None)
+        );
+        // What wsloop answers by default, read back by the client.
+        let server = offer(CLIENT_OFFER).unwrap();
+        let p = accept_response([server.response_value().as_str()], true)
+            .unwrap()
+            .unwrap();
+        assert!(p.server_no_context_takeover && p.client_no_context_takeover);
+        let p = accept_response(
+            ["permessage-deflate; server_max_window_bits=10; client_max_window_bits=12"],
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (10, Some(12))
+        );
+        assert_eq!(accept_response([], true), Ok(None), "declined");
+        assert_eq!(accept_response([""], false), Ok(None), "an empty header");
+    }
+
+    #[test]
+    fn client_refuses_answers_it_did_not_offer() {
+        use ResponseError::*;
+        for (answer, offered, why) in [
+            ("permessage-deflate", false, NotOffered),
+            ("x-webkit-deflate-frame", true, NotOffered),
+            ("permessage-deflate, x-foo", true, NotOffered),
+            ("permessage-deflate, permessage-deflate", true, Repeated),
+            (
+                "permessage-deflate; client_max_window_bits",
+                true,
+                BadParameter,
+            ),
+            (
+                "permessage-deflate; client_max_window_bits=8",
+                true,
+                WindowTooSmall,
+            ),
+            (
+                "permessage-deflate; server_max_window_bits=16",
+                true,
+                BadParameter,
+            ),
+            ("permessage-deflate; mystery", true, BadParameter),
+            (
+                "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+                true,
+                BadParameter,
+            ),
+        ] {
+            assert_eq!(accept_response([answer], offered), Err(why), "{answer}");
+        }
     }
 
     #[test]

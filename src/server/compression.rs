@@ -5,11 +5,22 @@
 use crate::protocol::deflate::{DeflateParams, Deflater, Inflater};
 use crate::protocol::ProtocolError;
 
-/// Rough heap cost of one compressor context (zlib: window ×2 plus hash tables, at level 1–6
-/// with a 32 KiB window), for the memory budget and the docs.
-pub const DEFLATER_BYTES: usize = 256 * 1024 + 6 * 1024;
-/// Rough heap cost of one inflater context (a 32 KiB window plus state).
-pub const INFLATER_BYTES: usize = 32 * 1024 + 8 * 1024;
+/// Heap cost of one compressor context once it has been used, for the memory budget and the
+/// docs. zlib-rs with a 32 KiB window allocates, in one block, the window twice over
+/// (64 KiB), the chain table (64 KiB) and a 64 Ki-entry hash table (128 KiB), all three
+/// zeroed at creation, then the pending buffer (64 KiB) and the symbol buffer (48 KiB), which
+/// fill as messages go through: 368 KiB plus its state at most.
+///
+/// Measured (benches/README.md, "permessage-deflate", `benches/deflate.sh`): 2 000 held
+/// connections with context takeover cost the server 339 818 B each (RSS) after one 1 KiB
+/// message and 388 751–392 110 B each after one 64 KiB message, against 186–2 564 B without
+/// deflate: about 380 KiB for a compressor and an inflater together, of which a lone
+/// `Deflater` fed 64 KiB took about 336 KiB. The former estimate (262 + 40 KiB) was
+/// about 20 % low, so the budget let through about a quarter more memory than it meant to.
+pub const DEFLATER_BYTES: usize = 336 * 1024;
+/// Heap cost of one inflater context once used: a 32 KiB window plus its state and tables
+/// (the rest of the measured ~380 KiB pair, see [`DEFLATER_BYTES`]).
+pub const INFLATER_BYTES: usize = 44 * 1024;
 
 /// A connection's deflate state: 8 bytes in the slab entry (behind `Option<Box<_>>`).
 #[derive(Debug)]
