@@ -1,66 +1,91 @@
 #!/usr/bin/env bash
-# Scale-out benchmarks (benches/README.md, "Scale-out"). Loopback only; every process it
-# starts is stopped by PID. Usage: bash benches/scaleout.sh hold|fanout|echo
+# Scale-out benchmarks (benches/README.md, "Scale-out"), driven by wsload. Loopback only; every
+# process it starts is stopped by PID. Usage: bash benches/scaleout.sh hold|fanout|echo
+#
+#   hold    4 wsloop processes with --reuse-port on one port; 4 `wsload hold` processes of N
+#           connections each (N=15000: the open-file limit is 20 000 per process), from source
+#           addresses 127.0.0.2-5, pinged every 5 s; total server RSS per connection
+#   fanout  PROCS processes (4: sharing the room through one redis-server; 1: no Redis) on
+#           their own ports, SUBS subscribers spread over them, one publisher at RATE msg/s for
+#           SECS; deliveries/s, publish->receive latency, server and Redis CPU
+#   echo    --workers 1 beside --workers 2, three rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=target/release
-cargo build --release --bin wsloop --example wsbench >/dev/null 2>&1
+cargo build --release --bin wsloop --bin wsload >/dev/null 2>&1
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 rss_kb() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo "$t"; }
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+ulimit -n "$(ulimit -Hn)"
 case "${1:-}" in
-hold) # 4 processes --reuse-port on one port; 4 client processes from 127.0.0.2-5
+hold)
   N=${N:-15000}
   SP=()
   for i in 1 2 3 4; do
     RUST_LOG=warn $B/wsloop --addr 127.0.0.1:9301 --reuse-port >/dev/null & SP+=($!); PIDS+=($!)
   done
-  sleep 1
+  wait_port 9301
+  sleep 0.5
   before=$(rss_kb "${SP[@]}")
+  CP=()
   for i in 2 3 4 5; do
-    $B/examples/wsbench hold --addr 127.0.0.1:9301 --conns "$N" --sources "127.0.0.$i" --hold 22 \
-      --ping-every 5 >"/tmp/hold$i.log" 2>&1 & PIDS+=($!)
+    $B/wsload hold --url ws://127.0.0.1:9301/ --conns "$N" --source-base "127.0.0.$i" \
+      --duration 22 --ping-every 5 >"/tmp/scaleout-hold$i.log" 2>&1 & CP+=($!); PIDS+=($!)
   done
-  until [ "$(cat /tmp/hold[2-5].log | grep -c holding)" = 4 ]; do sleep 1; done
-  sleep 6 # one round of pings answered
+  # Sample while all are held: the clients print their table only at the end, so wait until
+  # the servers hold 4 N sockets between them (or 60 s).
+  for _ in $(seq 120); do
+    fds=0; for p in "${SP[@]}"; do fds=$((fds + $(ls /proc/$p/fd | wc -l))); done
+    [ "$fds" -ge $((4 * N)) ] && break
+    sleep 0.5
+  done
+  sleep 6 # a round of pings answered
   after=$(rss_kb "${SP[@]}")
   for p in "${SP[@]}"; do
     printf 'server %s: %s kB RSS, %s open fds\n' "$p" "$(awk '/VmRSS/{print $2}' /proc/$p/status)" "$(ls /proc/$p/fd | wc -l)"
   done
-  wait "${PIDS[@]:4}" || true
-  cat /tmp/hold[2-5].log
-  echo "server RSS: $before kB idle (4 processes), $after kB holding"
+  status=0
+  for p in "${CP[@]}"; do wait "$p" || status=1; done
+  for i in 2 3 4 5; do grep -v '^{' "/tmp/scaleout-hold$i.log"; done
+  echo "server RSS: $before kB idle (4 processes), $after kB holding $((4 * N)) connections:" \
+    "$(( (after - before) * 1024 / (4 * N) )) B per connection"
+  exit $status
   ;;
-fanout) # FANOUT_PROCS processes (1 or 4) on their own ports, one Redis when more than one
-  SUBS=${SUBS:-10000} MSGS=${MSGS:-50} RATE=${RATE:-10} PROCS=${PROCS:-4}
-  RPORT=6399
-  redis-server --port $RPORT --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null & RP=$!; PIDS+=($RP)
-  sleep 0.5
-  ADDRS=""
+fanout)
+  SUBS=${SUBS:-10000} SECS=${SECS:-5} RATE=${RATE:-10} PROCS=${PROCS:-4}
+  RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null & RP=$!; PIDS+=($RP)
+  SP=()
+  URLS=()
   for i in $(seq 1 "$PROCS"); do
     port=$((9400 + i))
     if [ "$PROCS" -gt 1 ]; then
-      RUST_LOG=warn $B/wsloop --addr 127.0.0.1:$port --redis redis://127.0.0.1:$RPORT >/dev/null & PIDS+=($!)
+      RUST_LOG=warn $B/wsloop --addr 127.0.0.1:$port --redis redis://127.0.0.1:$RPORT >/dev/null & SP+=($!)
     else
-      RUST_LOG=warn $B/wsloop --addr 127.0.0.1:$port >/dev/null & PIDS+=($!)
+      RUST_LOG=warn $B/wsloop --addr 127.0.0.1:$port >/dev/null & SP+=($!)
     fi
-    ADDRS="$ADDRS${ADDRS:+,}127.0.0.1:$port"
+    PIDS+=($!)
+    URLS+=(--url "ws://127.0.0.1:$port/chat")
+    wait_port "$port"
   done
-  sleep 1
-  rcpu0=$(awk '{print $14+$15}' /proc/$RP/stat)
-  $B/examples/wsbench --sources 127.0.0.2,127.0.0.3 fanout --addrs "$ADDRS" --subs "$SUBS" --msgs "$MSGS" --rate "$RATE"
-  rcpu1=$(awk '{print $14+$15}' /proc/$RP/stat)
-  echo "redis-server CPU during the run: $(( (rcpu1 - rcpu0) * 10 )) ms"
+  sleep 0.5
+  r0=$(cpu_ticks "$RP"); s0=$(cpu_ticks "${SP[@]}")
+  $B/wsload fanout "${URLS[@]}" --subscribers "$SUBS" --rate "$RATE" --size 64 --duration "$SECS" | grep -v '^{'
+  r1=$(cpu_ticks "$RP"); s1=$(cpu_ticks "${SP[@]}")
+  echo "CPU during the run (opening included): servers $(( (s1 - s0) * 10 )) ms, redis-server $(( (r1 - r0) * 10 )) ms"
   for i in $(seq 1 "$PROCS"); do curl -s "127.0.0.1:$((9400 + i))/stats" | grep -o '"broker":{[^}]*}' || true; done
   ;;
-echo) # --workers 1 vs 2, three rounds each
+echo)
   for round in 1 2 3; do
     for w in 1 2; do
       RUST_LOG=warn $B/wsloop --addr 127.0.0.1:9501 --workers $w >/dev/null & P=$!
-      sleep 0.5
-      printf 'workers %s: ' "$w"
-      $B/examples/wsbench echo --addr 127.0.0.1:9501 --conns 100 --window 16 --size 64 --duration 5
+      wait_port 9501
+      printf 'round %s, workers %s: ' "$round" "$w"
+      $B/wsload echo --url ws://127.0.0.1:9501/ --conns 100 --inflight 16 --size 64 --duration 5 \
+        --server-pid $P | grep -E '^ *msgs/s' | tr -s ' '
       kill -TERM $P; wait $P || true
     done
   done

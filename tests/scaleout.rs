@@ -291,6 +291,29 @@ fn processes_share_one_port_with_reuse_port() {
     }
 }
 
+/// `wsload fanout` with one URL per process: the subscribers of both processes receive every
+/// publication of the one publisher, through Redis, none lost or out of order.
+#[test]
+fn wsload_fanout_spans_processes_through_redis() {
+    let Some(redis) = redis() else { return };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let report = wsloop::load::run_fanout(&wsloop::load::FanoutOptions {
+        urls: vec![a.ws_url("/chat"), b.ws_url("/chat")],
+        subscribers: 20,
+        rate: 50.0,
+        size: 64,
+        duration: Duration::from_secs(1),
+        server_pid: None,
+    })
+    .unwrap();
+    assert_eq!(report.subscribers_open, 20);
+    assert!(report.published >= 50, "{report:?}");
+    assert_eq!(report.delivered, 20 * report.published, "{report:?}");
+    // Subscribers alternate between the two processes and the publisher (the last
+    // connection, 20 % 2) is on the first: half of the deliveries crossed Redis.
+    assert!(report.ok(), "{report:?}");
+}
+
 /// Lines from a process's stdout, read on a thread so the process never blocks on the pipe.
 fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;

@@ -74,7 +74,7 @@ fn latency_hold_connect_and_fanout_run_clean() {
     assert!(connect.ok(), "{}", connect.to_json());
 
     let fanout = run_fanout(&FanoutOptions {
-        url: server.ws_url("/chat"),
+        urls: vec![server.ws_url("/chat")],
         subscribers: 10,
         rate: 500.0,
         size: 40,

@@ -156,9 +156,14 @@ enum Mode {
     /// One publisher at --rate msgs/s into the broadcast room, N subscribers: deliveries/s,
     /// publish->receive latency, losses.
     Fanout {
-        /// ws:// URL of the room on a loopback address.
-        #[arg(long, default_value = "ws://127.0.0.1:9001/chat")]
-        url: String,
+        /// ws:// URL of the room on a loopback address; repeat it (or separate URLs with
+        /// commas) to spread the subscribers over several servers, round-robin.
+        #[arg(
+            long,
+            default_value = "ws://127.0.0.1:9001/chat",
+            value_delimiter = ','
+        )]
+        url: Vec<String>,
         /// Subscriber connections.
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
@@ -321,7 +326,7 @@ fn main() -> ExitCode {
             duration,
             server_pid,
         } => emit(load::run_fanout(&FanoutOptions {
-            url,
+            urls: url,
             subscribers,
             rate,
             size,

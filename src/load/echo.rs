@@ -886,7 +886,7 @@ fn run(opts: &EchoOptions, mode: &'static str) -> io::Result<EchoReport> {
     let mut rng = XorShift::from_entropy();
     let opened = open_many(
         &mut poll,
-        &target,
+        std::slice::from_ref(&target),
         &OpenPlan {
             count: opts.conns,
             max_pending: 256,

@@ -21,14 +21,20 @@ use crate::protocol::frame::OpCode;
 const PREFIX: usize = 24;
 /// How long deliveries may trail the last publication.
 const DRAIN: Duration = Duration::from_secs(2);
+/// With several URLs, the pause between opening and publishing: servers that share the room
+/// through a broker subscribe to it when their first member joins (Redis: one round trip),
+/// and pub/sub delivers only to subscriptions that exist.
+const SETTLE: Duration = Duration::from_millis(300);
 /// The smallest message `fanout` sends.
 pub const MIN_FANOUT_SIZE: usize = PREFIX;
 
 /// Options of [`run_fanout`].
 #[derive(Debug, Clone)]
 pub struct FanoutOptions {
-    /// `ws://` URL of the broadcast room (wsloop: `/chat`) on a loopback address.
-    pub url: String,
+    /// `ws://` URLs of the broadcast room (wsloop: `/chat`) on loopback addresses: connection
+    /// `i` (subscribers first, the publisher last) goes to `urls[i % urls.len()]`, so the
+    /// subscribers spread over several servers (processes sharing the room through Redis).
+    pub urls: Vec<String>,
     /// Subscriber connections (the publisher is one more).
     pub subscribers: usize,
     /// Messages per second from the publisher.
@@ -44,7 +50,7 @@ pub struct FanoutOptions {
 impl Default for FanoutOptions {
     fn default() -> Self {
         FanoutOptions {
-            url: "ws://127.0.0.1:9001/chat".into(),
+            urls: vec!["ws://127.0.0.1:9001/chat".into()],
             subscribers: 100,
             rate: 1000.0,
             size: 32,
@@ -252,8 +258,15 @@ impl Totals {
 /// # Errors
 /// A bad or non-loopback URL, bad options, or a failing poller.
 pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
-    let target = Target::parse(&opts.url)?;
+    let targets = opts
+        .urls
+        .iter()
+        .map(|url| Target::parse(url))
+        .collect::<io::Result<Vec<_>>>()?;
     let invalid = |why: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, why.to_owned()));
+    if targets.is_empty() {
+        return invalid("give at least one URL");
+    }
     if opts.size < MIN_FANOUT_SIZE || opts.size > 1 << 20 {
         return invalid(
             "--size must be between 24 and 1 MiB (the payload carries a 24-byte stamp)",
@@ -268,7 +281,7 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
     let count = opts.subscribers + 1;
     let opened = open_many(
         &mut poll,
-        &target,
+        &targets,
         &OpenPlan {
             count,
             max_pending: 256,
@@ -347,6 +360,9 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
         }
     }
 
+    if targets.len() > 1 {
+        std::thread::sleep(SETTLE);
+    }
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut out_done = 0usize;
     let mut payload = vec![0u8; opts.size];

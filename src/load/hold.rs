@@ -340,7 +340,7 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
     let sources = default_sources(target.addr, opts.conns, opts.source_base, opts.per_source);
     let opened = open_many(
         &mut poll,
-        &target,
+        std::slice::from_ref(&target),
         &OpenPlan {
             count: opts.conns,
             max_pending: opts.max_pending,

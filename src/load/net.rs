@@ -297,14 +297,14 @@ impl Pending {
     }
 }
 
-/// Opens `plan.count` WebSocket connections to `target`, at most `plan.max_pending` at a
+/// Opens `plan.count` WebSocket connections — connection `i` to `targets[i % targets.len()]` — at most `plan.max_pending` at a
 /// time, on `poll`: connection `i` stays registered with `Token(i)`.
 ///
 /// # Errors
 /// Only a failing `poll`; connection failures are counted in the outcome.
 pub fn open_many(
     poll: &mut Poll,
-    target: &Target,
+    targets: &[Target],
     plan: &OpenPlan,
     rng: &mut XorShift,
 ) -> io::Result<OpenOutcome> {
@@ -324,6 +324,9 @@ pub fn open_many(
         while active.len() < plan.max_pending.max(1) && next < plan.count {
             let index = next;
             next += 1;
+            let Some(target) = targets.get(index % targets.len().max(1)) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "no target"));
+            };
             let connected = match source_for(index, plan.sources) {
                 Some(ip) => {
                     let slot = index / plan.sources.map_or(1, |(_, per)| per.max(1));
