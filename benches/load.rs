@@ -368,7 +368,25 @@ fn others_at_rt_priority(when: &str) {
 /// Builds the release binaries the bench runs (a no-op when they are current).
 fn build() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // What cargo sets for running this bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, …) must not reach
+    // the nested build: ring's build script watches CARGO_MANIFEST_DIR, and a changed value
+    // would rebuild ring, rustls and wsloop on every run.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_PACKAGE",
+        ]
+        .iter()
+        .any(|prefix| key_text.starts_with(prefix))
+        {
+            command.env_remove(&key);
+        }
+    }
+    let status = command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "build",
