@@ -70,11 +70,9 @@ async fn echo<S>(stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        max_message_size: Some(16 << 20),
-        max_frame_size: Some(16 << 20),
-        ..Default::default()
-    };
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };

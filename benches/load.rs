@@ -1,0 +1,796 @@
+//! `cargo bench --bench load`: wsloop side by side with two Rust peers (issue 9).
+//!
+//! The peers are `examples/peer_tokio_tungstenite.rs` and `examples/peer_fastwebsockets.rs`,
+//! each written the way its crate's own echo example is. Every point gets a fresh server
+//! process on a free loopback port, pinned to CPU 0, and the project's load generator `wsload`
+//! pinned to CPU 1 (when there are two CPUs); the servers take turns within each round, rounds
+//! repeat, and the table shows medians with each peer's ratio to wsloop. Why a separate
+//! process per point and interleaving: a server's memory and a machine's background load
+//! drift over minutes, and this way the drift falls on all three alike.
+//!
+//! Server CPU per echoed message comes from `wsload --server-pid`, which reads the server's
+//! `/proc/PID/stat` utime + stime over the measured window only (warm-up excluded).
+//!
+//! Options (unknown ones, like the `--bench` that cargo passes, are ignored):
+//! - `--quick` or `WSLOOP_BENCH_QUICK=1`: ~1 s per point, 1 round, 1 000 idle connections.
+//! - `--rounds N`, `--secs S`: override the rounds (default 2) and measured seconds (5).
+//! - `--only abc`: run only the points with these letters.
+//! - `--rt` or `WSLOOP_BENCH_RT=1`: run servers and wsload under `chrt -f 10` (SCHED_FIFO), so
+//!   that other work on a shared machine (compilers at normal priority) cannot starve them;
+//!   Linux throttles real-time tasks to 95 % of each second, so tail latencies then carry
+//!   50 ms artifacts.
+//! - `--perf`: record `perf record -g` of the server during each point, into
+//!   `target/load-perf/POINT-SERVER.data`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The servers compared, in the order each round runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Server {
+    Wsloop,
+    Tungstenite,
+    Fastws,
+}
+
+const SERVERS: [Server; 3] = [Server::Wsloop, Server::Tungstenite, Server::Fastws];
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Wsloop => "wsloop",
+            Server::Tungstenite => "tokio-tungstenite",
+            Server::Fastws => "fastwebsockets",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Server::Wsloop => "wsloop",
+            Server::Tungstenite => "tungstenite",
+            Server::Fastws => "fastws",
+        }
+    }
+
+    /// The program and its arguments to listen on `addr`.
+    fn command(self, bins: &Path, addr: SocketAddr) -> Vec<String> {
+        let addr = addr.to_string();
+        match self {
+            Server::Wsloop => vec![path(&bins.join("wsloop")), "--addr".into(), addr],
+            Server::Tungstenite => vec![path(&bins.join("examples/peer_tokio_tungstenite")), addr],
+            Server::Fastws => vec![path(&bins.join("examples/peer_fastwebsockets")), addr],
+        }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// What one point asks of `wsload`.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Latency,
+    Echo {
+        conns: usize,
+        inflight: usize,
+        size: usize,
+    },
+    Hold,
+    Connect,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    key: char,
+    label: &'static str,
+    load: Load,
+}
+
+const POINTS: [Point; 8] = [
+    Point {
+        key: 'a',
+        label: "1 conn x 32 B ping-pong",
+        load: Load::Latency,
+    },
+    Point {
+        key: 'b',
+        label: "64 conns x 32 B, 16 in flight",
+        load: Load::Echo {
+            conns: 64,
+            inflight: 16,
+            size: 32,
+        },
+    },
+    Point {
+        key: 'c',
+        label: "256 conns x 1 KiB, 4 in flight",
+        load: Load::Echo {
+            conns: 256,
+            inflight: 4,
+            size: 1024,
+        },
+    },
+    Point {
+        key: 'd',
+        label: "8 conns x 64 KiB, 4 in flight",
+        load: Load::Echo {
+            conns: 8,
+            inflight: 4,
+            size: 64 << 10,
+        },
+    },
+    Point {
+        key: 'e',
+        label: "2 conns x 4 MiB, 2 in flight",
+        load: Load::Echo {
+            conns: 2,
+            inflight: 2,
+            size: 4 << 20,
+        },
+    },
+    Point {
+        key: 'f',
+        label: "idle connections",
+        load: Load::Hold,
+    },
+    Point {
+        key: 'g',
+        label: "handshakes (connect, upgrade, close)",
+        load: Load::Connect,
+    },
+    Point {
+        key: 'h',
+        label: "64 conns x 32 B, 64 in flight (client ceiling)",
+        load: Load::Echo {
+            conns: 64,
+            inflight: 64,
+            size: 32,
+        },
+    },
+];
+
+/// How a metric compares: which direction is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// One number a run yields, by name.
+#[derive(Debug, Clone, Copy)]
+struct Metric {
+    name: &'static str,
+    better: Better,
+}
+
+const P50: Metric = Metric {
+    name: "RTT p50 us",
+    better: Better::Lower,
+};
+const P99: Metric = Metric {
+    name: "RTT p99 us",
+    better: Better::Lower,
+};
+const MSGS: Metric = Metric {
+    name: "msgs/s",
+    better: Better::Higher,
+};
+const MBS: Metric = Metric {
+    name: "MB/s each way",
+    better: Better::Higher,
+};
+const CPU_MSG: Metric = Metric {
+    name: "server CPU us/msg",
+    better: Better::Lower,
+};
+const CLIENT_CPU: Metric = Metric {
+    name: "wsload CPU %",
+    better: Better::Lower,
+};
+const RSS_CONN: Metric = Metric {
+    name: "server RSS B/conn",
+    better: Better::Lower,
+};
+const HELD: Metric = Metric {
+    name: "connections held",
+    better: Better::Higher,
+};
+const HS: Metric = Metric {
+    name: "handshakes/s",
+    better: Better::Higher,
+};
+const CPU_HS: Metric = Metric {
+    name: "server CPU us/handshake",
+    better: Better::Lower,
+};
+
+impl Load {
+    fn metrics(self) -> &'static [Metric] {
+        match self {
+            Load::Latency => &[P50, P99, CPU_MSG, CLIENT_CPU],
+            Load::Echo { .. } => &[MSGS, MBS, CPU_MSG, CLIENT_CPU],
+            Load::Hold => &[RSS_CONN, HELD],
+            Load::Connect => &[HS, CPU_HS, CLIENT_CPU],
+        }
+    }
+}
+
+/// The run's settings.
+#[derive(Debug)]
+struct Settings {
+    quick: bool,
+    rounds: usize,
+    secs: f64,
+    warmup: f64,
+    idle_conns: usize,
+    only: Option<String>,
+    perf: bool,
+    rt: bool,
+    pin: bool,
+    bins: PathBuf,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let flag = |name: &str, var: &str| {
+            args.iter().any(|a| a == name)
+                || std::env::var(var).is_ok_and(|v| v != "0" && !v.is_empty())
+        };
+        let quick = flag("--quick", "WSLOOP_BENCH_QUICK");
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let bins = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => PathBuf::from(dir).join("release"),
+            // Where cargo put this bench's own copy of the binaries: the same target dir.
+            None => Path::new(env!("CARGO_BIN_EXE_wsloop"))
+                .parent()
+                .expect("target dir")
+                .to_path_buf(),
+        };
+        Settings {
+            quick,
+            rounds: value("--rounds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 1 } else { 2 }),
+            secs: value("--secs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if quick { 1.0 } else { 5.0 }),
+            warmup: if quick { 0.3 } else { 1.0 },
+            idle_conns: if quick { 1_000 } else { 10_000 },
+            only: value("--only"),
+            perf: args.iter().any(|a| a == "--perf"),
+            rt: flag("--rt", "WSLOOP_BENCH_RT"),
+            pin: cpus >= 2,
+            bins,
+        }
+    }
+
+    fn wants(&self, point: &Point) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(point.key))
+    }
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    build();
+    eprintln!(
+        "load bench: {} round(s), {} s per point, {} idle connections, pinning {}",
+        settings.rounds,
+        settings.secs,
+        settings.idle_conns,
+        if settings.pin {
+            "server to CPU 0, wsload to CPU 1"
+        } else {
+            "off (one CPU)"
+        }
+    );
+    others_at_rt_priority("before");
+    let started = Instant::now();
+    // (point key, server) -> metric name -> one value per round.
+    let mut results: BTreeMap<(char, Server), BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
+    for round in 1..=settings.rounds {
+        for point in POINTS.iter().filter(|p| settings.wants(p)) {
+            for server in SERVERS {
+                let values = run_point(&settings, point, server);
+                eprintln!(
+                    "round {round} ({:.0} s) {} {}: {}",
+                    started.elapsed().as_secs_f64(),
+                    point.key,
+                    server.short(),
+                    values
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let slot = results.entry((point.key, server)).or_default();
+                for (name, value) in values {
+                    slot.entry(name).or_default().push(value);
+                }
+            }
+        }
+    }
+    others_at_rt_priority("after");
+    let medians: BTreeMap<(char, Server), BTreeMap<&'static str, f64>> = results
+        .into_iter()
+        .map(|(k, m)| (k, m.into_iter().map(|(n, v)| (n, median(v))).collect()))
+        .collect();
+    print_table(&settings, &medians);
+    print_targets(&settings, &medians);
+    println!(
+        "\nsize_of::<Connection>() = {} bytes; total {:.0} s",
+        std::mem::size_of::<wsloop::server::connection::Connection>(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Warns about real-time processes (FIFO/RR) on the machine: they preempt everything this bench
+/// runs at normal priority and would skew its figures.
+fn others_at_rt_priority(when: &str) {
+    let Ok(out) = Command::new("ps")
+        .args(["-eo", "cls=,ppid=,pid=,comm="])
+        .output()
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Kernel threads (children of kthreadd, PID 2) are real-time too; they are not load.
+    let rt: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            matches!(fields.first(), Some(&("FF" | "RR")))
+                && fields.get(1) != Some(&"2")
+                && fields.get(2) != Some(&"2")
+        })
+        .collect();
+    if !rt.is_empty() {
+        eprintln!(
+            "note: {} real-time process(es) {when} the run: {rt:?}",
+            rt.len()
+        );
+    }
+}
+
+/// Builds the release binaries the bench runs (a no-op when they are current).
+fn build() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    // What cargo sets for running this bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, …) must not reach
+    // the nested build: ring's build script watches CARGO_MANIFEST_DIR, and a changed value
+    // would rebuild ring, rustls and wsloop on every run.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_PACKAGE",
+        ]
+        .iter()
+        .any(|prefix| key_text.starts_with(prefix))
+        {
+            command.env_remove(&key);
+        }
+    }
+    let status = command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "wsloop",
+            "--bin",
+            "wsload",
+            "--example",
+            "peer_tokio_tungstenite",
+            "--example",
+            "peer_fastwebsockets",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build failed");
+}
+
+/// `program args…` with the open-file soft limit raised to the hard limit, when pinning on CPU
+/// `cpu`, and with `--rt` at real-time priority. `exec` keeps the PID the program's own.
+fn launcher(settings: &Settings, cpu: u8, program: &[String]) -> Command {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@""#,
+        "sh",
+    ]);
+    if settings.rt {
+        command.args(["chrt", "-f", "10"]);
+    }
+    if settings.pin {
+        command.args(["taskset", "-c", &cpu.to_string()]);
+    }
+    command.args(program);
+    command
+}
+
+/// A server process this bench started (and so may stop).
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(settings: &Settings, server: Server) -> Running {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = launcher(settings, 0, &server.command(&settings.bins, addr))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let running = Running { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {addr}",
+                server.name()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        running
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Running {
+    /// SIGTERM, up to 3 s to go, then SIGKILL; always reaped.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs one point against a fresh `server` and returns its metrics.
+fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'static str, f64)> {
+    let running = Running::start(settings, server);
+    let pid = running.pid().to_string();
+    let secs = settings.secs.to_string();
+    let warmup = settings.warmup.to_string();
+    let mut args: Vec<String> = vec![path(&settings.bins.join("wsload"))];
+    let mut push = |list: &[&str]| args.extend(list.iter().map(|s| (*s).to_owned()));
+    match point.load {
+        Load::Latency => push(&["latency", "--size", "32", "--warmup", &warmup]),
+        Load::Echo {
+            conns,
+            inflight,
+            size,
+        } => {
+            push(&["echo", "--warmup", &warmup]);
+            push(&[
+                "--conns",
+                &conns.to_string(),
+                "--inflight",
+                &inflight.to_string(),
+            ]);
+            push(&["--size", &size.to_string()]);
+            // 32 B messages are text (chat-like, UTF-8 checked); the larger ones binary.
+            if size > 32 {
+                push(&["--binary"]);
+            }
+        }
+        Load::Hold => {
+            let conns = settings.idle_conns.to_string();
+            push(&["hold", "--conns", &conns, "--ping-every", &secs]);
+        }
+        Load::Connect => push(&["connect"]),
+    }
+    push(&[
+        "--url",
+        &running.url(),
+        "--duration",
+        &secs,
+        "--server-pid",
+        &pid,
+    ]);
+    let perf = settings
+        .perf
+        .then(|| start_perf(settings, point, server, running.pid()));
+    let json = run_wsload(settings, &args);
+    if let Some(mut perf) = perf {
+        let _ = perf.wait();
+    }
+    drop(running);
+    extract(point.load, &json)
+}
+
+/// `perf record -g` of the server for the length of the point (warm-up included).
+fn start_perf(settings: &Settings, point: &Point, server: Server, pid: u32) -> Child {
+    let dir = settings.bins.join("../load-perf");
+    let _ = std::fs::create_dir_all(&dir);
+    let out = dir.join(format!("{}-{}.data", point.key, server.short()));
+    let secs = settings.secs + settings.warmup;
+    Command::new("perf")
+        .args([
+            "record",
+            "-g",
+            "-q",
+            "-o",
+            &path(&out),
+            "-p",
+            &pid.to_string(),
+        ])
+        .args(["--", "sleep", &format!("{secs}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start perf")
+}
+
+/// Runs `wsload` (bounded by `timeout`, pinned to CPU 1) and returns its JSON line.
+fn run_wsload(settings: &Settings, args: &[String]) -> Value {
+    let limit = format!("{}", (settings.secs * 3.0) as u64 + 120);
+    let mut program = vec!["timeout".to_owned(), "-s".into(), "KILL".into(), limit];
+    program.extend_from_slice(args);
+    let out = launcher(settings, 1, &program)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wsload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    let Some(json) = line.and_then(|l| serde_json::from_str::<Value>(l).ok()) else {
+        panic!(
+            "wsload gave no JSON ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !out.status.success() {
+        eprintln!("  wsload reported a problem ({}): {json}", out.status);
+    }
+    json
+}
+
+fn field(json: &Value, key: &str) -> f64 {
+    json.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// The point's metrics from wsload's JSON line.
+fn extract(load: Load, json: &Value) -> Vec<(&'static str, f64)> {
+    // Server CPU seconds over the measured window, from the percentage wsload measured.
+    let server_cpu_us = field(json, "server_cpu_pct") / 100.0 * field(json, "window_secs") * 1e6;
+    match load {
+        Load::Latency | Load::Echo { .. } => {
+            let msgs = field(json, "msgs");
+            let mut out = vec![
+                (MSGS.name, field(json, "msgs_per_sec")),
+                (MBS.name, field(json, "mb_per_sec")),
+                (CPU_MSG.name, server_cpu_us / msgs),
+                (CLIENT_CPU.name, field(json, "client_cpu_pct")),
+            ];
+            if let Load::Latency = load {
+                out.push((P50.name, field(json, "p50_us")));
+                out.push((P99.name, field(json, "p99_us")));
+            }
+            out
+        }
+        Load::Hold => vec![
+            (RSS_CONN.name, field(json, "server_rss_per_conn_bytes")),
+            (HELD.name, field(json, "stayed_up")),
+        ],
+        Load::Connect => {
+            let rate = field(json, "handshakes_per_sec");
+            vec![
+                (HS.name, rate),
+                (
+                    CPU_HS.name,
+                    field(json, "server_cpu_pct") / 100.0 * 1e6 / rate,
+                ),
+                (CLIENT_CPU.name, field(json, "client_cpu_pct")),
+            ]
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+type Medians = BTreeMap<(char, Server), BTreeMap<&'static str, f64>>;
+
+fn get(medians: &Medians, key: char, server: Server, metric: Metric) -> f64 {
+    medians
+        .get(&(key, server))
+        .and_then(|m| m.get(metric.name))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// A number with about three significant digits and thousands separated by spaces.
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let text = if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    };
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 && c.is_ascii_digit() {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        grouped
+    } else {
+        format!("{grouped}.{frac}")
+    }
+}
+
+/// The side-by-side table (Markdown), medians over the rounds, with each peer ÷ wsloop.
+fn print_table(settings: &Settings, medians: &Medians) {
+    println!(
+        "\n## wsloop vs peers: medians of {} round(s), {} s per point{}\n",
+        settings.rounds,
+        settings.secs,
+        if settings.quick { " (quick mode)" } else { "" }
+    );
+    println!("ratio = peer ÷ wsloop; (↓) lower is better, (↑) higher is better\n");
+    println!("| point | metric | wsloop | tokio-tungstenite | ratio | fastwebsockets | ratio |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for point in POINTS.iter().filter(|p| settings.wants(p)) {
+        let label = match point.load {
+            Load::Hold => format!("{} {}", fmt(settings.idle_conns as f64), point.label),
+            _ => point.label.to_owned(),
+        };
+        for metric in point.load.metrics() {
+            let ours = get(medians, point.key, Server::Wsloop, *metric);
+            let arrow = match metric.better {
+                Better::Lower => "↓",
+                Better::Higher => "↑",
+            };
+            let mut row = format!(
+                "| ({}) {label} | {} ({arrow}) | {} |",
+                point.key,
+                metric.name,
+                fmt(ours)
+            );
+            for peer in [Server::Tungstenite, Server::Fastws] {
+                let theirs = get(medians, point.key, peer, *metric);
+                row.push_str(&format!(" {} | {:.2}× |", fmt(theirs), theirs / ours));
+            }
+            println!("{row}");
+        }
+    }
+}
+
+/// Issue 9's targets, judged from the medians.
+fn print_targets(settings: &Settings, medians: &Medians) {
+    let m = |key, server, metric| get(medians, key, server, metric);
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!("\n## issue 9 targets\n");
+    for (key, need) in [('b', 1.9), ('c', 2.4)] {
+        if settings.only.as_ref().is_some_and(|o| !o.contains(key)) {
+            continue;
+        }
+        let ratio = m(key, Server::Tungstenite, CPU_MSG) / m(key, Server::Wsloop, CPU_MSG);
+        println!(
+            "- ({key}) server CPU/msg {need}× lower than tokio-tungstenite: {ratio:.2}× — {}",
+            verdict(ratio >= need)
+        );
+    }
+    for key in ['d', 'e'] {
+        if settings.only.as_ref().is_some_and(|o| !o.contains(key)) {
+            continue;
+        }
+        let best_cpu = m(key, Server::Tungstenite, CPU_MSG).min(m(key, Server::Fastws, CPU_MSG));
+        let best_rate = m(key, Server::Tungstenite, MSGS).max(m(key, Server::Fastws, MSGS));
+        let (cpu, rate) = (
+            m(key, Server::Wsloop, CPU_MSG),
+            m(key, Server::Wsloop, MSGS),
+        );
+        println!(
+            "- ({key}) CPU/msg {} vs best peer {} and msgs/s {} vs best peer {} — {}",
+            fmt(cpu),
+            fmt(best_cpu),
+            fmt(rate),
+            fmt(best_rate),
+            verdict(cpu <= best_cpu && rate >= best_rate)
+        );
+    }
+    let best = |key, metric: Metric| {
+        let (t, f) = (
+            m(key, Server::Tungstenite, metric),
+            m(key, Server::Fastws, metric),
+        );
+        match metric.better {
+            Better::Lower => t.min(f),
+            Better::Higher => t.max(f),
+        }
+    };
+    if settings.wants(&POINTS[0]) {
+        let ours = m('a', Server::Wsloop, P50);
+        println!(
+            "- (a) RTT p50 {} us vs best peer {} us — {}",
+            fmt(ours),
+            fmt(best('a', P50)),
+            verdict(ours <= best('a', P50))
+        );
+    }
+    if settings.wants(&POINTS[5]) {
+        let ours = m('f', Server::Wsloop, RSS_CONN);
+        println!(
+            "- (f) ≤ 200 B server RSS per idle connection at {} connections: {} B — {}",
+            fmt(settings.idle_conns as f64),
+            fmt(ours),
+            verdict(ours <= 200.0)
+        );
+    }
+    if settings.wants(&POINTS[6]) {
+        let (ours, theirs) = (m('g', Server::Wsloop, HS), m('g', Server::Tungstenite, HS));
+        println!(
+            "- (g) handshakes/s {} vs tokio-tungstenite {} — {}",
+            fmt(ours),
+            fmt(theirs),
+            verdict(ours >= theirs)
+        );
+    }
+    // wsload is one thread pinned to one CPU: whatever it drove, it drove from one core.
+    let driven = ['b', 'h']
+        .into_iter()
+        .flat_map(|k| SERVERS.map(|s| m(k, s, MSGS)))
+        .filter(|v| v.is_finite())
+        .fold(f64::NAN, f64::max);
+    if driven.is_finite() {
+        println!(
+            "- wsload drives ≥ 3 M msg/s of 32 B echo from one core: best {} msg/s — {}",
+            fmt(driven),
+            verdict(driven >= 3e6)
+        );
+    }
+}
