@@ -13,6 +13,7 @@
 #
 #   bash benches/protections.sh            # ROUNDS=3 DUR=5 by default
 #   ROUNDS=1 DUR=1 bash benches/protections.sh   # quick
+#   RT=1 ROUNDS=5 DUR=3 bash benches/protections.sh   # on a shared machine (real-time priority)
 #
 # Loopback only; every process it starts is stopped by PID. Server on CPU 0 and wsload on CPU 1
 # (taskset) when there are two CPUs. Prints one line per run and a table of medians.
@@ -35,6 +36,9 @@ if [ ! -x "$before_dir/release/wsloop" ]; then
 fi
 
 if [ "$(nproc)" -ge 2 ]; then SPIN=(taskset -c 0); LPIN=(taskset -c 1); else SPIN=(); LPIN=(); fi
+# RT=1: server and wsload at real-time priority (chrt -f 10), so other work on a shared
+# machine does not preempt them (as benches/load.rs --rt does).
+if [ "${RT:-0}" = 1 ]; then SPIN=(chrt -f 10 "${SPIN[@]}"); LPIN=(chrt -f 10 "${LPIN[@]}"); fi
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

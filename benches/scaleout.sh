@@ -73,7 +73,8 @@ fanout)
   done
   sleep 0.5
   r0=$(cpu_ticks "$RP"); s0=$(cpu_ticks "${SP[@]}")
-  $B/wsload fanout "${URLS[@]}" --subscribers "$SUBS" --rate "$RATE" --size 64 --duration "$SECS" | grep -v '^{'
+  # The table goes to stderr; the JSON line (stdout) is dropped.
+  $B/wsload fanout "${URLS[@]}" --subscribers "$SUBS" --rate "$RATE" --size 64 --duration "$SECS" >/dev/null
   r1=$(cpu_ticks "$RP"); s1=$(cpu_ticks "${SP[@]}")
   echo "CPU during the run (opening included): servers $(( (s1 - s0) * 10 )) ms, redis-server $(( (r1 - r0) * 10 )) ms"
   for i in $(seq 1 "$PROCS"); do curl -s "127.0.0.1:$((9400 + i))/stats" | grep -o '"broker":{[^}]*}' || true; done
@@ -85,7 +86,7 @@ echo)
       wait_port 9501
       printf 'round %s, workers %s: ' "$round" "$w"
       $B/wsload echo --url ws://127.0.0.1:9501/ --conns 100 --inflight 16 --size 64 --duration 5 \
-        --server-pid $P | grep -E '^ *msgs/s' | tr -s ' '
+        --server-pid $P 2>&1 >/dev/null | grep -E '^ *(msgs/s|server CPU)' | tr -s ' ' | tr '\n' ' '; echo
       kill -TERM $P; wait $P || true
     done
   done
