@@ -693,6 +693,24 @@ fn oversized_message_is_1009_from_the_header() {
     expect_failure(&default, &header_only(0x82, (16 << 20) + 1), 1009);
 }
 
+/// `--max-frame` below `--max-message`: a frame over it is refused from its header alone even
+/// though the message limit would allow it, and fragments at the frame limit are fine.
+#[test]
+fn frame_over_max_frame_is_1009_from_the_header() {
+    let server = start(&["--max-message", "100000", "--max-frame", "1000"]);
+    let mut stream = raw_upgraded(&server, "/");
+    let mut bytes = client_frame(false, BINARY, &[1u8; 1000]);
+    bytes.extend(client_frame(true, CONT, &[2u8; 1000]));
+    stream.write_all(&bytes).unwrap();
+    let (first, payload) = next_frame(&mut stream);
+    assert_eq!((first, payload.len()), (0x82, 2000));
+    drop(stream);
+    expect_failure(&server, &header_only(0x82, 1001), 1009);
+    let mut bytes = client_frame(false, TEXT, b"start");
+    bytes.extend(header_only(CONT | 0x80, 1001));
+    expect_failure(&server, &bytes, 1009);
+}
+
 #[test]
 fn fragments_summing_over_the_limit_are_1009() {
     let server = start(&["--max-message", "1000"]);
