@@ -82,6 +82,12 @@ fn raw_echo(stream: &mut TcpStream, text: &str) {
     assert_eq!(payload, text.as_bytes());
 }
 
+/// A fresh connection still upgrades and echoes: the abuse before it hurt no one else.
+fn assert_still_serving(server: &ServerProcess) {
+    let mut ws = raw_upgraded(server, "/");
+    raw_echo(&mut ws, "still alive");
+}
+
 /// One churn cycle: connect, upgrade, then either a close handshake (waiting for the
 /// server's FIN, so the server closes TCP first) or, every 10th cycle, a plain TCP close.
 fn churn_cycle(server: &ServerProcess, i: usize) {
@@ -160,8 +166,7 @@ fn connection_churn_leaks_nothing() {
         "RSS grew from {base_rss} KiB to {rss} KiB over 20 000 cycles ({took:?})"
     );
     // Still serving.
-    let mut ws = raw_upgraded(&server, "/");
-    raw_echo(&mut ws, "still alive");
+    assert_still_serving(&server);
 }
 
 /// A client sends a text frame and then `shutdown(Write)`: it still gets the echo, then EOF.
@@ -266,8 +271,7 @@ fn half_close_mid_frame_is_cleaned_up() {
         fd_count(pid)
     );
     assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
-    let mut ws = raw_upgraded(&server, "/");
-    raw_echo(&mut ws, "still alive");
+    assert_still_serving(&server);
 }
 
 /// A client resets the connection (RST: `SO_LINGER` 0, then close) in the middle of a frame
@@ -315,8 +319,7 @@ fn reset_mid_frame_is_cleaned_up() {
         "/stats open {} after resets, baseline {base_open}",
         stats_open(&server)
     );
-    let mut ws = raw_upgraded(&server, "/");
-    raw_echo(&mut ws, "still alive");
+    assert_still_serving(&server);
 }
 
 /// Sends one text message of `count` one-byte fragments from a writer thread in big
@@ -371,8 +374,7 @@ fn hundred_thousand_tiny_fragments_hit_max_message() {
         rss < base_rss + 8 * 1024,
         "RSS grew from {base_rss} KiB to {rss} KiB"
     );
-    let mut ws = raw_upgraded(&server, "/");
-    raw_echo(&mut ws, "still alive");
+    assert_still_serving(&server);
 }
 
 /// The same 100 000 one-byte fragments under the default limit echo as one correct

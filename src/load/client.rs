@@ -555,12 +555,13 @@ impl ClientDeflate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::decoder::{Decoder, Event, Limits, Outcome};
     use crate::protocol::frame::server_header;
 
-    fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    /// One unmasked server frame (the test side of the wire).
+    pub(crate) fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut head = [0u8; MAX_HEADER_LEN];
         let n = server_header(opcode, payload.len(), &mut head);
         let mut out = head[..n].to_vec();

@@ -1133,16 +1133,8 @@ fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::client::tests::server_frame;
     use crate::protocol::deflate::{accept_response, Deflater, Inflater};
-    use crate::protocol::frame::{server_header, MAX_HEADER_LEN};
-
-    fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-        let mut head = [0u8; MAX_HEADER_LEN];
-        let n = server_header(opcode, payload.len(), &mut head);
-        let mut out = head[..n].to_vec();
-        out.extend_from_slice(payload);
-        out
-    }
 
     fn setup(size: usize) -> (Conn, Plan, Tally) {
         let mut rng = XorShift::new(3);

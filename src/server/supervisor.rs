@@ -61,6 +61,14 @@ struct Slot {
     restarts: u64,
 }
 
+impl Slot {
+    /// The next start after the current backoff, which then doubles (up to the cap).
+    fn schedule_restart(&mut self) {
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 impl Supervisor {
     /// Reserves the address, starts the children, restarts the ones that die, and returns
     /// once `stop` is set and every child has exited. `on_event` gets one line per start,
@@ -143,8 +151,7 @@ impl Supervisor {
                         slot.backoff.as_millis()
                     ));
                     slot.child = None;
-                    slot.restart_at = Some(Instant::now() + slot.backoff);
-                    slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+                    slot.schedule_restart();
                 }
                 Err(e) => {
                     warn!("process {}: wait failed: {e}", i + 1);
@@ -168,8 +175,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     warn!("process {}: restart failed: {e}", i + 1);
-                    slot.restart_at = Some(Instant::now() + slot.backoff);
-                    slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+                    slot.schedule_restart();
                 }
             }
         }
