@@ -350,6 +350,29 @@ impl Outbox {
         });
     }
 
+    /// Removes this turn's whole frames of `room` (0: none) for connection `key` — the oldest
+    /// one only, or all of them — and returns (frames, bytes) removed. The twin of
+    /// [`OutQueue::drop_room_frames`] for what has not reached the connection's queue yet:
+    /// frames published earlier in the same turn are still here.
+    pub fn drop_room_frames(&mut self, key: usize, room: u32, all: bool) -> (usize, usize) {
+        let (mut frames, mut freed) = (0, 0);
+        let mut index = 0;
+        while let Some(entry) = self.entries.get(index) {
+            match &entry.data {
+                EntryData::Shared(frame, r) if entry.key == key && *r == room && room != 0 => {
+                    freed += frame.len();
+                    frames += 1;
+                    self.entries.remove(index);
+                    if !all {
+                        break;
+                    }
+                }
+                _ => index += 1,
+            }
+        }
+        (frames, freed)
+    }
+
     /// Whether nothing was produced this turn.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -388,6 +411,35 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn outbox_drops_only_that_connections_frames_of_that_room() {
+        let mut outbox = Outbox::default();
+        let a: Rc<[u8]> = Rc::from(&b"aaaa"[..]);
+        let b: Rc<[u8]> = Rc::from(&b"bb"[..]);
+        outbox.push_shared(1, &a, 7);
+        outbox.push_bytes(1, &[b"own"]);
+        outbox.push_shared(2, &a, 7);
+        outbox.push_shared(1, &b, 7);
+        outbox.push_shared(1, &b, 8);
+        assert_eq!(
+            outbox.drop_room_frames(1, 7, false),
+            (1, 4),
+            "the oldest only"
+        );
+        assert_eq!(outbox.drop_room_frames(1, 7, true), (1, 2));
+        assert_eq!(
+            outbox.drop_room_frames(1, 0, true),
+            (0, 0),
+            "room 0 is never dropped"
+        );
+        let left: Vec<(usize, usize)> = outbox
+            .entries
+            .iter()
+            .map(|e| (e.key, e.bytes(&outbox.bytes).len()))
+            .collect();
+        assert_eq!(left, [(1, 3), (2, 4), (1, 2)]);
     }
 
     #[test]

@@ -118,8 +118,17 @@ impl Core {
                         continue;
                     }
                     RoomPolicy::DropOldest | RoomPolicy::LatestOnly if room != 0 => {
+                        // Unsent frames are in the connection's queue (older) and in this
+                        // turn's outbox (published earlier in the same turn).
                         let all = policy == RoomPolicy::LatestOnly;
-                        conn.out.drop_room_frames(room, all).0
+                        let (queued, _) = conn.out.drop_room_frames(room, all);
+                        let (corked, freed) = if all || queued == 0 {
+                            self.outbox.drop_room_frames(key, room, all)
+                        } else {
+                            (0, 0)
+                        };
+                        conn.corked = conn.corked.saturating_sub(freed);
+                        queued + corked
                     }
                     _ => 0,
                 };
