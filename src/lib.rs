@@ -6,8 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod load;
-pub mod protocol;
+pub use wsloop_proto as protocol;
 pub mod server;
 
 pub use protocol::CloseCode;

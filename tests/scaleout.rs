@@ -297,7 +297,7 @@ fn processes_share_one_port_with_reuse_port() {
 fn wsload_fanout_spans_processes_through_redis() {
     let Some(redis) = redis() else { return };
     let (a, b) = (node(&redis, &[]), node(&redis, &[]));
-    let report = wsloop::load::run_fanout(&wsloop::load::FanoutOptions {
+    let report = wsload::run_fanout(&wsload::FanoutOptions {
         urls: vec![a.ws_url("/chat"), b.ws_url("/chat")],
         subscribers: 20,
         rate: 50.0,

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::ServerProcess;
-use wsloop::load::{
+use wsload::{
     run_connect, run_echo, run_fanout, run_hold, run_latency, ConnectOptions, EchoOptions,
     FanoutOptions, HoldOptions, LatencyOptions, Payload,
 };

@@ -8,8 +8,8 @@ mod common;
 
 use common::{ref_close, ref_sendable, Got};
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::close::{parse_close_payload, truncate_reason, MAX_REASON_LEN};
-use wsloop::protocol::{CloseCode, Decoder, Event, Limits, Outcome};
+use wsloop_proto::close::{parse_close_payload, truncate_reason, MAX_REASON_LEN};
+use wsloop_proto::{CloseCode, Decoder, Event, Limits, Outcome};
 
 fuzz_target!(|data: &[u8]| {
     let got = parse_close_payload(data);

@@ -19,13 +19,13 @@ mod common;
 
 use common::{take_limits, take_plan};
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::close::truncate_reason;
-use wsloop::protocol::deflate::{negotiate, DeflateConfig, DeflateParams, Inflater};
-use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
-use wsloop::protocol::handshake::{
+use wsloop_proto::close::truncate_reason;
+use wsloop_proto::deflate::{negotiate, DeflateConfig, DeflateParams, Inflater};
+use wsloop_proto::frame::{server_header, MAX_HEADER_LEN};
+use wsloop_proto::handshake::{
     validate_upgrade, write_accept_response, HandshakeError, HeadScanner, RequestHead, EMPTY_HEADER,
 };
-use wsloop::protocol::{CloseCode, Decoder, Event, Limits, MessageKind, OpCode, Outcome};
+use wsloop_proto::{CloseCode, Decoder, Event, Limits, MessageKind, OpCode, Outcome};
 
 /// The reactor's header array size.
 const MAX_HEADERS: usize = 64;

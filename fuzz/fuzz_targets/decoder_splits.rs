@@ -11,7 +11,7 @@ mod common;
 
 use common::{ref_decode, resolve, take_limits, take_plan, Got};
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::{Decoder, Limits, Outcome};
+use wsloop_proto::{Decoder, Limits, Outcome};
 
 /// The most a decoder may hold between calls: the assembled message (a `Vec` grown by
 /// doubling, so up to twice the limit) and one control payload (≤ 125 bytes, likewise).

@@ -12,8 +12,8 @@ mod common;
 
 use common::size_from;
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::deflate::{Deflater, Inflater};
-use wsloop::protocol::ProtocolError;
+use wsloop_proto::deflate::{Deflater, Inflater};
+use wsloop_proto::ProtocolError;
 
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 

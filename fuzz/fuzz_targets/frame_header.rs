@@ -10,8 +10,8 @@ mod common;
 
 use common::ref_header;
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
-use wsloop::protocol::{FrameHeader, OpCode};
+use wsloop_proto::frame::{server_header, MAX_HEADER_LEN};
+use wsloop_proto::{FrameHeader, OpCode};
 
 fn opcode_from(b: u8) -> OpCode {
     [

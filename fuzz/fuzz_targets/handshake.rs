@@ -11,8 +11,8 @@ mod common;
 
 use common::take_plan;
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::deflate::{negotiate, DeflateConfig};
-use wsloop::protocol::handshake::{
+use wsloop_proto::deflate::{negotiate, DeflateConfig};
+use wsloop_proto::handshake::{
     accept_key, validate_upgrade, write_accept_response, HandshakeError, HeadScanner, RequestHead,
     EMPTY_HEADER,
 };

@@ -9,7 +9,7 @@ mod common;
 
 use common::take_plan;
 use libfuzzer_sys::fuzz_target;
-use wsloop::protocol::utf8::{validate, Utf8Validator};
+use wsloop_proto::utf8::{validate, Utf8Validator};
 
 /// The index of the first byte at which `data` is certainly invalid (whatever follows), or
 /// `None` if every prefix is valid or a valid prefix of a code point.

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use wsloop::protocol::{Event, Limits, MessageKind, ProtocolError};
+use wsloop_proto::{Event, Limits, MessageKind, ProtocolError};
 
 /// Splits an input into a "plan" prefix that says where to cut and the data to cut.
 ///
@@ -105,7 +105,7 @@ pub fn resolve(event: &Event, input: &[u8], consumed: usize) -> Got {
         Event::Message(_, p) | Event::Compressed(_, p) | Event::Ping(p) | Event::Pong(p) => p,
         Event::Close { payload, .. } => payload,
     };
-    if let wsloop::protocol::Payload::Input(range) = payload {
+    if let wsloop_proto::Payload::Input(range) = payload {
         assert!(range.start <= range.end, "inverted range {range:?}");
         assert!(
             range.end <= consumed,
@@ -124,7 +124,7 @@ pub fn resolve(event: &Event, input: &[u8], consumed: usize) -> Got {
 }
 
 // -------------------------------------------------------------------------------------------
-// Independent reference models (written from RFC 6455, not from src/protocol).
+// Independent reference models (written from RFC 6455, not from crates/proto).
 // -------------------------------------------------------------------------------------------
 
 /// Close codes that may be sent (RFC 6455 §7.4.1–§7.4.2 and the IANA registry).

@@ -1,7 +1,10 @@
 //! The WebSocket protocol core, sans-IO: byte slices in, events and bytes out.
 //!
 //! Nothing here touches a socket, a clock or a log: every module is tested alone on bytes, and
-//! the fuzz targets drive it directly. The reactor in [`crate::server`] only moves bytes.
+//! the fuzz targets drive it directly. The `wsloop` server's reactor and the `wsload` load
+//! generator only move bytes between sockets and this crate.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod close;
 pub mod decoder;

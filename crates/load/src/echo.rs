@@ -27,7 +27,7 @@ use super::net::{close_all, default_sources, open_many, OpenPlan, Target};
 use super::payload::{self, Payload};
 use super::report::{JsonLine, Table};
 use super::stats::{rss_kib, CpuMeter, Histogram, Percentiles};
-use crate::protocol::frame::OpCode;
+use wsloop_proto::frame::OpCode;
 
 /// Options of [`run_echo`].
 #[derive(Debug, Clone)]
@@ -1133,8 +1133,8 @@ fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::client::tests::server_frame;
-    use crate::protocol::deflate::{accept_response, Deflater, Inflater};
+    use crate::client::tests::server_frame;
+    use wsloop_proto::deflate::{accept_response, Deflater, Inflater};
 
     fn setup(size: usize) -> (Conn, Plan, Tally) {
         let mut rng = XorShift::new(3);
@@ -1156,7 +1156,7 @@ mod tests {
         assert!(v.payload.is_ascii());
         let mut frame = v.strip[..v.frame_len].to_vec();
         let key = [frame[2], frame[3], frame[4], frame[5]];
-        crate::protocol::mask::apply_mask(&mut frame[6..], key, 0);
+        wsloop_proto::mask::apply_mask(&mut frame[6..], key, 0);
         assert_eq!(&frame[6..], &v.payload[..]);
         assert_eq!(
             &v.strip[v.frame_len..2 * v.frame_len],
@@ -1261,7 +1261,7 @@ mod tests {
             };
             let key = [wire[at], wire[at + 1], wire[at + 2], wire[at + 3]];
             let mut payload = wire[at + 4..at + 4 + len].to_vec();
-            crate::protocol::mask::apply_mask(&mut payload, key, 0);
+            wsloop_proto::mask::apply_mask(&mut payload, key, 0);
             frames.push((wire[0], payload));
             wire = &wire[at + 4 + len..];
         }

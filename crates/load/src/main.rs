@@ -8,9 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wsloop::load::{
-    self, ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions, Payload,
-};
+use wsload::{ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions, Payload};
 
 /// wsloop's load generator: echo throughput, latency, held connections, connection rate and
 /// broadcast fan-out, against a server on this machine (loopback addresses only).
@@ -189,15 +187,15 @@ trait Printable {
     fn ok(&self) -> bool;
 }
 
-impl Printable for load::EchoReport {
+impl Printable for wsload::EchoReport {
     fn table(&self) -> String {
-        load::EchoReport::table(self)
+        wsload::EchoReport::table(self)
     }
     fn to_json(&self) -> String {
-        load::EchoReport::to_json(self)
+        wsload::EchoReport::to_json(self)
     }
     fn ok(&self) -> bool {
-        load::EchoReport::ok(self)
+        wsload::EchoReport::ok(self)
     }
 }
 
@@ -217,7 +215,11 @@ macro_rules! printable {
     )*};
 }
 
-printable!(load::HoldReport, load::ConnectReport, load::FanoutReport);
+printable!(
+    wsload::HoldReport,
+    wsload::ConnectReport,
+    wsload::FanoutReport
+);
 
 fn emit<R: Printable>(result: std::io::Result<R>) -> ExitCode {
     match result {
@@ -251,7 +253,7 @@ fn main() -> ExitCode {
             server_pid,
             deflate,
             payload: asked,
-        } => emit(load::run_echo(&EchoOptions {
+        } => emit(wsload::run_echo(&EchoOptions {
             url,
             conns,
             inflight,
@@ -272,7 +274,7 @@ fn main() -> ExitCode {
             server_pid,
             deflate,
             payload: asked,
-        } => emit(load::run_latency(&LatencyOptions {
+        } => emit(wsload::run_latency(&LatencyOptions {
             url,
             size,
             binary,
@@ -294,7 +296,7 @@ fn main() -> ExitCode {
             deflate,
             payload,
             size,
-        } => emit(load::run_hold(&HoldOptions {
+        } => emit(wsload::run_hold(&HoldOptions {
             url,
             conns,
             duration: secs(duration),
@@ -312,7 +314,7 @@ fn main() -> ExitCode {
             duration,
             concurrency,
             server_pid,
-        } => emit(load::run_connect(&ConnectOptions {
+        } => emit(wsload::run_connect(&ConnectOptions {
             url,
             duration: secs(duration),
             concurrency,
@@ -325,7 +327,7 @@ fn main() -> ExitCode {
             size,
             duration,
             server_pid,
-        } => emit(load::run_fanout(&FanoutOptions {
+        } => emit(wsload::run_fanout(&FanoutOptions {
             urls: url,
             subscribers,
             rate,

@@ -451,7 +451,7 @@ fn control_event(opcode: OpCode, payload: Payload, input: &[u8]) -> Result<Event
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::MAX_CONTROL_PAYLOAD;
+    use crate::frame::MAX_CONTROL_PAYLOAD;
 
     // ---------------------------------------------------------------------------------------
     // Helpers

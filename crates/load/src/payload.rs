@@ -172,7 +172,7 @@ fn feed_text(len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::deflate::Deflater;
+    use wsloop_proto::deflate::Deflater;
 
     #[test]
     fn text_is_deterministic_ascii_and_compressible() {

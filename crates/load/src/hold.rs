@@ -20,8 +20,8 @@ use super::net::{close_all, default_sources, open_many, OpenPlan, Target};
 use super::payload::{self, Payload};
 use super::report::{JsonLine, Table};
 use super::stats::{open_files_limit, rss_kib, CpuMeter, Histogram, Percentiles};
-use crate::protocol::deflate::{Deflater, Inflater};
-use crate::protocol::frame::OpCode;
+use wsloop_proto::deflate::{Deflater, Inflater};
+use wsloop_proto::frame::OpCode;
 
 /// Options of [`run_hold`].
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! The client side of the wire, sans-IO: the upgrade request and its answer, masked client
 //! frames out, unmasked server frames in.
 //!
-//! The server-side [`Decoder`](crate::protocol::Decoder) insists on masks, so the load
+//! The server-side [`Decoder`](wsloop_proto::Decoder) insists on masks, so the load
 //! generator has its own small decoder for server frames. It is incremental and never copies
 //! payload: [`ClientDecoder::decode`] hands out [`Piece`]s that borrow the caller's read
 //! buffer, each tagged with its offset in the frame's payload, so a frame split across reads
@@ -17,15 +17,15 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use crate::protocol::deflate::{
+use wsloop_proto::deflate::{
     accept_response, DeflateParams, Deflater, Inflater, ResponseError, CLIENT_OFFER,
 };
-use crate::protocol::error::ProtocolError;
-use crate::protocol::frame::{
+use wsloop_proto::error::ProtocolError;
+use wsloop_proto::frame::{
     payload_length, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
-use crate::protocol::handshake::accept_key;
-use crate::protocol::mask::apply_mask;
+use wsloop_proto::handshake::accept_key;
+use wsloop_proto::mask::apply_mask;
 
 /// The header of a frame sent by a server (unmasked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -557,8 +557,8 @@ impl ClientDeflate {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::decoder::{Decoder, Event, Limits, Outcome};
-    use crate::protocol::frame::server_header;
+    use wsloop_proto::decoder::{Decoder, Event, Limits, Outcome};
+    use wsloop_proto::frame::server_header;
 
     /// One unmasked server frame (the test side of the wire).
     pub(crate) fn server_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
@@ -690,7 +690,7 @@ pub(crate) mod tests {
         assert!(req.ends_with("\r\n\r\n"));
         assert!(!req.contains("Extensions"));
         let mut resp = Vec::new();
-        crate::protocol::handshake::write_accept_response(&mut resp, &key, None, None);
+        wsloop_proto::handshake::write_accept_response(&mut resp, &key, None, None);
         let head_len = resp.len();
         resp.extend_from_slice(&[0x81, 0x00]);
         assert_eq!(parse_upgrade_response(&resp[..10], &key, false), Ok(None));
@@ -721,7 +721,7 @@ pub(crate) mod tests {
     /// The server's real answer, with `extensions` as its `Sec-WebSocket-Extensions` value.
     fn answer_with(key: &str, extensions: &str) -> Vec<u8> {
         let mut resp = Vec::new();
-        crate::protocol::handshake::write_accept_response(&mut resp, key, None, Some(extensions));
+        wsloop_proto::handshake::write_accept_response(&mut resp, key, None, Some(extensions));
         resp
     }
 
@@ -778,9 +778,9 @@ pub(crate) mod tests {
 
     #[test]
     fn client_deflate_round_trips_with_the_server_contexts() {
-        let server = crate::protocol::deflate::negotiate(
+        let server = wsloop_proto::deflate::negotiate(
             [CLIENT_OFFER],
-            &crate::protocol::deflate::DeflateConfig {
+            &wsloop_proto::deflate::DeflateConfig {
                 context_takeover: true,
                 ..Default::default()
             },

@@ -15,7 +15,7 @@ use super::client::{encode_frame, ClientDecoder, XorShift};
 use super::net::{close_all, open_many, OpenPlan, Target};
 use super::report::{JsonLine, Table};
 use super::stats::{rss_kib, CpuMeter, Histogram, Percentiles};
-use crate::protocol::frame::OpCode;
+use wsloop_proto::frame::OpCode;
 
 /// Bytes of the timestamp and sequence prefix.
 const PREFIX: usize = 24;

@@ -10,7 +10,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::client::{encode_close, parse_upgrade_response, write_upgrade_request, XorShift};
-use crate::protocol::deflate::DeflateParams;
+use wsloop_proto::deflate::DeflateParams;
 
 /// Where the load goes: a `ws://` URL on a loopback address.
 #[derive(Debug, Clone, PartialEq, Eq)]

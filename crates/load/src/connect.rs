@@ -13,7 +13,7 @@ use super::client::{
 use super::net::{connect_nonblocking, Target};
 use super::report::{JsonLine, Table};
 use super::stats::{CpuMeter, Histogram, Percentiles};
-use crate::protocol::frame::OpCode;
+use wsloop_proto::frame::OpCode;
 
 /// Options of [`run_connect`].
 #[derive(Debug, Clone)]
