@@ -1,6 +1,7 @@
 //! `cargo bench --bench load`: wsloop side by side with two Rust peers (issue 9).
 //!
-//! The peers are `examples/peer_tokio_tungstenite.rs` and `examples/peer_fastwebsockets.rs`,
+//! The peers are `crates/peers/src/bin/peer_tokio_tungstenite.rs` and `…/peer_fastwebsockets.rs`
+//! (the `wsloop-peers` package, built only here, so `cargo test` never compiles tokio or hyper),
 //! each written the way its crate's own echo example is. Every point gets a fresh server
 //! process on a free loopback port, pinned to CPU 0, and the project's load generator `wsload`
 //! pinned to CPU 1 (when there are two CPUs); the servers take turns within each round, rounds
@@ -63,8 +64,8 @@ impl Server {
         let addr = addr.to_string();
         match self {
             Server::Wsloop => vec![path(&bins.join("wsloop")), "--addr".into(), addr],
-            Server::Tungstenite => vec![path(&bins.join("examples/peer_tokio_tungstenite")), addr],
-            Server::Fastws => vec![path(&bins.join("examples/peer_fastwebsockets")), addr],
+            Server::Tungstenite => vec![path(&bins.join("peer_tokio_tungstenite")), addr],
+            Server::Fastws => vec![path(&bins.join("peer_fastwebsockets")), addr],
         }
     }
 }
@@ -391,14 +392,13 @@ fn build() {
         .args([
             "build",
             "--release",
-            "--bin",
+            "--package",
             "wsloop",
-            "--bin",
+            "--package",
             "wsload",
-            "--example",
-            "peer_tokio_tungstenite",
-            "--example",
-            "peer_fastwebsockets",
+            "--package",
+            "wsloop-peers",
+            "--bins",
         ])
         .status()
         .expect("run cargo build");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # wss:// measurements (benches/README.md, section "TLS"): wsloop against tokio-tungstenite +
-# tokio-rustls (examples/tokio_wss_echo.rs), same certificate, both on 127.0.0.1.
+# tokio-rustls (crates/peers/src/bin/tokio_wss_echo.rs), same certificate, both on 127.0.0.1.
 # Each server is pinned to CPU 0 and the client (examples/wss_bench.rs) to CPU 1; a fresh
 # server per point; every point twice. Servers are stopped by PID.
 #
@@ -15,7 +15,8 @@ ROUNDS=${ROUNDS:-2}
 HOLD=${HOLD:-10000}
 what=${1:-tls}
 
-cargo build --release --quiet --bin wsloop --example wss_bench --example tokio_wss_echo
+cargo build --release --quiet --bin wsloop --example wss_bench
+cargo build --release --quiet --package wsloop-peers --bin tokio_wss_echo
 bench=target/release/examples/wss_bench
 tmp=$(mktemp -d)
 pid=""
@@ -38,7 +39,7 @@ start() {
   local name=$1 tls=$2 bin=${3:-target/release/wsloop} tlsargs=()
   [[ $tls == yes ]] && tlsargs=(--tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem")
   case $name in
-    tokio) taskset -c 0 target/release/examples/tokio_wss_echo "$addr" "${tlsargs[@]}" >"$tmp/out" 2>&1 & ;;
+    tokio) taskset -c 0 target/release/tokio_wss_echo "$addr" "${tlsargs[@]}" >"$tmp/out" 2>&1 & ;;
     *) taskset -c 0 "$bin" --addr "$addr" --max-conns 20000 --idle-timeout 0 --ping-interval 0 \
          "${tlsargs[@]}" >"$tmp/out" 2>&1 & ;;
   esac

@@ -9,7 +9,7 @@
 //! keeps it from depending on a default).
 //!
 //! ```sh
-//! cargo run --release --example peer_fastwebsockets -- 127.0.0.1:9003
+//! cargo run --release -p wsloop-peers --bin peer_fastwebsockets -- 127.0.0.1:9003
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

@@ -8,7 +8,7 @@
 //! `TCP_NODELAY` on, as wsloop sets it on every connection.
 //!
 //! ```sh
-//! cargo run --release --example peer_tokio_tungstenite -- 127.0.0.1:9002
+//! cargo run --release -p wsloop-peers --bin peer_tokio_tungstenite -- 127.0.0.1:9002
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

@@ -3,7 +3,7 @@
 //! rustls provider (ring) as wsloop. Without `--tls-cert`: plain ws://.
 //!
 //! ```sh
-//! cargo run --release --example tokio_wss_echo -- 127.0.0.1:9444 --tls-cert cert.pem --tls-key key.pem
+//! cargo run --release -p wsloop-peers --bin tokio_wss_echo -- 127.0.0.1:9444 --tls-cert cert.pem --tls-key key.pem
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
