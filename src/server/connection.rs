@@ -74,8 +74,6 @@ pub struct Connection {
     pub out: OutQueue,
     /// Bytes queued for it in this turn's outbox.
     pub corked: usize,
-    /// The deadline the timer heap holds for this connection's phase ([`Tick::NONE`]: none).
-    pub deadline: Tick,
     /// When bytes last arrived.
     pub last_seen: Tick,
     /// The close code to report to the application when the connection ends.
@@ -120,7 +118,6 @@ impl Connection {
             decoder: Decoder::new(),
             out: OutQueue::default(),
             corked: 0,
-            deadline: Tick::NONE,
             last_seen: now,
             close_code: None,
             app_open: false,
