@@ -19,7 +19,7 @@ use crate::server::client_addr::{client_ip, Cidr};
 use crate::server::compression::ConnDeflate;
 use crate::server::config::ProxyMode;
 use crate::server::connection::{Connection, Phase};
-use crate::server::http::{error_response, ok_response};
+use crate::server::http::{error_response, ok_response, Response};
 use crate::server::metrics;
 use crate::server::stats::RejectReason;
 
@@ -164,9 +164,8 @@ impl Core {
             }
             let keep_alive = req.keep_alive() && !self.shutting_down;
             let response = self.plain_http(key, &req, keep_alive);
-            let closes = !keep_alive || !response.starts_with(b"HTTP/1.1 200");
-            self.queue(key, &[&response]);
-            if closes {
+            self.queue_response(key, &response);
+            if !keep_alive || response.closes() {
                 self.linger(key);
                 return;
             }
@@ -180,12 +179,18 @@ impl Core {
         }
     }
 
-    pub(super) fn plain_http(
-        &mut self,
-        key: usize,
-        req: &RequestHead<'_, '_>,
-        keep_alive: bool,
-    ) -> Vec<u8> {
+    /// Corks a plain-HTTP answer: its own bytes, then the shared file body without a copy.
+    fn queue_response(&mut self, key: usize, response: &Response) {
+        self.queue(key, &[&response.bytes]);
+        if let Some(body) = &response.shared_body {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.corked += body.len();
+                self.outbox.push_shared(key, body, 0);
+            }
+        }
+    }
+
+    fn plain_http(&mut self, key: usize, req: &RequestHead<'_, '_>, keep_alive: bool) -> Response {
         self.stats.http_requests += 1;
         let path = req.target.split('?').next().unwrap_or_default();
         let head_only = req.method == "HEAD";
@@ -197,30 +202,23 @@ impl Core {
         };
         if path == "/metrics" && metrics_here && matches!(req.method, "GET" | "HEAD") {
             let text = metrics::render(&self.stats, &self.rooms);
-            return ok_response(
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                head_only,
-                keep_alive,
-            );
+            let content_type = "text/plain; version=0.0.4; charset=utf-8";
+            let bytes = ok_response(content_type, text.as_bytes(), head_only, keep_alive);
+            return Response::owned(200, bytes);
         }
         if metrics_only {
-            return error_response(404, &[]);
+            return Response::owned(404, error_response(404, &[]));
         }
         if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
             let json = match &self.member {
                 Some(member) => member.stats_json(&self.stats),
                 None => self.stats.to_json(),
             };
-            return ok_response(
-                "application/json",
-                json.as_bytes(),
-                req.method == "HEAD",
-                keep_alive,
-            );
+            let bytes = ok_response("application/json", json.as_bytes(), head_only, keep_alive);
+            return Response::owned(200, bytes);
         }
         self.static_files
-            .respond(req.method, req.target, keep_alive)
+            .respond(req.method, req.target, keep_alive, self.now)
     }
 
     /// Validates an upgrade and asks the application; on success the connection is open.
