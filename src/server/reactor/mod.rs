@@ -35,7 +35,7 @@ use crate::server::app::{ConnId, Context, Handler, Message};
 use crate::server::broker::Inbox;
 use crate::server::compression::SharedContexts;
 use crate::server::config::Config;
-use crate::server::connection::Connection;
+use crate::server::connection::{Connection, Phase};
 use crate::server::handle::{Command, ServerHandle};
 use crate::server::http::StaticFiles;
 use crate::server::listen;
@@ -459,10 +459,16 @@ impl<H: Handler> Reactor<H> {
                 self.core.reaccount(key);
                 continue;
             }
-            if conn.buffered_amount() > self.core.config.max_backpressure {
+            if conn.over_backpressure(self.core.config.max_backpressure) {
                 // Stop reading: TCP pushes back on a peer that sends but does not read.
                 conn.read_paused = true;
                 return;
+            }
+            if matches!(&conn.phase, Phase::Head(head) if head.held) {
+                // Answer the requests read before the pause before reading more.
+                self.core.on_head_bytes(&mut self.app, key);
+                self.core.reaccount(key);
+                continue;
             }
             // TLS: ciphertext into the upper half, plaintext drained into the lower half.
             let tls = conn.tls.is_some();
