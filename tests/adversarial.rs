@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    client_frame, expect_close, raw_upgraded, read_http_head, read_server_frame, read_to_close,
-    rss_kib, stats, upgrade_request, ServerProcess,
+    client_frame, expect_close, raw_echo, raw_upgraded, read_http_head, read_server_frame,
+    read_to_close, rss_kib, stats, upgrade_request, ServerProcess,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -70,16 +70,6 @@ fn wait_for(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends a text message on a raw upgraded stream and checks the echo.
-fn raw_echo(stream: &mut TcpStream, text: &str) {
-    stream
-        .write_all(&client_frame(true, 0x1, text.as_bytes()))
-        .expect("send text");
-    let (first, payload) = read_server_frame(stream).expect("echo frame");
-    assert_eq!(first, 0x81, "echo must be one final text frame");
-    assert_eq!(payload, text.as_bytes());
 }
 
 /// A fresh connection still upgrades and echoes: the abuse before it hurt no one else.

@@ -27,6 +27,10 @@ pub struct HeadState {
     pub proxy_done: bool,
     /// The client address a trusted PROXY header gave.
     pub client: Option<std::net::SocketAddr>,
+    /// Whether `buf` holds requests read but not answered yet, because the answers before
+    /// them still wait for the socket (see [`Connection::over_backpressure`]); they are
+    /// answered before anything more is read.
+    pub held: bool,
 }
 
 /// Per-connection message and byte budgets, allocated only for connections that send while
@@ -74,8 +78,6 @@ pub struct Connection {
     pub out: OutQueue,
     /// Bytes queued for it in this turn's outbox.
     pub corked: usize,
-    /// The deadline the timer heap holds for this connection's phase ([`Tick::NONE`]: none).
-    pub deadline: Tick,
     /// When bytes last arrived.
     pub last_seen: Tick,
     /// The close code to report to the application when the connection ends.
@@ -120,7 +122,6 @@ impl Connection {
             decoder: Decoder::new(),
             out: OutQueue::default(),
             corked: 0,
-            deadline: Tick::NONE,
             last_seen: now,
             close_code: None,
             app_open: false,
@@ -142,12 +143,22 @@ impl Connection {
         self.out.len() + self.corked
     }
 
-    /// Bytes it holds in its send queue, partial message and own deflate contexts: what the
-    /// memory budget counts.
+    /// Whether its unsent output is over `max_backpressure`: then it reads nothing more and
+    /// answers no more requests until the socket took enough.
+    pub fn over_backpressure(&self, max_backpressure: usize) -> bool {
+        self.buffered_amount() > max_backpressure
+    }
+
+    /// Bytes it holds in its send queue, request head buffer, partial message and own deflate
+    /// contexts: what the memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
-        (self.out.len() + self.decoder.buffered() + deflate + backlog) as u64
+        let head = match &self.phase {
+            Phase::Head(head) => head.buf.capacity(),
+            _ => 0,
+        };
+        (self.out.len() + head + self.decoder.buffered() + deflate + backlog) as u64
     }
 
     /// Whether the application may send to it.

@@ -1,9 +1,12 @@
-//! One timer structure for every connection deadline: a min-heap of `(deadline, key, serial)`.
+//! Timers: a min-heap of `(deadline, key, serial)` ([`Timers`]), and over it the one deadline
+//! each connection has in its current phase ([`Deadlines`]: handshake or keep-alive, idle,
+//! close-wait).
 //!
-//! A connection keeps the one deadline that matters in its current phase (handshake, idle or
-//! close-wait); re-arming pushes a new entry and leaves the old one in the heap. A popped entry
-//! whose connection is gone, or whose deadline no longer matches, is stale and ignored
-//! (spurious timeouts are no-ops), so nothing ever has to be removed from the middle.
+//! Nothing is ever removed from the middle of the heap. A popped entry whose connection is
+//! gone is stale and ignored (spurious timeouts are no-ops). [`Deadlines`] keeps at most one
+//! live entry per connection however often it is re-armed: a later deadline keeps the entry
+//! already queued, which wakes early and is queued again at the deadline then current; only
+//! an earlier deadline pushes another (and the one it overtakes is ignored when it pops).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -95,6 +98,92 @@ impl Timers {
     }
 }
 
+/// Each connection's one deadline, with at most one live heap entry per connection.
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    heap: Timers,
+    /// Per slab key: the deadline and the heap entry that wakes for it.
+    slots: Vec<Slot>,
+}
+
+/// One connection's deadline and its heap entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    /// The connection holding this slab key (entries of an earlier one are stale).
+    serial: u32,
+    /// When the connection's phase times out ([`Tick::NONE`]: not armed).
+    deadline: Tick,
+    /// The tick of the live heap entry for it ([`Tick::NONE`]: none), never after `deadline`.
+    queued: Tick,
+}
+
+impl Deadlines {
+    /// Sets connection `key`'s (with `serial`) deadline to `at`. Pushes a heap entry only when
+    /// none is queued at or before `at`, so a deadline pushed back on every keep-alive request
+    /// costs no memory.
+    pub fn arm(&mut self, key: usize, serial: u32, at: Tick) {
+        if self.slots.len() <= key {
+            self.slots.resize(key + 1, Slot::default());
+        }
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if slot.serial != serial {
+            // A new connection in this slot: the old one's entries are stale.
+            *slot = Slot {
+                serial,
+                ..Slot::default()
+            };
+        }
+        slot.deadline = at;
+        if slot.queued == Tick::NONE || at < slot.queued {
+            slot.queued = at;
+            self.heap.schedule(at, key, serial);
+        }
+    }
+
+    /// The next time to wake up, for the poll timeout (possibly before any deadline is due).
+    pub fn next_deadline(&self) -> Option<Tick> {
+        self.heap.next_deadline()
+    }
+
+    /// The next connection whose deadline has passed at `now`, as (key, serial); its deadline
+    /// is cleared. Entries that woke early are queued again at their connection's deadline.
+    pub fn pop_due(&mut self, now: Tick) -> Option<(usize, u32)> {
+        while let Some((at, key, serial)) = self.heap.pop_due(now) {
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.serial != serial || slot.queued != at {
+                continue; // Stale: an earlier connection's, or overtaken by an earlier deadline.
+            }
+            slot.queued = Tick::NONE;
+            if slot.deadline == Tick::NONE {
+                continue;
+            }
+            if slot.deadline > now {
+                // Re-armed to a later deadline since this entry was queued.
+                slot.queued = slot.deadline;
+                self.heap.schedule(slot.deadline, key, serial);
+                continue;
+            }
+            slot.deadline = Tick::NONE;
+            return Some((key, serial));
+        }
+        None
+    }
+
+    /// Entries in the heap (stale ones included).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Whether no entry is pending.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +220,58 @@ mod tests {
             Duration::from_millis(1)
         );
         assert_eq!(t.since(t.after(Duration::from_secs(1))), Duration::ZERO);
+    }
+
+    /// Issue 19 item 14: a deadline pushed back 100 000 times (one keep-alive request each)
+    /// keeps one heap entry, which wakes early, is queued again, and fires at the last deadline.
+    #[test]
+    fn later_deadlines_keep_one_entry() {
+        let t0 = Clock::new(Instant::now()).tick(Instant::now());
+        let ms = |n| t0.after(Duration::from_millis(n));
+        let mut deadlines = Deadlines::default();
+        for n in 0..100_000 {
+            deadlines.arm(3, 7, ms(10_000 + n));
+        }
+        deadlines.arm(4, 1, ms(200_000));
+        assert_eq!(deadlines.len(), 2, "one entry per connection");
+        assert_eq!(
+            deadlines.pop_due(ms(10_000)),
+            None,
+            "woke early: queued again"
+        );
+        assert_eq!(deadlines.len(), 2);
+        assert_eq!(deadlines.next_deadline(), Some(ms(10_000 + 99_999)));
+        assert_eq!(deadlines.pop_due(ms(10_000 + 99_999)), Some((3, 7)));
+        assert_eq!(deadlines.pop_due(ms(199_999)), None);
+        assert_eq!(deadlines.pop_due(ms(200_000)), Some((4, 1)));
+        assert!(deadlines.is_empty());
+    }
+
+    /// An earlier deadline pushes an entry and fires on time; the entry it overtook is
+    /// ignored, as are entries of an earlier connection in the same slot.
+    #[test]
+    fn earlier_deadlines_and_reused_slots() {
+        let t0 = Clock::new(Instant::now()).tick(Instant::now());
+        let ms = |n| t0.after(Duration::from_millis(n));
+        let mut deadlines = Deadlines::default();
+        deadlines.arm(0, 1, ms(500));
+        deadlines.arm(0, 1, ms(100));
+        assert_eq!(deadlines.len(), 2);
+        assert_eq!(deadlines.pop_due(ms(100)), Some((0, 1)));
+        assert_eq!(
+            deadlines.pop_due(ms(1000)),
+            None,
+            "the overtaken entry is stale"
+        );
+        // Slot 0 reused by connection 2 before connection 1's entry pops.
+        deadlines.arm(0, 1, ms(2000));
+        deadlines.arm(0, 2, ms(3000));
+        assert_eq!(
+            deadlines.pop_due(ms(2000)),
+            None,
+            "connection 1's entry is stale"
+        );
+        assert_eq!(deadlines.pop_due(ms(3000)), Some((0, 2)));
+        assert!(deadlines.is_empty());
     }
 }

@@ -140,6 +140,16 @@ pub fn raw_upgraded(server: &ServerProcess, path: &str) -> TcpStream {
     stream
 }
 
+/// Sends a text message on a raw upgraded stream and checks the echo.
+pub fn raw_echo(stream: &mut TcpStream, text: &str) {
+    stream
+        .write_all(&client_frame(true, 0x1, text.as_bytes()))
+        .expect("send text");
+    let (first, payload) = read_server_frame(stream).expect("echo frame");
+    assert_eq!(first, 0x81, "echo must be one final text frame");
+    assert_eq!(payload, text.as_bytes());
+}
+
 /// Encodes one masked client frame.
 pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     client_frame_raw(if fin { 0x80 } else { 0 } | opcode, payload)

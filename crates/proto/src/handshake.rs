@@ -27,10 +27,16 @@ pub enum HandshakeError {
     NotGet,
     /// No `Host` header (400).
     MissingHost,
+    /// More than one `Host` header (400).
+    DuplicateHost,
+    /// A body announced by `Transfer-Encoding` or a non-zero `Content-Length` (400).
+    HasBody,
     /// `Connection` does not list the `Upgrade` token (400).
     MissingConnectionUpgrade,
     /// No valid `Sec-WebSocket-Key`: absent, or not 16 bytes in base64 (400).
     BadKey,
+    /// More than one `Sec-WebSocket-Key` header (400).
+    DuplicateKey,
     /// `Sec-WebSocket-Version` is absent or not 13 (426 with `Sec-WebSocket-Version: 13`).
     UnsupportedVersion,
 }
@@ -54,8 +60,11 @@ impl HandshakeError {
             HandshakeError::OldHttpVersion => "HTTP version before 1.1",
             HandshakeError::NotGet => "upgrade with a method other than GET",
             HandshakeError::MissingHost => "missing Host header",
+            HandshakeError::DuplicateHost => "more than one Host header",
+            HandshakeError::HasBody => "request with a body",
             HandshakeError::MissingConnectionUpgrade => "Connection header lacks Upgrade",
             HandshakeError::BadKey => "invalid Sec-WebSocket-Key",
+            HandshakeError::DuplicateKey => "more than one Sec-WebSocket-Key",
             HandshakeError::UnsupportedVersion => "unsupported Sec-WebSocket-Version",
         }
     }
@@ -172,6 +181,14 @@ impl<'a, 'h> RequestHead<'a, 'h> {
             .map(|h| h.value)
     }
 
+    /// How many header lines are named `name` (case-insensitive).
+    pub fn count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    }
+
     /// Every value of the headers named `name`, as comma-separated tokens, trimmed.
     pub fn tokens<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
         self.headers
@@ -246,7 +263,32 @@ pub struct Upgrade<'a> {
     pub key: &'a str,
 }
 
-/// Checks a request against RFC 6455 §4.2.1.
+/// Checks what every request must satisfy, plain or upgrade: wsloop answers no request with a
+/// body, and the bytes after a head are always the next request (or the first frames), so a
+/// body must never be left to be read as one.
+///
+/// # Errors
+/// [`HandshakeError::DuplicateHost`] or [`HandshakeError::HasBody`].
+pub fn validate_request(req: &RequestHead<'_, '_>) -> Result<(), HandshakeError> {
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+    // request message that contains more than one Host header field line".
+    if req.count("host") > 1 {
+        return Err(HandshakeError::DuplicateHost);
+    }
+    // RFC 9112 §6.3: a message body is framed by Transfer-Encoding or Content-Length. None is
+    // read here, so one announced is refused (and the connection closed) rather than parsed
+    // as the next request.
+    let nonzero_length = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value != "0");
+    if nonzero_length || req.count("transfer-encoding") > 0 {
+        return Err(HandshakeError::HasBody);
+    }
+    Ok(())
+}
+
+/// Checks a request against RFC 6455 §4.2.1 (and [`validate_request`]).
 ///
 /// # Errors
 /// The first rule the request breaks; [`HandshakeError::status`] gives the answer.
@@ -258,6 +300,7 @@ pub fn validate_upgrade<'a>(req: &RequestHead<'a, '_>) -> Result<Upgrade<'a>, Ha
     if req.minor_version < 1 {
         return Err(HandshakeError::OldHttpVersion);
     }
+    validate_request(req)?;
     // (2) "A |Host| header field".
     if req.header("host").is_none_or(str::is_empty) {
         return Err(HandshakeError::MissingHost);
@@ -273,6 +316,11 @@ pub fn validate_upgrade<'a>(req: &RequestHead<'a, '_>) -> Result<Upgrade<'a>, Ha
     // key so a client of another version learns which one we speak (426).
     if req.header("sec-websocket-version") != Some("13") {
         return Err(HandshakeError::UnsupportedVersion);
+    }
+    // §11.3.1: "The |Sec-WebSocket-Key| header field MUST NOT appear more than once in an
+    // HTTP request."
+    if req.count("sec-websocket-key") > 1 {
+        return Err(HandshakeError::DuplicateKey);
     }
     // (5) "a base64-encoded value that, when decoded, is 16 bytes in length".
     let key = req
@@ -331,6 +379,11 @@ mod tests {
         let mut headers = [EMPTY_HEADER; 32];
         let head = RequestHead::parse(req.as_bytes(), &mut headers)?;
         validate_upgrade(&head).map(|_| ())
+    }
+
+    fn plain(req: &str) -> Result<(), HandshakeError> {
+        let mut headers = [EMPTY_HEADER; 32];
+        validate_request(&RequestHead::parse(req.as_bytes(), &mut headers)?)
     }
 
     #[test]
@@ -434,6 +487,51 @@ mod tests {
         assert_eq!(HandshakeError::UnsupportedVersion.status(), 426);
         assert_eq!(HandshakeError::HeadTooLarge.status(), 431);
         assert_eq!(HandshakeError::BadKey.status(), 400);
+    }
+
+    /// RFC 9112 §3.2 and RFC 6455 §11.3.1: a repeated `Host` or `Sec-WebSocket-Key` is a bad
+    /// request, whatever the case of the second name and whether the values agree.
+    #[test]
+    fn duplicate_host_or_key_refused() {
+        let cases = [
+            ("Host: server.example.com\r\n", "Host: a\r\nhost: a\r\n"),
+            ("Host: server.example.com\r\n", "Host: a\r\nHOST: b\r\n"),
+        ];
+        for (from, to) in cases {
+            let req = REQ.replacen(from, to, 1);
+            assert_eq!(check(&req), Err(HandshakeError::DuplicateHost), "{to}");
+            assert_eq!(plain(&req), Err(HandshakeError::DuplicateHost), "{to}");
+        }
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        for second in [key, "sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"] {
+            let req = REQ.replacen(key, &format!("{key}{second}"), 1);
+            assert_eq!(check(&req), Err(HandshakeError::DuplicateKey), "{second}");
+        }
+        assert_eq!(HandshakeError::DuplicateHost.status(), 400);
+        assert_eq!(HandshakeError::DuplicateKey.status(), 400);
+    }
+
+    /// RFC 9112 §6.3: any announced body is refused, plain request or upgrade; an explicit
+    /// `Content-Length: 0` is no body.
+    #[test]
+    fn requests_with_a_body_refused() {
+        let at = "Origin:";
+        for header in [
+            "Content-Length: 5",
+            "content-length: 0\r\nContent-Length: 1",
+            "Content-Length: 00",
+            "Content-Length: -0",
+            "Transfer-Encoding: chunked",
+            "transfer-encoding: identity",
+        ] {
+            let req = REQ.replacen(at, &format!("{header}\r\n{at}"), 1);
+            assert_eq!(check(&req), Err(HandshakeError::HasBody), "{header}");
+            assert_eq!(plain(&req), Err(HandshakeError::HasBody), "{header}");
+        }
+        let empty = REQ.replacen(at, &format!("Content-Length: 0\r\n{at}"), 1);
+        assert_eq!((check(&empty), plain(&empty)), (Ok(()), Ok(())));
+        assert_eq!(plain(REQ), Ok(()));
+        assert_eq!(HandshakeError::HasBody.status(), 400);
     }
 
     #[test]

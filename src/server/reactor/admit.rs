@@ -10,7 +10,8 @@ use mio::{Interest, Token};
 
 use crate::protocol::deflate::negotiate;
 use crate::protocol::handshake::{
-    validate_upgrade, write_accept_response, HandshakeError, RequestHead, EMPTY_HEADER,
+    validate_request, validate_upgrade, write_accept_response, HandshakeError, HeadScanner,
+    RequestHead, EMPTY_HEADER,
 };
 use crate::protocol::proxy::{self, ProxyHeader};
 use crate::server::admission::origin_allowed;
@@ -18,8 +19,8 @@ use crate::server::app::{Context, Decision, Handler, Request};
 use crate::server::client_addr::{client_ip, Cidr};
 use crate::server::compression::ConnDeflate;
 use crate::server::config::ProxyMode;
-use crate::server::connection::{Connection, Phase};
-use crate::server::http::{error_response, ok_response};
+use crate::server::connection::{Connection, HeadState, Phase};
+use crate::server::http::{error_response, ok_response, Response};
 use crate::server::metrics;
 use crate::server::stats::RejectReason;
 
@@ -100,96 +101,163 @@ impl Core {
 
     /// Handles the request head(s) collected so far: plain HTTP requests (possibly several,
     /// pipelined on a keep-alive connection) and at most one upgrade.
+    ///
+    /// Requests are answered only while the connection's unsent output stays within
+    /// `--max-backpressure`. Past it, the rest stays in the head buffer (at most about one
+    /// read: reading pauses, and the buffer counts in the memory budget) and is answered when
+    /// the output has drained, before anything more is read.
     pub(super) fn on_head_bytes<H: Handler>(&mut self, app: &mut H, key: usize) {
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            let Phase::Head(head) = &mut conn.phase else {
-                return;
-            };
-            if !head.proxy_done
-                && self.config.proxy_protocol != ProxyMode::Off
-                && !conn.metrics_only
-            {
-                let peer = conn.socket.peer_addr().map(|a| a.ip()).ok();
-                let trusted = peer.is_some_and(|ip| trusted_peer(&self.config.trusted_proxies, ip));
-                match proxy::parse(&head.buf) {
-                    Ok(ProxyHeader::Partial) => return,
-                    Ok(ProxyHeader::Absent)
-                        if self.config.proxy_protocol == ProxyMode::Optional =>
-                    {
-                        head.proxy_done = true;
-                    }
-                    Ok(ProxyHeader::Found { len, source }) if trusted => {
-                        head.buf.drain(..len.min(head.buf.len()));
-                        head.client = source;
-                        head.proxy_done = true;
-                    }
-                    outcome => {
-                        debug!("#{key}: PROXY header refused from {peer:?}: {outcome:?}");
-                        self.stats.reject(RejectReason::Proxy);
-                        self.kill(key);
-                        return;
-                    }
-                }
-                continue;
-            }
-            let end = match head.scanner.scan(&head.buf, self.config.max_head) {
-                Ok(Some(end)) => end,
-                Ok(None) => return,
-                Err(e) => {
-                    self.refuse(key, e);
-                    return;
-                }
-            };
-            let Phase::Head(mut head) = std::mem::replace(&mut conn.phase, Phase::Linger) else {
-                return;
-            };
-            let mut rest = head.buf.split_off(end);
-            let mut headers = [EMPTY_HEADER; MAX_HEADERS];
-            let req = match RequestHead::parse(&head.buf, &mut headers) {
-                Ok(req) => req,
-                Err(e) => {
-                    self.refuse(key, e);
-                    return;
-                }
-            };
-            if req.wants_websocket() {
-                if self.upgrade(app, key, &req, head.client) {
-                    // Bytes after the head are the first frames: decode them now.
-                    self.on_frames(app, key, &mut rest);
-                }
-                return;
-            }
-            let keep_alive = req.keep_alive() && !self.shutting_down;
-            let response = self.plain_http(key, &req, keep_alive);
-            let closes = !keep_alive || !response.starts_with(b"HTTP/1.1 200");
-            self.queue(key, &[&response]);
-            if closes {
-                self.linger(key);
-                return;
-            }
-            // Keep-alive: the next request may already be in `rest`.
-            head.buf = rest;
-            head.scanner = Default::default();
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.phase = Phase::Head(head);
-            }
+        if !self.proxy_header_done(key) {
+            return;
+        }
+        let Some(mut head) = self.take_head(key) else {
+            return;
+        };
+        let Some(answered) = self.answer_heads(app, key, &mut head) else {
+            return; // Upgraded, refused or closing: the head is done with.
+        };
+        if answered > 0 {
+            head.buf.drain(..answered.min(head.buf.len()));
+            // An idle keep-alive connection holds no buffer; a held one only its unread rest.
+            head.buf.shrink_to_fit();
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            // Held: read nothing more until the output drained (`after_write` resumes).
+            conn.read_paused |= head.held;
+            conn.phase = Phase::Head(head);
+        }
+        if answered > 0 {
+            // Keep-alive: the next request gets the same time as the first.
             self.arm(key, self.tick.after(self.config.handshake_timeout));
         }
     }
 
-    pub(super) fn plain_http(
+    /// Whether the PROXY protocol header (when one is expected) has been dealt with; false
+    /// while it is incomplete or when it was refused (the connection is then closed).
+    fn proxy_header_done(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let Phase::Head(head) = &mut conn.phase else {
+            return false;
+        };
+        if head.proxy_done || self.config.proxy_protocol == ProxyMode::Off || conn.metrics_only {
+            return true;
+        }
+        let peer = conn.socket.peer_addr().map(|a| a.ip()).ok();
+        let trusted = peer.is_some_and(|ip| trusted_peer(&self.config.trusted_proxies, ip));
+        match proxy::parse(&head.buf) {
+            Ok(ProxyHeader::Partial) => return false,
+            Ok(ProxyHeader::Absent) if self.config.proxy_protocol == ProxyMode::Optional => {}
+            Ok(ProxyHeader::Found { len, source }) if trusted => {
+                head.buf.drain(..len.min(head.buf.len()));
+                head.client = source;
+            }
+            outcome => {
+                debug!("#{key}: PROXY header refused from {peer:?}: {outcome:?}");
+                self.stats.reject(RejectReason::Proxy);
+                self.kill(key);
+                return false;
+            }
+        }
+        head.proxy_done = true;
+        true
+    }
+
+    /// Takes the request head state out of a connection still reading one (its phase says
+    /// `Linger` meanwhile), so that requests can borrow its bytes while the core answers.
+    fn take_head(&mut self, key: usize) -> Option<Box<HeadState>> {
+        let conn = self.conns.get_mut(key)?;
+        match std::mem::replace(&mut conn.phase, Phase::Linger) {
+            Phase::Head(head) => Some(head),
+            other => {
+                conn.phase = other;
+                None
+            }
+        }
+    }
+
+    /// Answers the complete requests at the front of `head.buf`, in order, while the output
+    /// stays within `--max-backpressure`; sets `head.held` when it stopped for that. Returns
+    /// the bytes answered, or `None` once the connection reads no more requests (upgraded,
+    /// refused, closing).
+    fn answer_heads<H: Handler>(
         &mut self,
+        app: &mut H,
         key: usize,
-        req: &RequestHead<'_, '_>,
-        keep_alive: bool,
-    ) -> Vec<u8> {
+        head: &mut HeadState,
+    ) -> Option<usize> {
+        let mut answered = 0;
+        loop {
+            let conn = self.conns.get(key)?;
+            head.held = conn.over_backpressure(self.config.max_backpressure);
+            if head.held {
+                return Some(answered);
+            }
+            let metrics_only = conn.metrics_only;
+            let unread = head.buf.get_mut(answered..).unwrap_or_default();
+            let end = match head.scanner.scan(unread, self.config.max_head) {
+                Ok(Some(end)) => end,
+                Ok(None) => return Some(answered),
+                Err(e) => {
+                    self.refuse(key, e);
+                    return None;
+                }
+            };
+            let (request, rest) = unread.split_at_mut_checked(end)?;
+            let mut headers = [EMPTY_HEADER; MAX_HEADERS];
+            let req = match RequestHead::parse(request, &mut headers) {
+                Ok(req) => req,
+                Err(e) => {
+                    self.refuse(key, e);
+                    return None;
+                }
+            };
+            if req.wants_websocket() && !metrics_only {
+                if self.upgrade(app, key, &req, head.client) {
+                    // Bytes after the head are the first frames: decode them now.
+                    self.on_frames(app, key, rest);
+                }
+                return None;
+            }
+            if let Err(e) = validate_request(&req) {
+                self.refuse(key, e);
+                return None;
+            }
+            let keep_alive = req.keep_alive() && !self.shutting_down;
+            let response = self.plain_http(key, &req, keep_alive);
+            self.queue_response(key, &response);
+            if !keep_alive || response.closes() {
+                self.linger(key);
+                return None;
+            }
+            answered += end;
+            head.scanner = HeadScanner::default();
+        }
+    }
+
+    /// Corks a plain-HTTP answer: its own bytes, then the shared file body without a copy.
+    fn queue_response(&mut self, key: usize, response: &Response) {
+        self.queue(key, &[&response.bytes]);
+        if let Some(body) = &response.shared_body {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.corked += body.len();
+                self.outbox.push_shared(key, body, 0);
+            }
+        }
+    }
+
+    fn plain_http(&mut self, key: usize, req: &RequestHead<'_, '_>, keep_alive: bool) -> Response {
         self.stats.http_requests += 1;
         let path = req.target.split('?').next().unwrap_or_default();
         let head_only = req.method == "HEAD";
         let metrics_only = self.conns.get(key).is_some_and(|c| c.metrics_only);
+        if metrics_only && req.wants_websocket() {
+            // The metrics listener skips the PROXY header and the handshake rate: it never
+            // upgrades.
+            debug!("#{key}: WebSocket upgrade on the metrics listener: 404");
+            return Response::owned(404, error_response(404, &[]));
+        }
         let metrics_here = if metrics_only {
             true
         } else {
@@ -197,30 +265,23 @@ impl Core {
         };
         if path == "/metrics" && metrics_here && matches!(req.method, "GET" | "HEAD") {
             let text = metrics::render(&self.stats, &self.rooms);
-            return ok_response(
-                "text/plain; version=0.0.4; charset=utf-8",
-                text.as_bytes(),
-                head_only,
-                keep_alive,
-            );
+            let content_type = "text/plain; version=0.0.4; charset=utf-8";
+            let bytes = ok_response(content_type, text.as_bytes(), head_only, keep_alive);
+            return Response::owned(200, bytes);
         }
         if metrics_only {
-            return error_response(404, &[]);
+            return Response::owned(404, error_response(404, &[]));
         }
         if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
             let json = match &self.member {
                 Some(member) => member.stats_json(&self.stats),
                 None => self.stats.to_json(),
             };
-            return ok_response(
-                "application/json",
-                json.as_bytes(),
-                req.method == "HEAD",
-                keep_alive,
-            );
+            let bytes = ok_response("application/json", json.as_bytes(), head_only, keep_alive);
+            return Response::owned(200, bytes);
         }
         self.static_files
-            .respond(req.method, req.target, keep_alive)
+            .respond(req.method, req.target, keep_alive, self.now)
     }
 
     /// Validates an upgrade and asks the application; on success the connection is open.

@@ -11,7 +11,6 @@ use crate::protocol::frame::OpCode;
 use crate::protocol::CloseCode;
 use crate::server::app::Handler;
 use crate::server::connection::Phase;
-use crate::server::timer::Tick;
 
 use super::Core;
 
@@ -93,14 +92,10 @@ impl Core {
                 self.ready.push(key);
             }
         }
-        while let Some((at, key, serial)) = self.timers.pop_due(self.tick) {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
+        while let Some((key, serial)) = self.timers.pop_due(self.tick) {
+            let Some(conn) = self.conns.get(key).filter(|c| c.serial == serial) else {
+                continue; // Gone since it was armed.
             };
-            if conn.serial != serial || conn.deadline != at {
-                continue; // Stale: re-armed or a different connection since.
-            }
-            conn.deadline = Tick::NONE;
             match conn.phase {
                 Phase::Head(_) => {
                     debug!("#{key}: handshake timeout");

@@ -35,7 +35,7 @@ use crate::server::app::{ConnId, Context, Handler, Message};
 use crate::server::broker::Inbox;
 use crate::server::compression::SharedContexts;
 use crate::server::config::Config;
-use crate::server::connection::Connection;
+use crate::server::connection::{Connection, Phase};
 use crate::server::handle::{Command, ServerHandle};
 use crate::server::http::StaticFiles;
 use crate::server::listen;
@@ -43,7 +43,7 @@ use crate::server::out_queue::Outbox;
 use crate::server::ratelimit::TokenBucket;
 use crate::server::rooms::Rooms;
 use crate::server::stats::Stats;
-use crate::server::timer::{Clock, Tick, Timers};
+use crate::server::timer::{Clock, Deadlines, Tick, Timers};
 use crate::server::workers::Member;
 
 mod admit;
@@ -79,7 +79,8 @@ pub struct Core {
     conns: Slab<Connection>,
     outbox: Outbox,
     pub(crate) rooms: Rooms,
-    timers: Timers,
+    /// Each connection's deadline (handshake or keep-alive, idle, close-wait).
+    timers: Deadlines,
     registry: Registry,
     static_files: StaticFiles,
     now: Instant,
@@ -164,7 +165,7 @@ impl<H: Handler> Reactor<H> {
                 conns: Slab::new(),
                 outbox: Outbox::default(),
                 rooms: Rooms::new(config.slow_consumer),
-                timers: Timers::default(),
+                timers: Deadlines::default(),
                 registry: poll.registry().try_clone()?,
                 static_files,
                 now,
@@ -458,10 +459,16 @@ impl<H: Handler> Reactor<H> {
                 self.core.reaccount(key);
                 continue;
             }
-            if conn.buffered_amount() > self.core.config.max_backpressure {
+            if conn.over_backpressure(self.core.config.max_backpressure) {
                 // Stop reading: TCP pushes back on a peer that sends but does not read.
                 conn.read_paused = true;
                 return;
+            }
+            if matches!(&conn.phase, Phase::Head(head) if head.held) {
+                // Answer the requests read before the pause before reading more.
+                self.core.on_head_bytes(&mut self.app, key);
+                self.core.reaccount(key);
+                continue;
             }
             // TLS: ciphertext into the upper half, plaintext drained into the lower half.
             let tls = conn.tls.is_some();
@@ -581,11 +588,10 @@ impl Core {
             .map(|_| key)
     }
 
-    /// Sets a connection's deadline and schedules it.
+    /// Sets a connection's deadline (replacing the one it had).
     fn arm(&mut self, key: usize, at: Tick) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.deadline = at;
-            self.timers.schedule(at, key, conn.serial);
+        if let Some(conn) = self.conns.get(key) {
+            self.timers.arm(key, conn.serial, at);
         }
     }
 
