@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
-use wsloop::server::config::{Cidr, ProxyMode, RatePolicy};
+use wsloop::server::config::{Cidr, ForwardedHeader, ProxyMode, RatePolicy};
 use wsloop::server::supervisor::{Supervisor, SUPERVISED_ADDR};
 use wsloop::server::{RedisConfig, RoomPolicy, Workers};
 use wsloop::{Config, EchoChat, TlsConfig, TlsError};
@@ -92,10 +92,15 @@ struct Args {
     /// PROXY protocol v1/v2 header on each connection: `required` or `optional`.
     #[arg(long, value_parser = ["required", "optional"])]
     proxy_protocol: Option<String>,
-    /// Peers (CIDR, repeatable) whose PROXY and Forwarded / X-Forwarded-For headers are
-    /// believed. Default: loopback only for PROXY; forwarding headers ignored.
+    /// Peers (CIDR, repeatable) whose PROXY header, and --forwarded-header, are believed.
+    /// Default: loopback only for PROXY; forwarding headers ignored.
     #[arg(long)]
     trusted_proxy: Vec<Cidr>,
+    /// The one forwarding header the --trusted-proxy peers write, `x-forwarded-for` or
+    /// `forwarded`, believed from them for the client address; the other is ignored. Unset:
+    /// no forwarding header is believed.
+    #[arg(long, requires = "trusted_proxy")]
+    forwarded_header: Option<ForwardedHeader>,
     /// Do not serve /metrics.
     #[arg(long)]
     no_metrics: bool,
@@ -209,6 +214,7 @@ impl Args {
                 None => ProxyMode::Off,
             },
             trusted_proxies: self.trusted_proxy.clone(),
+            forwarded_header: self.forwarded_header,
             metrics: !self.no_metrics,
             metrics_addr: self.metrics_addr,
             stats_interval: seconds(self.stats_interval),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
-pub use super::client_addr::Cidr;
+pub use super::client_addr::{Cidr, ForwardedHeader};
 pub use super::rooms::RoomPolicy;
 
 /// What a connection over `--max-msg-rate` gets.
@@ -79,9 +79,12 @@ pub struct Config {
     pub rate_policy: RatePolicy,
     /// PROXY protocol on accepted connections.
     pub proxy_protocol: ProxyMode,
-    /// Peers whose PROXY header and `Forwarded`/`X-Forwarded-For` headers are believed
-    /// (empty: loopback only).
+    /// Peers whose PROXY header is believed (empty: loopback only), and whose
+    /// `forwarded_header` is (empty: none).
     pub trusted_proxies: Vec<Cidr>,
+    /// The one forwarding header believed from `trusted_proxies`; `None`: no forwarding
+    /// header is believed, whoever sent it.
+    pub forwarded_header: Option<ForwardedHeader>,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
     /// Serve `/metrics` on this separate listener instead of the main port.
@@ -123,6 +126,7 @@ impl Default for Config {
             rate_policy: RatePolicy::Pause,
             proxy_protocol: ProxyMode::Off,
             trusted_proxies: Vec::new(),
+            forwarded_header: None,
             metrics: true,
             metrics_addr: None,
             stats_interval: None,

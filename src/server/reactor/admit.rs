@@ -309,29 +309,24 @@ impl Core {
         true
     }
 
-    /// The client's address: `Forwarded` / `X-Forwarded-For` are honoured only when
-    /// `--trusted-proxy` is set and only for hops it trusts.
+    /// The client's address: the `--forwarded-header` (joined over its lines, RFC 9110 §5.3)
+    /// is honoured only for hops in `--trusted-proxy`; any other forwarding header is not
+    /// read at all.
     pub(super) fn client_addr(&self, peer: SocketAddr, req: &RequestHead<'_, '_>) -> SocketAddr {
-        if self.config.trusted_proxies.is_empty() {
+        let Some(header) = self.config.forwarded_header else {
+            return peer;
+        };
+        let values: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(header.name()))
+            .map(|h| h.value)
+            .collect();
+        if values.is_empty() {
             return peer;
         }
-        let joined = |name: &str| {
-            let values: Vec<&str> = req
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value)
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
-        };
-        let forwarded = joined("forwarded");
-        let xff = joined("x-forwarded-for");
-        let ip = client_ip(
-            peer.ip(),
-            &self.config.trusted_proxies,
-            forwarded.as_deref(),
-            xff.as_deref(),
-        );
+        let list = values.join(", ");
+        let ip = client_ip(peer.ip(), &self.config.trusted_proxies, header, &list);
         SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
     }
 
