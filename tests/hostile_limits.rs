@@ -1,13 +1,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 //! Issue 19's limits under hostile clients, over loopback sockets against the real binary:
-//! the one trusted forwarding header. Each test starts its own server.
+//! the one trusted forwarding header, and deflate streams ending with a BFINAL block under
+//! context takeover. Each test starts its own server.
 
 mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::{read_http_head, upgrade_request, ServerProcess};
+use common::{client_frame_raw, read_http_head, read_server_frame, upgrade_request, ServerProcess};
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 /// Opens a connection that asks to upgrade with `extra` header lines; returns it and the
 /// response's status code (0 when the server closed without answering).
@@ -78,4 +80,57 @@ fn without_forwarded_header_no_forwarding_header_is_believed() {
         status, 503,
         "X-Forwarded-For was believed without --forwarded-header"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: a deflate stream that ends with a BFINAL block, under context takeover
+// ---------------------------------------------------------------------------------------------
+
+/// `text` compressed as a client that ends each message with a BFINAL block (`finish()`,
+/// RFC 7692 §7.2.3.3) and keeps its LZ77 window: a fresh stream primed with `sent_before`.
+fn finished_stream(sent_before: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut compress = Compress::new_with_window_bits(Compression::new(6), false, 15);
+    let window = &sent_before[sent_before.len().saturating_sub(1 << 15)..];
+    if !window.is_empty() {
+        compress.set_dictionary(window).unwrap();
+    }
+    let mut packed = Vec::with_capacity(text.len() + 64);
+    let status = compress
+        .compress_vec(text, &mut packed, FlushCompress::Finish)
+        .unwrap();
+    assert_eq!(status, Status::StreamEnd);
+    packed
+}
+
+/// With `--deflate-context-takeover`, messages after one whose data ended with a BFINAL
+/// block arrive whole (replies are sent uncompressed here, so the test reads them as they
+/// are: `--deflate-min-size` above every message).
+#[test]
+fn bfinal_block_with_context_takeover_loses_no_later_message() {
+    let server = ServerProcess::start(&[
+        "--deflate",
+        "--deflate-context-takeover",
+        "--deflate-min-size",
+        "1000000",
+    ]);
+    let (mut stream, status) = upgrade_with(
+        &server,
+        &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+    );
+    assert_eq!(status, 101);
+    let messages = [
+        "wsloop keeps the window: wsloop keeps the window",
+        "wsloop keeps the window after BFINAL, and the next one too",
+        "a third message, referring back: wsloop keeps the window",
+    ];
+    let mut sent = Vec::new();
+    for text in messages {
+        let packed = finished_stream(&sent, text.as_bytes());
+        sent.extend_from_slice(text.as_bytes());
+        // RSV1 (compressed) + FIN + text.
+        stream.write_all(&client_frame_raw(0xc1, &packed)).unwrap();
+        let (first, payload) = read_server_frame(&mut stream).expect("echo");
+        assert_eq!(first, 0x81, "an uncompressed text echo");
+        assert_eq!(String::from_utf8(payload).unwrap(), text);
+    }
 }
