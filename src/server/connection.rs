@@ -142,12 +142,13 @@ impl Connection {
         self.out.len() + self.corked
     }
 
-    /// Bytes it holds in its send queue, partial message and own deflate contexts: what the
-    /// memory budget counts.
+    /// Bytes it holds in its send queue, partial message, own deflate contexts and TLS
+    /// session: what the memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
-        (self.out.len() + self.decoder.buffered() + deflate + backlog) as u64
+        let tls = self.tls.as_ref().map_or(0, |t| t.memory());
+        (self.out.len() + self.decoder.buffered() + deflate + backlog + tls) as u64
     }
 
     /// Whether the application may send to it.

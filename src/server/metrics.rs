@@ -137,7 +137,7 @@ pub fn render(stats: &Stats, rooms: &Rooms) -> String {
     );
     m.gauge(
         "wsloop_buffered_bytes",
-        "Bytes held in send queues, partial messages and compressor contexts.",
+        "Bytes held in send queues, partial messages, compressor contexts and TLS sessions.",
         stats.buffered_bytes,
     );
     m.gauge(

@@ -87,6 +87,7 @@ impl Core {
         let mut conn = Connection::new(socket, self.next_serial, self.tick, tls);
         conn.metrics_only = metrics_only;
         entry.insert(conn);
+        self.reaccount(key); // a TLS session holds memory from the start
         self.stats.accepted += 1;
         self.stats.open += 1;
         if let Some(reason) = refusal {
