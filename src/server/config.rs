@@ -42,7 +42,7 @@ pub struct Config {
     pub limits: Limits,
     /// Largest HTTP request head (431 beyond it).
     pub max_head: usize,
-    /// Most concurrent connections (503 beyond it).
+    /// Most concurrent connections in the process, all workers together (503 beyond it).
     pub max_conns: usize,
     /// Per-connection send-queue limit: above it reading pauses and publications follow
     /// `slow_consumer`. Reading resumes below half of it.
@@ -50,8 +50,9 @@ pub struct Config {
     /// What a publication does to a subscriber over `max_backpressure`, for rooms without a
     /// policy of their own.
     pub slow_consumer: RoomPolicy,
-    /// Process-wide budget for bytes held in send queues, partial messages and compressor
-    /// contexts: over it, upgrades get 503 and the largest holders are closed with 1013.
+    /// Process-wide budget (all workers together) for bytes held in send queues, partial
+    /// messages, compressor contexts and TLS sessions: over it, upgrades get 503 and the
+    /// largest holders are closed with 1013.
     pub max_buffered: usize,
     /// Time allowed from accept to a complete request head.
     pub handshake_timeout: Duration,
@@ -69,7 +70,7 @@ pub struct Config {
     pub allow_origins: Vec<String>,
     /// Handshakes admitted per second (a token bucket with `burst`): `(rate, burst)`.
     pub max_handshake_rate: Option<(u64, u64)>,
-    /// Upgraded connections per client address.
+    /// Upgraded connections per client address in the process, all workers together.
     pub max_conns_per_ip: Option<usize>,
     /// Messages per second each connection may send (1 s of burst).
     pub max_msg_rate: Option<u64>,
