@@ -16,8 +16,8 @@ use common::{
     client_frame, client_frame_raw, raw_upgraded, read_http_head, read_server_frame, read_to_close,
     stats, upgrade_request, ServerProcess,
 };
-use flate2::{Compress, Compression, FlushCompress, Status};
 use serde_json::Value;
+use wsloop::protocol::deflate::Deflater;
 
 /// Opens a connection that asks to upgrade with `extra` header lines; returns it and the
 /// response's status code (0 when the server closed without answering).
@@ -94,25 +94,31 @@ fn without_forwarded_header_no_forwarding_header_is_believed() {
 // Item 8: a deflate stream that ends with a BFINAL block, under context takeover
 // ---------------------------------------------------------------------------------------------
 
-/// `text` compressed as a client that ends each message with a BFINAL block (`finish()`,
-/// RFC 7692 §7.2.3.3) and keeps its LZ77 window: a fresh stream primed with `sent_before`.
-fn finished_stream(sent_before: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut compress = Compress::new_with_window_bits(Compression::new(6), false, 15);
-    let window = &sent_before[sent_before.len().saturating_sub(1 << 15)..];
-    if !window.is_empty() {
-        compress.set_dictionary(window).unwrap();
-    }
-    let mut packed = Vec::with_capacity(text.len() + 64);
-    let status = compress
-        .compress_vec(text, &mut packed, FlushCompress::Finish)
-        .unwrap();
-    assert_eq!(status, Status::StreamEnd);
+/// RFC 7692 §7.2.3.3's example: "Hello" in a DEFLATE block with BFINAL set, then the header
+/// byte of an empty stored block.
+const HELLO_BFINAL: [u8; 8] = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+/// §7.2.3.2's second message: "Hello" as a back-reference into the window (distance 5).
+const HELLO_AGAIN: [u8; 5] = [0xf2, 0x00, 0x11, 0x00, 0x00];
+
+/// `text` compressed as one message (sync flush, tail removed) by a fresh compressor.
+fn compressed(text: &str) -> Vec<u8> {
+    let mut packed = Vec::new();
+    Deflater::new(15, 6).compress(text.as_bytes(), &mut packed, true);
     packed
 }
 
+/// Sends `packed` as one compressed text message (RSV1) and returns the echo's text, which
+/// the server sends uncompressed here (`--deflate-min-size` above every message).
+fn echo_compressed(stream: &mut TcpStream, packed: &[u8]) -> String {
+    stream.write_all(&client_frame_raw(0xc1, packed)).unwrap();
+    let (first, payload) = read_server_frame(stream).expect("echo");
+    assert_eq!(first, 0x81, "an uncompressed text echo");
+    String::from_utf8(payload).unwrap()
+}
+
 /// With `--deflate-context-takeover`, messages after one whose data ended with a BFINAL
-/// block arrive whole (replies are sent uncompressed here, so the test reads them as they
-/// are: `--deflate-min-size` above every message).
+/// block arrive whole, read against the window the client kept, with the empty stored
+/// block's header after the BFINAL block (as §7.2.3.3 shows it) or without.
 #[test]
 fn bfinal_block_with_context_takeover_loses_no_later_message() {
     let server = ServerProcess::start(&[
@@ -121,25 +127,15 @@ fn bfinal_block_with_context_takeover_loses_no_later_message() {
         "--deflate-min-size",
         "1000000",
     ]);
-    let (mut stream, status) = upgrade_with(
-        &server,
-        &[("Sec-WebSocket-Extensions", "permessage-deflate")],
-    );
-    assert_eq!(status, 101);
-    let messages = [
-        "wsloop keeps the window: wsloop keeps the window",
-        "wsloop keeps the window after BFINAL, and the next one too",
-        "a third message, referring back: wsloop keeps the window",
-    ];
-    let mut sent = Vec::new();
-    for text in messages {
-        let packed = finished_stream(&sent, text.as_bytes());
-        sent.extend_from_slice(text.as_bytes());
-        // RSV1 (compressed) + FIN + text.
-        stream.write_all(&client_frame_raw(0xc1, &packed)).unwrap();
-        let (first, payload) = read_server_frame(&mut stream).expect("echo");
-        assert_eq!(first, 0x81, "an uncompressed text echo");
-        assert_eq!(String::from_utf8(payload).unwrap(), text);
+    let offer = [("Sec-WebSocket-Extensions", "permessage-deflate")];
+    for first in [&HELLO_BFINAL[..], &HELLO_BFINAL[..7]] {
+        let (mut stream, status) = upgrade_with(&server, &offer);
+        assert_eq!(status, 101);
+        assert_eq!(echo_compressed(&mut stream, first), "Hello");
+        assert_eq!(echo_compressed(&mut stream, &HELLO_AGAIN), "Hello");
+        assert_eq!(echo_compressed(&mut stream, &HELLO_AGAIN), "Hello");
+        let later = "a later message, compressed without a window";
+        assert_eq!(echo_compressed(&mut stream, &compressed(later)), later);
     }
 }
 
@@ -236,8 +232,7 @@ fn deflate_holder(server: &ServerProcess) -> TcpStream {
         assert_eq!(status, 503);
         assert!(Instant::now() < deadline, "upgrades kept being refused");
     };
-    let text = "held contexts, ".repeat(10);
-    let packed = finished_stream(&[], text.as_bytes());
+    let packed = compressed(&"held contexts, ".repeat(10));
     stream.write_all(&client_frame_raw(0xc1, &packed)).unwrap();
     let (first, _) = read_server_frame(&mut stream).expect("an answer");
     // The compressed echo (the server's compressor exists), or close 1013 when this holder
