@@ -31,7 +31,10 @@ use super::stats::Stats;
 const MAILBOX_CAPACITY: usize = 65_536;
 
 /// How often at most a worker copies its per-room drop counts to the board while drops
-/// happen (each copy walks its rooms); `/metrics` on another worker lags by that much.
+/// happen (each copy walks its rooms). `/metrics` answered by another worker shows them that
+/// late, or — when the worker's last drops came less than this after a copy — as of its
+/// first loop turn after that (the totals, `wsloop_dropped_messages_total`, are at most one
+/// loop turn old).
 const ROOM_FIGURES_EVERY: Duration = Duration::from_secs(1);
 
 /// The counts behind the process-wide limits, shared by every worker: each admission
