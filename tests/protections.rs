@@ -712,8 +712,14 @@ fn proxy_protocol_from_an_untrusted_peer() {
 
 #[test]
 fn forwarded_for_from_a_trusted_proxy() {
-    let server =
-        ServerProcess::start(&["--trusted-proxy", "127.0.0.1/32", "--max-conns-per-ip", "1"]);
+    let server = ServerProcess::start(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--forwarded-header",
+        "x-forwarded-for",
+        "--max-conns-per-ip",
+        "1",
+    ]);
     let xff = |ip: &str| upgrade_req("/", "127.0.0.1", &[("X-Forwarded-For", ip)]);
     let (_a, head) = exchange(server.addr, b"", &xff("198.51.100.1"));
     assert_eq!(status(&head), 101, "{head}");

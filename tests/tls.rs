@@ -138,22 +138,27 @@ fn wss_16_mib_message_round_trip() {
     assert_eq!(ws.read().unwrap(), Message::Text("after".into()));
 }
 
+/// `GET path` over https://; the whole response.
+fn https_get(server: &ServerProcess, cert: &TestCert, path: &str) -> String {
+    let mut stream = tls_connect(server.addr, &cert.client_config());
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut body = Vec::new();
+    stream
+        .read_to_end(&mut body)
+        .expect("response, then close_notify");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 #[test]
 fn https_serves_the_demo_page_and_stats() {
     let (server, cert) = tls_server(&[]);
     for path in ["/", "/stats"] {
-        let mut stream = tls_connect(server.addr, &cert.client_config());
-        stream
-            .sock
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).unwrap();
-        let mut body = Vec::new();
-        stream
-            .read_to_end(&mut body)
-            .expect("response, then close_notify");
-        let text = String::from_utf8_lossy(&body);
+        let text = https_get(&server, &cert, path);
         assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text:.200}");
         if path == "/" {
             assert!(text.contains("<html"), "the demo page");
@@ -256,4 +261,58 @@ fn bad_certificate_or_key_is_a_clear_startup_error() {
         "mismatched key; stderr: {stderr}"
     );
     assert!(stderr.contains("do not fit"), "{stderr}");
+}
+
+/// What rustls holds for each session is inside `--max-buffered`: idle wss connections show
+/// in `buffered_bytes` (at least the 8 KiB an idle session measured), and a budget of a few
+/// sessions refuses further TLS connections.
+#[test]
+fn tls_sessions_count_in_the_memory_budget() {
+    let (server, cert) = tls_server(&[]);
+    let _held: Vec<_> = (0..10).map(|_| wss(&server, &cert, "/")).collect();
+    let text = https_get(&server, &cert, "/stats");
+    let body = text.split("\r\n\r\n").nth(1).expect("body");
+    let stats: serde_json::Value = serde_json::from_str(body).expect("stats JSON");
+    let buffered = stats["buffered_bytes"].as_u64().unwrap();
+    assert!(
+        buffered >= 10 * 8 * 1024,
+        "10 idle TLS sessions counted as {buffered} bytes"
+    );
+
+    // Sessions beyond the budget are refused at accept or shed: of 20 connections opened
+    // one after the other, at most 9 (8 KiB each, 64 KiB) are still served at the end.
+    let (small, cert) = tls_server(&["--max-buffered", "65536"]);
+    let mut opened: Vec<TlsStream> = (0..20)
+        .map(|_| {
+            let mut stream = tls_connect(small.addr, &cert.client_config());
+            stream
+                .sock
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let _ = answers_head(&mut stream);
+            stream
+        })
+        .collect();
+    let served = opened.iter_mut().map(answers_head).filter(|&ok| ok).count();
+    assert!(
+        served <= 9,
+        "{served} TLS sessions served under a 64 KiB budget"
+    );
+}
+
+/// Whether the server answers `HEAD /` on this connection (false once it closed it).
+fn answers_head(stream: &mut TlsStream) -> bool {
+    let request = b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read_exact(&mut byte).is_err() {
+            return false;
+        }
+        head.push(byte[0]);
+    }
+    head.starts_with(b"HTTP/1.1 200")
 }

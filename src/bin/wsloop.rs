@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use wsloop::protocol::deflate::DeflateConfig;
 use wsloop::protocol::Limits;
-use wsloop::server::config::{Cidr, ProxyMode, RatePolicy};
+use wsloop::server::config::{Cidr, ForwardedHeader, ProxyMode, RatePolicy};
 use wsloop::server::supervisor::{Supervisor, SUPERVISED_ADDR};
 use wsloop::server::{RedisConfig, RoomPolicy, Workers};
 use wsloop::{Config, EchoChat, TlsConfig, TlsError};
@@ -33,7 +33,8 @@ struct Args {
     /// Largest HTTP request head, in bytes; larger ones get 431.
     #[arg(long, default_value_t = 8192)]
     max_head: usize,
-    /// Most concurrent connections; beyond it new connections get 503.
+    /// Most concurrent connections in the process (all workers together); beyond it new
+    /// connections get 503.
     #[arg(long, default_value_t = 100_000)]
     max_conns: usize,
     /// Per-connection send-queue limit in bytes: above it reading pauses, and publications
@@ -44,8 +45,9 @@ struct Args {
     /// policy of their own: close (1008), drop-newest (alias: drop), drop-oldest, latest-only.
     #[arg(long, default_value = "close")]
     slow_consumer: RoomPolicy,
-    /// Process-wide budget in bytes for send queues, partial messages and deflate contexts;
-    /// over it, upgrades get 503 and the largest holders are closed with 1013
+    /// Process-wide budget in bytes (all workers together) for send queues, partial messages,
+    /// deflate contexts and TLS sessions; over it, upgrades get 503 and the largest holders are
+    /// closed with 1013
     /// [default: 32 × (--max-message + --max-backpressure)].
     #[arg(long)]
     max_buffered: Option<usize>,
@@ -76,7 +78,8 @@ struct Args {
     /// connections get 503 with a jittered Retry-After.
     #[arg(long, value_parser = parse_rate)]
     max_handshake_rate: Option<(u64, u64)>,
-    /// Upgraded connections per client address (after PROXY / trusted forwarding headers).
+    /// Upgraded connections per client address in the process (all workers together), the
+    /// address after PROXY / --forwarded-header.
     #[arg(long)]
     max_conns_per_ip: Option<usize>,
     /// Messages per second each connection may send (1 s of burst).
@@ -92,10 +95,15 @@ struct Args {
     /// PROXY protocol v1/v2 header on each connection: `required` or `optional`.
     #[arg(long, value_parser = ["required", "optional"])]
     proxy_protocol: Option<String>,
-    /// Peers (CIDR, repeatable) whose PROXY and Forwarded / X-Forwarded-For headers are
-    /// believed. Default: loopback only for PROXY; forwarding headers ignored.
+    /// Peers (CIDR, repeatable) whose PROXY header, and --forwarded-header, are believed.
+    /// Default: loopback only for PROXY; forwarding headers ignored.
     #[arg(long)]
     trusted_proxy: Vec<Cidr>,
+    /// The one forwarding header the --trusted-proxy peers write, `x-forwarded-for` or
+    /// `forwarded`, believed from them for the client address; the other is ignored. Unset:
+    /// no forwarding header is believed.
+    #[arg(long, requires = "trusted_proxy")]
+    forwarded_header: Option<ForwardedHeader>,
     /// Do not serve /metrics.
     #[arg(long)]
     no_metrics: bool,
@@ -209,6 +217,7 @@ impl Args {
                 None => ProxyMode::Off,
             },
             trusted_proxies: self.trusted_proxy.clone(),
+            forwarded_header: self.forwarded_header,
             metrics: !self.no_metrics,
             metrics_addr: self.metrics_addr,
             stats_interval: seconds(self.stats_interval),

@@ -13,9 +13,10 @@
 //! The header list is parsed from the right, so a client's malformed text (say an unclosed
 //! quote) to the left of what the proxies appended cannot hide their entries.
 //!
-//! Pass only the header your proxies actually set and `None` for the other: a proxy that
-//! appends to `X-Forwarded-For` passes a client's own `Forwarded` header through untouched,
-//! and [`client_ip`] prefers `Forwarded` whenever it is present.
+//! Exactly one header is read, the one the operator names ([`ForwardedHeader`]): a proxy that
+//! appends to `X-Forwarded-For` passes a client's own `Forwarded` header through untouched
+//! (nginx, HAProxy and AWS ALB all do), so believing both would let a client name its own
+//! address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -129,36 +130,60 @@ fn mask128(prefix: u8) -> u128 {
         .unwrap_or(0)
 }
 
-/// The client address to believe for a request that arrived from `peer`:
-/// if `peer` is not in `trusted`, `peer` itself; otherwise walk the `Forwarded` header's `for=`
-/// values (RFC 7239: quoted, `[v6]:port`, `_obfuscated`/`unknown` → stop and use the last
-/// trusted hop's address) or, when there is no `Forwarded` header, `X-Forwarded-For` (comma
-/// list), from right to left, skipping addresses in `trusted`, and return the first one that
-/// is not trusted (or the left-most if all are trusted). Malformed entries stop the walk and
-/// return the last good (trusted) address — never trust garbage.
+/// The one forwarding header whose entries are believed from trusted proxies
+/// (`--forwarded-header`): the one they write. The other is ignored entirely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (what nginx, HAProxy and AWS ALB append to).
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+impl FromStr for ForwardedHeader {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<ForwardedHeader, &'static str> {
+        if s.eq_ignore_ascii_case("x-forwarded-for") {
+            Ok(ForwardedHeader::XForwardedFor)
+        } else if s.eq_ignore_ascii_case("forwarded") {
+            Ok(ForwardedHeader::Forwarded)
+        } else {
+            Err("expected x-forwarded-for or forwarded")
+        }
+    }
+}
+
+/// The client address to believe for a request that arrived from `peer` with `list`, the
+/// value of the `header` the trusted proxies write: if `peer` is not in `trusted`, `peer`
+/// itself; otherwise walk the entries — `Forwarded`'s `for=` values (RFC 7239: quoted,
+/// `[v6]:port`, `_obfuscated`/`unknown` → stop and use the last trusted hop's address), or
+/// `X-Forwarded-For`'s comma list — from right to left, skipping addresses in `trusted`, and
+/// return the first one that is not trusted (or the left-most if all are trusted). Malformed
+/// entries stop the walk and return the last good (trusted) address — never trust garbage.
 ///
 /// Several header lines of the same name must be joined with `,` (RFC 9110 §5.3), in order.
 /// Empty list elements are skipped, as the list syntax allows. A `Forwarded` element without
 /// `for=` stops the walk like `for=unknown`. `X-Forwarded-For` entries may carry a port
 /// (`192.0.2.1:80`, `[2001:db8::1]:80`). Addresses are returned as written (an IPv4-mapped
 /// IPv6 peer stays one).
-pub fn client_ip(
-    peer: IpAddr,
-    trusted: &[Cidr],
-    forwarded: Option<&str>,
-    x_forwarded_for: Option<&str>,
-) -> IpAddr {
+pub fn client_ip(peer: IpAddr, trusted: &[Cidr], header: ForwardedHeader, list: &str) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
         return peer;
     }
-    let hops = match (forwarded, x_forwarded_for) {
-        (Some(list), _) => Hops::new(list, true),
-        (None, Some(list)) => Hops::new(list, false),
-        (None, None) => return peer,
-    };
     let mut last = peer;
-    for hop in hops {
+    for hop in Hops::new(list, header) {
         match hop {
             Some(ip) if is_trusted(ip) => last = ip,
             Some(ip) => return ip,
@@ -181,12 +206,11 @@ struct Hops<'a> {
 }
 
 impl<'a> Hops<'a> {
-    /// The hops of `list`, the value of a `Forwarded` header if `forwarded`, else of an
-    /// `X-Forwarded-For` header.
-    fn new(list: &'a str, forwarded: bool) -> Hops<'a> {
+    /// The hops of `list`, the value of a `header` header.
+    fn new(list: &'a str, header: ForwardedHeader) -> Hops<'a> {
         Hops {
             rest: Some(list),
-            forwarded,
+            forwarded: header == ForwardedHeader::Forwarded,
         }
     }
 }
@@ -346,6 +370,9 @@ fn xff_entry(entry: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    const FWD: ForwardedHeader = ForwardedHeader::Forwarded;
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -418,9 +445,10 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer = ip("203.0.113.9");
         // A client claiming to be someone else, directly.
-        let spoof = Some("for=198.51.100.1");
-        assert_eq!(client_ip(peer, &trusted, spoof, Some("1.2.3.4")), peer);
-        assert_eq!(client_ip(peer, &[], spoof, None), peer);
+        let spoof = "for=198.51.100.1";
+        assert_eq!(client_ip(peer, &trusted, FWD, spoof), peer);
+        assert_eq!(client_ip(peer, &trusted, XFF, "1.2.3.4"), peer);
+        assert_eq!(client_ip(peer, &[], XFF, "1.2.3.4"), peer);
     }
 
     #[test]
@@ -428,7 +456,7 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let proxy = ip("10.0.0.2");
         // RFC 7239 §4 examples.
-        let fwd = |h| client_ip(proxy, &trusted, Some(h), None);
+        let fwd = |h| client_ip(proxy, &trusted, FWD, h);
         assert_eq!(fwd("for=\"_gazonk\""), proxy);
         assert_eq!(
             fwd("For=\"[2001:db8:cafe::17]:4711\""),
@@ -442,12 +470,12 @@ mod tests {
             fwd("for=192.0.2.43, for=198.51.100.17"),
             ip("198.51.100.17")
         );
-        let xff = |h| client_ip(proxy, &trusted, None, Some(h));
+        let xff = |h| client_ip(proxy, &trusted, XFF, h);
         assert_eq!(xff("192.0.2.43"), ip("192.0.2.43"));
         // The client prepended its own claim; the proxy appended the truth.
         assert_eq!(xff("6.6.6.6, 192.0.2.43"), ip("192.0.2.43"));
         // A trusted peer that sent no header at all.
-        assert_eq!(client_ip(proxy, &trusted, None, None), proxy);
+        assert_eq!(client_ip(proxy, &trusted, XFF, ""), proxy);
         assert_eq!(xff(""), proxy);
     }
 
@@ -455,7 +483,7 @@ mod tests {
     fn chain_of_trusted_proxies() {
         let trusted = nets(&["10.0.0.0/8", "192.168.1.1"]);
         let peer = ip("10.0.0.2");
-        let xff = |h| client_ip(peer, &trusted, None, Some(h));
+        let xff = |h| client_ip(peer, &trusted, XFF, h);
         assert_eq!(
             xff("6.6.6.6, 198.51.100.7, 192.168.1.1"),
             ip("198.51.100.7")
@@ -471,25 +499,17 @@ mod tests {
             xff("6.6.6.6, 198.51.100.7, , 192.168.1.1,"),
             ip("198.51.100.7")
         );
-        let fwd = |h| client_ip(peer, &trusted, Some(h), None);
+        let fwd = |h| client_ip(peer, &trusted, FWD, h);
         assert_eq!(
             fwd("for=6.6.6.6, for=198.51.100.7;proto=https, for=\"192.168.1.1:8443\";by=10.0.0.2"),
             ip("198.51.100.7")
         );
-        // Forwarded wins over X-Forwarded-For when both are present.
-        let both = client_ip(
-            peer,
-            &trusted,
-            Some("for=198.51.100.8"),
-            Some("198.51.100.9"),
-        );
-        assert_eq!(both, ip("198.51.100.8"));
     }
 
     #[test]
     fn ipv6_forms() {
         let trusted = nets(&["::1", "fd00::/8", "10.0.0.0/8"]);
-        let fwd = |peer, h| client_ip(ip(peer), &trusted, Some(h), None);
+        let fwd = |peer, h| client_ip(ip(peer), &trusted, FWD, h);
         assert_eq!(fwd("::1", "for=\"[2001:db8::1]\""), ip("2001:db8::1"));
         assert_eq!(
             fwd("::1", "for=\"[2001:db8::1]:_port\", for=\"[fd00::5]:443\""),
@@ -500,7 +520,7 @@ mod tests {
         // IPv6 must be bracketed and quoted: "[" is no token character.
         assert_eq!(fwd("::1", "for=[2001:db8::1]"), ip("::1"));
         assert_eq!(fwd("::1", "for=\"2001:db8::1\""), ip("::1"));
-        let xff = |h| client_ip(ip("fd00::1"), &trusted, None, Some(h));
+        let xff = |h| client_ip(ip("fd00::1"), &trusted, XFF, h);
         assert_eq!(xff("2001:db8::1"), ip("2001:db8::1"));
         assert_eq!(xff("[2001:db8::1]:8080"), ip("2001:db8::1"));
         assert_eq!(xff("[2001:db8::1]"), ip("2001:db8::1"));
@@ -511,7 +531,7 @@ mod tests {
     fn obfuscated_and_unknown_stop_at_the_last_trusted_hop() {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.2");
-        let fwd = |h| client_ip(peer, &trusted, Some(h), None);
+        let fwd = |h| client_ip(peer, &trusted, FWD, h);
         assert_eq!(
             fwd("for=192.0.2.1, for=_hidden, for=10.0.0.7"),
             ip("10.0.0.7")
@@ -519,17 +539,14 @@ mod tests {
         assert_eq!(fwd("for=192.0.2.1, for=unknown"), peer);
         assert_eq!(fwd("for=192.0.2.1, for=UNKNOWN;proto=http"), peer);
         assert_eq!(fwd("for=192.0.2.1, proto=https"), peer);
-        assert_eq!(
-            client_ip(peer, &trusted, None, Some("1.2.3.4, unknown")),
-            peer
-        );
+        assert_eq!(client_ip(peer, &trusted, XFF, "1.2.3.4, unknown"), peer);
     }
 
     #[test]
     fn garbage_is_never_believed() {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.2");
-        let fwd = |h| client_ip(peer, &trusted, Some(h), None);
+        let fwd = |h| client_ip(peer, &trusted, FWD, h);
         for garbage in [
             "for=192.0.2.1;for=198.51.100.1",
             "for=192.0.2.1 ;x",
@@ -551,7 +568,7 @@ mod tests {
             fwd("for=192.0.2.1, for=bogus, for=10.0.0.3"),
             ip("10.0.0.3")
         );
-        let xff = |h| client_ip(peer, &trusted, None, Some(h));
+        let xff = |h| client_ip(peer, &trusted, XFF, h);
         assert_eq!(xff("192.0.2.1, not-an-ip, 10.0.0.3"), ip("10.0.0.3"));
         assert_eq!(xff("192.0.2.1 10.0.0.3"), peer);
         assert_eq!(xff("1.2.3.4.5"), peer);
@@ -563,15 +580,18 @@ mod tests {
         let peer = ip("10.0.0.2");
         // The client sent `Forwarded: for="x` (unclosed quote); the proxy appended its entry.
         let joined = "for=\"x, for=192.0.2.1";
-        assert_eq!(
-            client_ip(peer, &trusted, Some(joined), None),
-            ip("192.0.2.1")
-        );
+        assert_eq!(client_ip(peer, &trusted, FWD, joined), ip("192.0.2.1"));
         // Quoted commas and semicolons in other parameters do not split entries.
         let quoted = "for=192.0.2.1;host=\"a,b;c\\\"d\"";
-        assert_eq!(
-            client_ip(peer, &trusted, Some(quoted), None),
-            ip("192.0.2.1")
-        );
+        assert_eq!(client_ip(peer, &trusted, FWD, quoted), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn header_names() {
+        assert_eq!("X-Forwarded-For".parse(), Ok(XFF));
+        assert_eq!("forwarded".parse(), Ok(FWD));
+        assert!("x-real-ip".parse::<ForwardedHeader>().is_err());
+        assert_eq!(XFF.name(), "x-forwarded-for");
+        assert_eq!(FWD.name(), "forwarded");
     }
 }

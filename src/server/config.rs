@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
-pub use super::client_addr::Cidr;
+pub use super::client_addr::{Cidr, ForwardedHeader};
 pub use super::rooms::RoomPolicy;
 
 /// What a connection over `--max-msg-rate` gets.
@@ -42,7 +42,7 @@ pub struct Config {
     pub limits: Limits,
     /// Largest HTTP request head (431 beyond it).
     pub max_head: usize,
-    /// Most concurrent connections (503 beyond it).
+    /// Most concurrent connections in the process, all workers together (503 beyond it).
     pub max_conns: usize,
     /// Per-connection send-queue limit: above it reading pauses and publications follow
     /// `slow_consumer`. Reading resumes below half of it.
@@ -50,8 +50,9 @@ pub struct Config {
     /// What a publication does to a subscriber over `max_backpressure`, for rooms without a
     /// policy of their own.
     pub slow_consumer: RoomPolicy,
-    /// Process-wide budget for bytes held in send queues, partial messages and compressor
-    /// contexts: over it, upgrades get 503 and the largest holders are closed with 1013.
+    /// Process-wide budget (all workers together) for bytes held in send queues, partial
+    /// messages, compressor contexts and TLS sessions: over it, upgrades get 503 and the
+    /// largest holders are closed with 1013.
     pub max_buffered: usize,
     /// Time allowed from accept to a complete request head.
     pub handshake_timeout: Duration,
@@ -69,7 +70,7 @@ pub struct Config {
     pub allow_origins: Vec<String>,
     /// Handshakes admitted per second (a token bucket with `burst`): `(rate, burst)`.
     pub max_handshake_rate: Option<(u64, u64)>,
-    /// Upgraded connections per client address.
+    /// Upgraded connections per client address in the process, all workers together.
     pub max_conns_per_ip: Option<usize>,
     /// Messages per second each connection may send (1 s of burst).
     pub max_msg_rate: Option<u64>,
@@ -79,9 +80,12 @@ pub struct Config {
     pub rate_policy: RatePolicy,
     /// PROXY protocol on accepted connections.
     pub proxy_protocol: ProxyMode,
-    /// Peers whose PROXY header and `Forwarded`/`X-Forwarded-For` headers are believed
-    /// (empty: loopback only).
+    /// Peers whose PROXY header is believed (empty: loopback only), and whose
+    /// `forwarded_header` is (empty: none).
     pub trusted_proxies: Vec<Cidr>,
+    /// The one forwarding header believed from `trusted_proxies`; `None`: no forwarding
+    /// header is believed, whoever sent it.
+    pub forwarded_header: Option<ForwardedHeader>,
     /// Serve `GET /metrics` (Prometheus text format).
     pub metrics: bool,
     /// Serve `/metrics` on this separate listener instead of the main port.
@@ -123,6 +127,7 @@ impl Default for Config {
             rate_policy: RatePolicy::Pause,
             proxy_protocol: ProxyMode::Off,
             trusted_proxies: Vec::new(),
+            forwarded_header: None,
             metrics: true,
             metrics_addr: None,
             stats_interval: None,

@@ -149,16 +149,17 @@ impl Connection {
         self.buffered_amount() > max_backpressure
     }
 
-    /// Bytes it holds in its send queue, request head buffer, partial message and own deflate
-    /// contexts: what the memory budget counts.
+    /// Bytes it holds in its send queue, request head buffer, partial message, own deflate
+    /// contexts and TLS session: what the memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
+        let tls = self.tls.as_ref().map_or(0, |t| t.memory());
         let head = match &self.phase {
             Phase::Head(head) => head.buf.capacity(),
             _ => 0,
         };
-        (self.out.len() + head + self.decoder.buffered() + deflate + backlog) as u64
+        (self.out.len() + head + self.decoder.buffered() + deflate + backlog + tls) as u64
     }
 
     /// Whether the application may send to it.

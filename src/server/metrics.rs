@@ -5,14 +5,51 @@
 //! add a second copy and an atomic operation per event on the hot path. A scrape formats the
 //! counters into one `String`; its cost does not grow with the number of connections (only
 //! with the number of rooms, one line each for rooms that dropped messages).
+//!
+//! With several workers any of them answers for the process, as `/stats` does: the counters
+//! summed over the board, subscriptions and drops by room summed over what each worker last
+//! copied there, and the rooms the hub knows (see `Member::metrics_text`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::rooms::Rooms;
 use super::stats::{RejectReason, Stats, RTT_BUCKETS_MS};
 
-/// Renders every metric.
-pub fn render(stats: &Stats, rooms: &Rooms) -> String {
+/// What `/metrics` says about rooms: one reactor's, or a process's over all its workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomFigures {
+    /// Rooms with at least one subscriber.
+    pub rooms: u64,
+    /// Subscriptions across all rooms.
+    pub subscriptions: u64,
+    /// Publications dropped for slow subscribers, by room (rooms that dropped none left out).
+    pub dropped: BTreeMap<Box<str>, u64>,
+}
+
+impl RoomFigures {
+    /// The figures of one reactor's rooms.
+    pub fn of(rooms: &Rooms) -> RoomFigures {
+        RoomFigures {
+            rooms: rooms.len() as u64,
+            subscriptions: rooms.subscriptions() as u64,
+            dropped: drops_by_room(rooms),
+        }
+    }
+}
+
+/// Publications dropped for slow subscribers in each of `rooms` that dropped any.
+pub fn drops_by_room(rooms: &Rooms) -> BTreeMap<Box<str>, u64> {
+    rooms
+        .iter()
+        .filter(|(_, room)| room.dropped > 0)
+        .map(|(name, room)| (name.into(), room.dropped))
+        .collect()
+}
+
+/// Renders every metric: `stats` and `rooms` are one reactor's, or a process's summed over
+/// its workers.
+pub fn render(stats: &Stats, rooms: &RoomFigures) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let mut m = Writer(&mut out);
     m.gauge(
@@ -112,13 +149,8 @@ pub fn render(stats: &Stats, rooms: &Rooms) -> String {
         "Publications dropped for slow subscribers, by room.",
         "counter",
     );
-    for (name, room) in rooms.iter().filter(|(_, r)| r.dropped > 0) {
-        m.labeled(
-            "wsloop_room_dropped_messages_total",
-            "room",
-            name,
-            room.dropped,
-        );
+    for (name, &dropped) in &rooms.dropped {
+        m.labeled("wsloop_room_dropped_messages_total", "room", name, dropped);
     }
     m.counter(
         "wsloop_idle_timeouts_total",
@@ -137,18 +169,18 @@ pub fn render(stats: &Stats, rooms: &Rooms) -> String {
     );
     m.gauge(
         "wsloop_buffered_bytes",
-        "Bytes held in send queues, partial messages and compressor contexts.",
+        "Bytes held in send queues, partial messages, compressor contexts and TLS sessions.",
         stats.buffered_bytes,
     );
     m.gauge(
         "wsloop_rooms",
         "Rooms with at least one subscriber.",
-        rooms.len() as u64,
+        rooms.rooms,
     );
     m.gauge(
         "wsloop_subscriptions",
         "Subscriptions across all rooms.",
-        rooms.subscriptions() as u64,
+        rooms.subscriptions,
     );
     m.header(
         "wsloop_ping_rtt_seconds",
@@ -223,7 +255,7 @@ mod tests {
         let mut rooms = Rooms::default();
         rooms.subscribe(1, "we\"ird\nroom");
         rooms.count_drop("we\"ird\nroom");
-        let text = render(&stats, &rooms);
+        let text = render(&stats, &RoomFigures::of(&rooms));
         assert!(text.contains("wsloop_open_connections 3\n"));
         assert!(text.contains("wsloop_rejected_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("wsloop_room_dropped_messages_total{room=\"we\\\"ird\\nroom\"} 1\n"));

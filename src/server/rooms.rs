@@ -58,6 +58,9 @@ pub struct Rooms {
     policies: HashMap<Box<str>, RoomPolicy>,
     default_policy: RoomPolicy,
     next_id: u32,
+    /// Members across all rooms, kept as they join and leave (read every loop turn by a
+    /// worker of several, so it must not cost a walk over the rooms).
+    subscriptions: usize,
 }
 
 impl Rooms {
@@ -101,6 +104,7 @@ impl Rooms {
             return false;
         }
         room.members.push(key);
+        self.subscriptions += 1;
         self.by_conn.entry(key).or_default().push(topic.into());
         true
     }
@@ -137,6 +141,7 @@ impl Rooms {
             return false;
         };
         room.members.swap_remove(at);
+        self.subscriptions = self.subscriptions.saturating_sub(1);
         if room.members.is_empty() {
             self.topics.remove(topic);
         }
@@ -170,7 +175,7 @@ impl Rooms {
 
     /// Subscriptions across all rooms.
     pub fn subscriptions(&self) -> usize {
-        self.topics.values().map(|r| r.members.len()).sum()
+        self.subscriptions
     }
 
     /// Number of rooms with at least one member.
@@ -201,6 +206,7 @@ mod tests {
         rooms.remove_conn(2, |t| emptied.push(t.to_owned()));
         assert_eq!(emptied, ["b"]);
         assert_eq!(rooms.members("a"), &[1]);
+        assert_eq!(rooms.subscriptions(), 1);
         assert!(rooms.members("b").is_empty());
         assert_eq!(rooms.len(), 1);
         assert!(rooms.unsubscribe(1, "a"));

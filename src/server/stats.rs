@@ -185,7 +185,8 @@ pub struct Stats {
     pub shed: u64,
     /// Times a connection's reading was paused, or it was closed, for `--max-msg-rate`.
     pub rate_limited: u64,
-    /// Bytes held now in output queues, partial messages and compressor contexts.
+    /// Bytes held now in output queues, partial messages, compressor contexts and TLS
+    /// sessions (what `--max-buffered` limits).
     pub buffered_bytes: u64,
     /// Keepalive ping round trips.
     pub ping_rtt: RttHistogram,

@@ -1,14 +1,19 @@
 //! Several share-nothing reactors in one process: one thread, listener (`SO_REUSEPORT`), slab
 //! and timer heap each, joined only by the [`Hub`] that carries publications between them
-//! (and to Redis) and by the [`StatsBoard`] that `/stats` sums.
+//! (and to Redis), by the [`StatsBoard`] that `/stats` and `/metrics` sum, and by the
+//! `ProcessCounts` that `--max-conns`, `--max-conns-per-ip` and `--max-buffered` limit,
+//! which are per process.
 //!
 //! With one worker and no Redis this is exactly the single reactor, run on the calling
-//! thread, with no hub and no board.
+//! thread, with no hub, no board and no shared counts: it keeps those counts itself.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::app::{Handler, Message};
 use super::board::StatsBoard;
@@ -17,11 +22,107 @@ use super::broker::mailbox::mailbox;
 use super::broker::redis::{RedisBridge, RedisConfig};
 use super::broker::{BrokerStats, Hub, Kind, Mailbox, Upstream};
 use super::config::Config;
+use super::metrics;
 use super::reactor::Reactor;
+use super::rooms::Rooms;
 use super::stats::Stats;
 
 /// Deliveries waiting for one worker before the hub drops (and counts) more.
 const MAILBOX_CAPACITY: usize = 65_536;
+
+/// How often at most a worker copies its per-room drop counts to the board while drops
+/// happen (each copy walks its rooms). `/metrics` answered by another worker shows them that
+/// late, or — when the worker's last drops came less than this after a copy — as of its
+/// first loop turn after that (the totals, `wsloop_dropped_messages_total`, are at most one
+/// loop turn old).
+const ROOM_FIGURES_EVERY: Duration = Duration::from_secs(1);
+
+/// The counts behind the process-wide limits, shared by every worker: each admission
+/// decision reads and changes them in one atomic step, so workers together never admit more
+/// than the limit.
+#[derive(Debug)]
+pub(crate) struct ProcessCounts {
+    /// Connections in the slabs of all workers (any phase), as `--max-conns` counts them.
+    open: AtomicUsize,
+    /// Bytes all workers' connections hold, as `--max-buffered` counts them.
+    buffered: AtomicU64,
+    /// Upgraded connections per client address (`--max-conns-per-ip` only).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// How many workers share these counts.
+    pub(crate) workers: usize,
+}
+
+impl ProcessCounts {
+    /// Counts for `workers` workers, all zero.
+    pub(crate) fn new(workers: usize) -> ProcessCounts {
+        ProcessCounts {
+            open: AtomicUsize::new(0),
+            buffered: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            workers,
+        }
+    }
+
+    /// Counts one more connection; returns how many there were before it.
+    pub(crate) fn open_one(&self) -> usize {
+        self.open.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one connection less.
+    pub(crate) fn close_one(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// One connection's bytes went from `before` to `after`.
+    pub(crate) fn rebuffer(&self, before: u64, after: u64) {
+        if after > before {
+            self.buffered.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.buffered.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes all workers' connections hold now.
+    pub(crate) fn buffered(&self) -> u64 {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more connection from `ip` unless it already has `cap`; false when it has.
+    pub(crate) fn take_ip(&self, ip: IpAddr, cap: usize) -> bool {
+        take_ip_slot(&mut self.lock_per_ip(), ip, cap)
+    }
+
+    /// Counts one connection from `ip` less.
+    pub(crate) fn release_ip(&self, ip: IpAddr) {
+        release_ip_slot(&mut self.lock_per_ip(), ip);
+    }
+
+    fn lock_per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // A panic while holding this lock cannot leave a count half-updated.
+        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts one more connection from `ip` in `per_ip` unless it already has `cap`; false when
+/// it has. (The one rule, for a lone reactor's own map and for the process's shared one.)
+pub(crate) fn take_ip_slot(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr, cap: usize) -> bool {
+    let count = per_ip.get(&ip).copied().unwrap_or(0);
+    if count >= cap {
+        return false;
+    }
+    per_ip.insert(ip, count + 1);
+    true
+}
+
+/// Counts one connection from `ip` less in `per_ip`, forgetting addresses left with none.
+pub(crate) fn release_ip_slot(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(count) = per_ip.get_mut(&ip) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
 
 /// What a reactor that is one of several knows about the others.
 #[derive(Debug)]
@@ -32,9 +133,50 @@ pub(crate) struct Member {
     pub(crate) board: Arc<StatsBoard>,
     /// The process's broker.
     pub(crate) hub: Arc<Hub>,
+    /// The counts the per-process limits apply to.
+    pub(crate) counts: Arc<ProcessCounts>,
+    /// `Stats::dropped_messages` when this worker last copied its room figures to the board,
+    /// and when that was.
+    rooms_copied: (u64, Option<Instant>),
 }
 
 impl Member {
+    /// End of a loop turn: this worker's counters go to its board slot, and its per-room
+    /// drop counts too when they changed (at most every [`ROOM_FIGURES_EVERY`]).
+    pub(crate) fn end_turn(&mut self, stats: &Stats, rooms: &Rooms, now: Instant) {
+        self.board.store(self.index, stats);
+        self.board
+            .store_subscriptions(self.index, rooms.subscriptions() as u64);
+        let (dropped, at) = self.rooms_copied;
+        let due = at.is_none_or(|at| now >= at + ROOM_FIGURES_EVERY);
+        if stats.dropped_messages != dropped && due {
+            self.board
+                .store_drops(self.index, metrics::drops_by_room(rooms));
+            self.rooms_copied = (stats.dropped_messages, Some(now));
+        }
+    }
+
+    /// `/metrics` on any worker: the process's counters (every worker's summed), its rooms
+    /// (the hub knows which topics have subscribers anywhere) and their drops.
+    pub(crate) fn metrics_text(&self, own: &Stats, rooms: &Rooms) -> String {
+        let (_, sum) = self.process_stats(own);
+        self.board
+            .store_subscriptions(self.index, rooms.subscriptions() as u64);
+        self.board
+            .store_drops(self.index, metrics::drops_by_room(rooms));
+        let figures = self.board.room_figures(self.hub.topics() as u64);
+        metrics::render(&sum, &figures)
+    }
+
+    /// Every worker's counters (this one's fresh) and their sum.
+    fn process_stats(&self, own: &Stats) -> (Vec<Stats>, Stats) {
+        self.board.store(self.index, own);
+        let workers = self.board.workers();
+        let mut sum = Stats::default();
+        workers.iter().for_each(|w| sum.add(w));
+        (workers, sum)
+    }
+
     /// This worker gained its first or lost its last subscriber to `topic`.
     pub(crate) fn interest(&self, topic: &str, subscribed: bool) {
         self.hub.interest(self.index, topic, subscribed);
@@ -52,10 +194,7 @@ impl Member {
     /// `/stats` on any worker: the sum of every worker, each worker's own counters, and the
     /// broker's.
     pub(crate) fn stats_json(&self, own: &Stats) -> String {
-        self.board.store(self.index, own);
-        let workers = self.board.workers();
-        let mut sum = Stats::default();
-        workers.iter().for_each(|w| sum.add(w));
+        let (workers, sum) = self.process_stats(own);
         let each: Vec<String> = workers.iter().map(Stats::to_json).collect();
         let mut extra = format!(
             ",\"worker\":{},\"workers\":[{}]",
@@ -171,11 +310,14 @@ impl Workers {
             return Err(e);
         }
         let board = Arc::new(StatsBoard::new(self.count));
+        let counts = Arc::new(ProcessCounts::new(self.count));
         for (index, join) in joins.into_iter().enumerate() {
             let _ = join.send(Member {
                 index,
                 board: Arc::clone(&board),
                 hub: Arc::clone(&hub),
+                counts: Arc::clone(&counts),
+                rooms_copied: (0, None),
             });
         }
         drop(hub);

@@ -15,6 +15,8 @@
 //! zlib cannot compress raw deflate with a 256-byte window (`windowBits` 8), so an offer that
 //! requires `server_max_window_bits=8` is declined, as RFC 7692 §7.1.2.1 allows.
 
+use std::collections::VecDeque;
+
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::error::ProtocolError;
@@ -329,8 +331,22 @@ impl Deflater {
 }
 
 /// A raw-deflate inflater for whole messages, bounded by the message size limit.
+///
+/// # A block with BFINAL set
+/// RFC 7692 §7.2.3.3 lets a sender end a message's data with a DEFLATE block whose `BFINAL`
+/// bit is set, which ends the DEFLATE stream, and follow it with the header of a new one; with
+/// context takeover the sender still keeps its LZ77 window. A finished zlib stream inflates
+/// nothing more, so at the end of a stream the inflater starts a fresh one primed with the
+/// window as a dictionary: the last window's worth of everything inflated before (earlier
+/// messages, kept in `history` with context takeover, then this message so far). The next
+/// data, in this message or the next, is read against the same window the sender used.
 pub struct Inflater {
     decompress: Decompress,
+    /// With context takeover: the last `window` bytes of earlier messages' output (allocated
+    /// on the first message, empty without takeover).
+    history: VecDeque<u8>,
+    /// The sender's window size in bytes: the most a back-reference may reach.
+    window: usize,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -348,16 +364,31 @@ impl Default for Inflater {
 impl Inflater {
     /// An inflater with the largest window, which reads streams made with any smaller one.
     pub fn new() -> Inflater {
+        Inflater::with_window_bits(15)
+    }
+
+    /// An inflater for a sender whose window is at most `window_bits` (9–15) bits: it reads
+    /// any stream, and keeps only that much of earlier messages for a stream that ends.
+    pub fn with_window_bits(window_bits: u8) -> Inflater {
         Inflater {
             decompress: Decompress::new_with_window_bits(false, 15),
+            history: VecDeque::new(),
+            window: 1 << window_bits.clamp(9, 15),
         }
+    }
+
+    /// Heap bytes held besides the zlib context: the copy of the window kept for a stream
+    /// that ends (context takeover only).
+    pub fn history_bytes(&self) -> usize {
+        self.history.capacity()
     }
 
     /// Inflates one message (its frames' payloads joined) into `out`, which must start empty.
     ///
     /// Output grows only as it is produced, and never past `max` bytes: a small message that
     /// inflates to gigabytes fails with [`ProtocolError::MessageTooBig`] after at most `max`
-    /// bytes were allocated.
+    /// bytes were allocated. With context takeover (`reset` false) the window carries over to
+    /// the next message, also across a block with BFINAL set.
     ///
     /// # Errors
     /// [`ProtocolError::MessageTooBig`] past `max`; [`ProtocolError::BadCompressedData`] for
@@ -369,49 +400,117 @@ impl Inflater {
         max: usize,
         reset: bool,
     ) -> Result<(), ProtocolError> {
-        let result = self.inflate_parts(&[message, &SYNC_TAIL], out, max);
+        let result = self.inflate_message(message, out, max);
         if reset || result.is_err() {
             self.decompress.reset(false);
+            self.history = VecDeque::new();
+        } else {
+            self.remember(out);
         }
         result
     }
 
-    fn inflate_parts(
+    /// §7.2.2: inflates the message with the sync-flush tail appended, starting a new stream
+    /// (same window) wherever one ends.
+    fn inflate_message(
         &mut self,
-        parts: &[&[u8]],
+        message: &[u8],
         out: &mut Vec<u8>,
         max: usize,
     ) -> Result<(), ProtocolError> {
-        for part in parts {
-            let start_in = self.decompress.total_in();
-            loop {
-                if out.len() == out.capacity() {
-                    if out.len() > max {
-                        return Err(ProtocolError::MessageTooBig);
-                    }
-                    // Grow geometrically, but never reserve past the limit (+1 to detect it).
-                    let room = (max + 1 - out.len()).min(out.len().max(part.len() * 2).max(1024));
-                    out.reserve_exact(room);
-                }
-                let done = (self.decompress.total_in() - start_in) as usize;
-                let rest = part.get(done..).unwrap_or_default();
-                let status = self
-                    .decompress
-                    .decompress_vec(rest, out, FlushDecompress::Sync)
-                    .map_err(|_| ProtocolError::BadCompressedData)?;
+        let mut rest = message;
+        loop {
+            let (used, ended) = self.inflate_some(rest, out, max)?;
+            if !ended {
+                break;
+            }
+            rest = rest.get(used..).unwrap_or_default();
+            self.restart(out)?;
+            if rest.is_empty() {
+                // §7.2.3.3: the data ended with the BFINAL block itself; the tail would only
+                // open a stored block that the next message's data could not close.
+                return Ok(());
+            }
+        }
+        let (_, ended) = self.inflate_some(&SYNC_TAIL, out, max)?;
+        if ended {
+            // The tail completed a final stored block the message began.
+            self.restart(out)?;
+        }
+        Ok(())
+    }
+
+    /// Inflates `input` into `out` until it is used up or the DEFLATE stream ends; returns
+    /// how many bytes of `input` were consumed and whether the stream ended.
+    fn inflate_some(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(usize, bool), ProtocolError> {
+        let start_in = self.decompress.total_in();
+        loop {
+            if out.len() == out.capacity() {
                 if out.len() > max {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                let all_in = (self.decompress.total_in() - start_in) as usize == part.len();
-                if status == Status::StreamEnd || (all_in && out.len() < out.capacity()) {
-                    break;
-                }
-                if status == Status::BufError && out.len() < out.capacity() {
-                    break; // No progress possible: all input consumed.
-                }
+                // Grow geometrically, but never reserve past the limit (+1 to detect it).
+                let room = (max + 1 - out.len()).min(out.len().max(input.len() * 2).max(1024));
+                out.reserve_exact(room);
+            }
+            let done = (self.decompress.total_in() - start_in) as usize;
+            let rest = input.get(done..).unwrap_or_default();
+            let status = self
+                .decompress
+                .decompress_vec(rest, out, FlushDecompress::Sync)
+                .map_err(|_| ProtocolError::BadCompressedData)?;
+            if out.len() > max {
+                return Err(ProtocolError::MessageTooBig);
+            }
+            let used = (self.decompress.total_in() - start_in) as usize;
+            if status == Status::StreamEnd {
+                return Ok((used, true));
+            }
+            let all_in = used == input.len();
+            if (all_in && out.len() < out.capacity())
+                || (status == Status::BufError && out.len() < out.capacity())
+            {
+                // All input consumed, or no progress possible with room left.
+                return Ok((used, false));
             }
         }
-        Ok(())
+    }
+
+    /// A stream ended: start a fresh one whose window is what the sender's still is, the
+    /// last `window` bytes inflated so far (`history`, then `out`).
+    fn restart(&mut self, out: &[u8]) -> Result<(), ProtocolError> {
+        let from_out = out.len().min(self.window);
+        let from_history = (self.window - from_out).min(self.history.len());
+        let mut dictionary = Vec::with_capacity(from_history + from_out);
+        dictionary.extend(self.history.range(self.history.len() - from_history..));
+        dictionary.extend_from_slice(out.get(out.len() - from_out..).unwrap_or_default());
+        self.decompress.reset(false);
+        if dictionary.is_empty() {
+            return Ok(());
+        }
+        self.decompress
+            .set_dictionary(&dictionary)
+            .map(drop)
+            .map_err(|_| ProtocolError::BadCompressedData)
+    }
+
+    /// Context takeover: keeps the last `window` bytes of output, in case a later stream
+    /// ends and must restart with them.
+    fn remember(&mut self, out: &[u8]) {
+        if self.history.capacity() == 0 {
+            self.history.reserve_exact(self.window);
+        }
+        let new = out
+            .get(out.len().saturating_sub(self.window)..)
+            .unwrap_or_default();
+        let overflow = (self.history.len() + new.len()).saturating_sub(self.window);
+        self.history.drain(..overflow);
+        self.history.extend(new);
     }
 }
 
@@ -595,6 +694,98 @@ mod tests {
             "allocated {}",
             out.capacity()
         );
+    }
+
+    /// A sender that ends each message's data with a BFINAL block (RFC 7692 §7.2.3.3) yet
+    /// keeps its LZ77 window: every message is a fresh stream primed with what it sent before.
+    struct FinishingSender {
+        sent: Vec<u8>,
+        zero_after: bool,
+    }
+
+    impl FinishingSender {
+        fn message(&mut self, text: &[u8]) -> Vec<u8> {
+            let mut compress = Compress::new_with_window_bits(Compression::new(6), false, 15);
+            let window = self.sent.len().saturating_sub(1 << 15);
+            if !self.sent[window..].is_empty() {
+                compress.set_dictionary(&self.sent[window..]).unwrap();
+            }
+            let mut packed = Vec::with_capacity(text.len() + 64);
+            let status = compress
+                .compress_vec(text, &mut packed, FlushCompress::Finish)
+                .unwrap();
+            assert_eq!(status, Status::StreamEnd);
+            if self.zero_after {
+                // §7.2.3.3's example form: the header of an empty stored block follows.
+                packed.push(0x00);
+            }
+            self.sent.extend_from_slice(text);
+            packed
+        }
+    }
+
+    #[test]
+    fn bfinal_block_keeps_the_window_for_later_messages() {
+        for zero_after in [false, true] {
+            let mut sender = FinishingSender {
+                sent: Vec::new(),
+                zero_after,
+            };
+            let mut inflater = Inflater::new();
+            let long: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 253) as u8).collect();
+            let messages: [&[u8]; 5] = [
+                b"Hello, Hello, Hello",
+                b"Hello, Hello, Hello",
+                &long,
+                b"Hello, Hello, Hello and more",
+                &long[30_000..],
+            ];
+            for (i, m) in messages.iter().enumerate() {
+                let packed = sender.message(m);
+                let mut out = Vec::new();
+                inflater.inflate(&packed, &mut out, 1 << 20, false).unwrap();
+                assert_eq!(&out, m, "message {i}, zero after: {zero_after}");
+            }
+            assert!(inflater.history_bytes() >= 1 << 15);
+            assert!(
+                inflater.history_bytes() < 1 << 16,
+                "history stays one window"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc7692_bfinal_example_then_a_back_reference() {
+        // §7.2.3.3: "Hello" in a block with BFINAL set, then an empty stored block's header.
+        let mut inflater = Inflater::new();
+        let mut out = Vec::new();
+        let first = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+        inflater.inflate(&first, &mut out, 100, false).unwrap();
+        assert_eq!(out, b"Hello");
+        // §7.2.3.2's second message: a back-reference to the first "Hello" (distance 5).
+        let mut out = Vec::new();
+        inflater
+            .inflate(&[0xf2, 0x00, 0x11, 0x00, 0x00], &mut out, 100, false)
+            .unwrap();
+        assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn a_stream_that_ends_mid_message_continues_in_the_same_message() {
+        // One message: "Hello" with BFINAL set, then a new stream that refers back to it.
+        let mut sender = FinishingSender {
+            sent: Vec::new(),
+            zero_after: false,
+        };
+        let mut packed = sender.message(b"Hello, world. ");
+        packed.extend(sender.message(b"Hello, world. Hello, world."));
+        for reset in [true, false] {
+            let mut out = Vec::new();
+            Inflater::new()
+                .inflate(&packed, &mut out, 1 << 10, reset)
+                .unwrap();
+            assert_eq!(out, b"Hello, world. Hello, world. Hello, world.");
+        }
     }
 
     #[test]

@@ -102,6 +102,11 @@ impl Hub {
         }
     }
 
+    /// Topics with a subscriber on any worker: the process's rooms.
+    pub fn topics(&self) -> usize {
+        self.lock().len()
+    }
+
     fn mask(&self, topic: &str) -> u64 {
         self.lock().get(topic).copied().unwrap_or(0)
     }

@@ -21,22 +21,40 @@ use crate::server::compression::ConnDeflate;
 use crate::server::config::ProxyMode;
 use crate::server::connection::{Connection, HeadState, Phase};
 use crate::server::http::{error_response, ok_response, Response};
-use crate::server::metrics;
+use crate::server::metrics::{self, RoomFigures};
 use crate::server::stats::RejectReason;
+use crate::server::workers::{release_ip_slot, take_ip_slot};
 
 use super::{Core, MAX_HEADERS, REJECT_OVERFLOW};
 
 impl Core {
+    /// A connection was accepted: admit it, or answer 503 (or just close it) over a limit.
     pub(super) fn add_connection(
         &mut self,
-        mut socket: TcpStream,
+        socket: TcpStream,
         peer: SocketAddr,
         metrics_only: bool,
     ) {
         if self.shutting_down {
             return;
         }
-        let refusal = if self.conns.len() >= self.config.max_conns {
+        let open = self.count_connection_in();
+        if !self.insert_connection(socket, peer, metrics_only, open) {
+            self.count_connection_out();
+        }
+    }
+
+    /// Puts an accepted connection in the slab, refused with 503 when over `--max-conns`
+    /// (`open` connections in the process before it), the memory budget or the handshake rate.
+    /// False when it was closed at once instead.
+    fn insert_connection(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        metrics_only: bool,
+        open: usize,
+    ) -> bool {
+        let refusal = if open >= self.config.max_conns {
             Some(RejectReason::MaxConns)
         } else if self.over_budget() {
             Some(RejectReason::MemoryBudget)
@@ -50,10 +68,10 @@ impl Core {
         } else {
             None
         };
-        if refusal.is_some() && self.conns.len() >= self.config.max_conns + REJECT_OVERFLOW {
+        if refusal.is_some() && open >= self.config.max_conns + REJECT_OVERFLOW {
             // Not even room to say so: drop the socket.
             self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
-            return;
+            return false;
         }
         // The metrics listener is always plain HTTP.
         let tls_config = self.config.tls.as_ref().filter(|_| !metrics_only);
@@ -62,13 +80,13 @@ impl Core {
             Some(_) if refusal.is_some() => {
                 debug!("{peer}: refused before the TLS handshake: closing");
                 self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
-                return;
+                return false;
             }
             Some(config) => match config.accept() {
                 Ok(session) => Some(session),
                 Err(e) => {
                     warn!("{peer}: {e}");
-                    return;
+                    return false;
                 }
             },
             None => None,
@@ -82,12 +100,13 @@ impl Core {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register {peer}: {e}");
-            return;
+            return false;
         }
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Connection::new(socket, self.next_serial, self.tick, tls);
         conn.metrics_only = metrics_only;
         entry.insert(conn);
+        self.reaccount(key); // a TLS session holds memory from the start
         self.stats.accepted += 1;
         self.stats.open += 1;
         if let Some(reason) = refusal {
@@ -97,6 +116,48 @@ impl Core {
             debug!("{peer}: accepted as #{key}");
             self.arm(key, self.tick.after(self.config.handshake_timeout));
         }
+        true
+    }
+
+    /// Counts a new connection towards `--max-conns`; returns how many the process had
+    /// before it. A lone reactor's slab is its count; workers share one.
+    fn count_connection_in(&self) -> usize {
+        match &self.member {
+            Some(member) => member.counts.open_one(),
+            None => self.conns.len(),
+        }
+    }
+
+    /// A connection counted by [`Core::count_connection_in`] is gone.
+    fn count_connection_out(&self) {
+        if let Some(member) = &self.member {
+            member.counts.close_one();
+        }
+    }
+
+    /// Connection `key` left the slab: it no longer counts towards `--max-conns` nor, if it
+    /// was upgraded, towards its address's `--max-conns-per-ip`.
+    pub(super) fn count_out(&mut self, key: usize) {
+        self.count_connection_out();
+        if let Some(ip) = self.ip_of.remove(&key) {
+            match &self.member {
+                Some(member) => member.counts.release_ip(ip),
+                None => release_ip_slot(&mut self.per_ip, ip),
+            }
+        }
+    }
+
+    /// Counts connection `key` towards `--max-conns-per-ip` for `ip` (every worker's
+    /// connections together); false when `ip` already has `cap`.
+    fn count_per_ip(&mut self, key: usize, ip: IpAddr, cap: usize) -> bool {
+        let taken = match &self.member {
+            Some(member) => member.counts.take_ip(ip, cap),
+            None => take_ip_slot(&mut self.per_ip, ip, cap),
+        };
+        if taken {
+            self.ip_of.insert(key, ip);
+        }
+        taken
     }
 
     /// Handles the request head(s) collected so far: plain HTTP requests (possibly several,
@@ -264,7 +325,10 @@ impl Core {
             self.config.metrics && self.config.metrics_addr.is_none()
         };
         if path == "/metrics" && metrics_here && matches!(req.method, "GET" | "HEAD") {
-            let text = metrics::render(&self.stats, &self.rooms);
+            let text = match &self.member {
+                Some(member) => member.metrics_text(&self.stats, &self.rooms),
+                None => metrics::render(&self.stats, &RoomFigures::of(&self.rooms)),
+            };
             let content_type = "text/plain; version=0.0.4; charset=utf-8";
             let bytes = ok_response(content_type, text.as_bytes(), head_only, keep_alive);
             return Response::owned(200, bytes);
@@ -317,13 +381,11 @@ impl Core {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let peer = self.client_addr(proxied.unwrap_or(socket_peer), req);
         if let Some(cap) = self.config.max_conns_per_ip {
-            if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= cap {
+            if !self.count_per_ip(key, peer.ip(), cap) {
                 debug!("#{key}: {} already has {cap} connections: 503", peer.ip());
                 self.reject_busy(key, RejectReason::PerIp);
                 return false;
             }
-            *self.per_ip.entry(peer.ip()).or_default() += 1;
-            self.ip_of.insert(key, peer.ip());
         }
         let request = Request {
             path: req.target,
@@ -370,29 +432,24 @@ impl Core {
         true
     }
 
-    /// The client's address: `Forwarded` / `X-Forwarded-For` are honoured only when
-    /// `--trusted-proxy` is set and only for hops it trusts.
+    /// The client's address: the `--forwarded-header` (joined over its lines, RFC 9110 §5.3)
+    /// is honoured only for hops in `--trusted-proxy`; any other forwarding header is not
+    /// read at all.
     pub(super) fn client_addr(&self, peer: SocketAddr, req: &RequestHead<'_, '_>) -> SocketAddr {
-        if self.config.trusted_proxies.is_empty() {
+        let Some(header) = self.config.forwarded_header else {
+            return peer;
+        };
+        let values: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(header.name()))
+            .map(|h| h.value)
+            .collect();
+        if values.is_empty() {
             return peer;
         }
-        let joined = |name: &str| {
-            let values: Vec<&str> = req
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value)
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
-        };
-        let forwarded = joined("forwarded");
-        let xff = joined("x-forwarded-for");
-        let ip = client_ip(
-            peer.ip(),
-            &self.config.trusted_proxies,
-            forwarded.as_deref(),
-            xff.as_deref(),
-        );
+        let list = values.join(", ");
+        let ip = client_ip(peer.ip(), &self.config.trusted_proxies, header, &list);
         SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
     }
 

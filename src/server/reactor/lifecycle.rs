@@ -190,16 +190,8 @@ impl Core {
             self.notify_close(app, key, code, "");
             if let Some(conn) = self.conns.try_remove(key) {
                 self.stats.open -= 1;
-                self.stats.buffered_bytes =
-                    self.stats.buffered_bytes.saturating_sub(conn.accounted);
-                if let Some(ip) = self.ip_of.remove(&key) {
-                    if let Some(count) = self.per_ip.get_mut(&ip) {
-                        *count -= 1;
-                        if *count == 0 {
-                            self.per_ip.remove(&ip);
-                        }
-                    }
-                }
+                self.count_buffered(conn.accounted, 0);
+                self.count_out(key);
                 self.leave_rooms(key);
             }
         }

@@ -299,8 +299,8 @@ impl<H: Handler> Reactor<H> {
             self.core.fire_timers(&mut self.app);
             self.log_stats();
             self.core.finish_turn(&mut self.app);
-            if let Some(member) = &self.core.member {
-                member.board.store(member.index, &self.core.stats);
+            if let Some(member) = &mut self.core.member {
+                member.end_turn(&self.core.stats, &self.core.rooms, self.core.now);
             }
             if self.core.shutting_down {
                 self.listener = None;
