@@ -132,10 +132,15 @@ pub fn rate_limited_echoes(scene: &mut Scene) -> String {
     scene.kept.push(writer);
     wait_for(scene.deadline, || echoes.messages() >= MESSAGES);
     let secs = start.elapsed().as_secs_f64();
+    let rate = echoes.bytes() as f64 / secs;
+    let rate = if rate >= 1e6 {
+        format!("{:.1} MB/s", rate / 1e6)
+    } else {
+        format!("{:.1} kB/s", rate / 1e3)
+    };
     format!(
-        "{}/{MESSAGES} echoed in {secs:.2} s, {:.0} kB/s",
-        echoes.messages(),
-        echoes.bytes() as f64 / secs / 1e3
+        "{}/{MESSAGES} echoed in {secs:.2} s, {rate}",
+        echoes.messages()
     )
 }
 
@@ -193,7 +198,7 @@ pub fn flood_room(scene: &mut Scene, flood: Flood) -> String {
 /// over `--max-backpressure` for as long as they do not read.
 ///
 /// How: 1 MiB messages (each echoed to the reading `publisher` before the next) until the
-/// server queues something, i.e. the kernel's buffers towards the members are full; one small
+/// server's `buffered_bytes` grows, i.e. the kernel's buffers towards the members are full; one small
 /// message, whole in their queues, which drop-oldest and latest-only drop to make room for
 /// the 8 MiB one that follows (drop-newest and close do not queue it: then nothing gets
 /// stuck); then each member reads until that message begins, and stops.
@@ -205,9 +210,10 @@ fn stop_inside_big_message(
 ) -> Vec<TcpStream> {
     const BIG: usize = 8 << 20;
     let queued = || stat(scene.addr, "buffered_bytes").unwrap_or(0);
+    let idle = queued();
     let fill = frame(OpCode::Binary, &vec![0x5a; 1 << 20]);
     let mut filled = 0;
-    while queued() == 0 && Instant::now() < scene.deadline {
+    while queued() <= idle && Instant::now() < scene.deadline {
         write_until(publisher, &fill, scene.deadline);
         filled += 1;
         wait_for(scene.deadline, || echoes.messages() >= filled);
@@ -219,7 +225,7 @@ fn stop_inside_big_message(
         scene.deadline,
     );
     wait_for(Instant::now() + Duration::from_secs(2), || {
-        queued() >= BIG as u64
+        queued() >= idle + BIG as u64
     });
     let stuck: Vec<TcpStream> = members
         .into_iter()
