@@ -22,30 +22,41 @@
 //!   50 ms artifacts.
 //! - `--perf`: record `perf record -g` of the server during each point, into
 //!   `target/load-perf/POINT-SERVER.data`.
+//! - `--baseline PATH` or `WSLOOP_BENCH_BASELINE=PATH`: one more server, "wsloop-before", run
+//!   from that binary (e.g. a build of the commit before a refactor) with the same arguments as
+//!   wsloop, interleaved with the others in each round and with its own ratio column; so a
+//!   change is measured before and after in one run, under the same machine drift.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
+use support::{path, Launch, Running};
 
 /// The servers compared, in the order each round runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Server {
     Wsloop,
+    /// wsloop from `--baseline PATH`: the same server before a change.
+    Before,
     Tungstenite,
     Fastws,
 }
 
-const SERVERS: [Server; 3] = [Server::Wsloop, Server::Tungstenite, Server::Fastws];
+/// The peers, in the order of the table's columns (each with its ratio to wsloop).
+const PEERS: [Server; 3] = [Server::Before, Server::Tungstenite, Server::Fastws];
 
 impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Wsloop => "wsloop",
+            Server::Before => "wsloop-before",
             Server::Tungstenite => "tokio-tungstenite",
             Server::Fastws => "fastwebsockets",
         }
@@ -54,24 +65,26 @@ impl Server {
     fn short(self) -> &'static str {
         match self {
             Server::Wsloop => "wsloop",
+            Server::Before => "before",
             Server::Tungstenite => "tungstenite",
             Server::Fastws => "fastws",
         }
     }
 
     /// The program and its arguments to listen on `addr`.
-    fn command(self, bins: &Path, addr: SocketAddr) -> Vec<String> {
+    fn command(self, settings: &Settings, addr: SocketAddr) -> Vec<String> {
+        let bins = &settings.bins;
         let addr = addr.to_string();
         match self {
             Server::Wsloop => vec![path(&bins.join("wsloop")), "--addr".into(), addr],
+            Server::Before => {
+                let baseline = settings.baseline.as_deref().expect("--baseline");
+                vec![path(baseline), "--addr".into(), addr]
+            }
             Server::Tungstenite => vec![path(&bins.join("peer_tokio_tungstenite")), addr],
             Server::Fastws => vec![path(&bins.join("peer_fastwebsockets")), addr],
         }
     }
-}
-
-fn path(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// What one point asks of `wsload`.
@@ -233,9 +246,10 @@ struct Settings {
     idle_conns: usize,
     only: Option<String>,
     perf: bool,
-    rt: bool,
-    pin: bool,
+    launch: Launch,
     bins: PathBuf,
+    /// The "wsloop-before" binary, when comparing with one.
+    baseline: Option<PathBuf>,
 }
 
 impl Settings {
@@ -252,15 +266,17 @@ impl Settings {
                 || std::env::var(var).is_ok_and(|v| v != "0" && !v.is_empty())
         };
         let quick = flag("--quick", "WSLOOP_BENCH_QUICK");
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let bins = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => PathBuf::from(dir).join("release"),
-            // Where cargo put this bench's own copy of the binaries: the same target dir.
-            None => Path::new(env!("CARGO_BIN_EXE_wsloop"))
-                .parent()
-                .expect("target dir")
-                .to_path_buf(),
-        };
+        let baseline = value("--baseline")
+            .or_else(|| std::env::var("WSLOOP_BENCH_BASELINE").ok())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if let Some(baseline) = &baseline {
+            assert!(
+                baseline.is_file(),
+                "--baseline {}: no such file",
+                path(baseline)
+            );
+        }
         Settings {
             quick,
             rounds: value("--rounds")
@@ -273,10 +289,25 @@ impl Settings {
             idle_conns: if quick { 1_000 } else { 10_000 },
             only: value("--only"),
             perf: args.iter().any(|a| a == "--perf"),
-            rt: flag("--rt", "WSLOOP_BENCH_RT"),
-            pin: cpus >= 2,
-            bins,
+            launch: Launch::new(flag("--rt", "WSLOOP_BENCH_RT")),
+            bins: support::release_dir(),
+            baseline,
         }
+    }
+
+    /// The servers each round runs, in order: "wsloop-before" only with `--baseline`.
+    fn servers(&self) -> Vec<Server> {
+        let mut servers = vec![Server::Wsloop];
+        servers.extend(self.peers());
+        servers
+    }
+
+    /// The servers compared with wsloop, in the table's column order.
+    fn peers(&self) -> Vec<Server> {
+        PEERS
+            .into_iter()
+            .filter(|s| *s != Server::Before || self.baseline.is_some())
+            .collect()
     }
 
     fn wants(&self, point: &Point) -> bool {
@@ -286,25 +317,36 @@ impl Settings {
 
 fn main() {
     let settings = Settings::from_env();
-    build();
+    support::build(&[
+        "--package",
+        "wsloop",
+        "--package",
+        "wsload",
+        "--package",
+        "wsloop-peers",
+        "--bins",
+    ]);
     eprintln!(
         "load bench: {} round(s), {} s per point, {} idle connections, pinning {}",
         settings.rounds,
         settings.secs,
         settings.idle_conns,
-        if settings.pin {
+        if settings.launch.pin {
             "server to CPU 0, wsload to CPU 1"
         } else {
             "off (one CPU)"
         }
     );
+    if let Some(baseline) = &settings.baseline {
+        eprintln!("wsloop-before: {}", path(baseline));
+    }
     others_at_rt_priority("before");
     let started = Instant::now();
     // (point key, server) -> metric name -> one value per round.
     let mut results: BTreeMap<(char, Server), BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
     for round in 1..=settings.rounds {
         for point in POINTS.iter().filter(|p| settings.wants(p)) {
-            for server in SERVERS {
+            for server in settings.servers() {
                 let values = run_point(&settings, point, server);
                 eprintln!(
                     "round {round} ({:.0} s) {} {}: {}",
@@ -366,126 +408,20 @@ fn others_at_rt_priority(when: &str) {
     }
 }
 
-/// Builds the release binaries the bench runs (a no-op when they are current).
-fn build() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    // What cargo sets for running this bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, …) must not reach
-    // the nested build: ring's build script watches CARGO_MANIFEST_DIR, and a changed value
-    // would rebuild ring, rustls and wsloop on every run.
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_PRIMARY_PACKAGE",
-        ]
-        .iter()
-        .any(|prefix| key_text.starts_with(prefix))
-        {
-            command.env_remove(&key);
-        }
-    }
-    let status = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "wsloop",
-            "--package",
-            "wsload",
-            "--package",
-            "wsloop-peers",
-            "--bins",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build failed");
-}
-
-/// `program args…` with the open-file soft limit raised to the hard limit, when pinning on CPU
-/// `cpu`, and with `--rt` at real-time priority. `exec` keeps the PID the program's own.
-fn launcher(settings: &Settings, cpu: u8, program: &[String]) -> Command {
-    let mut command = Command::new("sh");
-    command.args([
-        "-c",
-        r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@""#,
-        "sh",
-    ]);
-    if settings.rt {
-        command.args(["chrt", "-f", "10"]);
-    }
-    if settings.pin {
-        command.args(["taskset", "-c", &cpu.to_string()]);
-    }
-    command.args(program);
+/// A fresh `server` on a free loopback port, pinned to CPU 0, its output discarded.
+fn start_server(settings: &Settings, server: Server) -> Running {
+    let addr = support::free_addr();
+    let mut command = settings.launch.command(0, &server.command(settings, addr));
     command
-}
-
-/// A server process this bench started (and so may stop).
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Running {
-    fn start(settings: &Settings, server: Server) -> Running {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = launcher(settings, 0, &server.command(&settings.bins, addr))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server");
-        let running = Running { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on {addr}",
-                server.name()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        running
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-}
-
-impl Drop for Running {
-    /// SIGTERM, up to 3 s to go, then SIGKILL; always reaped.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Running::start(server.name(), command, addr)
 }
 
 /// Runs one point against a fresh `server` and returns its metrics.
 fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'static str, f64)> {
-    let running = Running::start(settings, server);
+    let running = start_server(settings, server);
     let pid = running.pid().to_string();
     let secs = settings.secs.to_string();
     let warmup = settings.warmup.to_string();
@@ -519,7 +455,7 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     }
     push(&[
         "--url",
-        &running.url(),
+        &format!("ws://{}/", running.addr()),
         "--duration",
         &secs,
         "--server-pid",
@@ -564,7 +500,9 @@ fn run_wsload(settings: &Settings, args: &[String]) -> Value {
     let limit = format!("{}", (settings.secs * 3.0) as u64 + 120);
     let mut program = vec!["timeout".to_owned(), "-s".into(), "KILL".into(), limit];
     program.extend_from_slice(args);
-    let out = launcher(settings, 1, &program)
+    let out = settings
+        .launch
+        .command(1, &program)
         .stdin(Stdio::null())
         .output()
         .expect("run wsload");
@@ -681,8 +619,14 @@ fn print_table(settings: &Settings, medians: &Medians) {
         if settings.quick { " (quick mode)" } else { "" }
     );
     println!("ratio = peer ÷ wsloop; (↓) lower is better, (↑) higher is better\n");
-    println!("| point | metric | wsloop | tokio-tungstenite | ratio | fastwebsockets | ratio |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let peers = settings.peers();
+    let mut header = "| point | metric | wsloop |".to_owned();
+    let mut rule = "| --- | --- | ---: |".to_owned();
+    for peer in &peers {
+        header.push_str(&format!(" {} | ratio |", peer.name()));
+        rule.push_str(" ---: | ---: |");
+    }
+    println!("{header}\n{rule}");
     for point in POINTS.iter().filter(|p| settings.wants(p)) {
         let label = match point.load {
             Load::Hold => format!("{} {}", fmt(settings.idle_conns as f64), point.label),
@@ -700,7 +644,7 @@ fn print_table(settings: &Settings, medians: &Medians) {
                 metric.name,
                 fmt(ours)
             );
-            for peer in [Server::Tungstenite, Server::Fastws] {
+            for &peer in &peers {
                 let theirs = get(medians, point.key, peer, *metric);
                 row.push_str(&format!(" {} | {:.2}× |", fmt(theirs), theirs / ours));
             }
@@ -783,7 +727,7 @@ fn print_targets(settings: &Settings, medians: &Medians) {
     // wsload is one thread pinned to one CPU: whatever it drove, it drove from one core.
     let driven = ['b', 'h']
         .into_iter()
-        .flat_map(|k| SERVERS.map(|s| m(k, s, MSGS)))
+        .flat_map(|k| settings.servers().into_iter().map(move |s| m(k, s, MSGS)))
         .filter(|v| v.is_finite())
         .fold(f64::NAN, f64::max);
     if driven.is_finite() {
