@@ -306,6 +306,11 @@ impl OutEntry {
             EntryData::Shared(frame, _) => frame,
         }
     }
+
+    /// How many bytes it sends.
+    pub fn byte_count(&self, outbox_bytes: &[u8]) -> usize {
+        self.bytes(outbox_bytes).len()
+    }
 }
 
 /// All output of one loop turn, for every connection, in the order it was produced.
@@ -376,6 +381,16 @@ impl Outbox {
     /// Whether nothing was produced this turn.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Forgets this turn's output (after it was written), keeping the buffers for the next
+    /// turn unless they grew past `keep` bytes.
+    pub fn clear(&mut self, keep: usize) {
+        self.entries.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > keep {
+            self.bytes = Vec::new();
+        }
     }
 }
 
