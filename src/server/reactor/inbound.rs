@@ -152,16 +152,22 @@ impl Core {
         }))
     }
 
-    /// Before decoding more of a connection's input: whether its budgets allow another
-    /// message. Over them it is paused (or closed); `on_frames` keeps the undecoded rest.
+    /// Before decoding more of an open connection's input: whether its budgets allow another
+    /// message. Over them it is paused (or closed); `on_frames` keeps the undecoded rest. A
+    /// connection we are closing decodes on (its data is ignored) until the peer's close.
     pub(super) fn rate_admits(&mut self, key: usize) -> bool {
         let tick = self.tick;
+        if !self.conns.get(key).is_some_and(Connection::is_open) {
+            return true;
+        }
         let Some(rate) = self.rate_state(key) else {
             return true;
         };
         if rate.paused {
             return false;
         }
+        // A message that cost more than the byte bucket held left it in debt: nothing more is
+        // decoded until the debt is paid off.
         let wait = [
             rate.messages.as_ref().map(|b| b.wait(tick, 1)),
             rate.bytes.as_ref().map(|b| b.wait(tick, 1)),
@@ -177,8 +183,8 @@ impl Core {
         false
     }
 
-    /// After a message of `len` bytes: charges it to the connection's budgets (emptying them
-    /// at most: a message larger than the byte burst takes the whole burst).
+    /// After a message of `len` bytes: charges it to the connection's budgets — its whole
+    /// size to the byte bucket, which may go into debt by up to one message.
     pub(super) fn rate_charge(&mut self, key: usize, len: usize) {
         let tick = self.tick;
         let Some(rate) = self.rate_state(key) else {
@@ -197,7 +203,7 @@ impl Core {
     pub(super) fn over_rate(&mut self, key: usize, wait: Duration) {
         self.stats.rate_limited += 1;
         if self.config.rate_policy == RatePolicy::Close {
-            debug!("#{key}: over --max-msg-rate: closing with 1008");
+            debug!("#{key}: over its message or byte rate: closing with 1008");
             self.start_close(key, CloseCode::POLICY_VIOLATION, "rate limit");
             return;
         }
@@ -207,7 +213,7 @@ impl Core {
         };
         let serial = conn.serial;
         if let Some(rate) = conn.rate.as_mut().filter(|r| !r.paused) {
-            debug!("#{key}: over its message rate: pausing reads for {wait:?}");
+            debug!("#{key}: over its message or byte rate: pausing reads for {wait:?}");
             rate.paused = true;
             let at = tick.after(wait.max(Duration::from_millis(1)));
             self.resume.schedule(at, key, serial);
