@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    client_frame, expect_close, raw_upgraded, read_http_head, read_server_frame, read_to_close,
-    rss_kib, stats, upgrade_request, ServerProcess,
+    client_frame, cpu_seconds, expect_close, raw_upgraded, read_http_head, read_server_frame,
+    read_to_close, rss_kib, stats, upgrade_request, ServerProcess,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -20,18 +20,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
-}
-
-/// utime + stime of the process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields[11].parse().expect("utime");
-    let stime: u64 = fields[12].parse().expect("stime");
-    // CLK_TCK is 100 on Linux.
-    (utime + stime) as f64 / 100.0
 }
 
 /// Voluntary and involuntary context switches of all the process's threads: how often it

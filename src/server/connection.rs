@@ -142,12 +142,20 @@ impl Connection {
         self.out.len() + self.corked
     }
 
-    /// Bytes it holds in its send queue, partial message and own deflate contexts: what the
-    /// memory budget counts.
+    /// Whether it is a slow consumer: its socket refused more than `limit` bytes besides the
+    /// frame it is in the middle of receiving ([`OutQueue::behind_front`]). Output produced
+    /// this turn does not count (the socket has not been offered it yet), nor does one
+    /// message larger than `limit` that a reader keeping up is still taking in.
+    pub fn is_slow(&self, limit: usize) -> bool {
+        self.out.behind_front() > limit
+    }
+
+    /// Memory it holds in its send queue (slots and shared frames included), partial message,
+    /// held-back input and own deflate contexts: what the memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
-        (self.out.len() + self.decoder.buffered() + deflate + backlog) as u64
+        (self.out.footprint() + self.decoder.buffered() + deflate + backlog) as u64
     }
 
     /// Whether the application may send to it.
