@@ -13,6 +13,7 @@ use crate::protocol::CloseCode;
 
 use super::compression::ConnDeflate;
 use super::out_queue::{OutEntry, OutQueue};
+use super::ratelimit::TokenBucket;
 use super::timer::Tick;
 use super::tls::TlsSession;
 
@@ -29,19 +30,33 @@ pub struct HeadState {
     pub client: Option<std::net::SocketAddr>,
 }
 
-/// Per-connection message and byte budgets, allocated only for connections that send while
-/// `--max-msg-rate`/`--max-bytes-rate` is set.
+/// How fast a connection's input is decoded: its message and byte budgets (while
+/// `--max-msg-rate`/`--max-bytes-rate` is set) and the bytes held back from decoding. Allocated
+/// only for connections that send under a rate limit, or that hold bytes back.
 #[derive(Debug)]
 pub struct RateState {
     /// Messages per second.
-    pub messages: Option<super::ratelimit::TokenBucket>,
+    pub messages: Option<TokenBucket>,
     /// Bytes per second.
-    pub bytes: Option<super::ratelimit::TokenBucket>,
+    pub bytes: Option<TokenBucket>,
     /// Reading stopped until the buckets refill.
     pub paused: bool,
-    /// Bytes read but not decoded yet because the budget ran out mid-buffer (at most one
-    /// read's worth); decoded first when reading resumes.
+    /// Bytes read but not decoded yet (at most one read's worth), because a rate budget ran
+    /// out mid-buffer or the connection used up its share of this loop turn; decoded first
+    /// when its turn comes again.
     pub backlog: Vec<u8>,
+}
+
+impl RateState {
+    /// Full buckets for the limits that are set (`None`: no limit), nothing held back.
+    pub fn new(msg_rate: Option<u64>, byte_rate: Option<u64>, now: Tick) -> RateState {
+        RateState {
+            messages: msg_rate.map(|r| TokenBucket::new(r, r, now)),
+            bytes: byte_rate.map(|r| TokenBucket::new(r, r, now)),
+            paused: false,
+            backlog: Vec::new(),
+        }
+    }
 }
 
 /// Where a connection is in its life.
@@ -156,6 +171,22 @@ impl Connection {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
         (self.out.footprint() + self.decoder.buffered() + deflate + backlog) as u64
+    }
+
+    /// Whether bytes read earlier wait to be decoded.
+    pub fn has_backlog(&self) -> bool {
+        self.rate.as_ref().is_some_and(|r| !r.backlog.is_empty())
+    }
+
+    /// Takes the bytes held back from decoding (`None` when there are none), freeing the
+    /// state that held them when no rate limit needs it.
+    pub fn take_backlog(&mut self) -> Option<Vec<u8>> {
+        let rate = self.rate.as_mut().filter(|r| !r.backlog.is_empty())?;
+        let backlog = std::mem::take(&mut rate.backlog);
+        if rate.messages.is_none() && rate.bytes.is_none() {
+            self.rate = None;
+        }
+        Some(backlog)
     }
 
     /// Whether the application may send to it.

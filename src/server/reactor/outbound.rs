@@ -51,6 +51,7 @@ impl Core {
         if !self.conns.get(key).is_some_and(Connection::is_open) {
             return false;
         }
+        self.spend(1);
         self.queue_message(key, &msg);
         self.stats.messages_out += 1;
         true
@@ -245,7 +246,7 @@ mod tests {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
-    use super::super::Reactor;
+    use super::super::{Reactor, Visit};
     use crate::server::app::{ConnId, Context, Decision, Handler, Message, Request};
     use crate::server::config::Config;
 
@@ -290,7 +291,7 @@ mod tests {
                 .map(|(k, _)| k)
                 .find(|k| !before.contains(k));
             if let Some(key) = new {
-                reactor.on_readable(key, true);
+                reactor.on_readable(key, Visit::Ready);
                 if reactor.core.conns.get(key).is_some_and(|c| c.is_open()) {
                     reactor.core.flush_outbox(&mut reactor.app);
                     return (key, client);

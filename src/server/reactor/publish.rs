@@ -81,7 +81,7 @@ impl Core {
 
     /// Encodes `msg` into one shared frame and queues it for every member of `topic` on this
     /// reactor (or every open connection). Slow members (`Connection::is_slow`) get the room's
-    /// slow-consumer policy instead.
+    /// slow-consumer policy instead. Each member is one unit of the publisher's work this turn.
     pub(super) fn publish_local(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
         let opcode = opcode_of(&msg);
         let payload = msg.as_bytes();
@@ -104,6 +104,7 @@ impl Core {
                 .map(|(k, _)| k)
                 .collect(),
         };
+        self.spend(members.len());
         let min_size = self
             .config
             .deflate
