@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    client_frame, expect_close, raw_echo, raw_upgraded, read_http_head, read_server_frame,
-    read_to_close, rss_kib, stats, upgrade_request, ServerProcess,
+    client_frame, cpu_seconds, echo_rtt, expect_close, raw_upgraded, read_http_head,
+    read_server_frame, read_to_close, rss_kib, stats, upgrade_request, ServerProcess,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -20,18 +20,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
-}
-
-/// utime + stime of the process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields[11].parse().expect("utime");
-    let stime: u64 = fields[12].parse().expect("stime");
-    // CLK_TCK is 100 on Linux.
-    (utime + stime) as f64 / 100.0
 }
 
 /// Voluntary and involuntary context switches of all the process's threads: how often it
@@ -75,7 +63,7 @@ fn wait_for(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A fresh connection still upgrades and echoes: the abuse before it hurt no one else.
 fn assert_still_serving(server: &ServerProcess) {
     let mut ws = raw_upgraded(server, "/");
-    raw_echo(&mut ws, "still alive");
+    echo_rtt(&mut ws, "still alive");
 }
 
 /// One churn cycle: connect, upgrade, then either a close handshake (waiting for the
@@ -223,7 +211,7 @@ fn half_close_mid_frame_is_cleaned_up() {
     let base_open = stats_open(&server);
     // Baseline with one idle connection cycle done, so lazily created state exists.
     let mut warm = raw_upgraded(&server, "/");
-    raw_echo(&mut warm, "warm");
+    echo_rtt(&mut warm, "warm");
     drop(warm);
     assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
     let base_fds = fd_count(pid);
@@ -273,7 +261,7 @@ fn reset_mid_frame_is_cleaned_up() {
     let pid = server.pid();
     let base_open = stats_open(&server);
     let mut warm = raw_upgraded(&server, "/");
-    raw_echo(&mut warm, "warm");
+    echo_rtt(&mut warm, "warm");
     drop(warm);
     assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
     let base_fds = fd_count(pid);
@@ -436,7 +424,7 @@ fn accept_under_emfile_backs_off_and_recovers() {
     );
 
     // Existing connections are still served while accepts are paused.
-    raw_echo(&mut held[0], "served while saturated");
+    echo_rtt(&mut held[0], "served while saturated");
 
     // Recovery: free descriptors; the waiting client and a new one get upgraded.
     held.truncate(0);
@@ -448,7 +436,7 @@ fn accept_under_emfile_backs_off_and_recovers() {
         head.starts_with("HTTP/1.1 101"),
         "backlogged client not served after recovery: {head:?}"
     );
-    raw_echo(&mut unserved, "accepted after the pause");
+    echo_rtt(&mut unserved, "accepted after the pause");
     let mut fresh = server.raw();
     fresh
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -458,7 +446,7 @@ fn accept_under_emfile_backs_off_and_recovers() {
         .expect("send upgrade");
     let head = read_http_head(&mut fresh);
     assert!(head.starts_with("HTTP/1.1 101"), "new client: {head:?}");
-    raw_echo(&mut fresh, "new after recovery");
+    echo_rtt(&mut fresh, "new after recovery");
 }
 
 /// 200 000 pings (125-byte payloads) from a client that does not read: once its send queue
@@ -473,7 +461,7 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
     let server = ServerProcess::start(&["--max-backpressure", "65536"]);
     let pid = server.pid();
     let mut other = raw_upgraded(&server, "/");
-    raw_echo(&mut other, "warm");
+    echo_rtt(&mut other, "warm");
     let base_rss = rss_kib(pid);
 
     let stream = raw_upgraded(&server, "/");
@@ -539,7 +527,7 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
         rss < base_rss + 16 * 1024,
         "RSS grew from {base_rss} KiB to {rss} KiB while flooded"
     );
-    raw_echo(&mut other, "served during the flood");
+    echo_rtt(&mut other, "served during the flood");
 
     // Now read: every pong, in order, with its ping's payload.
     let mut reader = std::io::BufReader::with_capacity(1 << 16, &stream);
@@ -557,6 +545,6 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
     writer.join().expect("writer");
     drop(reader);
     let mut stream = stream;
-    raw_echo(&mut stream, "after the flood");
-    raw_echo(&mut other, "after the flood");
+    echo_rtt(&mut stream, "after the flood");
+    echo_rtt(&mut other, "after the flood");
 }

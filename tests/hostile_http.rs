@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, raw_echo, raw_upgraded, read_http_head, read_to_close, rss_kib, upgrade_request,
+    echo_rtt, free_port, raw_upgraded, read_http_head, read_to_close, rss_kib, upgrade_request,
     ServerProcess,
 };
 
@@ -119,9 +119,9 @@ fn pipelined_requests_to_a_client_that_never_reads_stay_bounded() {
     let _flooders = pipeline_without_reading(server.addr, GET_INDEX, 378_000, 4);
     // The reactor is single-threaded: an echo answered means it got past the flood's reads.
     let mut other = raw_upgraded(&server, "/");
-    raw_echo(&mut other, "served during the flood");
+    echo_rtt(&mut other, "served during the flood");
     thread::sleep(Duration::from_millis(500));
-    raw_echo(&mut other, "and after it");
+    echo_rtt(&mut other, "and after it");
     let grown = rss_kib(server.pid()).saturating_sub(idle);
     assert!(
         grown < RSS_GROWTH_LIMIT_KIB,
@@ -140,9 +140,9 @@ fn pipelined_requests_for_a_large_file_share_one_cached_body() {
     let idle = rss_kib(server.pid());
     let _flooder = pipeline_without_reading(server.addr, GET_INDEX, 3_400, 1);
     let mut other = raw_upgraded(&server, "/");
-    raw_echo(&mut other, "served during the flood");
+    echo_rtt(&mut other, "served during the flood");
     thread::sleep(Duration::from_millis(500));
-    raw_echo(&mut other, "and after it");
+    echo_rtt(&mut other, "and after it");
     let grown = rss_kib(server.pid()).saturating_sub(idle);
     assert!(
         grown < RSS_GROWTH_LIMIT_KIB,
@@ -169,7 +169,7 @@ fn held_requests_are_all_answered_once_the_client_reads() {
         thread::spawn(move || stream.write_all(&GET_INDEX.repeat(REQUESTS)).unwrap())
     };
     let mut other = raw_upgraded(&server, "/");
-    raw_echo(&mut other, "served while the requests wait");
+    echo_rtt(&mut other, "served while the requests wait");
     thread::sleep(Duration::from_millis(500));
     let grown = rss_kib(server.pid()).saturating_sub(idle);
     assert!(grown < RSS_GROWTH_LIMIT_KIB, "RSS grew by {grown} KiB");
@@ -269,7 +269,7 @@ fn a_fifo_swapped_in_for_a_served_file_never_blocks() {
         "never served the regular file ({refused} refused)"
     );
     let mut other = raw_upgraded(&server, "/");
-    raw_echo(&mut other, "still serving");
+    echo_rtt(&mut other, "still serving");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -383,7 +383,7 @@ fn repeated_host_or_key_is_a_bad_request() {
         assert_eq!(statuses(&answer), ["400"], "{request}: {answer}");
     }
     let mut ok = raw_upgraded(&server, "/");
-    raw_echo(&mut ok, "one of each is fine");
+    echo_rtt(&mut ok, "one of each is fine");
 }
 
 /// Item 14: every keep-alive request pushed a timer entry that stayed until due (1.75 M

@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    client_frame, expect_close, free_port, raw_upgraded, read_http_head, read_server_frame,
-    read_to_close, rss_kib, ServerProcess,
+    client_frame, echo_rtt, expect_close, free_port, raw_upgraded, read_http_head,
+    read_server_frame, read_to_close, rss_kib, ServerProcess,
 };
 
 const OPCODE_TEXT: u8 = 0x1;
@@ -262,18 +262,6 @@ fn wait_metrics(
         assert!(start.elapsed() < within, "metrics never matched: {m:?}");
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Sends one masked text message and waits for its echo; returns the round trip.
-fn echo_rtt(stream: &mut TcpStream, text: &str) -> Duration {
-    let start = Instant::now();
-    stream
-        .write_all(&client_frame(true, OPCODE_TEXT, text.as_bytes()))
-        .unwrap();
-    let (first, payload) = read_server_frame(stream).expect("echo");
-    assert_eq!(first, 0x80 | OPCODE_TEXT);
-    assert_eq!(payload, text.as_bytes());
-    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------

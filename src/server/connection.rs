@@ -13,6 +13,7 @@ use crate::protocol::CloseCode;
 
 use super::compression::ConnDeflate;
 use super::out_queue::{OutEntry, OutQueue};
+use super::ratelimit::TokenBucket;
 use super::timer::Tick;
 use super::tls::TlsSession;
 
@@ -33,19 +34,33 @@ pub struct HeadState {
     pub held: bool,
 }
 
-/// Per-connection message and byte budgets, allocated only for connections that send while
-/// `--max-msg-rate`/`--max-bytes-rate` is set.
+/// How fast a connection's input is decoded: its message and byte budgets (while
+/// `--max-msg-rate`/`--max-bytes-rate` is set) and the bytes held back from decoding. Allocated
+/// only for connections that send under a rate limit, or that hold bytes back.
 #[derive(Debug)]
 pub struct RateState {
     /// Messages per second.
-    pub messages: Option<super::ratelimit::TokenBucket>,
+    pub messages: Option<TokenBucket>,
     /// Bytes per second.
-    pub bytes: Option<super::ratelimit::TokenBucket>,
+    pub bytes: Option<TokenBucket>,
     /// Reading stopped until the buckets refill.
     pub paused: bool,
-    /// Bytes read but not decoded yet because the budget ran out mid-buffer (at most one
-    /// read's worth); decoded first when reading resumes.
+    /// Bytes read but not decoded yet (at most one read's worth), because a rate budget ran
+    /// out mid-buffer or the connection used up its share of this loop turn; decoded first
+    /// when its turn comes again.
     pub backlog: Vec<u8>,
+}
+
+impl RateState {
+    /// Full buckets for the limits that are set (`None`: no limit), nothing held back.
+    pub fn new(msg_rate: Option<u64>, byte_rate: Option<u64>, now: Tick) -> RateState {
+        RateState {
+            messages: msg_rate.map(|r| TokenBucket::new(r, r, now)),
+            bytes: byte_rate.map(|r| TokenBucket::new(r, r, now)),
+            paused: false,
+            backlog: Vec::new(),
+        }
+    }
 }
 
 /// Where a connection is in its life.
@@ -149,8 +164,17 @@ impl Connection {
         self.buffered_amount() > max_backpressure
     }
 
-    /// Bytes it holds in its send queue, request head buffer, partial message, own deflate
-    /// contexts and TLS session: what the memory budget counts.
+    /// Whether it is a slow consumer: its socket refused more than `limit` bytes besides the
+    /// frame it is in the middle of receiving ([`OutQueue::behind_front`]). Output produced
+    /// this turn does not count (the socket has not been offered it yet), nor does one
+    /// message larger than `limit` that a reader keeping up is still taking in.
+    pub fn is_slow(&self, limit: usize) -> bool {
+        self.out.behind_front() > limit
+    }
+
+    /// Memory it holds in its send queue (slots and shared frames included), request head
+    /// buffer, partial message, held-back input, own deflate contexts and TLS session: what the
+    /// memory budget counts.
     pub fn footprint(&self) -> u64 {
         let deflate = self.deflate.as_ref().map_or(0, |d| d.memory());
         let backlog = self.rate.as_ref().map_or(0, |r| r.backlog.capacity());
@@ -159,7 +183,23 @@ impl Connection {
             Phase::Head(head) => head.buf.capacity(),
             _ => 0,
         };
-        (self.out.len() + head + self.decoder.buffered() + deflate + backlog + tls) as u64
+        (self.out.footprint() + head + self.decoder.buffered() + deflate + backlog + tls) as u64
+    }
+
+    /// Whether bytes read earlier wait to be decoded.
+    pub fn has_backlog(&self) -> bool {
+        self.rate.as_ref().is_some_and(|r| !r.backlog.is_empty())
+    }
+
+    /// Takes the bytes held back from decoding (`None` when there are none), freeing the
+    /// state that held them when no rate limit needs it.
+    pub fn take_backlog(&mut self) -> Option<Vec<u8>> {
+        let rate = self.rate.as_mut().filter(|r| !r.backlog.is_empty())?;
+        let backlog = std::mem::take(&mut rate.backlog);
+        if rate.messages.is_none() && rate.bytes.is_none() {
+            self.rate = None;
+        }
+        Some(backlog)
     }
 
     /// Whether the application may send to it.

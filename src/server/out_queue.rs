@@ -5,22 +5,38 @@
 //! ranges of one shared byte buffer, publications as one reference-counted frame shared by
 //! every receiver. At the end of the turn each connection with output gets exactly one
 //! vectored write of its queue followed by its outbox entries; only what the socket refuses is
-//! copied into the connection's own queue. An idle connection owns no output buffer.
+//! kept in the connection's own queue. An idle connection owns no output buffer.
+//!
+//! A queue knows what it costs in memory, not only what it has to send: a small shared frame
+//! is copied into its owned tail (a few bytes instead of a slot and a reference count each),
+//! and [`OutQueue::footprint`] counts owned capacity, the shared frames it keeps alive and its
+//! slots — the figure the process-wide memory budget adds up.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
+use std::mem::size_of;
 use std::ops::Range;
 use std::rc::Rc;
 
 /// Most slices passed to one `writev` (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 256;
 
+/// Shared frames shorter than this are copied into the queue's owned tail instead of taking a
+/// chunk of their own (unless a room policy may still drop them): a chunk costs a 32-byte
+/// slot plus the frame's 16 bytes of reference counts, 24 times an empty frame's 2 bytes.
+const COPY_BELOW: usize = 512;
+
+/// Least capacity of a new owned chunk: small frames share one allocation.
+const OWNED_CHUNK: usize = 4096;
+
+/// What a shared frame's allocation holds besides the frame: `Rc`'s two counts.
+const RC_COUNTS: usize = 2 * size_of::<usize>();
+
 /// One piece of queued output.
 #[derive(Debug)]
 enum Chunk {
     Owned(Vec<u8>),
-    /// A shared frame, tagged with the room it was published to (0: none), so a room's
-    /// slow-consumer policy can find its unsent frames.
+    /// A shared frame, tagged with the room whose slow-consumer policy may drop it (0: none).
     Shared(Rc<[u8]>, u32),
 }
 
@@ -29,6 +45,22 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(s, _) => s,
+        }
+    }
+
+    /// Memory the chunk keeps allocated, besides its slot.
+    fn held(&self) -> usize {
+        match self {
+            Chunk::Owned(v) => v.capacity(),
+            Chunk::Shared(s, _) => s.len() + RC_COUNTS,
+        }
+    }
+
+    /// The room that may drop it (0: none).
+    fn room(&self) -> u32 {
+        match self {
+            Chunk::Owned(_) => 0,
+            Chunk::Shared(_, room) => *room,
         }
     }
 }
@@ -48,6 +80,11 @@ struct Chunks {
     front_written: usize,
     /// Unsent bytes in all chunks.
     len: usize,
+    /// What the chunks keep allocated ([`Chunk::held`] summed).
+    held: usize,
+    /// Chunks tagged with each room (rarely more than one room): a room's policy finds out
+    /// without looking whether the queue holds any of its frames.
+    tagged: Vec<(u32, usize)>,
 }
 
 impl OutQueue {
@@ -61,6 +98,25 @@ impl OutQueue {
         self.len() == 0
     }
 
+    /// Unsent bytes behind the front chunk — the frame being written (or, copied together,
+    /// the small frames and the owned output of one turn that the socket refused with it).
+    /// What a slow consumer is judged by: one message larger than the limit in flight to a
+    /// reader that keeps up is all front chunk.
+    pub fn behind_front(&self) -> usize {
+        self.inner.as_ref().map_or(0, |c| c.len - c.front_left())
+    }
+
+    /// Memory the queue holds: owned capacity, shared frames (each counted whole, as if this
+    /// queue were their only holder), slots and bookkeeping. At least [`OutQueue::len`].
+    pub fn footprint(&self) -> usize {
+        self.inner.as_ref().map_or(0, |c| {
+            size_of::<Chunks>()
+                + c.held
+                + c.chunks.capacity() * size_of::<Chunk>()
+                + c.tagged.capacity() * size_of::<(u32, usize)>()
+        })
+    }
+
     /// Appends a copy of `bytes`, extending the last owned chunk where it has room.
     pub fn push_bytes(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
@@ -70,8 +126,10 @@ impl OutQueue {
         }
     }
 
-    /// Appends a shared frame of `room` (0: none) from byte `from` on (no copy when `from`
-    /// is 0).
+    /// Appends a shared frame tagged with `room` (0: none) from byte `from` on. A small
+    /// untagged one is copied into the owned tail; otherwise the frame itself is queued, also
+    /// the rest of a partly written one, which arrives as the queue empties and heads it
+    /// (behind other output it would be copied).
     pub fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
         if from < frame.len() {
             self.inner
@@ -82,31 +140,17 @@ impl OutQueue {
 
     /// Removes unsent whole frames of `room` — the oldest one only, or all of them — and
     /// returns (frames, bytes) freed. A frame already partly written is never touched:
-    /// cutting it would corrupt the stream.
+    /// cutting it would corrupt the stream. Free when the queue holds no frame of `room`;
+    /// otherwise the oldest is found by looking from the front up to it, all in one pass.
     pub fn drop_room_frames(&mut self, room: u32, all: bool) -> (usize, usize) {
         let Some(inner) = self.inner.as_mut() else {
             return (0, 0);
         };
-        let (mut frames, mut freed) = (0, 0);
-        let mut index = usize::from(inner.front_written > 0);
-        while let Some(chunk) = inner.chunks.get(index) {
-            match chunk {
-                Chunk::Shared(frame, r) if *r == room && room != 0 => {
-                    freed += frame.len();
-                    frames += 1;
-                    inner.chunks.remove(index);
-                    if !all {
-                        break;
-                    }
-                }
-                _ => index += 1,
-            }
-        }
-        inner.len -= freed;
+        let dropped = inner.drop_room_frames(room, all);
         if inner.len == 0 {
             self.inner = None;
         }
-        (frames, freed)
+        dropped
     }
 
     /// Drops everything (the connection is going away).
@@ -148,6 +192,13 @@ impl OutQueue {
 }
 
 impl Chunks {
+    /// Unsent bytes of the front chunk.
+    fn front_left(&self) -> usize {
+        self.chunks
+            .front()
+            .map_or(0, |f| f.bytes().len() - self.front_written)
+    }
+
     fn push_bytes(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
         if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
@@ -156,22 +207,106 @@ impl Chunks {
                 return;
             }
         }
-        let mut chunk = Vec::with_capacity(bytes.len().max(4096));
+        let mut chunk = Vec::with_capacity(bytes.len().max(OWNED_CHUNK));
         chunk.extend_from_slice(bytes);
-        self.chunks.push_back(Chunk::Owned(chunk));
+        self.push_chunk(Chunk::Owned(chunk));
     }
 
     fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
-        let len = frame.len().saturating_sub(from);
-        if len == 0 {
+        let rest = frame.get(from..).unwrap_or_default();
+        if rest.is_empty() {
             return;
         }
-        if from == 0 {
-            self.len += len;
-            self.chunks.push_back(Chunk::Shared(Rc::clone(frame), room));
-        } else {
-            self.push_bytes(frame.get(from..).unwrap_or_default());
+        let small = room == 0 && rest.len() < COPY_BELOW;
+        if small || (from > 0 && !self.chunks.is_empty()) {
+            return self.push_bytes(rest);
         }
+        if from > 0 {
+            // The rest of a partly written frame, into a queue that has just emptied: it
+            // becomes the front chunk, its written part skipped.
+            self.front_written = from;
+        }
+        self.len += rest.len();
+        self.push_chunk(Chunk::Shared(Rc::clone(frame), room));
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        self.held += chunk.held();
+        self.count_tag(chunk.room(), 1);
+        self.chunks.push_back(chunk);
+    }
+
+    /// Accounts for a chunk that left the queue (written or dropped).
+    fn forget(&mut self, chunk: &Chunk) {
+        self.held -= chunk.held();
+        self.count_tag(chunk.room(), -1);
+    }
+
+    /// Adds `delta` to the count of chunks tagged `room` (untagged chunks are not counted).
+    fn count_tag(&mut self, room: u32, delta: isize) {
+        if room == 0 {
+            return;
+        }
+        match self.tagged.iter().position(|&(r, _)| r == room) {
+            Some(at) => {
+                if let Some((_, count)) = self.tagged.get_mut(at) {
+                    *count = count.saturating_add_signed(delta);
+                    if *count == 0 {
+                        self.tagged.swap_remove(at);
+                    }
+                }
+            }
+            None if delta > 0 => self.tagged.push((room, delta.unsigned_abs())),
+            None => {}
+        }
+    }
+
+    fn tagged(&self, room: u32) -> usize {
+        self.tagged
+            .iter()
+            .find(|&&(r, _)| r == room)
+            .map_or(0, |&(_, count)| count)
+    }
+
+    fn drop_room_frames(&mut self, room: u32, all: bool) -> (usize, usize) {
+        let partly_written = usize::from(self.front_written > 0);
+        let mut left = self.tagged(room);
+        if partly_written == 1 && self.chunks.front().is_some_and(|c| c.room() == room) {
+            left -= 1;
+        }
+        if room == 0 || left == 0 {
+            return (0, 0);
+        }
+        let (mut frames, mut freed, mut held) = (0, 0, 0);
+        let mut take = |chunk: &Chunk| {
+            frames += 1;
+            freed += chunk.bytes().len();
+            held += chunk.held();
+        };
+        if all {
+            let mut index = 0;
+            self.chunks.retain(|chunk| {
+                index += 1;
+                let drop = index > partly_written && chunk.room() == room;
+                if drop {
+                    take(chunk);
+                }
+                !drop
+            });
+        } else {
+            let oldest = self
+                .chunks
+                .iter()
+                .skip(partly_written)
+                .position(|c| c.room() == room);
+            if let Some(chunk) = oldest.and_then(|at| self.chunks.remove(at + partly_written)) {
+                take(&chunk);
+            }
+        }
+        self.len -= freed;
+        self.held -= held;
+        self.count_tag(room, -(frames as isize));
+        (frames, freed)
     }
 
     /// Adds the queued slices to `iov`, front first.
@@ -194,14 +329,16 @@ impl Chunks {
     fn advance(&mut self, mut n: usize) -> usize {
         let mut taken = 0;
         while n > 0 {
-            let Some(front) = self.chunks.front() else {
+            let left = self.front_left();
+            if left == 0 {
                 break;
-            };
-            let left = front.bytes().len() - self.front_written;
+            }
             if n >= left {
                 n -= left;
                 taken += left;
-                self.chunks.pop_front();
+                if let Some(front) = self.chunks.pop_front() {
+                    self.forget(&front);
+                }
                 self.front_written = 0;
             } else {
                 self.front_written += n;
@@ -306,6 +443,11 @@ impl OutEntry {
             EntryData::Shared(frame, _) => frame,
         }
     }
+
+    /// How many bytes it sends.
+    pub fn byte_count(&self, outbox_bytes: &[u8]) -> usize {
+        self.bytes(outbox_bytes).len()
+    }
 }
 
 /// All output of one loop turn, for every connection, in the order it was produced.
@@ -315,6 +457,10 @@ pub struct Outbox {
     pub bytes: Vec<u8>,
     /// What goes to whom, in order.
     pub entries: Vec<OutEntry>,
+    /// Where this turn's frames for receivers over their limit sit in `entries`, per
+    /// (receiver, room), oldest first: a room policy that drops old frames takes them out in
+    /// O(1) each, however long the turn.
+    policed: HashMap<(usize, u32), VecDeque<usize>>,
 }
 
 impl Outbox {
@@ -342,7 +488,7 @@ impl Outbox {
         });
     }
 
-    /// Appends a shared frame of `room` (0: none) for connection `key`.
+    /// Appends a shared frame tagged with `room` (0: none) for connection `key`.
     pub fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
         self.entries.push(OutEntry {
             key,
@@ -350,24 +496,37 @@ impl Outbox {
         });
     }
 
-    /// Removes this turn's whole frames of `room` (0: none) for connection `key` — the oldest
-    /// one only, or all of them — and returns (frames, bytes) removed. The twin of
-    /// [`OutQueue::drop_room_frames`] for what has not reached the connection's queue yet:
-    /// frames published earlier in the same turn are still here.
-    pub fn drop_room_frames(&mut self, key: usize, room: u32, all: bool) -> (usize, usize) {
-        let (mut frames, mut freed) = (0, 0);
-        let mut index = 0;
-        while let Some(entry) = self.entries.get(index) {
-            match &entry.data {
-                EntryData::Shared(frame, r) if entry.key == key && *r == room && room != 0 => {
-                    freed += frame.len();
-                    frames += 1;
-                    self.entries.remove(index);
-                    if !all {
-                        break;
-                    }
-                }
-                _ => index += 1,
+    /// Appends a frame of `room` for a receiver over its limit, remembering where it is so
+    /// that [`Outbox::drop_policed`] can take it out again.
+    pub fn push_policed(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
+        self.policed
+            .entry((key, room))
+            .or_default()
+            .push_back(self.entries.len());
+        self.push_shared(key, frame, room);
+    }
+
+    /// Takes this turn's frames of `room` pushed by [`Outbox::push_policed`] for `key` out —
+    /// the oldest one only, or all of them — and returns (frames, bytes) taken. An entry is
+    /// emptied where it stands rather than removed, so this costs O(1) per frame.
+    ///
+    /// Only policed frames are found. That is all of them: a receiver's queue only shrinks
+    /// while an outbox fills (even the `on_drain` callbacks of a flush run after all its
+    /// writes), so one over its limit now was over it for every earlier frame of this outbox.
+    pub fn drop_policed(&mut self, key: usize, room: u32, all: bool) -> (usize, usize) {
+        let Some(indexes) = self.policed.get_mut(&(key, room)) else {
+            return (0, 0);
+        };
+        let frames = if all {
+            indexes.len()
+        } else {
+            indexes.len().min(1)
+        };
+        let mut freed = 0;
+        for index in indexes.drain(..frames) {
+            if let Some(entry) = self.entries.get_mut(index) {
+                freed += entry.byte_count(&self.bytes);
+                entry.data = EntryData::Bytes(0..0);
             }
         }
         (frames, freed)
@@ -376,6 +535,17 @@ impl Outbox {
     /// Whether nothing was produced this turn.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Forgets this turn's output (after it was written), keeping the buffers for the next
+    /// turn unless they grew past `keep` bytes.
+    pub fn clear(&mut self, keep: usize) {
+        self.entries.clear();
+        self.bytes.clear();
+        if self.bytes.capacity() > keep {
+            self.bytes = Vec::new();
+        }
+        self.policed.clear();
     }
 }
 
@@ -414,32 +584,108 @@ mod tests {
     }
 
     #[test]
-    fn outbox_drops_only_that_connections_frames_of_that_room() {
+    fn outbox_drops_only_that_connections_policed_frames_of_that_room() {
         let mut outbox = Outbox::default();
         let a: Rc<[u8]> = Rc::from(&b"aaaa"[..]);
         let b: Rc<[u8]> = Rc::from(&b"bb"[..]);
-        outbox.push_shared(1, &a, 7);
+        outbox.push_policed(1, &a, 7);
         outbox.push_bytes(1, &[b"own"]);
-        outbox.push_shared(2, &a, 7);
-        outbox.push_shared(1, &b, 7);
-        outbox.push_shared(1, &b, 8);
+        outbox.push_policed(2, &a, 7);
+        outbox.push_policed(1, &b, 7);
+        outbox.push_policed(1, &b, 8);
+        outbox.push_shared(1, &a, 7);
+        assert_eq!(outbox.drop_policed(1, 7, false), (1, 4), "the oldest only");
         assert_eq!(
-            outbox.drop_room_frames(1, 7, false),
-            (1, 4),
-            "the oldest only"
+            outbox.drop_policed(1, 7, true),
+            (1, 2),
+            "frames pushed unpoliced are not found"
         );
-        assert_eq!(outbox.drop_room_frames(1, 7, true), (1, 2));
-        assert_eq!(
-            outbox.drop_room_frames(1, 0, true),
-            (0, 0),
-            "room 0 is never dropped"
-        );
+        assert_eq!(outbox.drop_policed(1, 7, true), (0, 0));
+        assert_eq!(outbox.drop_policed(3, 7, true), (0, 0));
+        // Dropped entries stay in place, empty.
         let left: Vec<(usize, usize)> = outbox
             .entries
             .iter()
-            .map(|e| (e.key, e.bytes(&outbox.bytes).len()))
+            .map(|e| (e.key, e.byte_count(&outbox.bytes)))
             .collect();
-        assert_eq!(left, [(1, 3), (2, 4), (1, 2)]);
+        assert_eq!(left, [(1, 0), (1, 3), (2, 4), (1, 0), (1, 2), (1, 4)]);
+        outbox.clear(usize::MAX);
+        assert!(outbox.is_empty());
+        assert_eq!(
+            outbox.drop_policed(1, 8, true),
+            (0, 0),
+            "cleared with the turn"
+        );
+    }
+
+    #[test]
+    fn small_untagged_frames_are_copied_together() {
+        let tiny: Rc<[u8]> = Rc::from(&[0x81, 0][..]);
+        let mut q = OutQueue::default();
+        for _ in 0..10_000 {
+            q.push_shared(&tiny, 0, 0);
+        }
+        assert_eq!(q.len(), 20_000);
+        // Five 4 KiB chunks, not 10 000 slots and references.
+        let chunks = q.inner.as_ref().map_or(0, |c| c.chunks.len());
+        assert_eq!(chunks, 5);
+        assert!(
+            q.footprint() < q.len() * 11 / 10 + 1024,
+            "{}",
+            q.footprint()
+        );
+        // A tagged one keeps its own chunk (its room may drop it), and is counted with its
+        // slot and reference counts.
+        let before = q.footprint();
+        q.push_shared(&tiny, 7, 0);
+        assert!(q.footprint() >= before + 2 + RC_COUNTS);
+        assert_eq!(q.drop_room_frames(7, true), (1, 2));
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: usize::MAX,
+            calls: 0,
+        };
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(sock.got.len(), 20_000);
+        assert_eq!(q.footprint(), 0);
+    }
+
+    #[test]
+    fn behind_front_leaves_out_the_frame_being_written() {
+        let big: Rc<[u8]> = Rc::from(vec![1u8; 10_000]);
+        let mut outbox = Outbox::default();
+        outbox.push_shared(1, &big, 0);
+        outbox.push_bytes(1, &[b"after"]);
+        let mut q = OutQueue::default();
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 1000,
+            calls: 0,
+        };
+        q.write_with(&mut sock, &outbox.bytes, &outbox.entries)
+            .unwrap();
+        assert_eq!(q.len(), 9005);
+        assert_eq!(
+            q.behind_front(),
+            5,
+            "the rest of the big frame is in flight"
+        );
+        // Its rest was not copied: the queue holds the shared frame itself.
+        assert!(q.footprint() < 10_000 + 4096 + 1024, "{}", q.footprint());
+        assert_eq!(Rc::strong_count(&big), 3);
+        // Another frame behind it leaves the front where it was.
+        q.push_shared(&big, 0, 0);
+        assert_eq!(q.len(), 19_005);
+        assert_eq!(q.behind_front(), 10_005);
+        sock.room = 9000;
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(q.behind_front(), 10_000);
+        assert_eq!(q.len(), 10_005);
+        sock.room = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(sock.got.len(), 20_005);
+        assert_eq!(&sock.got[10_000..10_005], b"after");
+        assert_eq!(sock.got[10_005..], big[..]);
     }
 
     #[test]

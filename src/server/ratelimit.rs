@@ -4,9 +4,12 @@
 //! # Contract
 //! The bucket holds at most `burst` tokens and gains `rate` tokens per second, counted in
 //! milli-tokens so that refilling is exact integer arithmetic: one millisecond adds exactly
-//! `rate` milli-tokens, whatever the rate. It never reads a clock: the caller passes the
-//! reactor's current [`Tick`] (ticks that go backwards are treated as "no time passed"), so
-//! tests drive it with a virtual clock. It takes 24 bytes, to sit in per-connection state.
+//! `rate` milli-tokens, whatever the rate. [`TokenBucket::try_take`] takes only tokens that
+//! are there; [`TokenBucket::charge`], for work already done, takes them all the same and
+//! leaves the bucket in debt, which the refill pays off before tokens are available again.
+//! It never reads a clock: the caller passes the reactor's current [`Tick`] (ticks that go
+//! backwards are treated as "no time passed"), so tests drive it with a virtual clock. It
+//! takes 24 bytes, to sit in per-connection state.
 
 use std::time::Duration;
 
@@ -22,8 +25,8 @@ const MILLI: u64 = 1000;
 /// bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
-    /// Milli-tokens held at `last`, at most `burst * 1000`.
-    level: u64,
+    /// Milli-tokens held at `last`, at most `burst * 1000`; negative: owed.
+    level: i64,
     /// When `level` was last brought up to date.
     last: Tick,
     /// Tokens per second, which is also milli-tokens per millisecond.
@@ -37,7 +40,7 @@ impl TokenBucket {
     pub fn new(rate_per_sec: u64, burst: u64, now: Tick) -> TokenBucket {
         let burst = u32::try_from(burst).unwrap_or(u32::MAX);
         TokenBucket {
-            level: u64::from(burst) * MILLI,
+            level: milli(u64::from(burst)),
             last: now,
             rate: u32::try_from(rate_per_sec).unwrap_or(u32::MAX),
             burst,
@@ -49,32 +52,32 @@ impl TokenBucket {
     pub fn try_take(&mut self, now: Tick, n: u64) -> bool {
         self.level = self.level_at(now);
         self.last = self.last.max(now);
-        let need = n.saturating_mul(MILLI);
-        match self.level.checked_sub(need) {
-            Some(left) => {
-                self.level = left;
-                true
-            }
-            None => false,
+        let need = milli(n);
+        if self.level < need {
+            return false;
         }
+        self.level -= need;
+        true
     }
 
-    /// Takes `n` tokens, or all there are when fewer (refilling first): for charging work
-    /// already done, such as a message whose size was only known after it was read.
+    /// Takes `n` tokens whether or not they are there (refilling first): for charging work
+    /// already done, such as a message whose size was only known after it was read. What is
+    /// missing is owed: [`TokenBucket::wait`] counts the debt, so a message larger than the
+    /// burst costs its full size in time.
     pub fn charge(&mut self, now: Tick, n: u64) {
-        self.level = self.level_at(now).saturating_sub(n.saturating_mul(MILLI));
+        self.level = self.level_at(now).saturating_sub(milli(n));
         self.last = self.last.max(now);
     }
 
-    /// How long until `n` tokens will be available (zero if they are now; `n` > burst → the
-    /// time to fill the whole burst), for a timer or a `Retry-After`. With a rate of zero,
-    /// tokens that are missing never come: [`Duration::MAX`].
+    /// How long until `n` tokens will be available (zero if they are now; a debt is paid off
+    /// first; `n` > burst → the time to fill the whole burst), for a timer or a `Retry-After`.
+    /// With a rate of zero, tokens that are missing never come: [`Duration::MAX`].
     pub fn wait(&self, now: Tick, n: u64) -> Duration {
-        let need = n.min(u64::from(self.burst)) * MILLI;
+        let need = milli(n.min(u64::from(self.burst)));
         let missing = need.saturating_sub(self.level_at(now));
-        if missing == 0 {
+        let Ok(missing @ 1..) = u64::try_from(missing) else {
             return Duration::ZERO;
-        }
+        };
         if self.rate == 0 {
             return Duration::MAX;
         }
@@ -88,13 +91,23 @@ impl TokenBucket {
     }
 
     /// Milli-tokens held at `now`: the stored level plus the refill since `last`, capped.
-    fn level_at(&self, now: Tick) -> u64 {
+    fn level_at(&self, now: Tick) -> i64 {
         let elapsed_ms = u64::try_from(now.since(self.last).as_millis()).unwrap_or(u64::MAX);
-        let refill = elapsed_ms.saturating_mul(u64::from(self.rate));
+        let refill = milli_from(elapsed_ms.saturating_mul(u64::from(self.rate)));
         self.level
             .saturating_add(refill)
-            .min(u64::from(self.burst) * MILLI)
+            .min(milli(u64::from(self.burst)))
     }
+}
+
+/// `n` tokens in milli-tokens (saturating).
+fn milli(n: u64) -> i64 {
+    milli_from(n.saturating_mul(MILLI))
+}
+
+/// A count of milli-tokens as the signed level (saturating).
+fn milli_from(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -205,6 +218,23 @@ mod tests {
         assert!(slow.try_take(at(0), 1));
         assert_eq!(slow.wait(at(0), 1), Duration::from_secs(1));
         assert!(slow.try_take(Tick::NONE.after(Duration::MAX), 1));
+    }
+
+    #[test]
+    fn a_charge_beyond_the_level_is_owed() {
+        let at = clock();
+        // One token per millisecond, a burst of one second.
+        let mut bucket = TokenBucket::new(1000, 1000, at(0));
+        bucket.charge(at(0), 5000);
+        // 4000 owed, then one token to gather.
+        assert_eq!(bucket.wait(at(0), 1), Duration::from_millis(4001));
+        assert!(!bucket.try_take(at(4000), 1));
+        assert_eq!(bucket.wait(at(4000), 1), Duration::from_millis(1));
+        assert!(bucket.try_take(at(4001), 1));
+        // A debt as large as the counters allow still waits, and never overflows.
+        bucket.charge(at(4001), u64::MAX);
+        assert!(bucket.wait(at(4001), 1) > Duration::from_secs(1_000_000));
+        assert!(!bucket.try_take(far(u64::MAX / 4), 1));
     }
 
     #[test]

@@ -15,11 +15,20 @@ pub enum RoomPolicy {
     Close,
     /// Drop the new publication for that subscriber.
     DropNewest,
-    /// Drop the oldest unsent whole frame of this room from its queue, then queue the new one
-    /// (a partly written frame is never touched).
+    /// Drop the oldest unsent whole frame of this room (queued, or else published earlier in
+    /// the same turn), then queue the new one; with none to drop, drop the new one (a partly
+    /// written frame is never touched).
     DropOldest,
     /// Keep only the newest unsent frame of this room (tickers, game state).
     LatestOnly,
+}
+
+impl RoomPolicy {
+    /// Whether it takes frames already queued out again (drop-oldest, latest-only): the
+    /// room's frames must then stay recognisable in the queues.
+    pub fn drops_queued(self) -> bool {
+        matches!(self, RoomPolicy::DropOldest | RoomPolicy::LatestOnly)
+    }
 }
 
 impl std::str::FromStr for RoomPolicy {
@@ -155,8 +164,13 @@ impl Rooms {
 
     /// Counts a publication dropped for a slow member of `topic`.
     pub fn count_drop(&mut self, topic: &str) {
+        self.count_drops(topic, 1);
+    }
+
+    /// Counts `n` publications dropped for slow members of `topic`.
+    pub fn count_drops(&mut self, topic: &str, n: u64) {
         if let Some(room) = self.topics.get_mut(topic) {
-            room.dropped += 1;
+            room.dropped += n;
         }
     }
 

@@ -140,14 +140,17 @@ pub fn raw_upgraded(server: &ServerProcess, path: &str) -> TcpStream {
     stream
 }
 
-/// Sends a text message on a raw upgraded stream and checks the echo.
-pub fn raw_echo(stream: &mut TcpStream, text: &str) {
+/// Sends one masked text message on a raw upgraded stream and waits for its echo; returns
+/// the round trip.
+pub fn echo_rtt(stream: &mut TcpStream, text: &str) -> Duration {
+    let start = std::time::Instant::now();
     stream
         .write_all(&client_frame(true, 0x1, text.as_bytes()))
         .expect("send text");
-    let (first, payload) = read_server_frame(stream).expect("echo frame");
+    let (first, payload) = read_server_frame(stream).expect("echo");
     assert_eq!(first, 0x81, "echo must be one final text frame");
     assert_eq!(payload, text.as_bytes());
+    start.elapsed()
 }
 
 /// Encodes one masked client frame.
@@ -401,6 +404,18 @@ impl ServerProcess {
             .args(args);
         ServerProcess::spawn(command)
     }
+}
+
+/// utime + stime of process `pid`, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    // CLK_TCK is 100 on Linux.
+    (utime + stime) as f64 / 100.0
 }
 
 /// `VmRSS` of process `pid`, in KiB (user memory; kernel socket buffers are not in it).

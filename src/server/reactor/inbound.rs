@@ -1,6 +1,6 @@
 //! Frames in: decoding a connection's bytes, handing messages to the application (inflating
-//! compressed ones), control frames, protocol errors, and the per-connection rate limits that
-//! gate decoding.
+//! compressed ones), control frames, protocol errors, and what gates decoding: the
+//! per-connection rate limits and each connection's share of work per loop turn.
 
 use std::time::Duration;
 
@@ -12,7 +12,6 @@ use crate::protocol::{CloseCode, Event, MessageKind, Outcome, ProtocolError};
 use crate::server::app::{ConnId, Context, Handler, Message};
 use crate::server::config::RatePolicy;
 use crate::server::connection::{Connection, Phase, RateState};
-use crate::server::ratelimit::TokenBucket;
 
 use super::{Core, READ_BUF};
 
@@ -40,11 +39,12 @@ impl Core {
             if !matches!(conn.phase, Phase::Open | Phase::CloseSent) {
                 return;
             }
-            if !self.rate_admits(key) {
-                // Over its rate: the rest waits until the buckets refill.
-                if let Some(rate) = self.conns.get_mut(key).and_then(|c| c.rate.as_mut()) {
-                    rate.backlog
-                        .extend_from_slice(input.get(pos..).unwrap_or_default());
+            if self.work_left == 0 || !self.rate_admits(key) {
+                // Out of work for this turn, or over its rate: the rest waits for its next
+                // turn (the ready list), or until the buckets refill (the resume timer).
+                let rest = input.get(pos..).unwrap_or_default();
+                if let Some(rate) = self.pacing(key) {
+                    rate.backlog.extend_from_slice(rest);
                 }
                 return;
             }
@@ -56,7 +56,10 @@ impl Core {
             pos += decoded.consumed;
             match decoded.outcome {
                 Outcome::NeedMore => return,
-                Outcome::Event(event) => self.on_event(app, key, event, rest),
+                Outcome::Event(event) => {
+                    self.spend(1);
+                    self.on_event(app, key, event, rest);
+                }
                 Outcome::Error(e) => {
                     self.fail(key, e);
                     return;
@@ -134,34 +137,52 @@ impl Core {
         self.rate_charge(key, bytes.len());
     }
 
-    /// The connection's rate state, created on its first message under a rate limit.
-    pub(super) fn rate_state(&mut self, key: usize) -> Option<&mut RateState> {
-        let tick = self.tick;
-        let (msg_rate, byte_rate) = (self.config.max_msg_rate, self.config.max_bytes_rate);
-        if msg_rate.is_none() && byte_rate.is_none() {
-            return None;
-        }
-        let conn = self.conns.get_mut(key)?;
-        Some(conn.rate.get_or_insert_with(|| {
-            Box::new(RateState {
-                messages: msg_rate.map(|r| TokenBucket::new(r, r, tick)),
-                bytes: byte_rate.map(|r| TokenBucket::new(r, r, tick)),
-                paused: false,
-                backlog: Vec::new(),
-            })
-        }))
+    /// Counts `units` of work (a message decoded, a frame queued for a receiver) against the
+    /// share of the connection being read this turn.
+    pub(super) fn spend(&mut self, units: usize) {
+        self.work_left = self.work_left.saturating_sub(units);
     }
 
-    /// Before decoding more of a connection's input: whether its budgets allow another
-    /// message. Over them it is paused (or closed); `on_frames` keeps the undecoded rest.
+    /// The connection's pacing state, created when first needed (with full buckets for the
+    /// rate limits that are set).
+    pub(super) fn pacing(&mut self, key: usize) -> Option<&mut RateState> {
+        let (tick, msg_rate, byte_rate) = (
+            self.tick,
+            self.config.max_msg_rate,
+            self.config.max_bytes_rate,
+        );
+        let conn = self.conns.get_mut(key)?;
+        Some(
+            conn.rate
+                .get_or_insert_with(|| Box::new(RateState::new(msg_rate, byte_rate, tick))),
+        )
+    }
+
+    /// The connection's rate state under a rate limit (`None` without one), created on its
+    /// first message.
+    pub(super) fn rate_state(&mut self, key: usize) -> Option<&mut RateState> {
+        if self.config.max_msg_rate.is_none() && self.config.max_bytes_rate.is_none() {
+            return None;
+        }
+        self.pacing(key)
+    }
+
+    /// Before decoding more of an open connection's input: whether its budgets allow another
+    /// message. Over them it is paused (or closed); `on_frames` keeps the undecoded rest. A
+    /// connection we are closing decodes on (its data is ignored) until the peer's close.
     pub(super) fn rate_admits(&mut self, key: usize) -> bool {
         let tick = self.tick;
+        if !self.conns.get(key).is_some_and(Connection::is_open) {
+            return true;
+        }
         let Some(rate) = self.rate_state(key) else {
             return true;
         };
         if rate.paused {
             return false;
         }
+        // A message that cost more than the byte bucket held left it in debt: nothing more is
+        // decoded until the debt is paid off.
         let wait = [
             rate.messages.as_ref().map(|b| b.wait(tick, 1)),
             rate.bytes.as_ref().map(|b| b.wait(tick, 1)),
@@ -177,8 +198,8 @@ impl Core {
         false
     }
 
-    /// After a message of `len` bytes: charges it to the connection's budgets (emptying them
-    /// at most: a message larger than the byte burst takes the whole burst).
+    /// After a message of `len` bytes: charges it to the connection's budgets — its whole
+    /// size to the byte bucket, which may go into debt by up to one message.
     pub(super) fn rate_charge(&mut self, key: usize, len: usize) {
         let tick = self.tick;
         let Some(rate) = self.rate_state(key) else {
@@ -197,7 +218,7 @@ impl Core {
     pub(super) fn over_rate(&mut self, key: usize, wait: Duration) {
         self.stats.rate_limited += 1;
         if self.config.rate_policy == RatePolicy::Close {
-            debug!("#{key}: over --max-msg-rate: closing with 1008");
+            debug!("#{key}: over its message or byte rate: closing with 1008");
             self.start_close(key, CloseCode::POLICY_VIOLATION, "rate limit");
             return;
         }
@@ -207,7 +228,7 @@ impl Core {
         };
         let serial = conn.serial;
         if let Some(rate) = conn.rate.as_mut().filter(|r| !r.paused) {
-            debug!("#{key}: over its message rate: pausing reads for {wait:?}");
+            debug!("#{key}: over its message or byte rate: pausing reads for {wait:?}");
             rate.paused = true;
             let at = tick.after(wait.max(Duration::from_millis(1)));
             self.resume.schedule(at, key, serial);

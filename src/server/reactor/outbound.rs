@@ -51,6 +51,7 @@ impl Core {
         if !self.conns.get(key).is_some_and(Connection::is_open) {
             return false;
         }
+        self.spend(1);
         self.queue_message(key, &msg);
         self.stats.messages_out += 1;
         true
@@ -134,40 +135,55 @@ impl Core {
         self.after_write(app, key);
     }
 
-    /// After output moved: note a blocked socket, resume reading under the low-water mark,
-    /// tell the application, and send FIN once a lingering connection has said everything.
+    /// After output moved: note a blocked socket, resume reading under the low-water mark and
+    /// tell the application, send FIN once a lingering connection has said everything.
     pub(super) fn after_write<H: Handler>(&mut self, app: &mut H, key: usize) {
+        if self.settle(key) {
+            self.notify_drain(app, key);
+        }
+    }
+
+    /// [`Core::after_write`] without the callback: returns whether the application is to hear
+    /// `on_drain` for `key`.
+    fn settle(&mut self, key: usize) -> bool {
         let low_water = self.config.max_backpressure / 2;
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
         if conn.has_pending_output() {
             conn.writable = false;
         }
-        if conn.read_paused && conn.out.len() <= low_water {
+        let drained = conn.read_paused && conn.out.len() <= low_water;
+        if drained {
             conn.read_paused = false;
             self.ready.push(key);
-            if conn.is_open() {
-                let id = ConnId {
-                    key: key as u32,
-                    serial: conn.serial,
-                };
-                app.on_drain(&mut Context { core: self }, id);
-            }
         }
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.finish_when_drained();
-            if conn.peer_eof && conn.fin_sent {
-                self.kill(key); // Both directions are done.
-            }
+        conn.finish_when_drained();
+        if conn.peer_eof && conn.fin_sent {
+            self.kill(key); // Both directions are done.
+            return false;
+        }
+        drained
+    }
+
+    /// Tells the application that an open connection's send queue went under the low-water
+    /// mark.
+    fn notify_drain<H: Handler>(&mut self, app: &mut H, key: usize) {
+        if !self.conns.get(key).is_some_and(Connection::is_open) {
+            return;
+        }
+        if let Some(id) = self.id_of(key) {
+            app.on_drain(&mut Context { core: self }, id);
         }
     }
 
-    /// One vectored write per connection for everything produced this turn.
+    /// One vectored write per connection for everything produced this turn. `on_drain` runs
+    /// after every connection's write, so no queue grows while callbacks fill the next outbox.
     pub(super) fn flush_outbox<H: Handler>(&mut self, app: &mut H) {
         let mut outbox = std::mem::take(&mut self.outbox);
         // Stable: keeps each connection's output in the order it was produced.
         outbox.entries.sort_by_key(|e| e.key);
+        let mut drained = Vec::new();
         for group in outbox.entries.chunk_by(|a, b| a.key == b.key) {
             let Some(key) = group.first().map(|e| e.key) else {
                 continue;
@@ -175,7 +191,9 @@ impl Core {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.corked = 0;
+            // What this outbox held for it; anything corked since belongs to the next one.
+            let taken: usize = group.iter().map(|e| e.byte_count(&outbox.bytes)).sum();
+            conn.corked = conn.corked.saturating_sub(taken);
             if conn.is_dead() {
                 continue;
             }
@@ -194,18 +212,18 @@ impl Core {
                 }
             }
             self.reaccount(key);
-            self.after_write(app, key);
+            if self.settle(key) {
+                drained.push(key);
+            }
         }
-        outbox.entries.clear();
-        outbox.bytes.clear();
-        if outbox.bytes.capacity() > 4 * READ_BUF {
-            outbox.bytes = Vec::new();
+        outbox.clear(4 * READ_BUF);
+        for key in drained {
+            self.notify_drain(app, key);
         }
-        // Output produced by callbacks during this flush (on_drain) went to a fresh outbox;
-        // keep it for the next round, else reuse the old buffers.
-        let produced = std::mem::replace(&mut self.outbox, outbox);
-        if !produced.is_empty() {
-            self.outbox = produced;
+        // Output those callbacks produced went to a fresh outbox; keep it for the next round,
+        // else reuse the old buffers.
+        if self.outbox.is_empty() {
+            self.outbox = outbox;
         }
     }
 }
@@ -219,5 +237,109 @@ impl io::Write for Blocked {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::super::{Reactor, Visit};
+    use crate::server::app::{ConnId, Context, Decision, Handler, Message, Request};
+    use crate::server::config::Config;
+
+    /// Puts every connection in one room; publishes 100 bytes to it whenever one drains.
+    #[derive(Default)]
+    struct PublishOnDrain {
+        drained: Vec<ConnId>,
+    }
+
+    impl Handler for PublishOnDrain {
+        fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, _: &Request<'_>) -> Decision {
+            ctx.subscribe(id, "room");
+            Decision::Accept(None)
+        }
+
+        fn on_message(&mut self, _: &mut Context<'_>, _: ConnId, _: Message<'_>) {}
+
+        fn on_drain(&mut self, ctx: &mut Context<'_>, id: ConnId) {
+            self.drained.push(id);
+            ctx.publish("room", Message::Binary(&[7; 100]));
+        }
+    }
+
+    /// Accepts and upgrades one client; returns its slab key and socket.
+    fn open(reactor: &mut Reactor<PublishOnDrain>) -> (usize, TcpStream) {
+        let mut client = TcpStream::connect(reactor.local_addr()).unwrap();
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                  Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                  Sec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+        let before: Vec<usize> = reactor.core.conns.iter().map(|(k, _)| k).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            reactor.accept_all(false);
+            let new = reactor
+                .core
+                .conns
+                .iter()
+                .map(|(k, _)| k)
+                .find(|k| !before.contains(k));
+            if let Some(key) = new {
+                reactor.on_readable(key, Visit::Ready);
+                if reactor.core.conns.get(key).is_some_and(|c| c.is_open()) {
+                    reactor.core.flush_outbox(&mut reactor.app);
+                    return (key, client);
+                }
+            }
+            assert!(Instant::now() < deadline, "no upgrade");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Output an `on_drain` callback produces while the outbox is being written stays counted
+    /// in `corked` (and so in `buffered_amount`) until the next round writes it: the flush
+    /// takes off each connection only what it wrote for it. It used to reset the count of a
+    /// connection written after the callback, losing what the callback had queued for it.
+    #[test]
+    fn output_queued_by_on_drain_during_a_flush_stays_counted() {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, PublishOnDrain::default()).unwrap();
+        let (a, _client_a) = open(&mut reactor);
+        let (b, mut client_b) = open(&mut reactor);
+        assert!(a < b, "the drained connection is written first");
+        // `a` was paused for backpressure; both have output this turn.
+        reactor.core.conns.get_mut(a).unwrap().read_paused = true;
+        reactor.core.queue(a, &[b"x"]);
+        reactor.core.queue(b, &[b"y"]);
+        reactor.core.flush_outbox(&mut reactor.app);
+        assert_eq!(reactor.app.drained.len(), 1);
+        // The publication (a 2-byte header and 100 bytes) waits in the next outbox.
+        assert_eq!(reactor.core.conns.get(b).unwrap().corked, 102);
+        assert_eq!(reactor.core.conns.get(b).unwrap().buffered_amount(), 102);
+        reactor.core.flush_outbox(&mut reactor.app);
+        assert_eq!(reactor.core.conns.get(b).unwrap().corked, 0);
+        assert!(reactor.core.outbox.is_empty());
+        // `b` got its own byte, then the publication.
+        let mut got = Vec::new();
+        client_b
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while !got.ends_with(&[7; 100]) {
+            let mut buf = [0u8; 4096];
+            let n = client_b.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let response_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&got[response_end..response_end + 3], [b'y', 0x82, 100]);
     }
 }

@@ -80,8 +80,8 @@ impl Core {
     }
 
     /// Encodes `msg` into one shared frame and queues it for every member of `topic` on this
-    /// reactor (or every open connection). Members over the backpressure limit get the
-    /// slow-consumer policy instead.
+    /// reactor (or every open connection). Slow members (`Connection::is_slow`) get the room's
+    /// slow-consumer policy instead. Each member is one unit of the publisher's work this turn.
     pub(super) fn publish_local(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
         let opcode = opcode_of(&msg);
         let payload = msg.as_bytes();
@@ -92,6 +92,9 @@ impl Core {
         let (room, policy) = topic
             .and_then(|t| self.rooms.get(t))
             .map_or((0, self.config.slow_consumer), |r| (r.id, r.policy));
+        // Frames a policy may take out of a queue later carry their room; others are plain
+        // output (small ones are then copied together in a queue).
+        let tag = if policy.drops_queued() { room } else { 0 };
         let members: Vec<usize> = match topic {
             Some(topic) => self.rooms.members(topic).to_vec(),
             None => self
@@ -101,67 +104,45 @@ impl Core {
                 .map(|(k, _)| k)
                 .collect(),
         };
-        let mut delivered = 0;
+        self.spend(members.len());
+        let min_size = self
+            .config
+            .deflate
+            .as_ref()
+            .map_or(usize::MAX, |d| d.min_size);
+        let (mut delivered, mut dropped) = (0, 0);
         for key in members {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.conns.get(key).filter(|c| c.is_open()) else {
                 continue;
             };
-            if !conn.is_open() {
-                continue;
-            }
-            if conn.buffered_amount() + payload.len() > self.config.max_backpressure {
-                self.stats.backpressure_closes += 1;
-                let dropped_old = match policy {
-                    RoomPolicy::Close => {
-                        warn!("#{key}: send queue over --max-backpressure: closing with 1008");
-                        self.start_close(key, CloseCode::POLICY_VIOLATION, "slow consumer");
-                        continue;
-                    }
-                    RoomPolicy::DropOldest | RoomPolicy::LatestOnly if room != 0 => {
-                        // Unsent frames are in the connection's queue (older) and in this
-                        // turn's outbox (published earlier in the same turn).
-                        let all = policy == RoomPolicy::LatestOnly;
-                        let (queued, _) = conn.out.drop_room_frames(room, all);
-                        let (corked, freed) = if all || queued == 0 {
-                            self.outbox.drop_room_frames(key, room, all)
-                        } else {
-                            (0, 0)
-                        };
-                        conn.corked = conn.corked.saturating_sub(freed);
-                        queued + corked
-                    }
-                    _ => 0,
+            let shared_deflate = conn
+                .deflate
+                .as_ref()
+                .filter(|_| payload.len() >= min_size)
+                .map(|d| {
+                    (
+                        d.params.server_no_context_takeover,
+                        d.params.server_max_window_bits,
+                    )
+                });
+            let policed = conn.is_slow(self.config.max_backpressure);
+            if policed {
+                // Its own compressed stream cannot lose a frame later: drop this one instead.
+                let own_stream = matches!(shared_deflate, Some((false, _)));
+                let policy = if own_stream && policy.drops_queued() {
+                    RoomPolicy::DropNewest
+                } else {
+                    policy
                 };
-                self.reaccount(key);
-                // Older frames made room for this one, or else this one is dropped.
-                let dropped = dropped_old.max(1);
-                self.stats.dropped_messages += dropped as u64;
-                if let Some(topic) = topic {
-                    for _ in 0..dropped {
-                        self.rooms.count_drop(topic);
-                    }
-                }
-                if dropped_old == 0 {
+                let (queue, made_room) = self.police(key, room, policy);
+                dropped += made_room;
+                if !queue {
                     continue;
                 }
             }
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            let shared_deflate = conn.deflate.as_ref().map(|d| {
-                (
-                    d.params.server_no_context_takeover,
-                    d.params.server_max_window_bits,
-                )
-            });
-            let min_size = self
-                .config
-                .deflate
-                .as_ref()
-                .map_or(usize::MAX, |d| d.min_size);
             delivered += 1;
             let frame = match shared_deflate {
-                Some((true, bits)) if payload.len() >= min_size => {
+                Some((true, bits)) => {
                     let slot = compressed.get_mut(usize::from(bits.clamp(9, 15) - 9));
                     match slot {
                         Some(Some(frame)) => Rc::clone(frame),
@@ -176,19 +157,65 @@ impl Core {
                         None => Rc::clone(&frame),
                     }
                 }
-                Some((false, _)) if payload.len() >= min_size => {
+                Some((false, _)) => {
                     self.queue_message(key, &msg);
                     continue;
                 }
-                _ => Rc::clone(&frame),
+                None => Rc::clone(&frame),
             };
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.corked += frame.len();
             }
-            self.outbox.push_shared(key, &frame, room);
+            if policed {
+                self.outbox.push_policed(key, &frame, room);
+            } else {
+                self.outbox.push_shared(key, &frame, tag);
+            }
         }
         self.stats.messages_out += delivered as u64;
+        self.stats.dropped_messages += dropped as u64;
+        if let Some(topic) = topic.filter(|_| dropped > 0) {
+            self.rooms.count_drops(topic, dropped as u64);
+        }
         delivered
+    }
+
+    /// A publication meets slow member `key` of `room` (0: a broadcast): applies `policy`.
+    /// Returns whether the new frame is still queued for it, and how many frames were dropped
+    /// (the new one, or older ones that made room for it).
+    fn police(&mut self, key: usize, room: u32, policy: RoomPolicy) -> (bool, usize) {
+        self.stats.backpressure_closes += 1;
+        match policy {
+            RoomPolicy::Close => {
+                warn!("#{key}: send queue over --max-backpressure: closing with 1008");
+                self.start_close(key, CloseCode::POLICY_VIOLATION, "slow consumer");
+                (false, 0)
+            }
+            RoomPolicy::DropOldest if room != 0 => match self.drop_older(key, room, false) {
+                0 => (false, 1),
+                older => (true, older),
+            },
+            RoomPolicy::LatestOnly if room != 0 => (true, self.drop_older(key, room, true)),
+            _ => (false, 1),
+        }
+    }
+
+    /// Takes unsent whole frames of `room` out of slow member `key`'s output — the oldest
+    /// (queued first, else from this turn), or all of them — and returns how many. Nothing is
+    /// searched for frames that are not there, and this turn's are found without a scan (see
+    /// `OutQueue::drop_room_frames` and `Outbox::drop_policed`).
+    fn drop_older(&mut self, key: usize, room: u32, all: bool) -> usize {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return 0;
+        };
+        let (mut frames, _) = conn.out.drop_room_frames(room, all);
+        if all || frames == 0 {
+            let (this_turn, bytes) = self.outbox.drop_policed(key, room, all);
+            conn.corked = conn.corked.saturating_sub(bytes);
+            frames += this_turn;
+        }
+        self.reaccount(key);
+        frames
     }
 }
 
