@@ -21,7 +21,7 @@ use crate::CloseCode;
 use super::event::Event;
 use super::output::Output;
 use super::shared::{RatePolicy, Settings, Shared};
-use super::Connection;
+use super::{Connection, Phase};
 
 /// Rate state and held-back input (boxed: it exists once a connection sends under a rate
 /// limit, or while input is held).
@@ -78,9 +78,10 @@ impl Flow {
 
 impl Connection {
     /// Gives back input the caller read but did not pass on (e.g. its per-turn work bound was
-    /// reached): it is decoded, in order, before anything read later. Copies `rest`.
+    /// reached): it is decoded, in order, before anything read later. Copies `rest`. Once the
+    /// connection is lingering or finished, input is discarded, and so is `rest`.
     pub fn defer(&mut self, rest: &[u8]) {
-        if rest.is_empty() {
+        if rest.is_empty() || !self.takes_input() {
             return;
         }
         let flow = self.flow.get_or_insert_with(Box::default);
@@ -91,16 +92,27 @@ impl Connection {
         flow.backlog.extend_from_slice(rest);
     }
 
-    /// Whether input is held back and may be decoded now: call
-    /// [`handle_input`](Connection::handle_input) with an empty slice (false during a rate
-    /// pause: [`poll_timeout`](Connection::poll_timeout) says when it ends).
+    /// Whether input is held back and can be used now: call
+    /// [`handle_input`](Connection::handle_input) with an empty slice. False during a rate
+    /// pause ([`poll_timeout`](Connection::poll_timeout) says when it ends) and while a
+    /// request waits for its answer.
     pub fn has_backlog(&self) -> bool {
-        !self.is_paused() && self.holds_input()
+        let ready = match &self.phase {
+            Phase::Head(head) => !head.is_waiting(),
+            Phase::Open { .. } | Phase::CloseSent { .. } => !self.is_paused(),
+            Phase::Lingering { .. } | Phase::Finished => false,
+        };
+        ready && self.holds_input()
     }
 
     /// Whether any input is held back (paused or not).
     pub(super) fn holds_input(&self) -> bool {
         self.flow.as_deref().is_some_and(|f| !f.held().is_empty())
+    }
+
+    /// Whether input still means something: not once lingering or finished.
+    fn takes_input(&self) -> bool {
+        !matches!(self.phase, Phase::Lingering { .. } | Phase::Finished)
     }
 
     /// Takes the held-back input out, to decode it: `(buffer, start)`.
@@ -118,7 +130,7 @@ impl Connection {
     /// Holds `buf[start..]` without copying it, in front of anything held since: the bytes
     /// after the request head, or the undecoded rest of a taken backlog.
     pub(super) fn hold(&mut self, mut buf: Vec<u8>, start: usize) {
-        if start >= buf.len() {
+        if start >= buf.len() || !self.takes_input() {
             return;
         }
         let flow = self.flow.get_or_insert_with(Box::default);
@@ -216,7 +228,7 @@ impl Connection {
 mod tests {
     use std::time::Duration;
 
-    use super::super::testkit::{client_frame, text, Harness, Seen};
+    use super::super::testkit::{client_close, client_frame, text, upgrade_request, Harness, Seen};
     use super::super::{Event, RatePolicy, Settings};
     use crate::OpCode;
 
@@ -311,6 +323,36 @@ mod tests {
             h.conn.wants_read(),
             "reading goes on to find the peer's close"
         );
+    }
+
+    #[test]
+    fn input_held_after_the_close_handshake_is_dropped() {
+        // Found by the fuzz target: frames after a close frame, in the bytes that came with
+        // the request, stayed held while lingering, so `has_backlog` never went false.
+        let mut h = Harness::new(Settings::default());
+        let mut bytes = upgrade_request("");
+        bytes.extend(client_close(1000, b""));
+        bytes.extend(texts(2));
+        h.feed(&bytes);
+        h.accept().unwrap();
+        assert!(!h.conn.has_backlog());
+        assert_eq!(h.conn.memory(), 0);
+        assert!(matches!(h.events()[..], [Event::Closed(_)]));
+        // Deferring once lingering discards, as reading would.
+        h.conn.defer(b"more");
+        assert!(!h.conn.has_backlog());
+        assert_eq!(h.conn.memory(), 0);
+    }
+
+    #[test]
+    fn input_deferred_in_the_request_phase_is_scanned_on_the_next_call() {
+        let mut h = Harness::new(Settings::default());
+        h.conn.defer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(h.conn.has_backlog());
+        assert!(!h.conn.wants_read(), "held input goes first");
+        h.resume();
+        assert_eq!(h.take_request().head, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!h.conn.has_backlog());
     }
 
     #[test]

@@ -157,9 +157,14 @@ impl Head {
 }
 
 impl Connection {
-    /// Request-phase bytes: collected, then the next request (if complete) is handed out.
+    /// Request-phase bytes (after any that were deferred): collected, then the next request
+    /// (if complete) is handed out.
     pub(super) fn head_input(&mut self, input: &[u8], shared: &Shared) {
+        let deferred = self.take_backlog();
         if let Phase::Head(head) = &mut self.phase {
+            if let Some((held, start)) = &deferred {
+                head.append(held.get(*start..).unwrap_or_default());
+            }
             head.append(input);
         }
         self.advance_head(&shared.settings);

@@ -255,7 +255,7 @@ impl Connection {
             return false;
         }
         match &self.phase {
-            Phase::Head(head) => !head.is_waiting(),
+            Phase::Head(head) => !head.is_waiting() && !self.has_backlog(),
             Phase::Open { .. } | Phase::CloseSent { .. } => {
                 !self.is_paused() && !self.has_backlog()
             }
