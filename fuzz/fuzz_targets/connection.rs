@@ -95,6 +95,8 @@ struct Driver {
     sent_deciding: usize,
     /// Pushes made when the connection finished, or when our FIN went out.
     done_at: Option<usize>,
+    /// The reactor's scratch buffer for messages not borrowed from the input.
+    scratch: Vec<u8>,
 }
 
 impl Driver {
@@ -114,6 +116,7 @@ impl Driver {
             max_read: 0,
             sent_deciding: 0,
             done_at: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -127,13 +130,18 @@ impl Driver {
         }
         self.max_read = self.max_read.max(data.len());
         let mut buf = data.to_vec();
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut pos = 0;
         while pos < buf.len() {
             let rest = &mut buf[pos..];
             let len = rest.len();
-            let got = self
-                .conn
-                .handle_input(self.now, rest, &mut self.out, &mut self.shared);
+            let got = self.conn.handle_input(
+                self.now,
+                rest,
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
+            );
             assert!(got.consumed <= len, "consumed past the input");
             assert!(got.consumed > 0 || got.message.is_some(), "no progress");
             pos += got.consumed;
@@ -146,18 +154,25 @@ impl Driver {
                 break;
             }
         }
+        self.scratch = scratch;
         self.resume(script);
     }
 
     /// Decodes held-back input, as a reactor does before reading again.
     fn resume(&mut self, script: &mut Script) {
+        let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..100_000 {
             if !self.conn.has_backlog() {
+                self.scratch = scratch;
                 return;
             }
-            let got = self
-                .conn
-                .handle_input(self.now, &mut [], &mut self.out, &mut self.shared);
+            let got = self.conn.handle_input(
+                self.now,
+                &mut [],
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
+            );
             if let Some(message) = got.message {
                 self.on_message(message);
             }

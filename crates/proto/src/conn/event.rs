@@ -1,7 +1,6 @@
 //! What a connection reports: messages (returned by `handle_input`, borrowing the input) and
 //! events (queued, owned, from `poll_event`).
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,18 +10,19 @@ use crate::proxy::{ProxyError, ProxyHeader};
 use crate::time::Tick;
 use crate::{CloseCode, MessageKind, ProtocolError};
 
-/// A complete message from the peer. Borrowed from the input when it arrived whole in one
-/// read; owned when it was assembled across reads or fragments, inflated, or decoded from
-/// held-back input. Text is valid UTF-8 by construction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A complete message from the peer, borrowed: from the input when it arrived whole in one
+/// read (zero copy), else from the caller's scratch buffer (assembled across reads or
+/// fragments, inflated, or decoded from held-back input). Text is valid UTF-8 by
+/// construction: it was validated once, by making this `&str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message.
-    Text(Cow<'a, str>),
+    Text(&'a str),
     /// A binary message.
-    Binary(Cow<'a, [u8]>),
+    Binary(&'a [u8]),
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
     /// Text or binary.
     pub fn kind(&self) -> MessageKind {
         match self {
@@ -32,18 +32,10 @@ impl Message<'_> {
     }
 
     /// The payload bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &'a [u8] {
         match self {
             Message::Text(text) => text.as_bytes(),
             Message::Binary(bytes) => bytes,
-        }
-    }
-
-    /// The message with its payload owned (a copy only when it was borrowed).
-    pub fn into_owned(self) -> Message<'static> {
-        match self {
-            Message::Text(text) => Message::Text(Cow::Owned(text.into_owned())),
-            Message::Binary(bytes) => Message::Binary(Cow::Owned(bytes.into_owned())),
         }
     }
 }

@@ -360,9 +360,10 @@ mod tests {
         let mut h = Harness::open(Settings::default());
         let mut bytes = texts(3);
         // A reactor that stops after the first message and hands the rest back.
+        let mut scratch = Vec::new();
         let got = h
             .conn
-            .handle_input(h.now, &mut bytes, &mut h.out, &mut h.shared);
+            .handle_input(h.now, &mut bytes, &mut scratch, &mut h.out, &mut h.shared);
         assert!(got.message.is_some());
         let consumed = got.consumed;
         h.conn.defer(&bytes[consumed..]);

@@ -2,8 +2,14 @@
 //! once, compressed messages inflated within the message limit, the rate budgets charged),
 //! control frames (ping → pong, pong → round trip, close → the close handshake), and the
 //! protocol errors that fail the connection.
+//!
+//! A message that cannot be borrowed from the input — assembled across reads or fragments,
+//! inflated, or decoded from held-back input — is handed out from the caller's scratch buffer,
+//! which the message borrows like the input: no allocation per message, and text is validated
+//! once more by the same fast validator either way (the decoder's streaming check is what fails
+//! fast; safe Rust cannot turn its verdict into a `&str`).
 
-use std::borrow::Cow;
+use std::ops::Range;
 
 use crate::decoder::{Event as Frame, Outcome, Payload};
 use crate::time::Tick;
@@ -15,6 +21,14 @@ use super::output::{write_frame, Output};
 use super::shared::Shared;
 use super::{Connection, Phase};
 
+/// Where a decoded message's bytes are.
+enum Body {
+    /// A range of the input slice.
+    Input(Range<usize>),
+    /// The scratch buffer.
+    Scratch,
+}
+
 /// What one decoded frame asks of the decoding loop.
 enum Step {
     /// Go on decoding.
@@ -22,8 +36,8 @@ enum Step {
     /// Stop: an event was queued (it is polled before anything after it is decoded), or
     /// nothing more is decoded.
     Stop,
-    /// Stop and hand out this message (its payload not resolved against the input yet).
-    Deliver(MessageKind, Payload),
+    /// Stop and hand out this message.
+    Deliver(MessageKind, Body),
 }
 
 impl Connection {
@@ -33,59 +47,73 @@ impl Connection {
         &mut self,
         now: Tick,
         input: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
         out: &mut O,
         shared: &mut Shared,
     ) -> Input<'a> {
         if !self.holds_input() && !input.is_empty() {
-            return self.decode(now, input, out, shared);
+            let (consumed, found) = self.decode(now, input, scratch, out, shared);
+            let message = found.and_then(|(kind, body)| {
+                let bytes = match body {
+                    Body::Input(range) => input.get(range).unwrap_or_default(),
+                    Body::Scratch => scratch.as_slice(),
+                };
+                self.deliver(now, kind, bytes, out, shared)
+            });
+            return Input { consumed, message };
         }
         self.defer(input);
         if self.is_paused() {
             return Input::all(input.len());
         }
-        let message = self.decode_backlog(now, out, shared);
+        let message = self.decode_backlog(now, scratch, out, shared);
         Input {
             consumed: input.len(),
             message,
         }
     }
 
-    /// Decodes held-back input up to its first message or event; the message is handed out
-    /// owned (it borrowed the connection's own buffer).
-    fn decode_backlog<O: Output>(
+    /// Decodes held-back input up to its first message or event; a message is copied into
+    /// `scratch` (it was in the connection's own buffer).
+    fn decode_backlog<'a, O: Output>(
         &mut self,
         now: Tick,
+        scratch: &'a mut Vec<u8>,
         out: &mut O,
         shared: &mut Shared,
-    ) -> Option<Message<'static>> {
+    ) -> Option<Message<'a>> {
         let (mut buf, start) = self.take_backlog()?;
         let held = buf.get_mut(start..).unwrap_or_default();
-        let Input { consumed, message } = self.decode(now, held, out, shared);
-        let message = message.map(Message::into_owned);
+        let (consumed, found) = self.decode(now, held, scratch, out, shared);
+        if let Some((_, Body::Input(range))) = &found {
+            scratch.clear();
+            scratch.extend_from_slice(held.get(range.clone()).unwrap_or_default());
+        }
         self.hold(buf, start + consumed);
-        message
+        let (kind, _) = found?;
+        let scratch: &'a [u8] = scratch;
+        self.deliver(now, kind, scratch, out, shared)
     }
 
     /// Decodes `input` until a message to hand out, an event, a rate pause (the rest is held
-    /// back), the end of the input, or the end of decoding (failure, close handshake).
-    fn decode<'a, O: Output>(
+    /// back), the end of the input, or the end of decoding (failure, close handshake). Returns
+    /// the bytes consumed and the message found.
+    fn decode<O: Output>(
         &mut self,
         now: Tick,
-        input: &'a mut [u8],
+        input: &mut [u8],
+        scratch: &mut Vec<u8>,
         out: &mut O,
         shared: &mut Shared,
-    ) -> Input<'a> {
+    ) -> (usize, Option<(MessageKind, Body)>) {
         let mut pos = 0;
-        let mut found = None;
         while pos < input.len() {
             if !matches!(self.phase, Phase::Open { .. } | Phase::CloseSent { .. }) {
-                pos = input.len(); // Lingering: the rest is discarded.
-                break;
+                return (input.len(), None); // Lingering: the rest is discarded.
             }
             if self.is_open() && !self.rate_admits(now, out, shared) {
                 self.defer(input.get(pos..).unwrap_or_default());
-                pos = input.len();
-                break;
+                return (input.len(), None);
             }
             let rest = input.get_mut(pos..).unwrap_or_default();
             let decoded = self.decoder.decode(&shared.settings.limits, rest);
@@ -95,26 +123,22 @@ impl Connection {
                 Outcome::NeedMore => break,
                 Outcome::Error(error) => {
                     self.fail(now, error, out, shared);
-                    pos = input.len();
-                    break;
+                    return (input.len(), None);
                 }
-                Outcome::Event(frame) => match self.on_frame(now, frame, rest, out, shared) {
-                    Step::Continue => {}
-                    Step::Stop => break,
-                    Step::Deliver(kind, payload) => {
-                        found = Some((kind, shift(payload, at)));
-                        break;
+                Outcome::Event(frame) => {
+                    match self.on_frame(now, frame, rest, scratch, out, shared) {
+                        Step::Continue => {}
+                        Step::Stop => break,
+                        Step::Deliver(kind, Body::Input(range)) => {
+                            let range = range.start + at..range.end + at;
+                            return (pos, Some((kind, Body::Input(range))));
+                        }
+                        Step::Deliver(kind, body) => return (pos, Some((kind, body))),
                     }
-                },
+                }
             }
         }
-        let input: &'a [u8] = input;
-        let message =
-            found.and_then(|(kind, payload)| self.deliver(now, kind, payload, input, out, shared));
-        Input {
-            consumed: pos,
-            message,
-        }
+        (pos, None)
     }
 
     /// What a decoded frame does. `input` is the slice it was decoded from.
@@ -123,20 +147,27 @@ impl Connection {
         now: Tick,
         frame: Frame,
         input: &[u8],
+        scratch: &mut Vec<u8>,
         out: &mut O,
         shared: &mut Shared,
     ) -> Step {
         match frame {
-            Frame::Message(kind, payload) => Step::Deliver(kind, payload),
+            Frame::Message(kind, Payload::Input(range)) => Step::Deliver(kind, Body::Input(range)),
+            Frame::Message(kind, Payload::Owned(bytes)) => {
+                *scratch = bytes;
+                Step::Deliver(kind, Body::Scratch)
+            }
             // After our close frame, data is not delivered: no need to inflate it.
             Frame::Compressed(..) if !self.is_open() => Step::Continue,
-            Frame::Compressed(kind, payload) => match self.inflate(payload.bytes(input), shared) {
-                Ok(inflated) => Step::Deliver(kind, Payload::Owned(inflated)),
-                Err(error) => {
-                    self.fail(now, error, out, shared);
-                    Step::Stop
+            Frame::Compressed(kind, payload) => {
+                match self.inflate(payload.bytes(input), scratch, shared) {
+                    Ok(()) => Step::Deliver(kind, Body::Scratch),
+                    Err(error) => {
+                        self.fail(now, error, out, shared);
+                        Step::Stop
+                    }
                 }
-            },
+            }
             Frame::Ping(payload) => {
                 // §5.5.2: answer with a pong carrying the same payload (not once closing).
                 if self.is_open() {
@@ -155,46 +186,41 @@ impl Connection {
         }
     }
 
-    /// Inflates a compressed message (RFC 7692 §7.2.2), bounded by the message limit: a
-    /// deflate bomb fails with 1009 after at most that many bytes.
-    fn inflate(&mut self, payload: &[u8], shared: &mut Shared) -> Result<Vec<u8>, ProtocolError> {
+    /// Inflates a compressed message (RFC 7692 §7.2.2) into `scratch`, bounded by the message
+    /// limit: a deflate bomb fails with 1009 after at most that many bytes.
+    fn inflate(
+        &mut self,
+        payload: &[u8],
+        scratch: &mut Vec<u8>,
+        shared: &mut Shared,
+    ) -> Result<(), ProtocolError> {
         match self.deflate.as_deref_mut() {
-            Some(deflate) => shared.inflate(deflate, payload),
+            Some(deflate) => shared.inflate(deflate, payload, scratch),
             // The decoder accepts RSV1 only once permessage-deflate was negotiated.
             None => Err(ProtocolError::ReservedBits),
         }
     }
 
-    /// Resolves a message against the bytes it came from and hands it out while open (after
-    /// our close frame it is validated, then ignored). Text is validated here, once, by making
-    /// the `&str` (or `String`) that is handed out; invalid text fails the connection (1007).
+    /// Hands a message out while open (after our close frame it is validated, then ignored).
+    /// Text is validated here, once, by making the `&str` that is handed out (§8.1: invalid
+    /// text fails the connection with 1007).
     fn deliver<'a, O: Output>(
         &mut self,
         now: Tick,
         kind: MessageKind,
-        payload: Payload,
-        input: &'a [u8],
+        bytes: &'a [u8],
         out: &mut O,
         shared: &Shared,
     ) -> Option<Message<'a>> {
-        let message = match (kind, payload) {
-            (MessageKind::Binary, Payload::Input(range)) => Ok(Message::Binary(Cow::Borrowed(
-                input.get(range).unwrap_or_default(),
-            ))),
-            (MessageKind::Binary, Payload::Owned(bytes)) => Ok(Message::Binary(Cow::Owned(bytes))),
-            // §8.1: a text message must be valid UTF-8.
-            (MessageKind::Text, Payload::Input(range)) => {
-                utf8::validate(input.get(range).unwrap_or_default())
-                    .map(|text| Message::Text(Cow::Borrowed(text)))
-                    .map_err(|_| ProtocolError::InvalidUtf8)
-            }
-            (MessageKind::Text, Payload::Owned(bytes)) => String::from_utf8(bytes)
-                .map(|text| Message::Text(Cow::Owned(text)))
+        let message = match kind {
+            MessageKind::Binary => Ok(Message::Binary(bytes)),
+            MessageKind::Text => utf8::validate(bytes)
+                .map(Message::Text)
                 .map_err(|_| ProtocolError::InvalidUtf8),
         };
         match message {
             Ok(message) if self.is_open() => {
-                self.rate_charge(now, message.as_bytes().len());
+                self.rate_charge(now, bytes.len());
                 Some(message)
             }
             Ok(_) => None,
@@ -203,14 +229,6 @@ impl Connection {
                 None
             }
         }
-    }
-}
-
-/// A payload range of `input[at..]` as a range of `input`.
-fn shift(payload: Payload, at: usize) -> Payload {
-    match payload {
-        Payload::Input(range) => Payload::Input(range.start + at..range.end + at),
-        owned => owned,
     }
 }
 

@@ -20,7 +20,8 @@
 //! 1. **Input.** Bytes just read (plaintext, after TLS) go to [`Connection::handle_input`],
 //!    which decodes them in place and stops after the first thing to report: a message is
 //!    returned in [`Input::message`], borrowing the bytes (zero copy for a whole frame that
-//!    arrived in one read); anything else is queued as an event. Call it again with the rest
+//!    arrived in one read) or the caller's scratch buffer; anything else is queued as an
+//!    event. Call it again with the rest
 //!    (`input[consumed..]`) until all is consumed, doing steps 2 and 3 after every call, so
 //!    the application answers each message before the next one is decoded. A peer's FIN is
 //!    [`Connection::handle_eof`], a socket or TLS error [`Connection::handle_transport_error`].
@@ -47,10 +48,16 @@
 //! anything read later.
 //!
 //! # Why messages come back from `handle_input`
-//! A message borrows the bytes it was decoded from, so it is returned by the call that
-//! borrowed them, not queued: the borrow checker ties its lifetime to that slice (no range
-//! into a slice that must be passed again), and text is validated exactly once, by making the
-//! very `&str` that is handed out. Everything else owns its data and waits in the event queue.
+//! A message borrows the bytes it was decoded from (or the scratch buffer it was assembled or
+//! inflated in), so it is returned by the call that borrowed them, not queued: the borrow
+//! checker ties its lifetime to those buffers (no range into a slice that must be passed
+//! again), and text is validated once on delivery, by making the very `&str` that is handed
+//! out — with simdutf8, whatever path the message took. (A whole frame that arrived in one
+//! read is validated only then; text that streamed in was also checked chunk by chunk, to fail
+//! fast, and safe Rust cannot turn that verdict into a `&str`: `unsafe` is forbidden here.)
+//! Both buffers are the caller's, apart from the connection and [`Shared`], so the
+//! application can send through the connection while it holds the message. Everything else
+//! owns its data and waits in the event queue.
 
 use std::time::Duration;
 
@@ -183,13 +190,17 @@ impl Connection {
     /// Decodes bytes just received, up to the first message or event (see the module docs).
     ///
     /// Returns how much of `input` was consumed (all of it unless it stopped after something
-    /// to report) and the message, if that is what it stopped for. While input is held back
-    /// ([`has_backlog`](Connection::has_backlog)), new bytes are appended behind it and
-    /// decoding continues from the held bytes; call with an empty slice to resume them.
+    /// to report) and the message, if that is what it stopped for: borrowed from `input`, or
+    /// from `scratch` when it could not be (assembled, inflated, or held back). `scratch` is
+    /// the caller's, shared by every connection (overwritten here; the caller may shrink it).
+    /// While input is held back ([`has_backlog`](Connection::has_backlog)), new bytes are
+    /// appended behind it and decoding continues from the held bytes; call with an empty
+    /// slice to resume them.
     pub fn handle_input<'a, O: Output>(
         &mut self,
         now: Tick,
         input: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
         out: &mut O,
         shared: &mut Shared,
     ) -> Input<'a> {
@@ -202,7 +213,7 @@ impl Connection {
                 Input::all(input.len())
             }
             Phase::Open { .. } | Phase::CloseSent { .. } => {
-                self.frames_input(now, input, out, shared)
+                self.frames_input(now, input, scratch, out, shared)
             }
             // Lingering: everything was said; input is read only to see the peer's FIN.
             Phase::Lingering { .. } | Phase::Finished => Input::all(input.len()),

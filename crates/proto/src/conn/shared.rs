@@ -1,5 +1,5 @@
 //! What every connection of one reactor shares: the settings (limits, timeouts, rates) and the
-//! permessage-deflate contexts and scratch buffers. Passed by reference to the calls that
+//! permessage-deflate contexts and compression scratch buffer. Passed by reference to the calls that
 //! need it, so each connection stays small and plain data.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use crate::contexts::{ConnDeflate, SharedContexts};
 use crate::deflate::DeflateConfig;
 use crate::Limits;
 
-/// Scratch buffers above this capacity are not kept between messages.
+/// A compression scratch buffer above this capacity is not kept between messages.
 const SCRATCH_KEEP: usize = 256 * 1024;
 
 /// The rules every connection follows, with the server's defaults.
@@ -75,16 +75,14 @@ pub struct ProxyPolicy {
     pub trusted: bool,
 }
 
-/// The settings plus the deflate contexts and scratch buffers every connection of a reactor
-/// shares.
+/// The settings plus the deflate contexts and compression scratch buffer every connection of a
+/// reactor shares.
 #[derive(Debug)]
 pub struct Shared {
     /// The rules.
     pub settings: Settings,
     /// Contexts of connections without context takeover.
     contexts: SharedContexts,
-    /// Inflated messages are built here (handed out owned; see [`Shared::recycle`]).
-    inflate_buf: Vec<u8>,
     /// Compressed payloads are built here before they are written out.
     deflate_buf: Vec<u8>,
 }
@@ -96,38 +94,20 @@ impl Shared {
         Shared {
             settings,
             contexts: SharedContexts::new(level),
-            inflate_buf: Vec::new(),
             deflate_buf: Vec::new(),
         }
     }
 
-    /// Gives back the buffer of an owned message once the application is done with it, so
-    /// that the next inflated message reuses it (optional: saves an allocation per
-    /// compressed message).
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() > self.inflate_buf.capacity() && buf.capacity() <= SCRATCH_KEEP {
-            buf.clear();
-            self.inflate_buf = buf;
-        }
-    }
-
-    /// Inflates a message from `conn` (at most the message limit), into a buffer the caller
-    /// then owns.
+    /// Inflates a message from `conn` into `out` (cleared first), at most the message limit.
     pub(super) fn inflate(
         &mut self,
         conn: &mut ConnDeflate,
         payload: &[u8],
-    ) -> Result<Vec<u8>, crate::ProtocolError> {
-        let mut out = std::mem::take(&mut self.inflate_buf);
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::ProtocolError> {
         out.clear();
         let max = usize::try_from(self.settings.limits.max_message).unwrap_or(usize::MAX);
-        match self.contexts.inflate(conn, payload, &mut out, max) {
-            Ok(()) => Ok(out),
-            Err(e) => {
-                self.recycle(out);
-                Err(e)
-            }
-        }
+        self.contexts.inflate(conn, payload, out, max)
     }
 
     /// `payload` compressed for `conn` (its own context, or the shared one), in the scratch

@@ -102,9 +102,9 @@ pub fn server_frames(mut bytes: &[u8]) -> Vec<Frame> {
 /// What the application saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// A text message, and whether it was handed out borrowed (zero copy).
+    /// A text message, and whether it was borrowed from the input (zero copy).
     Text(String, bool),
-    /// A binary message, and whether it was borrowed.
+    /// A binary message, and whether it was borrowed from the input.
     Binary(Vec<u8>, bool),
     Event(Event),
 }
@@ -121,6 +121,8 @@ pub struct Harness {
     pub seen: Vec<Seen>,
     /// The application echoes every message as it arrives.
     pub echo: bool,
+    /// The reactor's scratch buffer for messages that cannot be borrowed from the input.
+    scratch: Vec<u8>,
 }
 
 impl Harness {
@@ -141,6 +143,7 @@ impl Harness {
             looked: 0,
             seen: Vec::new(),
             echo: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -162,32 +165,47 @@ impl Harness {
     /// taken before the next call; then held-back input is resumed, as a reactor does.
     pub fn feed(&mut self, bytes: &[u8]) {
         let mut buf = bytes.to_vec();
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut pos = 0;
         while pos < buf.len() {
-            let got =
-                self.conn
-                    .handle_input(self.now, &mut buf[pos..], &mut self.out, &mut self.shared);
+            let input = &mut buf[pos..];
+            let range = input.as_ptr_range();
+            let got = self.conn.handle_input(
+                self.now,
+                input,
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
+            );
             assert!(got.consumed > 0 || got.message.is_some(), "no progress");
             pos += got.consumed;
             if let Some(message) = got.message {
-                self.on_message(message);
+                let zero_copy = range.contains(&message.as_bytes().as_ptr());
+                self.on_message(message, zero_copy);
             }
             self.drain_events();
         }
+        self.scratch = scratch;
         self.resume();
     }
 
     /// Decodes held-back input while the connection says there is some to decode.
     pub fn resume(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..10_000 {
             if !self.conn.has_backlog() {
+                self.scratch = scratch;
                 return;
             }
-            let got = self
-                .conn
-                .handle_input(self.now, &mut [], &mut self.out, &mut self.shared);
+            let got = self.conn.handle_input(
+                self.now,
+                &mut [],
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
+            );
             if let Some(message) = got.message {
-                self.on_message(message);
+                self.on_message(message, false);
             }
             self.drain_events();
         }
@@ -210,12 +228,7 @@ impl Harness {
         self.advance(at.since(self.now));
     }
 
-    fn on_message(&mut self, message: Message<'_>) {
-        let borrowed = matches!(
-            &message,
-            Message::Text(std::borrow::Cow::Borrowed(_))
-                | Message::Binary(std::borrow::Cow::Borrowed(_))
-        );
+    fn on_message(&mut self, message: Message<'_>, zero_copy: bool) {
         if self.echo {
             let sent = self.conn.send(
                 message.kind(),
@@ -226,8 +239,8 @@ impl Harness {
             assert_eq!(sent, Ok(()));
         }
         self.seen.push(match message {
-            Message::Text(text) => Seen::Text(text.into_owned(), borrowed),
-            Message::Binary(bytes) => Seen::Binary(bytes.into_owned(), borrowed),
+            Message::Text(text) => Seen::Text(text.to_owned(), zero_copy),
+            Message::Binary(bytes) => Seen::Binary(bytes.to_vec(), zero_copy),
         });
     }
 
@@ -339,7 +352,7 @@ impl Harness {
     }
 }
 
-/// A text message the application saw, borrowed or not.
+/// A text message the application saw, borrowed from the input.
 pub fn text(s: &str) -> Seen {
     Seen::Text(s.to_owned(), true)
 }
