@@ -77,9 +77,11 @@ impl Connection {
         self.phase = Phase::Finished;
     }
 
-    /// The peer's FIN. Half-closing right after its last message or request is legal: with
-    /// output still queued (`out_empty` false) the connection lingers until it is written and
-    /// our FIN sent; otherwise it is finished. An open connection ends with 1006.
+    /// The peer's FIN: a read returned 0 bytes (which comes after any input held back, since
+    /// the caller does not read while [`wants_read`](Connection::wants_read) is false).
+    /// Half-closing right after its last message or request is legal: with output still
+    /// queued (`out_empty` false) the connection lingers until it is written and our FIN
+    /// sent; otherwise it is finished. An open connection ends with 1006.
     pub fn handle_eof(&mut self, now: Tick, out_empty: bool, shared: &Shared) {
         if self.is_finished() {
             return;
@@ -145,7 +147,7 @@ impl Connection {
         };
         self.report_closed(Closed {
             code: received,
-            // The decoder validated the reason as UTF-8 (§5.5.1); this cannot fail.
+            // The decoder validated the reason as UTF-8 (§5.5.1): nothing is replaced.
             reason: String::from_utf8_lossy(reason).into_owned(),
             initiator,
             sent,

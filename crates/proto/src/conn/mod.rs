@@ -10,8 +10,8 @@
 //! object or `Instant`: it is plain data that can be inspected, counted and moved.
 //!
 //! What every connection of a reactor shares — the [`Settings`], the deflate contexts of
-//! connections without context takeover and the scratch buffers — is one [`Shared`] passed by
-//! reference, so a connection stays small (see [`Connection`]).
+//! connections without context takeover and a compression scratch buffer — is one [`Shared`]
+//! passed by reference, so a connection stays small (see [`Connection`]).
 //!
 //! # Call order
 //! The caller (a reactor) drives a connection with four kinds of methods, in this order each
@@ -21,9 +21,9 @@
 //!    which decodes them in place and stops after the first thing to report: a message is
 //!    returned in [`Input::message`], borrowing the bytes (zero copy for a whole frame that
 //!    arrived in one read) or the caller's scratch buffer; anything else is queued as an
-//!    event. Call it again with the rest
-//!    (`input[consumed..]`) until all is consumed, doing steps 2 and 3 after every call, so
-//!    the application answers each message before the next one is decoded. A peer's FIN is
+//!    event. Call it again with the rest (`input[consumed..]`) until all is consumed, doing
+//!    steps 2 and 3 after every call, so the application answers each message before the
+//!    next one is decoded. A peer's FIN is
 //!    [`Connection::handle_eof`], a socket or TLS error [`Connection::handle_transport_error`].
 //! 2. **Events.** [`Connection::poll_event`] until it returns `None`: requests to answer,
 //!    round-trip times, rate limiting, and [`Event::Closed`] once for every connection that
