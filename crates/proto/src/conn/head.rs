@@ -372,6 +372,21 @@ mod tests {
     }
 
     #[test]
+    fn a_request_read_while_another_is_out_waits_for_the_answer() {
+        let mut h = Harness::new(Settings::default());
+        h.feed(GET.as_bytes());
+        // A reactor that reads while the first request is out (it should not).
+        h.feed(GET.as_bytes());
+        assert_eq!(requests(&mut h).len(), 1);
+        h.respond(OK, true).unwrap();
+        assert_eq!(
+            requests(&mut h).len(),
+            1,
+            "the second, once the first is answered"
+        );
+    }
+
+    #[test]
     fn an_answer_without_keep_alive_ends_the_connection() {
         let mut h = Harness::new(Settings::default());
         h.feed(GET.repeat(2).as_bytes());
