@@ -1,310 +1,611 @@
-//! The whole server-side connection, without sockets: the request head is collected and
-//! scanned, parsed and validated; plain HTTP requests on a keep-alive connection are answered
-//! in turn; after the upgrade, the bytes behind the head and every later read go to the
-//! decoder; pings are answered with pongs, a close with a close, an error with a close
-//! carrying its code, and then the connection ignores input (as the reactor does). When the
-//! configuration allows it and the client offers it, permessage-deflate is negotiated and
-//! compressed messages are inflated within the message limit.
+//! The real server connection, `wsloop_proto::conn::Connection`, driven as a reactor drives
+//! it: arbitrary bytes in arbitrary reads, arbitrary clock steps, and the application's and
+//! the reactor's actions (answers to requests, sends, closes, shutdown, shedding, deferred
+//! input, the peer's FIN, transport errors, flushes).
 //!
-//! Checks: no panic; memory bounded (head buffer by `max_head`, decoder by the limits);
-//! output bounded by input; server frames well formed; and the transcript (bytes written plus
-//! the final state) is the same whether the input arrives in one read or cut per the plan.
+//! Checks after every step: no panic; `memory()` within what the settings and the reads
+//! allow; events that make sense (messages only on an accepted connection and never after
+//! `Closed`; `Closed` once, only after accept, and always before an accepted connection
+//! finishes; nothing written once finished or after our FIN). At the end, everything written is
+//! read back as a client reads it (`common::ref_server_frames`): our canned HTTP answers, at
+//! most one 101, then only valid server frames — unmasked, FIN, minimal lengths, RSV1 only on
+//! data frames and only when permessage-deflate was negotiated, control frames ≤ 125 bytes,
+//! text that is UTF-8 (once inflated), close payloads a sendable code and a UTF-8 reason — at
+//! most one close frame and nothing after it; nothing after an answer that closes.
 //!
-//! Input: `[max_frame, max_message, head_sel, plan.., data..]`: `head_sel & 0x80` gives the
-//! default 8 KiB `max_head` (else `(head_sel & 0x1f) * 16`), `head_sel & 0x40` enables
-//! permessage-deflate, `head_sel & 0x20` with context takeover.
+//! Input: `[max_frame, max_message, head_sel, ..]` (limits: `common::take_limits`).
+//! `head_sel & 0x80`: the default 8 KiB `max_head` (else `(head_sel & 0x0f) * 32`);
+//! `& 0x40`: permessage-deflate enabled; `& 0x20`: with context takeover; `& 0x10`: scripted.
+//! - Differential (bit 0x10 clear): `[plan.., data..]` (`common::take_plan`). An echo
+//!   application; the data arrives in one read, and again cut per the plan: both runs must
+//!   write the same bytes and see the same messages and events.
+//! - Scripted: `[opts, ops..]`. `opts`: 0x01 ping after 1 s of silence, 0x02 idle limit 3 s,
+//!   0x04 5 messages/s, 0x08 1000 bytes/s, 0x10 rate policy close, 0x20 a PROXY header is
+//!   expected, 0x40 required, 0x80 from a trusted peer. `ops`: see [`Script::step`].
 #![no_main]
 
 mod common;
 
-use common::{take_limits, take_plan};
+use std::time::Duration;
+
+use common::{ref_client_frame, ref_close, ref_server_frames, take_limits, take_plan};
 use libfuzzer_sys::fuzz_target;
-use wsloop_proto::close::truncate_reason;
-use wsloop_proto::deflate::{negotiate, DeflateConfig, DeflateParams, Inflater};
-use wsloop_proto::frame::{server_header, MAX_HEADER_LEN};
-use wsloop_proto::handshake::{
-    validate_upgrade, write_accept_response, HandshakeError, HeadScanner, RequestHead, EMPTY_HEADER,
+use wsloop_proto::conn::{
+    Connection, Event, Initiator, Message, Output, ProxyPolicy, RatePolicy, Settings, Shared,
 };
-use wsloop_proto::{CloseCode, Decoder, Event, Limits, MessageKind, OpCode, Outcome};
+use wsloop_proto::contexts::{DEFLATER_BYTES, INFLATER_BYTES};
+use wsloop_proto::deflate::{DeflateConfig, Inflater};
+use wsloop_proto::handshake::{validate_upgrade, RequestHead, EMPTY_HEADER};
+use wsloop_proto::time::Tick;
+use wsloop_proto::{CloseCode, Limits, MessageKind};
 
-/// The reactor's header array size.
-const MAX_HEADERS: usize = 64;
+/// The answers the fuzzing application gives (no bodies: `Content-Length: 0`).
+const KEEP_ALIVE: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+const NOT_FOUND_CLOSE: &[u8] =
+    b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n";
+const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// Still reading (a head, or frames).
-    Open,
-    /// Refused or answered with `Connection: close` (an HTTP status).
-    Http(u16),
-    /// Closed after a close frame from the client, or failed with a code.
-    Closed(u16),
+/// The caller's output queue: whole pushes, flushed to the wire whole.
+#[derive(Debug, Default)]
+struct Out {
+    pending: Vec<Vec<u8>>,
+    wire: Vec<u8>,
+    /// Pushes ever made.
+    pushes: usize,
 }
 
-struct Conn {
-    limits: Limits,
-    max_head: usize,
-    deflate_config: Option<DeflateConfig>,
-    /// What was negotiated, and the inflater (shared or per connection, as the reactor has).
-    deflate: Option<(DeflateParams, Inflater)>,
-    /// `Some` while collecting request heads.
-    head: Option<(Vec<u8>, HeadScanner)>,
-    decoder: Decoder,
-    out: Vec<u8>,
-    end: End,
-    messages: usize,
+impl Output for Out {
+    fn push(&mut self, parts: &[&[u8]]) {
+        self.pending.push(parts.concat());
+        self.pushes += 1;
+    }
 }
 
-impl Conn {
-    fn new(limits: Limits, max_head: usize, deflate_config: Option<DeflateConfig>) -> Conn {
-        Conn {
-            limits,
-            max_head,
-            deflate_config,
-            deflate: None,
-            head: Some((Vec::new(), HeadScanner::default())),
-            decoder: Decoder::new(),
-            out: Vec::new(),
-            end: End::Open,
-            messages: 0,
+impl Out {
+    fn flush(&mut self) {
+        for push in self.pending.drain(..) {
+            self.wire.extend_from_slice(&push);
+        }
+    }
+}
+
+/// Everything seen, for the differential comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Message(MessageKind, Vec<u8>),
+    Event(Event),
+}
+
+/// A reactor and an application around one connection.
+struct Driver {
+    conn: Connection,
+    shared: Shared,
+    now: Tick,
+    start: Tick,
+    out: Out,
+    seen: Vec<Seen>,
+    echo: bool,
+    accepted: bool,
+    closed: usize,
+    /// The largest read, and the bytes sent while an upgrade was decided (memory bound).
+    max_read: usize,
+    sent_deciding: usize,
+    /// Pushes made when the connection finished, or when our FIN went out.
+    done_at: Option<usize>,
+    /// The reactor's scratch buffer for messages not borrowed from the input.
+    scratch: Vec<u8>,
+}
+
+impl Driver {
+    fn new(settings: Settings, proxy: Option<ProxyPolicy>) -> Driver {
+        let shared = Shared::new(settings);
+        let now = Tick::from_micros(1_000_000);
+        Driver {
+            conn: Connection::new(now, proxy, &shared),
+            shared,
+            now,
+            start: now,
+            out: Out::default(),
+            seen: Vec::new(),
+            echo: true,
+            accepted: false,
+            closed: 0,
+            max_read: 0,
+            sent_deciding: 0,
+            done_at: None,
+            scratch: Vec::new(),
         }
     }
 
-    fn on_read(&mut self, input: &mut [u8]) {
-        if self.end != End::Open {
-            return; // Lingering: input is discarded.
+    /// One read of `data` (only when the connection wants to read, as a reactor obeys),
+    /// each message and event taken before the next call; with `defer`, the reader stops
+    /// after the first call and hands the rest back (its work bound).
+    fn feed(&mut self, data: &[u8], defer: bool, script: &mut Script) {
+        self.resume(script);
+        if data.is_empty() || !self.conn.wants_read() {
+            return;
         }
-        match &mut self.head {
-            Some((buf, _)) => {
-                buf.extend_from_slice(input);
-                self.on_head_bytes();
-            }
-            None => self.on_frames(input),
-        }
-    }
-
-    fn refuse(&mut self, status: u16) {
-        self.out
-            .extend_from_slice(format!("HTTP/1.1 {status} x\r\n\r\n").as_bytes());
-        self.end = End::Http(status);
-        self.head = None;
-    }
-
-    fn on_head_bytes(&mut self) {
-        loop {
-            let Some((buf, scanner)) = &mut self.head else {
-                return;
-            };
-            let end = match scanner.scan(buf, self.max_head) {
-                Ok(Some(end)) => end,
-                Ok(None) => {
-                    assert!(buf.len() <= self.max_head, "head buffer past max_head");
-                    return;
-                }
-                Err(e) => {
-                    assert_eq!(e, HandshakeError::HeadTooLarge);
-                    return self.refuse(e.status());
-                }
-            };
-            let Some((mut buf, _)) = self.head.take() else {
-                return;
-            };
-            assert!(end <= buf.len() && end <= self.max_head);
-            let mut rest = buf.split_off(end);
-            let mut headers = [EMPTY_HEADER; MAX_HEADERS];
-            let req = match RequestHead::parse(&buf, &mut headers) {
-                Ok(req) => req,
-                Err(e) => return self.refuse(e.status()),
-            };
-            if req.wants_websocket() {
-                match validate_upgrade(&req) {
-                    Ok(upgrade) => {
-                        let offers = req
-                            .headers
-                            .iter()
-                            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-                            .map(|h| h.value);
-                        let params = self
-                            .deflate_config
-                            .as_ref()
-                            .and_then(|c| negotiate(offers, c));
-                        let extensions = params.map(|p| p.response_value());
-                        write_accept_response(
-                            &mut self.out,
-                            upgrade.key,
-                            None,
-                            extensions.as_deref(),
-                        );
-                        if let Some(params) = params {
-                            self.decoder.enable_compression();
-                            self.deflate = Some((params, Inflater::new()));
-                        }
-                        // Bytes after the head are the first frames.
-                        self.on_frames(&mut rest);
-                    }
-                    Err(e) => self.refuse(e.status()),
-                }
-                return;
-            }
-            let keep_alive = req.keep_alive();
-            self.out
-                .extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-            if !keep_alive {
-                self.end = End::Http(404);
-                return;
-            }
-            // Keep-alive: the next request may already be in `rest`.
-            self.head = Some((rest, HeadScanner::default()));
-        }
-    }
-
-    fn on_frames(&mut self, input: &mut [u8]) {
+        self.max_read = self.max_read.max(data.len());
+        let mut buf = data.to_vec();
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut pos = 0;
-        // Like the reactor: decode while input remains (an empty read makes no call).
-        while pos < input.len() && self.end == End::Open {
-            let remaining = input.len() - pos;
-            let rest = &mut input[pos..];
-            let d = self.decoder.decode(&self.limits, rest);
-            assert!(d.consumed <= remaining);
-            let bound = usize::try_from(self.limits.max_message)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(2)
-                .max(8)
-                + 256;
-            assert!(
-                self.decoder.buffered() <= bound,
-                "decoder holds {} bytes with {:?}",
-                self.decoder.buffered(),
-                self.limits
+        while pos < buf.len() {
+            let rest = &mut buf[pos..];
+            let len = rest.len();
+            let got = self.conn.handle_input(
+                self.now,
+                rest,
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
             );
-            pos += d.consumed;
-            match d.outcome {
-                Outcome::NeedMore => {
-                    assert_eq!(d.consumed, remaining);
-                    return;
+            assert!(got.consumed <= len, "consumed past the input");
+            assert!(got.consumed > 0 || got.message.is_some(), "no progress");
+            pos += got.consumed;
+            if let Some(message) = got.message {
+                self.on_message(message);
+            }
+            self.poll_events(script);
+            if defer && pos < buf.len() {
+                self.conn.defer(&buf[pos..]);
+                break;
+            }
+        }
+        self.scratch = scratch;
+        self.resume(script);
+    }
+
+    /// Decodes held-back input, as a reactor does before reading again.
+    fn resume(&mut self, script: &mut Script) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..100_000 {
+            if !self.conn.has_backlog() {
+                self.scratch = scratch;
+                return;
+            }
+            let got = self.conn.handle_input(
+                self.now,
+                &mut [],
+                &mut scratch,
+                &mut self.out,
+                &mut self.shared,
+            );
+            if let Some(message) = got.message {
+                self.on_message(message);
+            }
+            self.poll_events(script);
+        }
+        panic!("held-back input is never used up");
+    }
+
+    fn on_message(&mut self, message: Message<'_>) {
+        assert!(self.accepted, "a message before the upgrade");
+        assert_eq!(self.closed, 0, "a message after Closed");
+        if self.echo {
+            let sent = self.conn.send(
+                message.kind(),
+                message.as_bytes(),
+                &mut self.out,
+                &mut self.shared,
+            );
+            assert_eq!(sent, Ok(()), "an open connection refused a send");
+        }
+        self.seen
+            .push(Seen::Message(message.kind(), message.as_bytes().to_vec()));
+    }
+
+    fn poll_events(&mut self, script: &mut Script) {
+        while let Some(event) = self.conn.poll_event() {
+            self.seen.push(Seen::Event(event.clone()));
+            match event {
+                Event::Request(request) => self.answer(&request.head, script.byte()),
+                Event::BadRequest(e) => {
+                    assert_eq!(e.status(), 431, "{e:?}");
+                    let refused =
+                        self.conn
+                            .reject(self.now, &[TOO_LARGE], &mut self.out, &self.shared);
+                    assert_eq!(refused, Ok(()));
                 }
-                Outcome::Event(event) => {
-                    assert!(d.consumed > 0);
-                    self.on_event(event, rest);
+                Event::ProxyRefused(_) | Event::HandshakeTimeout => {
+                    assert!(self.conn.is_finished() && !self.accepted);
                 }
-                Outcome::Error(e) => {
-                    assert_eq!(d.consumed, remaining);
-                    let code = CloseCode::from(&e);
-                    assert!(code.is_sendable());
-                    self.send_close(code, "");
-                    return;
+                Event::RateLimited { .. } => assert!(self.accepted),
+                Event::Rtt(rtt) => assert!(rtt <= self.now.since(self.start), "{rtt:?}"),
+                Event::Closed(closed) => {
+                    assert!(self.accepted, "Closed for a connection never accepted");
+                    self.closed += 1;
+                    assert_eq!(self.closed, 1, "Closed twice");
+                    check_closed(&closed);
                 }
             }
         }
     }
 
-    fn on_event(&mut self, event: Event, input: &[u8]) {
-        match event {
-            Event::Message(kind, payload) => {
-                let bytes = payload.bytes(input);
-                assert!(bytes.len() as u64 <= self.limits.max_message);
-                if kind == MessageKind::Text {
-                    assert!(std::str::from_utf8(bytes).is_ok(), "invalid text delivered");
+    /// The application's answer to a request: `decision` bit 0 sends while deciding, bit 1
+    /// refuses an upgrade, bit 2 ends a plain request's keep-alive.
+    fn answer(&mut self, head: &[u8], decision: u8) {
+        let mut headers = [EMPTY_HEADER; 64];
+        let response = match RequestHead::parse(head, &mut headers) {
+            Err(_) => BAD_REQUEST,
+            Ok(req) if req.wants_websocket() => match validate_upgrade(&req) {
+                Err(_) => BAD_REQUEST,
+                Ok(_) => {
+                    if decision & 1 != 0 {
+                        let sent = self.conn.send(
+                            MessageKind::Text,
+                            "welcome ✓".as_bytes(),
+                            &mut self.out,
+                            &mut self.shared,
+                        );
+                        assert_eq!(sent, Ok(()), "a send while deciding was refused");
+                        self.sent_deciding += 32;
+                    }
+                    if decision & 2 != 0 {
+                        FORBIDDEN
+                    } else {
+                        let accepted =
+                            self.conn
+                                .accept(self.now, &req, None, &mut self.out, &self.shared);
+                        assert_eq!(accepted, Ok(()));
+                        self.accepted = true;
+                        return;
+                    }
                 }
-                self.messages += 1;
-            }
-            Event::Compressed(kind, payload) => {
-                let bytes = payload.bytes(input);
-                assert!(bytes.len() as u64 <= self.limits.max_message);
-                let max = usize::try_from(self.limits.max_message).unwrap_or(usize::MAX);
-                let Some((params, inflater)) = &mut self.deflate else {
-                    panic!("a compressed message without permessage-deflate");
+            },
+            Ok(req) => {
+                let keep_alive = req.keep_alive() && decision & 4 == 0;
+                let response = if keep_alive {
+                    KEEP_ALIVE
+                } else {
+                    NOT_FOUND_CLOSE
                 };
-                let mut out = Vec::new();
-                let result =
-                    inflater.inflate(bytes, &mut out, max, params.client_no_context_takeover);
-                // The bomb bound: never more than the limit (+1 to detect it) allocated.
-                assert!(
-                    out.capacity() <= max.saturating_add(1),
-                    "inflated into {} bytes with max {max}",
-                    out.capacity()
+                let answered = self.conn.respond(
+                    self.now,
+                    &[response],
+                    keep_alive,
+                    &mut self.out,
+                    &self.shared,
                 );
-                match result {
-                    Ok(()) => {
-                        assert!(out.len() <= max);
-                        if kind == MessageKind::Text && std::str::from_utf8(&out).is_err() {
-                            return self.send_close(CloseCode::INVALID_PAYLOAD, "");
-                        }
-                        self.messages += 1;
-                    }
-                    Err(e) => {
-                        let code = CloseCode::from(&e);
-                        assert!(code.is_sendable());
-                        self.send_close(code, "");
-                    }
-                }
+                assert_eq!(answered, Ok(()));
+                return;
             }
-            Event::Ping(payload) => {
-                let bytes = payload.bytes(input);
-                assert!(bytes.len() <= 125);
-                self.send_frame(OpCode::Pong, &[bytes]);
+        };
+        let refused = self
+            .conn
+            .reject(self.now, &[response], &mut self.out, &self.shared);
+        assert_eq!(refused, Ok(()));
+    }
+
+    /// Moves the clock by `d` and handles the timeout (due or not).
+    fn advance(&mut self, d: Duration, script: &mut Script) {
+        self.now = self.now.after(d);
+        self.conn
+            .handle_timeout(self.now, &mut self.out, &self.shared);
+        self.poll_events(script);
+        self.resume(script);
+    }
+
+    /// The checks that hold after every step.
+    fn check(&mut self) {
+        let settings = &self.shared.settings;
+        let max_message = usize::try_from(settings.limits.max_message).unwrap_or(usize::MAX);
+        // The decoder holds one partial message (capacity at most the limit, or what the
+        // bytes needed) and one partial control frame.
+        let decoder = max_message.min(4 * self.max_read + (64 << 10)) + 256;
+        let deflate = DEFLATER_BYTES + INFLATER_BYTES;
+        // The head buffer and the input held back: each at most the head limit and a read,
+        // twice over for vector growth; events hold at most one request head.
+        let held = 2 * (2 * settings.max_head + 2 * self.max_read + self.sent_deciding);
+        let bound = decoder + deflate + held + 4096;
+        let memory = self.conn.memory();
+        assert!(memory <= bound, "memory {memory} over {bound}");
+        if self.conn.is_finished() {
+            if self.accepted {
+                assert_eq!(
+                    self.closed, 1,
+                    "an accepted connection finished without Closed"
+                );
             }
-            Event::Pong(payload) => assert!(payload.bytes(input).len() <= 125),
-            Event::Close { code, payload } => {
-                let bytes = payload.bytes(input);
-                assert!(bytes.len() <= 125);
-                // §5.5.1: echo the status code.
-                let echo = code.map(|c| c.0.to_be_bytes());
-                self.send_frame(OpCode::Close, &[echo.as_ref().map_or(&[][..], |b| b)]);
-                self.end = End::Closed(code.map_or(1005, |c| c.0));
-            }
+            // The reactor drops what was still queued.
+            self.out.pending.clear();
         }
-    }
-
-    fn send_close(&mut self, code: CloseCode, reason: &str) {
-        let reason = truncate_reason(reason);
-        self.send_frame(OpCode::Close, &[&code.0.to_be_bytes(), reason.as_bytes()]);
-        self.end = End::Closed(code.0);
-    }
-
-    fn send_frame(&mut self, opcode: OpCode, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let n = server_header(opcode, len, &mut header);
-        // A control frame's header is two bytes: FIN + opcode, unmasked length ≤ 125.
-        assert!(opcode.is_control() && len <= 125);
-        assert_eq!(&header[..n], &[0x80 | opcode.bits(), len as u8]);
-        self.out.extend_from_slice(&header[..n]);
-        for p in parts {
-            self.out.extend_from_slice(p);
+        if self.conn.is_finished() || self.done_at.is_some() {
+            let done_at = *self.done_at.get_or_insert(self.out.pushes);
+            assert_eq!(self.out.pushes, done_at, "written after the end");
         }
     }
 }
 
-fn run(
-    limits: Limits,
-    head_sel: u8,
-    data: &[u8],
-    ranges: &[std::ops::Range<usize>],
-) -> (Vec<u8>, End, usize) {
-    let max_head = if head_sel & 0x80 != 0 {
-        8 * 1024
-    } else {
-        usize::from(head_sel & 0x1f) * 16
-    };
-    let deflate = (head_sel & 0x40 != 0).then(|| DeflateConfig {
-        context_takeover: head_sel & 0x20 != 0,
-        ..DeflateConfig::default()
-    });
-    let mut conn = Conn::new(limits, max_head, deflate);
-    let mut buf = data.to_vec();
-    for r in ranges {
-        conn.on_read(&mut buf[r.clone()]);
-    }
-    // Pongs are shorter than the pings they answer (2 header bytes vs 6), so the output is
-    // bounded by the input plus one handshake answer, one refusal and one close per request.
-    let requests = data.windows(4).filter(|w| w == b"\r\n\r\n").count();
+/// What a `Closed` event may say.
+fn check_closed(closed: &wsloop_proto::conn::Closed) {
+    let code = closed.code;
     assert!(
-        conn.out.len() <= data.len() + 512 + 64 * requests,
-        "{} bytes out for {} in",
-        conn.out.len(),
-        data.len()
+        code.is_sendable() || code == CloseCode::NO_STATUS || code == CloseCode::ABNORMAL,
+        "{closed:?}"
     );
-    (conn.out, conn.end, conn.messages)
+    if let Some(sent) = closed.sent {
+        assert!(sent.is_sendable(), "{closed:?}");
+    }
+    match closed.initiator {
+        Initiator::Peer => assert_eq!(Some(code), closed.received, "{closed:?}"),
+        Initiator::Idle | Initiator::Transport => {
+            assert_eq!(code, CloseCode::ABNORMAL, "{closed:?}");
+        }
+        Initiator::Error(e) => {
+            assert_eq!(closed.sent.unwrap_or(CloseCode::from(&e)), code);
+        }
+        Initiator::Local => assert!(closed.sent.is_some(), "{closed:?}"),
+    }
+}
+
+/// Reads everything written as a client does (see the module docs).
+fn check_wire(wire: &[u8]) {
+    let mut rest = wire;
+    let mut deflate = None;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| at + 4)
+            .unwrap_or_else(|| panic!("bytes that are no HTTP answer: {rest:02x?}"));
+        let (head, after) = rest.split_at(end);
+        rest = after;
+        if head.starts_with(SWITCHING) {
+            let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+            deflate = Some(
+                head.contains("permessage-deflate")
+                    .then(|| !head.contains("server_no_context_takeover")),
+            );
+            break;
+        }
+        assert!(
+            [
+                KEEP_ALIVE,
+                NOT_FOUND_CLOSE,
+                BAD_REQUEST,
+                FORBIDDEN,
+                TOO_LARGE
+            ]
+            .contains(&head),
+            "not an answer the application gave: {:?}",
+            String::from_utf8_lossy(head)
+        );
+        if head != KEEP_ALIVE {
+            assert!(rest.is_empty(), "bytes after an answer that closes");
+        }
+    }
+    let Some(deflate) = deflate else {
+        return;
+    };
+    let frames = ref_server_frames(rest).unwrap_or_else(|e| panic!("{e}"));
+    let mut inflater = Inflater::new();
+    let mut closes = 0;
+    for frame in frames {
+        assert_eq!(closes, 0, "a frame after the close frame");
+        // The server never fragments.
+        assert!(frame.fin && frame.opcode != 0, "{frame:?}");
+        let control = frame.opcode >= 8;
+        assert!(!control || frame.payload.len() <= 125, "{frame:?}");
+        assert!(frame.rsv == 0 || (frame.rsv == 4 && !control && deflate.is_some()));
+        match frame.opcode {
+            1 | 2 => {
+                let data = if frame.rsv == 4 {
+                    let takeover = deflate == Some(true);
+                    let mut data = Vec::new();
+                    inflater
+                        .inflate(&frame.payload, &mut data, 1 << 26, !takeover)
+                        .unwrap_or_else(|e| {
+                            panic!("a compressed frame that does not inflate: {e}")
+                        });
+                    data
+                } else {
+                    frame.payload
+                };
+                assert!(
+                    frame.opcode == 2 || std::str::from_utf8(&data).is_ok(),
+                    "invalid text"
+                );
+            }
+            8 => {
+                assert!(
+                    ref_close(&frame.payload).is_ok(),
+                    "close {:02x?}",
+                    frame.payload
+                );
+                closes += 1;
+            }
+            // Our keepalive pings carry their 8-byte send time.
+            9 => assert_eq!(frame.payload.len(), 8),
+            _ => {}
+        }
+    }
+}
+
+fn settings(limits: Limits, head_sel: u8) -> Settings {
+    Settings {
+        limits,
+        max_head: if head_sel & 0x80 != 0 {
+            8 * 1024
+        } else {
+            usize::from(head_sel & 0x0f) * 32
+        },
+        deflate: (head_sel & 0x40 != 0).then(|| DeflateConfig {
+            context_takeover: head_sel & 0x20 != 0,
+            ..DeflateConfig::default()
+        }),
+        ping_interval: None,
+        idle_timeout: None,
+        ..Settings::default()
+    }
+}
+
+/// Differential mode: one read vs the plan's reads.
+fn differential(settings: Settings, rest: &[u8]) {
+    let (plan, data) = take_plan(rest);
+    let run = |ranges: &[std::ops::Range<usize>]| {
+        let mut driver = Driver::new(settings.clone(), None);
+        for range in ranges {
+            driver.feed(&data[range.clone()], false, &mut Script { bytes: &[] });
+            driver.check();
+        }
+        driver.out.flush();
+        check_wire(&driver.out.wire);
+        (driver.out.wire, driver.seen)
+    };
+    let one_read = 0..data.len();
+    let whole = run(std::slice::from_ref(&one_read));
+    let split = run(&plan.ranges(data.len()));
+    assert_eq!(
+        whole, split,
+        "the split {plan:?} changed what was written or seen"
+    );
+}
+
+/// A script of reactor and application steps.
+struct Script<'a> {
+    bytes: &'a [u8],
+}
+
+impl Script<'_> {
+    fn byte(&mut self) -> u8 {
+        let (first, rest) = self
+            .bytes
+            .split_first()
+            .map_or((0, &[][..]), |(b, r)| (*b, r));
+        self.bytes = rest;
+        first
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let (taken, rest) = self.bytes.split_at(n.min(self.bytes.len()));
+        self.bytes = rest;
+        taken.to_vec()
+    }
+
+    /// One step. The op byte's low nibble says what, the high nibble how much:
+    /// 0–3 a read of `next × (1 + high)` bytes; 4 the same read, the reader deferring all
+    /// after the first call; 5 the clock moves `next` units of 1 ms, 10 ms, 100 ms or 1 s
+    /// (high & 3); 6 the clock moves to the next deadline; 7 the application sends `next`
+    /// bytes (text when high & 1); 8 it closes with the code in the next two bytes and a
+    /// reason of `high × 4` characters; 9 shutdown; 10 shed; 11 flush, then our FIN when the
+    /// connection says so; 12 the peer's FIN; 13 a transport error; 14 the peer answers our
+    /// last ping; 15 the echo is turned on or off. Requests are answered with the next
+    /// script byte as the decision (see [`Driver::answer`]).
+    fn step(&mut self, d: &mut Driver) {
+        let op = self.byte();
+        let high = usize::from(op >> 4);
+        match op & 0x0f {
+            0..=4 => {
+                let len = usize::from(self.byte()) * (1 + high);
+                let data = self.take(len);
+                d.feed(&data, op & 0x0f == 4, self);
+            }
+            5 => {
+                let unit = [1, 10, 100, 1000][high & 3];
+                let ms = u64::from(self.byte()) * unit;
+                d.advance(Duration::from_millis(ms), self);
+            }
+            6 => {
+                if let Some(at) = d.conn.poll_timeout(&d.shared) {
+                    let wait = at.since(d.now);
+                    d.advance(wait, self);
+                }
+            }
+            7 => {
+                let len = usize::from(self.byte());
+                let (kind, payload) = if high & 1 != 0 {
+                    (MessageKind::Text, "é-".repeat(len / 3 + 1).into_bytes())
+                } else {
+                    (MessageKind::Binary, vec![0xa5; len])
+                };
+                let open = d.conn.is_open();
+                let sent = d.conn.send(kind, &payload, &mut d.out, &mut d.shared);
+                if open {
+                    assert_eq!(sent, Ok(()));
+                }
+            }
+            8 => {
+                let code = CloseCode(u16::from_be_bytes([self.byte(), self.byte()]));
+                let reason = "rè".repeat(high * 2);
+                let open = d.conn.is_open();
+                let closed = d.conn.close(d.now, code, &reason, &mut d.out, &d.shared);
+                assert_eq!(closed.is_ok(), open && code.is_sendable(), "{code:?}");
+            }
+            9 => d.conn.shutdown(d.now, &mut d.out, &d.shared),
+            10 => {
+                d.out.flush();
+                d.conn.shed(d.now, &mut d.out, &d.shared);
+            }
+            11 => {
+                d.out.flush();
+                if d.conn.poll_fin(true) {
+                    d.done_at = Some(d.out.pushes);
+                }
+            }
+            12 => {
+                let out_empty = d.out.pending.is_empty();
+                d.conn.handle_eof(d.now, out_empty, &d.shared);
+            }
+            13 => d.conn.handle_transport_error(),
+            14 => {
+                // The last ping we sent, echoed in a pong.
+                d.out.flush();
+                let ping = ref_server_frames(frames_after_101(&d.out.wire))
+                    .ok()
+                    .and_then(|frames| frames.into_iter().rev().find(|f| f.opcode == 9));
+                if let Some(ping) = ping {
+                    d.feed(&ref_client_frame(0xA, &ping.payload), false, self);
+                }
+            }
+            _ => d.echo = !d.echo,
+        }
+        d.poll_events(self);
+        d.check();
+    }
+}
+
+/// The frames after the 101 in `wire` (empty before it).
+fn frames_after_101(wire: &[u8]) -> &[u8] {
+    let Some(at) = wire.windows(SWITCHING.len()).position(|w| w == SWITCHING) else {
+        return &[];
+    };
+    let after = &wire[at..];
+    after
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(&[][..], |end| &after[end + 4..])
+}
+
+/// Scripted mode.
+fn scripted(mut settings: Settings, rest: &[u8]) {
+    let Some((&opts, ops)) = rest.split_first() else {
+        return;
+    };
+    settings.ping_interval = (opts & 0x01 != 0).then_some(Duration::from_secs(1));
+    settings.idle_timeout = (opts & 0x02 != 0).then_some(Duration::from_secs(3));
+    settings.max_msg_rate = (opts & 0x04 != 0).then_some(5);
+    settings.max_bytes_rate = (opts & 0x08 != 0).then_some(1000);
+    settings.rate_policy = if opts & 0x10 != 0 {
+        RatePolicy::Close
+    } else {
+        RatePolicy::Pause
+    };
+    let proxy = (opts & 0x20 != 0).then_some(ProxyPolicy {
+        required: opts & 0x40 != 0,
+        trusted: opts & 0x80 != 0,
+    });
+    let mut driver = Driver::new(settings, proxy);
+    let mut script = Script { bytes: ops };
+    let mut steps = 0;
+    while !script.bytes.is_empty() && steps < 4096 {
+        script.step(&mut driver);
+        steps += 1;
+    }
+    driver.out.flush();
+    check_wire(&driver.out.wire);
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -312,8 +613,10 @@ fuzz_target!(|input: &[u8]| {
     let Some((&head_sel, rest)) = rest.split_first() else {
         return;
     };
-    let (plan, data) = take_plan(rest);
-    let whole = run(limits, head_sel, data, &[0..data.len()]);
-    let split = run(limits, head_sel, data, &plan.ranges(data.len()));
-    assert_eq!(whole, split, "split {plan:?} changed the transcript");
+    let settings = settings(limits, head_sel);
+    if head_sel & 0x10 == 0 {
+        differential(settings, rest);
+    } else {
+        scripted(settings, rest);
+    }
 });

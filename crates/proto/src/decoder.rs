@@ -44,7 +44,8 @@ impl Default for Limits {
 /// Whether a data message is text or binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
-    /// UTF-8 text (already validated when delivered).
+    /// UTF-8 text (already validated when delivered, unless the caller deferred it: see
+    /// [`Decoder::defer_whole_text_validation`]).
     Text,
     /// Arbitrary bytes.
     Binary,
@@ -73,7 +74,8 @@ impl Payload {
 /// One thing a client said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A complete text or binary message (text already validated as UTF-8).
+    /// A complete text or binary message (text already validated as UTF-8, except whole
+    /// single-frame text after [`Decoder::defer_whole_text_validation`]).
     Message(MessageKind, Payload),
     /// A complete message sent compressed (RSV1, permessage-deflate): inflate it within the
     /// message limit, then validate text as UTF-8 — the decoder cannot, it sees deflate bytes.
@@ -136,6 +138,9 @@ pub struct Decoder {
     failed: bool,
     /// RSV bits allowed by a negotiated extension.
     allowed_rsv: u8,
+    /// Whole single-frame text is left for the caller to validate (see
+    /// [`Decoder::defer_whole_text_validation`]).
+    defer_whole_text: bool,
     partial: Option<Box<Partial>>,
 }
 
@@ -179,6 +184,15 @@ impl Decoder {
     /// Accepts RSV1 on the first frame of a data message: permessage-deflate was negotiated.
     pub fn enable_compression(&mut self) {
         self.allowed_rsv |= RSV1;
+    }
+
+    /// Hands whole single-frame text messages found in one input slice (the zero-copy
+    /// [`Payload::Input`] case) out without validating them: the caller validates them once,
+    /// when it makes the `&str` it delivers (a failure there is [`ProtocolError::InvalidUtf8`],
+    /// found in the same call, so nothing is lost in fail-fast terms). Text that streams in
+    /// (fragments, or a frame split across calls) is still validated chunk by chunk.
+    pub fn defer_whole_text_validation(&mut self) {
+        self.defer_whole_text = true;
     }
 
     /// Whether a message or frame is partly received.
@@ -314,7 +328,7 @@ impl Decoder {
                     Ok(Some(Event::Compressed(kind, Payload::Input(range))))
                 }
                 Some(kind) => {
-                    if kind == MessageKind::Text {
+                    if kind == MessageKind::Text && !self.defer_whole_text {
                         super::utf8::validate(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
                     Ok(Some(Event::Message(kind, Payload::Input(range))))
@@ -1381,6 +1395,42 @@ mod tests {
         assert_eq!(
             one_shot(&frame(true, OpCode::Binary, &[0xff, 0xc0])),
             vec![binary([0xff, 0xc0])]
+        );
+    }
+
+    #[test]
+    fn deferred_validation_leaves_only_whole_text_frames_to_the_caller() {
+        let limits = Limits::default();
+        let deferring = || {
+            let mut decoder = Decoder::new();
+            decoder.defer_whole_text_validation();
+            decoder
+        };
+        // A whole invalid text frame in one slice is handed out for the caller to check.
+        let bad = frame(true, OpCode::Text, &[b'a', 0xff]);
+        let mut buf = bad.clone();
+        assert_eq!(
+            deferring().decode(&limits, &mut buf).outcome,
+            Outcome::Event(Event::Message(MessageKind::Text, Payload::Input(6..8)))
+        );
+        // Streamed text still fails fast: split across reads, and fragmented.
+        let cuts: Vec<usize> = (1..bad.len()).collect();
+        assert_eq!(
+            decode_chunks(&mut deferring(), &limits, &bad, &cuts),
+            vec![Err(ProtocolError::InvalidUtf8)]
+        );
+        let fragments = concat(&[
+            frame(false, OpCode::Text, b"a"),
+            frame(true, OpCode::Continuation, &[0xff]),
+        ]);
+        assert_eq!(
+            decode_all(&mut deferring(), &limits, &fragments),
+            vec![Err(ProtocolError::InvalidUtf8)]
+        );
+        // Close reasons are always checked.
+        assert_eq!(
+            decode_all(&mut deferring(), &limits, &close_frame(1000, &[0xff])),
+            vec![Err(ProtocolError::InvalidUtf8)]
         );
     }
 

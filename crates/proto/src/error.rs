@@ -35,7 +35,8 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// A short description for logs (never sent to the peer beyond the close code).
+    /// A short description, for logs and as the reason of the close frame that fails the
+    /// connection (each is at most 40 bytes of ASCII: it fits a control frame, §5.5).
     pub fn as_str(self) -> &'static str {
         match self {
             ProtocolError::UnmaskedFrame => "unmasked client frame",

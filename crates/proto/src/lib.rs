@@ -7,6 +7,8 @@
 #![deny(missing_docs)]
 
 pub mod close;
+pub mod conn;
+pub mod contexts;
 pub mod decoder;
 pub mod deflate;
 pub mod error;
@@ -14,9 +16,12 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod proxy;
+pub mod ratelimit;
+pub mod time;
 pub mod utf8;
 
 pub use close::CloseCode;
+pub use conn::Connection;
 pub use decoder::{Decoder, Event, Limits, MessageKind, Outcome, Payload};
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};

@@ -1,5 +1,6 @@
 //! Helpers shared by the fuzz targets: cutting an input into reads, limits taken from input
-//! bytes, events reduced to comparable values, and small independent reference models.
+//! bytes, events reduced to comparable values, and small independent reference models (a
+//! client-frame header parser, a one-pass decoder, a reader of what a server may send).
 #![allow(dead_code)]
 
 use std::ops::Range;
@@ -334,4 +335,88 @@ pub fn ref_decode(data: &[u8], limits: &Limits, compression: bool) -> Vec<Got> {
         }
         at = start + have;
     }
+}
+
+/// One frame a server sent, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefServerFrame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Reads the frames a server wrote (RFC 6455 §5.2, client role), the stream ending on a frame
+/// boundary: `Err` for a masked frame, a length not minimally encoded or with the top bit
+/// set, a truncated frame, or a reserved opcode. Written from the RFC, not from crates/proto.
+pub fn ref_server_frames(mut bytes: &[u8]) -> Result<Vec<RefServerFrame>, String> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 2 {
+            return Err(format!("a truncated header: {bytes:02x?}"));
+        }
+        let (b0, b1) = (bytes[0], bytes[1]);
+        // §5.1: "A server MUST NOT mask any frames that it sends to the client."
+        if b1 & 0x80 != 0 {
+            return Err("a masked server frame".into());
+        }
+        let opcode = b0 & 0x0f;
+        if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+            return Err(format!("reserved opcode {opcode:#x}"));
+        }
+        let (len, at): (u64, usize) = match b1 & 0x7f {
+            126 if bytes.len() >= 4 => {
+                let len = u64::from(bytes[2]) << 8 | u64::from(bytes[3]);
+                if len < 126 {
+                    return Err(format!("16-bit length {len} not minimal"));
+                }
+                (len, 4)
+            }
+            127 if bytes.len() >= 10 => {
+                let mut len = 0u64;
+                for &b in &bytes[2..10] {
+                    len = len << 8 | u64::from(b);
+                }
+                if len >> 63 != 0 || len <= 0xffff {
+                    return Err(format!("64-bit length {len:#x} not minimal or too long"));
+                }
+                (len, 10)
+            }
+            126 | 127 => return Err("a truncated length".into()),
+            n => (u64::from(n), 2),
+        };
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| at.checked_add(len))
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| format!("a truncated payload of {len} bytes"))?;
+        frames.push(RefServerFrame {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 7,
+            opcode,
+            payload: bytes[at..end].to_vec(),
+        });
+        bytes = &bytes[end..];
+    }
+    Ok(frames)
+}
+
+/// A masked client frame (FIN set), as a client writes it, with a fixed masking key.
+pub fn ref_client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
 }

@@ -1,0 +1,534 @@
+//! Frames in: decoding (in place, zero copy where the input allows), delivery (text validated
+//! once, compressed messages inflated within the message limit, the rate budgets charged),
+//! control frames (ping → pong, pong → round trip, close → the close handshake), and the
+//! protocol errors that fail the connection.
+//!
+//! A message that cannot be borrowed from the input — assembled across reads or fragments,
+//! inflated, or decoded from held-back input — is handed out from the caller's scratch buffer,
+//! which the message borrows like the input: no allocation per message, and text is validated
+//! once more by the same fast validator either way (the decoder's streaming check is what fails
+//! fast; safe Rust cannot turn its verdict into a `&str`).
+
+use std::ops::Range;
+
+use crate::decoder::{Event as Frame, Outcome, Payload};
+use crate::time::Tick;
+use crate::utf8;
+use crate::{MessageKind, OpCode, ProtocolError};
+
+use super::event::{Input, Message};
+use super::output::{write_frame, Output};
+use super::shared::Shared;
+use super::{Connection, Phase};
+
+/// Where a decoded message's bytes are.
+enum Body {
+    /// A range of the input slice.
+    Input(Range<usize>),
+    /// The scratch buffer.
+    Scratch,
+}
+
+/// What one decoded frame asks of the decoding loop.
+enum Step {
+    /// Go on decoding.
+    Continue,
+    /// Stop: an event was queued (it is polled before anything after it is decoded), or
+    /// nothing more is decoded.
+    Stop,
+    /// Stop and hand out this message.
+    Deliver(MessageKind, Body),
+}
+
+impl Connection {
+    /// Bytes for an open (or closing) connection: decoded straight from `input`, unless
+    /// input is held back, which goes first.
+    pub(super) fn frames_input<'a, O: Output>(
+        &mut self,
+        now: Tick,
+        input: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+        out: &mut O,
+        shared: &mut Shared,
+    ) -> Input<'a> {
+        if !self.holds_input() && !input.is_empty() {
+            let (consumed, found) = self.decode(now, input, scratch, out, shared);
+            let message = found.and_then(|(kind, body)| {
+                let bytes = match body {
+                    Body::Input(range) => input.get(range).unwrap_or_default(),
+                    Body::Scratch => scratch.as_slice(),
+                };
+                self.deliver(now, kind, bytes, out, shared)
+            });
+            return Input { consumed, message };
+        }
+        self.defer(input);
+        if self.is_paused() {
+            return Input::all(input.len());
+        }
+        let message = self.decode_backlog(now, scratch, out, shared);
+        Input {
+            consumed: input.len(),
+            message,
+        }
+    }
+
+    /// Decodes held-back input up to its first message or event; a message is copied into
+    /// `scratch` (it was in the connection's own buffer).
+    fn decode_backlog<'a, O: Output>(
+        &mut self,
+        now: Tick,
+        scratch: &'a mut Vec<u8>,
+        out: &mut O,
+        shared: &mut Shared,
+    ) -> Option<Message<'a>> {
+        let (mut buf, start) = self.take_backlog()?;
+        let held = buf.get_mut(start..).unwrap_or_default();
+        let (consumed, found) = self.decode(now, held, scratch, out, shared);
+        if let Some((_, Body::Input(range))) = &found {
+            scratch.clear();
+            scratch.extend_from_slice(held.get(range.clone()).unwrap_or_default());
+        }
+        self.hold(buf, start + consumed);
+        let (kind, _) = found?;
+        let scratch: &'a [u8] = scratch;
+        self.deliver(now, kind, scratch, out, shared)
+    }
+
+    /// Decodes `input` until a message to hand out, an event, a rate pause (the rest is held
+    /// back), the end of the input, or the end of decoding (failure, close handshake). Returns
+    /// the bytes consumed and the message found.
+    fn decode<O: Output>(
+        &mut self,
+        now: Tick,
+        input: &mut [u8],
+        scratch: &mut Vec<u8>,
+        out: &mut O,
+        shared: &mut Shared,
+    ) -> (usize, Option<(MessageKind, Body)>) {
+        let mut pos = 0;
+        while pos < input.len() {
+            if !matches!(self.phase, Phase::Open { .. } | Phase::CloseSent { .. }) {
+                return (input.len(), None); // Lingering: the rest is discarded.
+            }
+            if self.is_open() && !self.rate_admits(now, out, shared) {
+                self.defer(input.get(pos..).unwrap_or_default());
+                return (input.len(), None);
+            }
+            let rest = input.get_mut(pos..).unwrap_or_default();
+            let decoded = self.decoder.decode(&shared.settings.limits, rest);
+            let at = pos;
+            pos += decoded.consumed;
+            match decoded.outcome {
+                Outcome::NeedMore => break,
+                Outcome::Error(error) => {
+                    self.fail(now, error, out, shared);
+                    return (input.len(), None);
+                }
+                Outcome::Event(frame) => {
+                    match self.on_frame(now, frame, rest, scratch, out, shared) {
+                        Step::Continue => {}
+                        Step::Stop => break,
+                        Step::Deliver(kind, Body::Input(range)) => {
+                            let range = range.start + at..range.end + at;
+                            return (pos, Some((kind, Body::Input(range))));
+                        }
+                        Step::Deliver(kind, body) => return (pos, Some((kind, body))),
+                    }
+                }
+            }
+        }
+        (pos, None)
+    }
+
+    /// What a decoded frame does. `input` is the slice it was decoded from.
+    fn on_frame<O: Output>(
+        &mut self,
+        now: Tick,
+        frame: Frame,
+        input: &[u8],
+        scratch: &mut Vec<u8>,
+        out: &mut O,
+        shared: &mut Shared,
+    ) -> Step {
+        match frame {
+            Frame::Message(kind, Payload::Input(range)) => Step::Deliver(kind, Body::Input(range)),
+            Frame::Message(kind, Payload::Owned(bytes)) => {
+                *scratch = bytes;
+                Step::Deliver(kind, Body::Scratch)
+            }
+            // After our close frame, data is not delivered: no need to inflate it.
+            Frame::Compressed(..) if !self.is_open() => Step::Continue,
+            Frame::Compressed(kind, payload) => {
+                match self.inflate(payload.bytes(input), scratch, shared) {
+                    Ok(()) => Step::Deliver(kind, Body::Scratch),
+                    Err(error) => {
+                        self.fail(now, error, out, shared);
+                        Step::Stop
+                    }
+                }
+            }
+            Frame::Ping(payload) => {
+                // §5.5.2: answer with a pong carrying the same payload (not once closing).
+                if self.is_open() {
+                    write_frame(out, OpCode::Pong, false, &[payload.bytes(input)]);
+                }
+                Step::Continue
+            }
+            Frame::Pong(payload) => match self.record_rtt(now, payload.bytes(input)) {
+                true => Step::Stop,
+                false => Step::Continue,
+            },
+            Frame::Close { code, payload } => {
+                self.on_close_frame(now, code, payload.bytes(input), out, shared);
+                Step::Stop
+            }
+        }
+    }
+
+    /// Inflates a compressed message (RFC 7692 §7.2.2) into `scratch`, bounded by the message
+    /// limit: a deflate bomb fails with 1009 after at most that many bytes.
+    fn inflate(
+        &mut self,
+        payload: &[u8],
+        scratch: &mut Vec<u8>,
+        shared: &mut Shared,
+    ) -> Result<(), ProtocolError> {
+        match self.deflate.as_deref_mut() {
+            Some(deflate) => shared.inflate(deflate, payload, scratch),
+            // The decoder accepts RSV1 only once permessage-deflate was negotiated.
+            None => Err(ProtocolError::ReservedBits),
+        }
+    }
+
+    /// Hands a message out while open (after our close frame it is validated, then ignored).
+    /// Text is validated here, once, by making the `&str` that is handed out (§8.1: invalid
+    /// text fails the connection with 1007).
+    fn deliver<'a, O: Output>(
+        &mut self,
+        now: Tick,
+        kind: MessageKind,
+        bytes: &'a [u8],
+        out: &mut O,
+        shared: &Shared,
+    ) -> Option<Message<'a>> {
+        let message = match kind {
+            MessageKind::Binary => Ok(Message::Binary(bytes)),
+            MessageKind::Text => utf8::validate(bytes)
+                .map(Message::Text)
+                .map_err(|_| ProtocolError::InvalidUtf8),
+        };
+        match message {
+            Ok(message) if self.is_open() => {
+                self.rate_charge(now, bytes.len());
+                Some(message)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                self.fail(now, error, out, shared);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{
+        client_close, client_frame, client_frame_rsv, text, upgrade_request, Harness, Seen,
+    };
+    use super::super::{Closed, Event, Initiator, Settings};
+    use crate::deflate::{DeflateConfig, Deflater};
+    use crate::{CloseCode, Limits, OpCode, ProtocolError};
+
+    /// Sends `bytes` to an open connection (after a good message) and checks that it fails
+    /// with exactly one close frame carrying `error`'s code and reason, reports it, and
+    /// ignores what follows.
+    fn expect_failure(
+        settings: Settings,
+        extra: &str,
+        bytes: &[u8],
+        error: ProtocolError,
+        code: u16,
+    ) {
+        let mut h = Harness::open_with(settings, extra);
+        h.echo = true;
+        let mut input = client_frame(OpCode::Text, b"before");
+        input.extend_from_slice(bytes);
+        input.extend(client_frame(OpCode::Text, b"after"));
+        input.extend(client_frame(OpCode::Ping, b"p"));
+        h.feed(&input);
+        let frames = h.frames();
+        assert_eq!(frames.len(), 2, "{error:?}: {frames:?}");
+        assert_eq!(frames[0].payload, b"before");
+        assert_eq!(
+            frames[1].close(),
+            (code, error.as_str().to_owned()),
+            "{error:?}"
+        );
+        assert_eq!(
+            h.take_seen(),
+            vec![
+                text("before"),
+                Seen::Event(Event::Closed(Closed {
+                    code: CloseCode(code),
+                    reason: String::new(),
+                    initiator: Initiator::Error(error),
+                    sent: Some(CloseCode(code)),
+                    received: None,
+                }))
+            ],
+            "{error:?}"
+        );
+        assert!(
+            h.conn.poll_fin(true),
+            "{error:?}: TCP closes after the close frame"
+        );
+        // Sticky: nothing more is decoded or answered.
+        h.feed(&client_frame(OpCode::Ping, b"p"));
+        assert_eq!(h.frames(), vec![]);
+    }
+
+    #[test]
+    fn each_protocol_failure_closes_with_its_code_and_reason() {
+        let fragment = |op| client_frame_rsv(false, 0, op, b"ab");
+        let cases: Vec<(Vec<u8>, ProtocolError, u16)> = vec![
+            (vec![0x81, 0x01, b'x'], ProtocolError::UnmaskedFrame, 1002),
+            (
+                client_frame_rsv(true, 0b010, OpCode::Text, b"x"),
+                ProtocolError::ReservedBits,
+                1002,
+            ),
+            // RSV1 without permessage-deflate.
+            (
+                client_frame_rsv(true, 0b100, OpCode::Binary, b"x"),
+                ProtocolError::ReservedBits,
+                1002,
+            ),
+            (
+                vec![0x83, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode,
+                1002,
+            ),
+            (
+                client_frame(OpCode::Ping, &[0; 126]),
+                ProtocolError::ControlFrameTooLong,
+                1002,
+            ),
+            (
+                client_frame_rsv(false, 0, OpCode::Ping, b""),
+                ProtocolError::FragmentedControlFrame,
+                1002,
+            ),
+            (
+                vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+                ProtocolError::LengthOverflow,
+                1002,
+            ),
+            (
+                client_frame(OpCode::Continuation, b"x"),
+                ProtocolError::UnexpectedContinuation,
+                1002,
+            ),
+            (
+                [fragment(OpCode::Text), client_frame(OpCode::Text, b"c")].concat(),
+                ProtocolError::ExpectedContinuation,
+                1002,
+            ),
+            (
+                client_frame(OpCode::Close, &[3]),
+                ProtocolError::InvalidClosePayload,
+                1002,
+            ),
+            (
+                client_close(1005, b""),
+                ProtocolError::InvalidClosePayload,
+                1002,
+            ),
+            (
+                client_close(1000, &[0xff]),
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+            // Whole text frame: validated once, when the connection makes its `&str`.
+            (
+                client_frame(OpCode::Text, &[b'a', 0xc3, 0x28]),
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+            // Streamed text: fails at the fragment that carries the bad byte.
+            (
+                [
+                    fragment(OpCode::Text),
+                    client_frame_rsv(false, 0, OpCode::Continuation, &[0xff]),
+                ]
+                .concat(),
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+        ];
+        for (bytes, error, code) in cases {
+            expect_failure(Settings::default(), "", &bytes, error, code);
+        }
+    }
+
+    #[test]
+    fn size_limits_fail_with_1009() {
+        let settings = Settings {
+            limits: Limits {
+                max_frame: 100,
+                max_message: 150,
+            },
+            ..Settings::default()
+        };
+        expect_failure(
+            settings.clone(),
+            "",
+            &client_frame(OpCode::Binary, &[0; 101]),
+            ProtocolError::FrameTooBig,
+            1009,
+        );
+        let fragments = [
+            client_frame_rsv(false, 0, OpCode::Binary, &[0; 100]),
+            client_frame(OpCode::Continuation, &[0; 51]),
+        ]
+        .concat();
+        expect_failure(settings, "", &fragments, ProtocolError::MessageTooBig, 1009);
+    }
+
+    #[test]
+    fn fragments_and_control_frames_between_them() {
+        let mut h = Harness::open(Settings::default());
+        let mut bytes = client_frame_rsv(false, 0, OpCode::Text, "h€".as_bytes());
+        bytes.extend(client_frame(OpCode::Ping, b"in between"));
+        bytes.extend(client_frame_rsv(false, 0, OpCode::Continuation, b"ll"));
+        bytes.extend(client_frame(OpCode::Continuation, b"o"));
+        h.feed(&bytes);
+        // Assembled across fragments: owned, not borrowed.
+        assert_eq!(h.take_seen(), vec![Seen::Text("h€llo".to_owned(), false)]);
+        let frames = h.frames();
+        assert_eq!(
+            (frames[0].opcode, &frames[0].payload[..]),
+            (0xA, &b"in between"[..])
+        );
+        assert_eq!(h.conn.memory(), 0, "nothing kept once the message is out");
+    }
+
+    #[test]
+    fn a_whole_frame_in_one_read_is_handed_out_borrowed() {
+        let mut h = Harness::open(Settings::default());
+        let frame = client_frame(OpCode::Binary, b"zero copy");
+        h.feed(&frame);
+        assert_eq!(
+            h.take_seen(),
+            vec![Seen::Binary(b"zero copy".to_vec(), true)]
+        );
+        // Split across reads, it has to be assembled: owned.
+        h.feed(&frame[..8]);
+        assert_eq!(h.take_seen(), vec![]);
+        assert!(h.conn.memory() > 0, "the partial payload is held");
+        h.feed(&frame[8..]);
+        assert_eq!(
+            h.take_seen(),
+            vec![Seen::Binary(b"zero copy".to_vec(), false)]
+        );
+        assert_eq!(h.conn.memory(), 0);
+    }
+
+    #[test]
+    fn pings_are_answered_with_the_same_payload() {
+        let mut h = Harness::open(Settings::default());
+        h.feed(
+            &[
+                client_frame(OpCode::Ping, b"abc"),
+                client_frame(OpCode::Ping, b""),
+            ]
+            .concat(),
+        );
+        let frames = h.frames();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            (frames[0].opcode, &frames[0].payload[..]),
+            (0xA, &b"abc"[..])
+        );
+        assert!(frames[1].payload.is_empty());
+        // Unsolicited pongs are ignored (§5.5.3).
+        h.feed(&client_frame(OpCode::Pong, b"hello"));
+        assert_eq!(h.take_seen(), vec![]);
+        assert_eq!(h.frames(), vec![]);
+    }
+
+    #[test]
+    fn frames_that_follow_the_request_are_decoded_after_the_upgrade() {
+        let mut h = Harness::new(Settings::default());
+        let mut bytes = upgrade_request("");
+        bytes.extend(client_frame(OpCode::Text, b"early"));
+        bytes.extend(client_frame_rsv(false, 0, OpCode::Text, b"par"));
+        h.feed(&bytes);
+        assert!(!h.conn.wants_read(), "one request at a time");
+        h.accept().unwrap();
+        assert!(h.http().starts_with("HTTP/1.1 101 "));
+        assert_eq!(h.take_seen(), vec![Seen::Text("early".to_owned(), false)]);
+        assert!(h.conn.wants_read());
+        h.feed(&client_frame(OpCode::Continuation, b"tial"));
+        assert_eq!(h.take_seen(), vec![Seen::Text("partial".to_owned(), false)]);
+    }
+
+    /// A compressed client message (RFC 7692 §7.2.1: the sync tail removed).
+    fn compressed(payload: &[u8]) -> Vec<u8> {
+        let mut packed = Vec::new();
+        Deflater::new(15, 6).compress(payload, &mut packed, true);
+        client_frame_rsv(true, 0b100, OpCode::Text, &packed)
+    }
+
+    fn deflate_settings(max_message: u64) -> Settings {
+        Settings {
+            deflate: Some(DeflateConfig::default()),
+            limits: Limits {
+                max_frame: 1 << 20,
+                max_message,
+            },
+            ..Settings::default()
+        }
+    }
+
+    const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+
+    #[test]
+    fn compressed_messages_are_inflated_and_validated() {
+        let mut h = Harness::open_with(deflate_settings(1 << 20), OFFER);
+        assert!(h.conn.deflate_params().is_some());
+        h.feed(&compressed("squeezed ".repeat(20).as_bytes()));
+        assert_eq!(
+            h.take_seen(),
+            vec![Seen::Text("squeezed ".repeat(20), false)]
+        );
+        expect_failure(
+            deflate_settings(1 << 20),
+            OFFER,
+            &compressed(&[0xff, 0xfe]),
+            ProtocolError::InvalidUtf8,
+            1007,
+        );
+        expect_failure(
+            deflate_settings(1 << 20),
+            OFFER,
+            &client_frame_rsv(true, 0b100, OpCode::Binary, &[0xff; 8]),
+            ProtocolError::BadCompressedData,
+            1007,
+        );
+    }
+
+    #[test]
+    fn a_deflate_bomb_fails_with_1009_within_the_message_limit() {
+        let bomb = compressed(&vec![b'a'; 1 << 20]);
+        assert!(bomb.len() < 2048);
+        expect_failure(
+            deflate_settings(64 * 1024),
+            OFFER,
+            &bomb,
+            ProtocolError::MessageTooBig,
+            1009,
+        );
+    }
+}
