@@ -38,15 +38,16 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     max_conns: usize,
     /// Per-connection send-queue limit in bytes: above it reading pauses, and publications
-    /// follow --slow-consumer.
+    /// follow --slow-consumer (judged by what the socket refused besides the frame it is in the
+    /// middle of receiving).
     #[arg(long, default_value_t = 1 << 20)]
     max_backpressure: usize,
     /// What a publication does to a subscriber over --max-backpressure, for rooms without a
     /// policy of their own: close (1008), drop-newest (alias: drop), drop-oldest, latest-only.
     #[arg(long, default_value = "close")]
     slow_consumer: RoomPolicy,
-    /// Process-wide budget in bytes (all workers together) for send queues, partial messages,
-    /// deflate contexts and TLS sessions; over it, upgrades get 503 and the largest holders are
+    /// Process-wide budget in bytes (all workers together) for send queues, request heads,
+    /// partial messages, input held back, deflate contexts and TLS sessions; over it, upgrades get 503 and the largest holders are
     /// closed with 1013
     /// [default: 32 × (--max-message + --max-backpressure)].
     #[arg(long)]

@@ -45,13 +45,14 @@ pub struct Config {
     /// Most concurrent connections in the process, all workers together (503 beyond it).
     pub max_conns: usize,
     /// Per-connection send-queue limit: above it reading pauses and publications follow
-    /// `slow_consumer`. Reading resumes below half of it.
+    /// `slow_consumer` (a subscriber is judged by what its socket refused besides the frame it
+    /// is in the middle of receiving). Reading resumes below half of it.
     pub max_backpressure: usize,
     /// What a publication does to a subscriber over `max_backpressure`, for rooms without a
     /// policy of their own.
     pub slow_consumer: RoomPolicy,
-    /// Process-wide budget (all workers together) for bytes held in send queues, partial
-    /// messages, compressor contexts and TLS sessions: over it, upgrades get 503 and the
+    /// Process-wide budget (all workers together) for bytes held in send queues, request heads,
+    /// partial messages, input held back, compressor contexts and TLS sessions: over it, upgrades get 503 and the
     /// largest holders are closed with 1013.
     pub max_buffered: usize,
     /// Time allowed from accept to a complete request head.
