@@ -377,6 +377,8 @@ fn repeated_host_or_key_is_a_bad_request() {
             "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version",
         ),
         "GET /stats HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+        // RFC 9112 §3.2: none at all is as bad as two.
+        "GET /stats HTTP/1.1\r\n\r\n".to_owned(),
     ];
     for request in cases {
         let answer = answer_to(server.addr, request.as_bytes());

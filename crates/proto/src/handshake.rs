@@ -275,6 +275,10 @@ pub fn validate_request(req: &RequestHead<'_, '_>) -> Result<(), HandshakeError>
     if req.count("host") > 1 {
         return Err(HandshakeError::DuplicateHost);
     }
+    // …and "to any HTTP/1.1 request message that lacks a Host header field" (HTTP/1.0 may).
+    if req.minor_version >= 1 && req.count("host") == 0 {
+        return Err(HandshakeError::MissingHost);
+    }
     // RFC 9112 §6.3: a message body is framed by Transfer-Encoding or Content-Length. None is
     // read here, so one announced is refused (and the connection closed) rather than parsed
     // as the next request.
@@ -509,6 +513,17 @@ mod tests {
         }
         assert_eq!(HandshakeError::DuplicateHost.status(), 400);
         assert_eq!(HandshakeError::DuplicateKey.status(), 400);
+    }
+
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a bad request; HTTP/1.0 has none.
+    #[test]
+    fn http11_without_host_refused() {
+        let req = REQ.replacen("Host: server.example.com\r\n", "", 1);
+        assert_eq!(plain(&req), Err(HandshakeError::MissingHost));
+        assert_eq!(check(&req), Err(HandshakeError::MissingHost));
+        let old = req.replacen("HTTP/1.1", "HTTP/1.0", 1);
+        assert_eq!(plain(&old), Ok(()));
+        assert_eq!(HandshakeError::MissingHost.status(), 400);
     }
 
     /// RFC 9112 §6.3: any announced body is refused, plain request or upgrade; an explicit
