@@ -33,8 +33,8 @@ enum Body {
 enum Step {
     /// Go on decoding.
     Continue,
-    /// Stop: an event was queued (it is polled before anything after it is decoded), or
-    /// nothing more is decoded.
+    /// Stop: an event was queued (it is polled before anything after it is decoded), a pong
+    /// was written, or nothing more is decoded.
     Stop,
     /// Stop and hand out this message.
     Deliver(MessageKind, Body),
@@ -170,8 +170,11 @@ impl Connection {
             }
             Frame::Ping(payload) => {
                 // §5.5.2: answer with a pong carrying the same payload (not once closing).
+                // Then stop, as after a message: each call writes at most one frame of its
+                // own, so a caller bounding its work per call bounds a ping flood too.
                 if self.is_open() {
                     write_frame(out, OpCode::Pong, false, &[payload.bytes(input)]);
+                    return Step::Stop;
                 }
                 Step::Continue
             }
