@@ -3,7 +3,7 @@
 //!
 //! - Reading: the reactor reads ciphertext into one half of its shared read buffer,
 //!   [`TlsSession::decrypt`] feeds it to rustls and drains plaintext into the other half, and
-//!   that plaintext goes to `Core::on_input` exactly as a plain connection's bytes do.
+//!   that plaintext goes to `Core::feed` exactly as a plain connection's bytes do.
 //! - Writing: [`TlsSession::write_with`] hands the plaintext that the plain path would `writev`
 //!   to rustls's `writer()` and writes the records with `write_tls`. Ciphertext the socket
 //!   refuses stays in rustls (bounded by its buffer limit); plaintext rustls refuses stays in the
