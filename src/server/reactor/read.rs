@@ -12,7 +12,7 @@ use crate::server::app::{Context, Handler, Message};
 use crate::server::out::Door;
 use crate::server::stats::RejectReason;
 
-use super::{Core, Reactor, Visit, PLAIN_LEN, READS_PER_EVENT, WORK_PER_TURN};
+use super::{Core, Reactor, Visit, PLAIN_LEN, READS_PER_EVENT, READ_BUF, WORK_PER_TURN};
 
 impl<H: Handler> Reactor<H> {
     /// Visits one connection: what it held back or left unanswered first, then reads until
@@ -29,6 +29,10 @@ impl<H: Handler> Reactor<H> {
         self.core.work_left = WORK_PER_TURN;
         self.read_from(key, visit);
         self.core.settle(key);
+        if self.scratch.capacity() > READ_BUF {
+            // A large message was assembled or inflated there: do not keep it for everyone.
+            self.scratch = Vec::new();
+        }
     }
 
     fn read_from(&mut self, key: usize, visit: Visit) {
