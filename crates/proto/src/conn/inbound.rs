@@ -292,6 +292,21 @@ mod tests {
         assert_eq!(h.frames(), vec![]);
     }
 
+    /// Each call answers at most one ping, so a caller that bounds its calls per turn bounds
+    /// the pongs a flood of pings in one read makes it write.
+    #[test]
+    fn one_pong_per_call() {
+        let mut h = Harness::open(Settings::default());
+        let ping = client_frame(OpCode::Ping, b"p");
+        let mut input: Vec<u8> = std::iter::repeat_n(ping.clone(), 100).flatten().collect();
+        let mut scratch = Vec::new();
+        let got = h
+            .conn
+            .handle_input(h.now, &mut input, &mut scratch, &mut h.out, &mut h.shared);
+        assert_eq!(got.consumed, ping.len(), "stopped after the first pong");
+        assert_eq!(h.frames().len(), 1);
+    }
+
     #[test]
     fn each_protocol_failure_closes_with_its_code_and_reason() {
         let fragment = |op| client_frame_rsv(false, 0, op, b"ab");
