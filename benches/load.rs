@@ -374,8 +374,8 @@ fn main() {
     print_table(&settings, &medians);
     print_targets(&settings, &medians);
     println!(
-        "\nsize_of::<Connection>() = {} bytes; total {:.0} s",
-        std::mem::size_of::<wsloop::server::connection::Connection>(),
+        "\nsize_of::<Entry>() (a connection in the slab) = {} bytes; total {:.0} s",
+        std::mem::size_of::<wsloop::server::reactor::entry::Entry>(),
         started.elapsed().as_secs_f64()
     );
 }

@@ -22,7 +22,7 @@
 //! `cargo bench --bench micro` for the full run (about five minutes on two shared cores);
 //! `cargo bench --bench micro -- --quick` for a quick one; `cargo bench --bench micro -- --test`
 //! runs each benchmark once without measuring (a smoke test). It also prints
-//! `size_of::<Connection>()`.
+//! `size_of::<Entry>()` (a connection in the slab).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -43,8 +43,8 @@ use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
 use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
 use wsloop::server::admission::origin_allowed;
-use wsloop::server::connection::Connection;
-use wsloop::server::out_queue::Outbox;
+use wsloop::server::out::Outbox;
+use wsloop::server::reactor::entry::Entry;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -434,8 +434,8 @@ fn main() {
     // Not a timing: the per-connection state every open connection costs (with the features
     // this bench was built with).
     eprintln!(
-        "size_of::<wsloop::server::connection::Connection>() = {} bytes",
-        std::mem::size_of::<Connection>()
+        "size_of::<wsloop::server::reactor::entry::Entry>() = {} bytes",
+        std::mem::size_of::<Entry>()
     );
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -180,7 +180,7 @@ impl Context<'_> {
         self.core.publish(None, msg)
     }
 
-    /// The server's counters.
+    /// The server's counters (`buffered_bytes` as of the end of the last loop turn).
     pub fn stats(&self) -> &Stats {
         &self.core.stats
     }

@@ -4,21 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::protocol::conn::Settings;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
 pub use super::client_addr::{Cidr, ForwardedHeader};
 pub use super::rooms::RoomPolicy;
 
-/// What a connection over `--max-msg-rate` gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RatePolicy {
-    /// Stop reading from it until its tokens return (TCP pushes back on the sender).
-    #[default]
-    Pause,
-    /// Close it with 1008.
-    Close,
-}
+/// What a connection over its message or byte rate gets (the protocol connection applies it).
+pub use wsloop_proto::conn::RatePolicy;
 
 /// Whether connections start with a PROXY protocol header (v1 or v2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,6 +129,24 @@ impl Default for Config {
             deflate: None,
             reuse_port: false,
             tls: None,
+        }
+    }
+}
+
+impl Config {
+    /// The rules every protocol connection follows, from these settings.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: self.limits,
+            max_head: self.max_head,
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            max_msg_rate: self.max_msg_rate,
+            max_bytes_rate: self.max_bytes_rate,
+            rate_policy: self.rate_policy,
+            deflate: self.deflate,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::out_queue::{OutEntry, OutQueue};
+use super::out::{OutEntry, OutQueue};
 
 /// TLS settings; uninhabited without the `tls` feature.
 #[derive(Debug, Clone)]

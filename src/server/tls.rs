@@ -3,7 +3,7 @@
 //!
 //! - Reading: the reactor reads ciphertext into one half of its shared read buffer,
 //!   [`TlsSession::decrypt`] feeds it to rustls and drains plaintext into the other half, and
-//!   that plaintext goes to `Core::on_input` exactly as a plain connection's bytes do.
+//!   that plaintext goes to `Core::feed` exactly as a plain connection's bytes do.
 //! - Writing: [`TlsSession::write_with`] hands the plaintext that the plain path would `writev`
 //!   to rustls's `writer()` and writes the records with `write_tls`. Ciphertext the socket
 //!   refuses stays in rustls (bounded by its buffer limit); plaintext rustls refuses stays in the
@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use super::out_queue::{OutEntry, OutQueue};
+use super::out::{OutEntry, OutQueue};
 
 /// Ciphertext and pending plaintext rustls may hold for one connection's output. Beyond it
 /// plaintext stays in the connection's own queue (counted for backpressure).
@@ -285,7 +285,7 @@ fn send_records(tls: &mut ServerConnection, socket: &mut impl Write) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::out_queue::Outbox;
+    use crate::server::out::Outbox;
 
     /// One direction of a socket: takes at most `room` bytes per call, then would block.
     #[derive(Default)]

@@ -1,24 +1,29 @@
-//! The mio `Poll` loop: accept, read into one shared buffer, hand bytes to the protocol core,
-//! hand events to the application, write each connection's output once per turn, fire timers.
+//! The mio `Poll` loop: accept, read into one shared buffer, feed each connection's protocol
+//! state machine, hand what comes out to the application, write each connection's output once
+//! per turn, fire timers. No protocol rule lives here: phases, the close handshake, keepalive,
+//! idle and close-wait deadlines, rate limits and the request head are
+//! [`wsloop_proto::Connection`]'s.
 //!
 //! # One loop turn
 //! 1. `poll` (timeout: the next timer, or zero while connections wait for a fair share).
 //! 2. For each event: accept until `WouldBlock`; read until `WouldBlock` (bounded per event,
 //!    in reads and in the work they cause, for fairness); flush on `WRITABLE`. Then the
 //!    connections left on the ready list by the previous turn.
-//! 3. Fire due timers (handshake, keepalive/idle, close-wait).
-//! 4. Remove dead connections (telling the application), then write this turn's outbox: one
-//!    vectored write per connection, queueing only what the socket refused.
+//! 3. Fire due timers (each connection's one deadline, from its `poll_timeout`).
+//! 4. Remove finished connections (telling the application), then write this turn's outbox:
+//!    one vectored write per connection, queueing only what the socket refused.
 //!
 //! # Where things are
-//! This module holds the loop ([`Reactor`]) and the state it mutates ([`Core`]); `Core`'s
-//! methods are split by what they own: [`admit`] (accept-time refusals, the request head, the
-//! upgrade, the client address), [`inbound`] (decoding, delivery, rate limits), [`outbound`]
-//! (the per-turn outbox and what is queued behind it), [`publish`] (rooms and the broker),
-//! [`budget`] (the process-wide memory budget) and [`lifecycle`] (timers, close, removal).
+//! This module holds the loop ([`Reactor`]) and the state it mutates ([`Core`]). The other
+//! files are split by what they own: [`entry`] (the slab entry), [`accept`] (admission at
+//! accept time and the connection counts), [`read`] (reading, feeding a connection, events to
+//! the application), [`requests`] (answers to HTTP requests and the upgrade), [`write`]
+//! (sending and the end-of-turn flush), [`life`] (after each piece of work: deadlines, FIN,
+//! budget; timers, shutdown, shedding, removal), [`publish`] (rooms and the broker) and
+//! [`timers`] (the deadline heap).
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -28,31 +33,33 @@ use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
-
-use crate::protocol::frame::OpCode;
+use wsloop_proto::conn::Shared;
+use wsloop_proto::ratelimit::TokenBucket;
+use wsloop_proto::time::{Clock, Tick};
 
 use crate::server::admission::Jitter;
-use crate::server::app::{ConnId, Context, Handler, Message};
+use crate::server::app::{ConnId, Context, Handler};
 use crate::server::broker::Inbox;
-use crate::server::compression::SharedContexts;
 use crate::server::config::Config;
-use crate::server::connection::{Connection, Phase};
 use crate::server::handle::{Command, ServerHandle};
 use crate::server::http::StaticFiles;
 use crate::server::listen;
-use crate::server::out_queue::Outbox;
-use crate::server::ratelimit::TokenBucket;
+use crate::server::out::{Budget, Outbox};
 use crate::server::rooms::Rooms;
 use crate::server::stats::Stats;
-use crate::server::timer::{Clock, Deadlines, Tick, Timers};
 use crate::server::workers::Member;
 
-mod admit;
-mod budget;
-mod inbound;
-mod lifecycle;
-mod outbound;
+use entry::Entry;
+use timers::Deadlines;
+
+mod accept;
+pub mod entry;
+mod life;
 mod publish;
+mod read;
+mod requests;
+mod timers;
+mod write;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -65,11 +72,12 @@ const READ_BUF: usize = 256 * 1024;
 const PLAIN_LEN: usize = READ_BUF / 2;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 16;
-/// Units of work one connection may cause per loop turn: a message decoded is one, and so is
-/// every frame queued for a receiver (a publication to a 21-member room is 21). The rest of
-/// its input waits for the next turn. 4096 units are well under a millisecond of work in a
-/// release build, so a flood delays everyone else by about that much per turn; the echo
-/// benchmarks (at most 64 messages in flight per connection, 128 units) never reach it.
+/// Units of work one connection may cause per loop turn: each step of its connection's
+/// decoding is one (a message, a pong, an event), and so is every frame queued for a receiver
+/// (a publication to a 21-member room is 21). The rest of its input waits for the next turn.
+/// 4096 units are well under a millisecond of work in a release build, so a flood delays
+/// everyone else by about that much per turn; the echo benchmarks (at most 64 messages in
+/// flight per connection, 128 units) never reach it.
 const WORK_PER_TURN: usize = 4096;
 /// Most header lines in a request.
 const MAX_HEADERS: usize = 64;
@@ -78,37 +86,37 @@ const REJECT_OVERFLOW: usize = 1024;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Everything the reactor mutates except the read buffer and the application, so callbacks
-/// can get `&mut Core` while a message still borrows the read buffer.
+/// Everything the reactor mutates except the read buffers and the application, so callbacks
+/// can get `&mut Core` while a message still borrows a read buffer.
 pub struct Core {
     pub(crate) config: Config,
     pub(crate) stats: Stats,
-    conns: Slab<Connection>,
+    conns: Slab<Entry>,
+    /// This turn's output for every connection (the door: [`crate::server::out::Door`]).
     outbox: Outbox,
+    /// What every connection holds, against `--max-buffered`.
+    budget: Budget,
     pub(crate) rooms: Rooms,
-    /// Each connection's deadline (handshake or keep-alive, idle, close-wait).
+    /// Each connection's one deadline.
     timers: Deadlines,
+    /// The protocol settings and deflate contexts every connection shares.
+    shared: Shared,
     registry: Registry,
     static_files: StaticFiles,
     now: Instant,
-    /// `now` as a [`Tick`], for connection deadlines.
+    /// `now` as a [`Tick`], the protocol connections' time.
     tick: Tick,
     clock: Clock,
     next_serial: u32,
-    /// Connections to read next turn: their reads or work were cut short (fairness), or
+    /// Connections to visit next turn: their reads or work were cut short (fairness), or
     /// reading resumed (backpressure, rate limit).
     ready: Vec<usize>,
     /// Units of work the connection being read may still cause this turn ([`WORK_PER_TURN`]).
     work_left: usize,
-    /// Connections to remove at the end of the turn.
+    /// Finished connections, removed at the end of the turn.
     doomed: Vec<usize>,
     shutting_down: bool,
     shutdown_deadline: Option<Instant>,
-    /// Deflate contexts shared by connections without context takeover.
-    contexts: SharedContexts,
-    /// Scratch for inflated messages and compressed frames (reused, trimmed when large).
-    inflate_buf: Vec<u8>,
-    deflate_buf: Vec<u8>,
     /// Spreads `Retry-After` values.
     jitter: Jitter,
     /// `--max-handshake-rate`.
@@ -117,8 +125,6 @@ pub struct Core {
     /// `--max-conns-per-ip` only).
     per_ip: HashMap<IpAddr, usize>,
     ip_of: HashMap<usize, IpAddr>,
-    /// When rate-limited connections may read again.
-    resume: Timers,
     /// Set only when this reactor is one of several or has a broker; `None` keeps the single
     /// reactor's hot path free of any broker work.
     member: Option<Box<Member>>,
@@ -134,6 +140,8 @@ pub struct Reactor<H: Handler> {
     commands: mpsc::Receiver<Command>,
     handle: ServerHandle,
     read_buf: Vec<u8>,
+    /// Where messages that cannot be borrowed from `read_buf` are assembled or inflated.
+    scratch: Vec<u8>,
     core: Core,
     app: H,
     local_addr: SocketAddr,
@@ -168,35 +176,34 @@ impl<H: Handler> Reactor<H> {
         let (tx, rx) = mpsc::channel();
         let static_files = StaticFiles::new(&config.static_dir);
         let now = Instant::now();
+        let clock = Clock::new(now);
         let next_stats = config.stats_interval.map(|i| now + i);
         Ok(Reactor {
             core: Core {
                 stats: Stats::default(),
                 conns: Slab::new(),
                 outbox: Outbox::default(),
+                budget: Budget::default(),
                 rooms: Rooms::new(config.slow_consumer),
                 timers: Deadlines::default(),
+                shared: Shared::new(config.settings()),
                 registry: poll.registry().try_clone()?,
                 static_files,
                 now,
-                tick: Clock::new(now).tick(now),
-                clock: Clock::new(now),
+                tick: clock.tick(now),
+                clock,
                 next_serial: 0,
                 ready: Vec::new(),
                 work_left: WORK_PER_TURN,
                 doomed: Vec::new(),
                 shutting_down: false,
                 shutdown_deadline: None,
-                contexts: SharedContexts::new(config.deflate.map_or(1, |d| d.level)),
-                inflate_buf: Vec::new(),
-                deflate_buf: Vec::new(),
                 jitter: Jitter::new(),
                 handshake_bucket: config
                     .max_handshake_rate
-                    .map(|(rate, burst)| TokenBucket::new(rate, burst, Clock::new(now).tick(now))),
+                    .map(|(rate, burst)| TokenBucket::new(rate, burst, clock.tick(now))),
                 per_ip: HashMap::new(),
                 ip_of: HashMap::new(),
-                resume: Timers::default(),
                 member: None,
                 config,
             },
@@ -207,6 +214,7 @@ impl<H: Handler> Reactor<H> {
             commands: rx,
             handle: ServerHandle::new(tx, waker),
             read_buf: vec![0; READ_BUF],
+            scratch: Vec::new(),
             app,
             local_addr,
             accept_paused_until: None,
@@ -220,6 +228,7 @@ impl<H: Handler> Reactor<H> {
     /// board, and with a hub its publications reach the other workers (and the hub's
     /// upstream) while the hub's deliveries arrive through `inbox`.
     pub(crate) fn join(&mut self, member: Member, inbox: Option<Inbox>) {
+        self.core.budget.share(Arc::clone(&member.counts));
         self.core.member = Some(Box::new(member));
         self.inbox = inbox;
     }
@@ -311,8 +320,8 @@ impl<H: Handler> Reactor<H> {
                 self.accept_all(true);
             }
             self.core.fire_timers(&mut self.app);
-            self.log_stats();
             self.core.finish_turn(&mut self.app);
+            self.log_stats();
             if let Some(member) = &mut self.core.member {
                 member.end_turn(&self.core.stats, &self.core.rooms, self.core.now);
             }
@@ -341,10 +350,6 @@ impl<H: Handler> Reactor<H> {
         let deadlines = [
             self.core
                 .timers
-                .next_deadline()
-                .map(|t| self.core.clock.instant(t)),
-            self.core
-                .resume
                 .next_deadline()
                 .map(|t| self.core.clock.instant(t)),
             self.accept_paused_until,
@@ -446,144 +451,6 @@ impl<H: Handler> Reactor<H> {
             }
         }
     }
-
-    /// Reads from one connection until `WouldBlock`, a short read, or its fair share: at most
-    /// [`READS_PER_EVENT`] reads and [`WORK_PER_TURN`] units of work. Out of work, the
-    /// undecoded rest of the last read waits in its backlog and the connection goes on the
-    /// ready list; its backlog is decoded first when that brings it back.
-    fn on_readable(&mut self, key: usize, visit: Visit) {
-        // Keep reading after a short read when no new edge will come: the event already
-        // reported the peer's FIN (or an error), or the connection is revisited from the
-        // ready list.
-        let read_to_end = visit != Visit::Event { hangup: false };
-        let Some(conn) = self.core.conns.get(key) else {
-            return;
-        };
-        if visit != Visit::Ready && conn.has_backlog() {
-            return; // On the ready list (or paused): its backlog goes first.
-        }
-        self.core.work_left = WORK_PER_TURN;
-        for _ in 0..READS_PER_EVENT {
-            let Some(conn) = self.core.conns.get_mut(key) else {
-                return;
-            };
-            if conn.is_dead() {
-                return;
-            }
-            if conn.peer_eof {
-                return; // Its FIN already arrived; only our output is left.
-            }
-            if conn.rate.as_ref().is_some_and(|r| r.paused) {
-                return; // Over its rate: the resume timer brings it back.
-            }
-            if let Some(mut backlog) = conn.take_backlog() {
-                // Decode what was read before the pause or the cut first.
-                self.core.on_input(&mut self.app, key, &mut backlog);
-                self.core.reaccount(key);
-                if self.core.held_back(key) {
-                    return;
-                }
-                continue;
-            }
-            if conn.over_backpressure(self.core.config.max_backpressure) {
-                // Stop reading: TCP pushes back on a peer that sends but does not read.
-                conn.read_paused = true;
-                return;
-            }
-            if matches!(&conn.phase, Phase::Head(head) if head.held) {
-                // Answer the requests read before the pause before reading more.
-                self.core.on_head_bytes(&mut self.app, key);
-                self.core.reaccount(key);
-                continue;
-            }
-            // TLS: ciphertext into the upper half, plaintext drained into the lower half.
-            let tls = conn.tls.is_some();
-            let buf = if tls {
-                self.read_buf.get_mut(PLAIN_LEN..).unwrap_or_default()
-            } else {
-                self.read_buf.as_mut_slice()
-            };
-            let full = buf.len();
-            let n = match conn.socket.read(buf) {
-                Ok(0) => {
-                    self.core.peer_closed(key);
-                    return;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.core.socket_error(key, &e);
-                    return;
-                }
-            };
-            conn.last_seen = self.core.tick;
-            conn.ping_sent = false;
-            self.core.stats.bytes_in += n as u64;
-            if tls {
-                if !self.on_ciphertext(key, n) {
-                    return;
-                }
-            } else {
-                let input = self.read_buf.get_mut(..n).unwrap_or_default();
-                self.core.on_input(&mut self.app, key, input);
-            }
-            self.core.reaccount(key);
-            if self.core.held_back(key) {
-                return;
-            }
-            if n < full && !read_to_end {
-                // A short read drained the socket (as tokio also assumes on Linux): the next
-                // arrival raises a new edge.
-                return;
-            }
-        }
-        self.core.ready.push(key);
-    }
-
-    /// Decrypts the `n` bytes of ciphertext just read and hands the plaintext to the core as
-    /// a plain connection's bytes; then writes what rustls itself has to say (handshake
-    /// records, alerts), even when the application said nothing. False when the connection
-    /// ended.
-    fn on_ciphertext(&mut self, key: usize, n: usize) -> bool {
-        let (plain, cipher) = self.read_buf.split_at_mut(PLAIN_LEN);
-        let mut cipher: &[u8] = cipher.get(..n).unwrap_or_default();
-        loop {
-            let Some(conn) = self.core.conns.get_mut(key).filter(|c| !c.is_dead()) else {
-                return false;
-            };
-            let Some(tls) = conn.tls.as_deref_mut() else {
-                return false;
-            };
-            let step = match tls.decrypt(&mut cipher, plain) {
-                Ok(step) => step,
-                Err(e) => {
-                    let during = if tls.is_handshaking() {
-                        " handshake"
-                    } else {
-                        ""
-                    };
-                    debug!("#{key}: TLS{during} error: {e}: closing");
-                    let _ = tls.send_pending(&mut conn.socket); // the alert, best effort
-                    self.core.kill(key);
-                    return false;
-                }
-            };
-            if step.len > 0 {
-                let input = plain.get_mut(..step.len).unwrap_or_default();
-                self.core.on_input(&mut self.app, key, input);
-            }
-            if step.closed {
-                self.core.peer_closed(key);
-                return false;
-            }
-            if cipher.is_empty() && step.len < plain.len() {
-                break;
-            }
-        }
-        self.core.write_pending(&mut self.app, key);
-        true
-    }
 }
 
 /// Why a connection is being read.
@@ -612,9 +479,9 @@ mod libc_errno {
 
 impl Core {
     fn id_of(&self, key: usize) -> Option<ConnId> {
-        self.conns.get(key).map(|c| ConnId {
+        self.conns.get(key).map(|e| ConnId {
             key: key as u32,
-            serial: c.serial,
+            serial: e.serial,
         })
     }
 
@@ -622,41 +489,19 @@ impl Core {
         let key = id.key as usize;
         self.conns
             .get(key)
-            .filter(|c| c.serial == id.serial)
+            .filter(|e| e.serial == id.serial)
             .map(|_| key)
     }
 
-    /// Sets a connection's deadline (replacing the one it had).
-    fn arm(&mut self, key: usize, at: Tick) {
-        if let Some(conn) = self.conns.get(key) {
-            self.timers.arm(key, conn.serial, at);
-        }
+    /// Counts `units` of work (a decoding step, a frame queued for a receiver) against the
+    /// share of the connection being read this turn.
+    fn spend(&mut self, units: usize) {
+        self.work_left = self.work_left.saturating_sub(units);
     }
 
-    fn clock_start(&self) -> Instant {
-        self.clock.instant(Tick::NONE)
-    }
-
-    /// Whether decoding stopped with input left over: out of work for this turn (then it
-    /// goes on the ready list for the next) or over its rate (the resume timer brings it
-    /// back).
-    fn held_back(&mut self, key: usize) -> bool {
-        let Some(rate) = self.conns.get(key).and_then(|c| c.rate.as_deref()) else {
-            return false;
-        };
-        if rate.backlog.is_empty() {
-            return false;
-        }
-        if !rate.paused {
-            self.ready.push(key);
-        }
-        true
-    }
-}
-
-fn opcode_of(msg: &Message<'_>) -> OpCode {
-    match msg {
-        Message::Text(_) => OpCode::Text,
-        Message::Binary(_) => OpCode::Binary,
+    /// The counters, with the budget's figure brought up to date.
+    fn fresh_stats(&mut self) -> &Stats {
+        self.stats.buffered_bytes = self.budget.held();
+        &self.stats
     }
 }

@@ -1,17 +1,19 @@
-//! Rooms and publication: subscriptions, one shared frame per publication for every local
-//! subscriber (per-room slow-consumer policies), and the hand-off to and from the broker.
+//! Rooms and publication: subscriptions, one shared frame per encoding of a publication for
+//! every local subscriber (per-room slow-consumer policies, see [`crate::server::out`]), and
+//! the hand-off to and from the broker.
 
 use std::rc::Rc;
 
 use log::{debug, warn};
+use wsloop_proto::conn::Encoding;
+use wsloop_proto::CloseCode;
 
-use crate::protocol::frame::{data_header, OpCode, MAX_HEADER_LEN};
-use crate::protocol::CloseCode;
 use crate::server::app::{ConnId, Message};
 use crate::server::broker::{Delivery, Kind};
-use crate::server::rooms::RoomPolicy;
+use crate::server::out::{Door, Verdict};
 
-use super::{opcode_of, Core};
+use super::write::kind_of;
+use super::Core;
 
 impl Core {
     pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
@@ -79,16 +81,16 @@ impl Core {
         delivered
     }
 
-    /// Encodes `msg` into one shared frame and queues it for every member of `topic` on this
-    /// reactor (or every open connection). Slow members (`Connection::is_slow`) get the room's
-    /// slow-consumer policy instead. Each member is one unit of the publisher's work this turn.
+    /// Queues `msg` for every member of `topic` on this reactor (or every open connection),
+    /// each frame encoded once and shared: one plain frame, one compressed frame per window
+    /// size for receivers without context takeover; those with it compress their own. Slow
+    /// members get the room's slow-consumer policy instead. Each member is one unit of the
+    /// publisher's work this turn.
     pub(super) fn publish_local(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
-        let opcode = opcode_of(&msg);
+        let kind = kind_of(&msg);
         let payload = msg.as_bytes();
-        let frame = shared_frame(opcode, false, payload);
-        // Deflate receivers without context takeover share one compressed frame per window
-        // size; those with context takeover need their own compression.
-        let mut compressed: [Option<Rc<[u8]>>; 7] = Default::default();
+        // [0]: plain; [1..=7]: compressed for server windows 9..=15.
+        let mut frames: [Option<Rc<[u8]>>; 8] = Default::default();
         let (room, policy) = topic
             .and_then(|t| self.rooms.get(t))
             .map_or((0, self.config.slow_consumer), |r| (r.id, r.policy));
@@ -100,76 +102,66 @@ impl Core {
             None => self
                 .conns
                 .iter()
-                .filter(|(_, c)| c.is_open())
+                .filter(|(_, e)| e.conn.is_open())
                 .map(|(k, _)| k)
                 .collect(),
         };
         self.spend(members.len());
-        let min_size = self
-            .config
-            .deflate
-            .as_ref()
-            .map_or(usize::MAX, |d| d.min_size);
         let (mut delivered, mut dropped) = (0, 0);
         for key in members {
-            let Some(conn) = self.conns.get(key).filter(|c| c.is_open()) else {
+            let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.is_open()) else {
                 continue;
             };
-            let shared_deflate = conn
-                .deflate
-                .as_ref()
-                .filter(|_| payload.len() >= min_size)
-                .map(|d| {
-                    (
-                        d.params.server_no_context_takeover,
-                        d.params.server_max_window_bits,
-                    )
-                });
-            let policed = conn.is_slow(self.config.max_backpressure);
+            let encoding = entry.conn.encoding(payload.len(), &self.shared);
+            let policed = entry.out.is_slow(self.config.max_backpressure);
             if policed {
-                // Its own compressed stream cannot lose a frame later: drop this one instead.
-                let own_stream = matches!(shared_deflate, Some((false, _)));
-                let policy = if own_stream && policy.drops_queued() {
-                    RoomPolicy::DropNewest
-                } else {
-                    policy
-                };
-                let (queue, made_room) = self.police(key, room, policy);
-                dropped += made_room;
-                if !queue {
-                    continue;
+                self.stats.backpressure_closes += 1;
+                let own_stream = encoding == Encoding::Own;
+                let verdict = entry.out.police(
+                    key,
+                    &mut self.budget,
+                    &mut self.outbox,
+                    room,
+                    policy,
+                    own_stream,
+                );
+                dropped += verdict.dropped();
+                match verdict {
+                    Verdict::Queue { .. } => {}
+                    Verdict::Skip => continue,
+                    Verdict::Close => {
+                        warn!("#{key}: send queue over --max-backpressure: closing with 1008");
+                        self.close(key, CloseCode::POLICY_VIOLATION, "slow consumer");
+                        continue;
+                    }
                 }
             }
             delivered += 1;
-            let frame = match shared_deflate {
-                Some((true, bits)) => {
-                    let slot = compressed.get_mut(usize::from(bits.clamp(9, 15) - 9));
-                    match slot {
-                        Some(Some(frame)) => Rc::clone(frame),
-                        Some(slot) => match self.compress_for(key, payload) {
-                            Some(packed) => {
-                                let frame = shared_frame(opcode, true, &packed);
-                                self.deflate_buf = packed;
-                                slot.insert(frame).clone()
-                            }
-                            None => Rc::clone(&frame),
-                        },
-                        None => Rc::clone(&frame),
-                    }
-                }
-                Some((false, _)) => {
-                    self.queue_message(key, &msg);
+            let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+            let slot = match encoding {
+                Encoding::Plain => 0,
+                Encoding::Deflate { window_bits } => usize::from(window_bits.clamp(9, 15) - 8),
+                Encoding::Own => {
+                    let _ = entry.conn.send(kind, payload, &mut door, &mut self.shared);
                     continue;
                 }
-                None => Rc::clone(&frame),
             };
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.corked += frame.len();
+            let Some(cell) = frames.get_mut(slot) else {
+                continue;
+            };
+            if cell.is_none() {
+                *cell = self
+                    .shared
+                    .shared_frame(kind, payload, encoding)
+                    .map(Rc::from);
             }
+            let Some(frame) = cell.as_ref() else {
+                continue;
+            };
             if policed {
-                self.outbox.push_policed(key, &frame, room);
+                door.push_policed(frame, room);
             } else {
-                self.outbox.push_shared(key, &frame, tag);
+                door.push_shared(frame, tag);
             }
         }
         self.stats.messages_out += delivered as u64;
@@ -179,52 +171,4 @@ impl Core {
         }
         delivered
     }
-
-    /// A publication meets slow member `key` of `room` (0: a broadcast): applies `policy`.
-    /// Returns whether the new frame is still queued for it, and how many frames were dropped
-    /// (the new one, or older ones that made room for it).
-    fn police(&mut self, key: usize, room: u32, policy: RoomPolicy) -> (bool, usize) {
-        self.stats.backpressure_closes += 1;
-        match policy {
-            RoomPolicy::Close => {
-                warn!("#{key}: send queue over --max-backpressure: closing with 1008");
-                self.start_close(key, CloseCode::POLICY_VIOLATION, "slow consumer");
-                (false, 0)
-            }
-            RoomPolicy::DropOldest if room != 0 => match self.drop_older(key, room, false) {
-                0 => (false, 1),
-                older => (true, older),
-            },
-            RoomPolicy::LatestOnly if room != 0 => (true, self.drop_older(key, room, true)),
-            _ => (false, 1),
-        }
-    }
-
-    /// Takes unsent whole frames of `room` out of slow member `key`'s output — the oldest
-    /// (queued first, else from this turn), or all of them — and returns how many. Nothing is
-    /// searched for frames that are not there, and this turn's are found without a scan (see
-    /// `OutQueue::drop_room_frames` and `Outbox::drop_policed`).
-    fn drop_older(&mut self, key: usize, room: u32, all: bool) -> usize {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return 0;
-        };
-        let (mut frames, _) = conn.out.drop_room_frames(room, all);
-        if all || frames == 0 {
-            let (this_turn, bytes) = self.outbox.drop_policed(key, room, all);
-            conn.corked = conn.corked.saturating_sub(bytes);
-            frames += this_turn;
-        }
-        self.reaccount(key);
-        frames
-    }
-}
-
-/// One complete server frame in a reference-counted buffer, for sharing among receivers.
-fn shared_frame(opcode: OpCode, compressed: bool, payload: &[u8]) -> Rc<[u8]> {
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let n = data_header(opcode, compressed, payload.len(), &mut header);
-    let mut frame = Vec::with_capacity(n + payload.len());
-    frame.extend_from_slice(header.get(..n).unwrap_or_default());
-    frame.extend_from_slice(payload);
-    frame.into()
 }

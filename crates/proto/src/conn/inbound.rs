@@ -33,8 +33,8 @@ enum Body {
 enum Step {
     /// Go on decoding.
     Continue,
-    /// Stop: an event was queued (it is polled before anything after it is decoded), or
-    /// nothing more is decoded.
+    /// Stop: an event was queued (it is polled before anything after it is decoded), a pong
+    /// was written, or nothing more is decoded.
     Stop,
     /// Stop and hand out this message.
     Deliver(MessageKind, Body),
@@ -170,8 +170,11 @@ impl Connection {
             }
             Frame::Ping(payload) => {
                 // §5.5.2: answer with a pong carrying the same payload (not once closing).
+                // Then stop, as after a message: each call writes at most one frame of its
+                // own, so a caller bounding its work per call bounds a ping flood too.
                 if self.is_open() {
                     write_frame(out, OpCode::Pong, false, &[payload.bytes(input)]);
+                    return Step::Stop;
                 }
                 Step::Continue
             }
@@ -287,6 +290,21 @@ mod tests {
         // Sticky: nothing more is decoded or answered.
         h.feed(&client_frame(OpCode::Ping, b"p"));
         assert_eq!(h.frames(), vec![]);
+    }
+
+    /// Each call answers at most one ping, so a caller that bounds its calls per turn bounds
+    /// the pongs a flood of pings in one read makes it write.
+    #[test]
+    fn one_pong_per_call() {
+        let mut h = Harness::open(Settings::default());
+        let ping = client_frame(OpCode::Ping, b"p");
+        let mut input: Vec<u8> = std::iter::repeat_n(ping.clone(), 100).flatten().collect();
+        let mut scratch = Vec::new();
+        let got = h
+            .conn
+            .handle_input(h.now, &mut input, &mut scratch, &mut h.out, &mut h.shared);
+        assert_eq!(got.consumed, ping.len(), "stopped after the first pong");
+        assert_eq!(h.frames().len(), 1);
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! time something happens:
 //!
 //! 1. **Input.** Bytes just read (plaintext, after TLS) go to [`Connection::handle_input`],
-//!    which decodes them in place and stops after the first thing to report: a message is
+//!    which decodes them in place and stops after the first thing to report or answer (a
+//!    message, an event, the pong to a ping — so a caller counting calls bounds its work): a message is
 //!    returned in [`Input::message`], borrowing the bytes (zero copy for a whole frame that
 //!    arrived in one read) or the caller's scratch buffer; anything else is queued as an
 //!    event. Call it again with the rest (`input[consumed..]`) until all is consumed, doing
@@ -279,6 +280,19 @@ impl Connection {
     /// frame went either way).
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open { .. })
+    }
+
+    /// Whether it is still in its request phase (a request head being read, or one handed
+    /// out and not answered): a caller that holds back requests while its output queue is
+    /// full asks this before polling events.
+    pub fn in_request_phase(&self) -> bool {
+        matches!(self.phase, Phase::Head(_))
+    }
+
+    /// Whether nothing more will be said: the caller flushes what is queued, then (with TLS)
+    /// queues `close_notify` before asking [`poll_fin`](Connection::poll_fin).
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.phase, Phase::Lingering { .. })
     }
 
     /// Whether the connection is done: the caller drops its socket and output.

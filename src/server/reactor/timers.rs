@@ -1,6 +1,6 @@
-//! Timers: a min-heap of `(deadline, key, serial)` ([`Timers`]), and over it the one deadline
-//! each connection has in its current phase ([`Deadlines`]: handshake or keep-alive, idle,
-//! close-wait).
+//! The reactor's one timer structure: each connection's one next deadline ([`Deadlines`]),
+//! which its protocol connection gives (`poll_timeout`: handshake, keepalive ping, idle limit,
+//! close wait, rate-limit resume), over a min-heap of `(deadline, key, serial)` ([`Timers`]).
 //!
 //! Nothing is ever removed from the middle of the heap. A popped entry whose connection is
 //! gone is stale and ignored (spurious timeouts are no-ops). [`Deadlines`] keeps at most one
@@ -10,64 +10,19 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
 
-/// A point in time as milliseconds since the reactor started (plus one, so that
-/// [`Tick::NONE`] can mean "no deadline"). 8 bytes where an `Instant` takes 16: it is stored
-/// twice per connection and once per timer entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Tick(u64);
-
-impl Tick {
-    /// No deadline.
-    pub const NONE: Tick = Tick(0);
-
-    /// This tick plus `d` (millisecond resolution, rounded up so a timer never fires early).
-    pub fn after(self, d: Duration) -> Tick {
-        let ms = d.as_micros().div_ceil(1000);
-        Tick(self.0.saturating_add(u64::try_from(ms).unwrap_or(u64::MAX)))
-    }
-
-    /// Time from `earlier` to this tick (zero if `earlier` is later).
-    pub fn since(self, earlier: Tick) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-}
-
-/// Converts between `Instant` and [`Tick`].
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: Instant,
-}
-
-impl Clock {
-    /// A clock whose tick 1 is `start`.
-    pub fn new(start: Instant) -> Clock {
-        Clock { start }
-    }
-
-    /// The tick of `at` (rounded down).
-    pub fn tick(&self, at: Instant) -> Tick {
-        let ms = at.saturating_duration_since(self.start).as_millis();
-        Tick(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1)
-    }
-
-    /// The instant of `tick`.
-    pub fn instant(&self, tick: Tick) -> Instant {
-        self.start + Duration::from_millis(tick.0.saturating_sub(1))
-    }
-}
+use wsloop_proto::time::Tick;
 
 /// Pending deadlines for all connections.
 #[derive(Debug, Default)]
-pub struct Timers {
+struct Timers {
     heap: BinaryHeap<Reverse<(Tick, u32, u32)>>,
 }
 
 impl Timers {
     /// Schedules a check of connection `key` (with `serial`, to tell a reused slab slot apart)
     /// at `deadline`.
-    pub fn schedule(&mut self, deadline: Tick, key: usize, serial: u32) {
+    fn schedule(&mut self, deadline: Tick, key: usize, serial: u32) {
         self.heap.push(Reverse((deadline, key as u32, serial)));
     }
 
@@ -77,7 +32,7 @@ impl Timers {
     }
 
     /// Removes and returns the next entry due at `now`: (deadline, key, serial).
-    pub fn pop_due(&mut self, now: Tick) -> Option<(Tick, usize, u32)> {
+    fn pop_due(&mut self, now: Tick) -> Option<(Tick, usize, u32)> {
         match self.heap.peek() {
             Some(Reverse((at, _, _))) if *at <= now => self
                 .heap
@@ -88,11 +43,13 @@ impl Timers {
     }
 
     /// Entries in the heap (stale ones included).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
     /// Whether no entry is pending.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -142,6 +99,13 @@ impl Deadlines {
         }
     }
 
+    /// Clears connection `key`'s deadline (its entry, if any, is ignored when it pops).
+    pub fn disarm(&mut self, key: usize, serial: u32) {
+        if let Some(slot) = self.slots.get_mut(key).filter(|s| s.serial == serial) {
+            slot.deadline = Tick::NONE;
+        }
+    }
+
     /// The next time to wake up, for the poll timeout (possibly before any deadline is due).
     pub fn next_deadline(&self) -> Option<Tick> {
         self.heap.next_deadline()
@@ -174,11 +138,13 @@ impl Deadlines {
     }
 
     /// Entries in the heap (stale ones included).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
     /// Whether no entry is pending.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -187,7 +153,8 @@ impl Deadlines {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+    use wsloop_proto::time::Clock;
 
     #[test]
     fn pops_in_deadline_order_only_when_due() {
@@ -206,20 +173,6 @@ mod tests {
             .collect();
         assert_eq!(due, vec![1, 2]);
         assert_eq!(timers.len(), 1);
-    }
-
-    #[test]
-    fn ticks_round_trip_and_never_fire_early() {
-        let start = Instant::now();
-        let clock = Clock::new(start);
-        let t = clock.tick(start + Duration::from_millis(1500));
-        assert_eq!(clock.instant(t), start + Duration::from_millis(1500));
-        assert_ne!(clock.tick(start), Tick::NONE);
-        assert_eq!(
-            t.after(Duration::from_micros(1)).since(t),
-            Duration::from_millis(1)
-        );
-        assert_eq!(t.since(t.after(Duration::from_secs(1))), Duration::ZERO);
     }
 
     /// Issue 19 item 14: a deadline pushed back 100 000 times (one keep-alive request each)

@@ -1,175 +1,117 @@
-//! Frames out: what a connection sends (messages, compressed or not, and close frames) goes
-//! into this turn's outbox; the outbox is written once per connection per turn, and only what
-//! the socket refuses is queued on the connection.
-
-use std::io;
+//! Output: what the application sends goes through each connection's protocol connection
+//! into this turn's outbox (see [`crate::server::out`]); the outbox is written once per
+//! connection per turn, and only what the socket refuses is queued on the connection. After a
+//! write, a connection under its low-water mark reads again and the application hears
+//! `on_drain`.
 
 use log::debug;
+use wsloop_proto::{CloseCode, MessageKind};
 
-use crate::protocol::close::truncate_reason;
-use crate::protocol::frame::{data_header, server_header, OpCode, MAX_HEADER_LEN};
-use crate::protocol::CloseCode;
 use crate::server::app::{ConnId, Context, Handler, Message};
-use crate::server::connection::{Connection, Phase};
+use crate::server::out::Door;
 
-use super::{opcode_of, Core, READ_BUF};
+use super::{Core, READ_BUF};
 
 impl Core {
-    pub(super) fn queue_frame(&mut self, key: usize, opcode: OpCode, parts: &[&[u8]]) {
-        let len = parts.iter().map(|p| p.len()).sum();
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let n = server_header(opcode, len, &mut header);
-        let mut all: [&[u8]; 3] = [header.get(..n).unwrap_or_default(), &[], &[]];
-        for (slot, part) in all.iter_mut().skip(1).zip(parts) {
-            *slot = part;
-        }
-        self.queue(key, &all);
-    }
-
-    pub(super) fn queue_close(&mut self, key: usize, code: CloseCode, reason: &str) {
-        self.stats.close_sent.add(code);
-        let reason = truncate_reason(reason);
-        self.queue_frame(
-            key,
-            OpCode::Close,
-            &[&code.0.to_be_bytes(), reason.as_bytes()],
-        );
-    }
-
-    /// Corks bytes for `key` until the end of the turn.
-    pub(super) fn queue(&mut self, key: usize, parts: &[&[u8]]) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.corked += parts.iter().map(|p| p.len()).sum::<usize>();
-            self.outbox.push_bytes(key, parts);
-        }
-    }
-
     pub(crate) fn send_message(&mut self, to: ConnId, msg: Message<'_>) -> bool {
         let Some(key) = self.key_of(to) else {
             return false;
         };
-        if !self.conns.get(key).is_some_and(Connection::is_open) {
+        let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.is_open()) else {
             return false;
+        };
+        let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+        let sent = entry
+            .conn
+            .send(kind_of(&msg), msg.as_bytes(), &mut door, &mut self.shared)
+            .is_ok();
+        if sent {
+            self.spend(1);
+            self.stats.messages_out += 1;
         }
-        self.spend(1);
-        self.queue_message(key, &msg);
-        self.stats.messages_out += 1;
-        true
-    }
-
-    /// Corks one data frame for `key`, compressed when deflate was negotiated.
-    pub(super) fn queue_message(&mut self, key: usize, msg: &Message<'_>) {
-        let opcode = opcode_of(msg);
-        let payload = msg.as_bytes();
-        if let Some(compressed) = self.compress_for(key, payload) {
-            let mut header = [0u8; MAX_HEADER_LEN];
-            let n = data_header(opcode, true, compressed.len(), &mut header);
-            self.queue(key, &[header.get(..n).unwrap_or_default(), &compressed]);
-            self.deflate_buf = compressed;
-        } else {
-            self.queue_frame(key, opcode, &[payload]);
-        }
-    }
-
-    /// `payload` compressed for connection `key`, when it negotiated deflate and the message is
-    /// long enough to be worth it. The buffer is the reactor's scratch: give it back after use.
-    pub(super) fn compress_for(&mut self, key: usize, payload: &[u8]) -> Option<Vec<u8>> {
-        let min_size = self.config.deflate.as_ref()?.min_size;
-        if payload.len() < min_size {
-            return None;
-        }
-        let deflate = self.conns.get_mut(key)?.deflate.as_mut()?;
-        let mut out = std::mem::take(&mut self.deflate_buf);
-        out.clear();
-        self.contexts.compress(deflate, payload, &mut out);
-        Some(out)
+        sent
     }
 
     pub(crate) fn close_conn(&mut self, id: ConnId, code: CloseCode, reason: &str) {
-        let Some(key) = self.key_of(id) else {
-            return;
-        };
-        self.start_close(key, code, reason);
+        if let Some(key) = self.key_of(id) {
+            self.close(key, code, reason);
+        }
     }
 
-    /// Server-initiated close: send ours, wait for theirs up to the close timeout.
-    pub(super) fn start_close(&mut self, key: usize, code: CloseCode, reason: &str) {
-        if !self.conns.get(key).is_some_and(Connection::is_open) {
+    /// Starts the close handshake on connection `key` (its connection refuses codes that may
+    /// not be sent, and a second close).
+    pub(super) fn close(&mut self, key: usize, code: CloseCode, reason: &str) {
+        let Some(entry) = self.conns.get_mut(key) else {
             return;
+        };
+        let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+        match entry
+            .conn
+            .close(self.tick, code, reason, &mut door, &self.shared)
+        {
+            Ok(()) => debug!("#{key}: closing with {code} {reason:?}"),
+            Err(e) => debug!("#{key}: close with {code} not sent: {e}"),
         }
-        debug!("#{key}: closing with {code} {reason:?}");
-        self.queue_close(key, code, reason);
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.phase = Phase::CloseSent;
-            conn.close_code = Some(code);
-        }
-        self.arm(key, self.tick.after(self.config.close_timeout));
     }
 
     pub(crate) fn buffered_amount(&self, id: ConnId) -> Option<usize> {
         self.key_of(id)
             .and_then(|key| self.conns.get(key))
-            .map(Connection::buffered_amount)
+            .map(|e| e.out.buffered_amount())
     }
 
     pub(super) fn on_writable<H: Handler>(&mut self, app: &mut H, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.writable = true;
+        if let Some(entry) = self.conns.get_mut(key) {
+            entry.writable = true;
         }
         self.write_pending(app, key);
     }
 
     /// Writes what waits for the socket (queued bytes, TLS records) if it accepts writes.
     pub(super) fn write_pending<H: Handler>(&mut self, app: &mut H, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(entry) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.is_dead() || !conn.writable || !conn.has_pending_output() {
+        if entry.doomed || !entry.writable || !entry.has_pending_output() {
             return;
         }
-        match conn.write_out(&[], &[]) {
+        let tls = entry.tls.as_deref_mut();
+        match entry
+            .out
+            .write(&mut self.budget, &mut entry.socket, tls, &[], &[])
+        {
             Ok(n) => self.stats.bytes_out += n as u64,
-            Err(e) => return self.socket_error(key, &e),
+            Err(e) => return self.on_transport_error(app, key, &e),
         }
-        self.reaccount(key);
-        self.after_write(app, key);
-    }
-
-    /// After output moved: note a blocked socket, resume reading under the low-water mark and
-    /// tell the application, send FIN once a lingering connection has said everything.
-    pub(super) fn after_write<H: Handler>(&mut self, app: &mut H, key: usize) {
-        if self.settle(key) {
+        if self.after_write(key) {
             self.notify_drain(app, key);
         }
     }
 
-    /// [`Core::after_write`] without the callback: returns whether the application is to hear
-    /// `on_drain` for `key`.
-    fn settle(&mut self, key: usize) -> bool {
+    /// After output moved: notes a socket that refused, resumes reading under the low-water
+    /// mark, and settles the connection (FIN once a lingering one has said everything).
+    /// Returns whether the application is to hear `on_drain` for it.
+    fn after_write(&mut self, key: usize) -> bool {
         let low_water = self.config.max_backpressure / 2;
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(entry) = self.conns.get_mut(key) else {
             return false;
         };
-        if conn.has_pending_output() {
-            conn.writable = false;
+        if entry.has_pending_output() {
+            entry.writable = false;
         }
-        let drained = conn.read_paused && conn.out.len() <= low_water;
+        let drained = entry.read_paused && entry.out.queued() <= low_water;
         if drained {
-            conn.read_paused = false;
+            entry.read_paused = false;
             self.ready.push(key);
         }
-        conn.finish_when_drained();
-        if conn.peer_eof && conn.fin_sent {
-            self.kill(key); // Both directions are done.
-            return false;
-        }
+        self.settle(key);
         drained
     }
 
     /// Tells the application that an open connection's send queue went under the low-water
     /// mark.
     fn notify_drain<H: Handler>(&mut self, app: &mut H, key: usize) {
-        if !self.conns.get(key).is_some_and(Connection::is_open) {
+        if !self.conns.get(key).is_some_and(|e| e.conn.is_open()) {
             return;
         }
         if let Some(id) = self.id_of(key) {
@@ -188,31 +130,33 @@ impl Core {
             let Some(key) = group.first().map(|e| e.key) else {
                 continue;
             };
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
                 continue;
             };
-            // What this outbox held for it; anything corked since belongs to the next one.
-            let taken: usize = group.iter().map(|e| e.byte_count(&outbox.bytes)).sum();
-            conn.corked = conn.corked.saturating_sub(taken);
-            if conn.is_dead() {
-                continue;
-            }
-            if !conn.writable {
+            if !entry.writable {
                 // Still blocked: queue behind what is waiting; WRITABLE will flush it.
-                let mut nowhere = Blocked;
-                let _ = conn.out.write_with(&mut nowhere, &outbox.bytes, group);
-                self.reaccount(key);
+                entry
+                    .out
+                    .queue_blocked(&mut self.budget, &outbox.bytes, group);
+                self.settle(key);
                 continue;
             }
-            match conn.write_out(&outbox.bytes, group) {
+            let tls = entry.tls.as_deref_mut();
+            match entry.out.write(
+                &mut self.budget,
+                &mut entry.socket,
+                tls,
+                &outbox.bytes,
+                group,
+            ) {
                 Ok(n) => self.stats.bytes_out += n as u64,
                 Err(e) => {
-                    self.socket_error(key, &e);
+                    self.on_transport_error(app, key, &e);
+                    self.settle(key);
                     continue;
                 }
             }
-            self.reaccount(key);
-            if self.settle(key) {
+            if self.after_write(key) {
                 drained.push(key);
             }
         }
@@ -228,15 +172,11 @@ impl Core {
     }
 }
 
-/// A writer that always would block: queues entries without touching a socket.
-struct Blocked;
-
-impl io::Write for Blocked {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+/// A message's kind.
+pub(super) fn kind_of(msg: &Message<'_>) -> MessageKind {
+    match msg {
+        Message::Text(_) => MessageKind::Text,
+        Message::Binary(_) => MessageKind::Binary,
     }
 }
 
@@ -246,9 +186,12 @@ mod tests {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
+    use wsloop_proto::conn::Output;
+
     use super::super::{Reactor, Visit};
     use crate::server::app::{ConnId, Context, Decision, Handler, Message, Request};
     use crate::server::config::Config;
+    use crate::server::out::Door;
 
     /// Puts every connection in one room; publishes 100 bytes to it whenever one drains.
     #[derive(Default)]
@@ -292,7 +235,12 @@ mod tests {
                 .find(|k| !before.contains(k));
             if let Some(key) = new {
                 reactor.on_readable(key, Visit::Ready);
-                if reactor.core.conns.get(key).is_some_and(|c| c.is_open()) {
+                if reactor
+                    .core
+                    .conns
+                    .get(key)
+                    .is_some_and(|e| e.conn.is_open())
+                {
                     reactor.core.flush_outbox(&mut reactor.app);
                     return (key, client);
                 }
@@ -303,7 +251,7 @@ mod tests {
     }
 
     /// Output an `on_drain` callback produces while the outbox is being written stays counted
-    /// in `corked` (and so in `buffered_amount`) until the next round writes it: the flush
+    /// as corked (and so in `buffered_amount`) until the next round writes it: the flush
     /// takes off each connection only what it wrote for it. It used to reset the count of a
     /// connection written after the callback, losing what the callback had queued for it.
     #[test]
@@ -318,15 +266,20 @@ mod tests {
         assert!(a < b, "the drained connection is written first");
         // `a` was paused for backpressure; both have output this turn.
         reactor.core.conns.get_mut(a).unwrap().read_paused = true;
-        reactor.core.queue(a, &[b"x"]);
-        reactor.core.queue(b, &[b"y"]);
+        for (key, byte) in [(a, b"x"), (b, b"y")] {
+            let core = &mut reactor.core;
+            let entry = core.conns.get_mut(key).unwrap();
+            Door::new(key, &mut entry.out, &mut core.outbox).push(&[byte]);
+        }
         reactor.core.flush_outbox(&mut reactor.app);
         assert_eq!(reactor.app.drained.len(), 1);
         // The publication (a 2-byte header and 100 bytes) waits in the next outbox.
-        assert_eq!(reactor.core.conns.get(b).unwrap().corked, 102);
-        assert_eq!(reactor.core.conns.get(b).unwrap().buffered_amount(), 102);
+        assert_eq!(
+            reactor.core.conns.get(b).unwrap().out.buffered_amount(),
+            102
+        );
         reactor.core.flush_outbox(&mut reactor.app);
-        assert_eq!(reactor.core.conns.get(b).unwrap().corked, 0);
+        assert!(reactor.core.conns.get(b).unwrap().out.is_empty());
         assert!(reactor.core.outbox.is_empty());
         // `b` got its own byte, then the publication.
         let mut got = Vec::new();
