@@ -21,9 +21,7 @@ use wsloop_proto::deflate::{
     accept_response, DeflateParams, Deflater, Inflater, ResponseError, CLIENT_OFFER,
 };
 use wsloop_proto::error::ProtocolError;
-use wsloop_proto::frame::{
-    payload_length, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
-};
+use wsloop_proto::frame::{FrameHeader, OpCode, Role, MAX_HEADER_LEN};
 use wsloop_proto::handshake::accept_key;
 use wsloop_proto::mask::apply_mask;
 
@@ -40,76 +38,29 @@ pub struct ServerHeader {
     pub payload_len: u64,
 }
 
-/// Why a server's byte stream is not a valid sequence of server frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameError {
-    /// RSV bits set without an extension (RSV1 is allowed on the first frame of a data
-    /// message once permessage-deflate is negotiated).
-    ReservedBits,
-    /// Opcode 3–7 or 0xB–0xF.
-    ReservedOpcode,
-    /// A server frame with the mask bit (§5.1: a server MUST NOT mask).
-    Masked,
-    /// A control frame longer than 125 bytes or fragmented.
-    BadControl,
-    /// A 64-bit length with its top bit set.
-    LengthOverflow,
-}
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrameError::ReservedBits => "server frame with RSV bits set",
-            FrameError::ReservedOpcode => "server frame with a reserved opcode",
-            FrameError::Masked => "masked server frame",
-            FrameError::BadControl => "control frame too long or fragmented",
-            FrameError::LengthOverflow => "64-bit length with the top bit set",
-        })
-    }
-}
-
-impl std::error::Error for FrameError {}
-
-/// Parses a server frame header from the start of `buf`: `Ok(None)` while incomplete, else
-/// the header and its length in bytes (2, 4 or 10). `deflate`: permessage-deflate was
-/// negotiated, so RSV1 may mark a compressed message (on its first frame only, §6.1).
+/// Parses a server frame header from the start of `buf` with the protocol crate's one
+/// header parser, in the client role: `Ok(None)` while incomplete, else the header and its
+/// length in bytes (2, 4 or 10). `deflate`: permessage-deflate was negotiated, so RSV1 may
+/// mark a compressed message (on its first frame only, RFC 7692 §6.1).
 ///
 /// # Errors
 /// A header no server may send.
 pub fn parse_server_header(
     buf: &[u8],
     deflate: bool,
-) -> Result<Option<(ServerHeader, usize)>, FrameError> {
-    let (first, second) = match buf {
-        [a, b, ..] => (*a, *b),
-        _ => return Ok(None),
-    };
-    let fin = first & 0x80 != 0;
-    let rsv1 = first & 0x40 != 0;
-    let opcode = OpCode::from_bits(first & 0x0f).ok_or(FrameError::ReservedOpcode)?;
-    let rsv1_allowed = deflate && matches!(opcode, OpCode::Text | OpCode::Binary);
-    if first & 0x30 != 0 || (rsv1 && !rsv1_allowed) {
-        return Err(FrameError::ReservedBits);
-    }
-    if second & 0x80 != 0 {
-        return Err(FrameError::Masked);
-    }
-    let short = second & 0x7f;
-    if opcode.is_control() && (short as usize > MAX_CONTROL_PAYLOAD || !fin) {
-        return Err(FrameError::BadControl);
-    }
-    let Some((payload_len, header_len)) =
-        payload_length(second, buf).map_err(|_| FrameError::LengthOverflow)?
-    else {
-        return Ok(None);
-    };
-    let header = ServerHeader {
-        fin,
-        rsv1,
-        opcode,
-        payload_len,
-    };
-    Ok(Some((header, header_len)))
+) -> Result<Option<(ServerHeader, usize)>, ProtocolError> {
+    let allowed_rsv = if deflate { 0x4 } else { 0 };
+    Ok(
+        FrameHeader::parse(buf, Role::Client, allowed_rsv)?.map(|(h, len)| {
+            let header = ServerHeader {
+                fin: h.fin,
+                rsv1: h.rsv & 0x4 != 0,
+                opcode: h.opcode,
+                payload_len: h.payload_len,
+            };
+            (header, len)
+        }),
+    )
 }
 
 /// A contiguous part of one server frame's payload, borrowed from the input.
@@ -177,7 +128,7 @@ impl ClientDecoder {
     pub fn decode<'a>(
         &mut self,
         input: &'a [u8],
-    ) -> Result<(usize, Option<Piece<'a>>), FrameError> {
+    ) -> Result<(usize, Option<Piece<'a>>), ProtocolError> {
         if let Some((header, offset)) = self.current {
             let remaining = header.payload_len - offset;
             let take = remaining.min(input.len() as u64) as usize;
@@ -639,14 +590,14 @@ pub(crate) mod tests {
     #[test]
     fn refuses_what_no_server_sends() {
         let e = |bytes: &[u8]| ClientDecoder::new().decode(bytes).unwrap_err();
-        assert_eq!(e(&[0x81, 0x80, 1, 2, 3, 4]), FrameError::Masked);
-        assert_eq!(e(&[0xC1, 0x00]), FrameError::ReservedBits);
-        assert_eq!(e(&[0x83, 0x00]), FrameError::ReservedOpcode);
-        assert_eq!(e(&[0x89, 126, 0, 200]), FrameError::BadControl);
-        assert_eq!(e(&[0x09, 0x00]), FrameError::BadControl);
+        assert_eq!(e(&[0x81, 0x80, 1, 2, 3, 4]), ProtocolError::MaskedFrame);
+        assert_eq!(e(&[0xC1, 0x00]), ProtocolError::ReservedBits);
+        assert_eq!(e(&[0x83, 0x00]), ProtocolError::ReservedOpcode);
+        assert_eq!(e(&[0x89, 126, 0, 200]), ProtocolError::ControlFrameTooLong);
+        assert_eq!(e(&[0x09, 0x00]), ProtocolError::FragmentedControlFrame);
         let mut long = vec![0x82, 127];
         long.extend_from_slice(&(1u64 << 63).to_be_bytes());
-        assert_eq!(e(&long), FrameError::LengthOverflow);
+        assert_eq!(e(&long), ProtocolError::LengthOverflow);
     }
 
     #[test]
@@ -771,9 +722,13 @@ pub(crate) mod tests {
         let (_, piece) = dec.decode(&[0xC1, 0x01, 0x00]).unwrap();
         assert!(piece.unwrap().header.rsv1);
         let e = |bytes: &[u8]| ClientDecoder::with_deflate(true).decode(bytes).unwrap_err();
-        assert_eq!(e(&[0xC0, 0x00]), FrameError::ReservedBits, "continuation");
-        assert_eq!(e(&[0xC9, 0x00]), FrameError::ReservedBits, "ping");
-        assert_eq!(e(&[0xA1, 0x00]), FrameError::ReservedBits, "RSV2");
+        assert_eq!(
+            e(&[0xC0, 0x00]),
+            ProtocolError::ReservedBits,
+            "continuation"
+        );
+        assert_eq!(e(&[0xC9, 0x00]), ProtocolError::ReservedBits, "ping");
+        assert_eq!(e(&[0xA1, 0x00]), ProtocolError::ReservedBits, "RSV2");
     }
 
     #[test]

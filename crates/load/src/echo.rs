@@ -20,8 +20,7 @@ use mio::net::TcpStream;
 use mio::{Events, Poll};
 
 use super::client::{
-    encode_frame, encode_frame_rsv, ClientDecoder, ClientDeflate, FrameError, Piece, SharedDeflate,
-    XorShift,
+    encode_frame, encode_frame_rsv, ClientDecoder, ClientDeflate, Piece, SharedDeflate, XorShift,
 };
 use super::net::{close_all, default_sources, open_many, OpenPlan, Target};
 use super::payload::{self, Payload};
@@ -1118,10 +1117,7 @@ fn feed(
     now: u64,
 ) -> Result<(), String> {
     while !input.is_empty() {
-        let (used, piece) = conn
-            .decoder
-            .decode(input)
-            .map_err(|e: FrameError| e.to_string())?;
+        let (used, piece) = conn.decoder.decode(input).map_err(|e| e.to_string())?;
         if let Some(piece) = piece {
             conn.on_piece(piece, plan, tally, now)?;
         }
