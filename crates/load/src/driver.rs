@@ -13,7 +13,7 @@
 //! per-connection state in a plain vector indexed the same way.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -103,6 +103,19 @@ pub struct IoCounts {
     pub reads: u64,
     /// Writes that took bytes.
     pub writes: u64,
+}
+
+/// How much to read on a readiness event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Nothing arrived (a `WRITABLE` edge).
+    No,
+    /// Until a read comes back short: the socket is then drained, and whatever arrives
+    /// next raises a new edge. Saves the `WouldBlock` read per burst.
+    UntilShort,
+    /// Until the end of the stream or `WouldBlock`: the peer's FIN (or an error) came with
+    /// this edge, and no other edge will follow it.
+    ToEnd,
 }
 
 /// One connection: its socket and its protocol state.
@@ -363,8 +376,14 @@ impl Driver {
             Err(e) => return Err(e),
         }
         for event in self.events.iter() {
-            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-            self.conns.serve(event.token().0, readable, handler);
+            let read = if event.is_read_closed() || event.is_error() {
+                Read::ToEnd
+            } else if event.is_readable() {
+                Read::UntilShort
+            } else {
+                Read::No
+            };
+            self.conns.serve(event.token().0, read, handler);
         }
         self.conns.report_failed(handler);
         self.conns.sweep(handler);
@@ -425,7 +444,7 @@ impl Driver {
 
 impl Conns {
     /// Serves connection `id` after a readiness event (a stale token is ignored).
-    fn serve<H: Handler>(&mut self, id: usize, readable: bool, handler: &mut H) {
+    fn serve<H: Handler>(&mut self, id: usize, read: Read, handler: &mut H) {
         let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -435,7 +454,7 @@ impl Conns {
         let served = serve_slot(
             id,
             slot,
-            readable,
+            read,
             &mut self.read_buf,
             &mut self.shared,
             &mut self.io,
@@ -506,7 +525,7 @@ impl Conns {
 fn serve_slot<H: Handler>(
     id: usize,
     slot: &mut Slot,
-    readable: bool,
+    read: Read,
     buf: &mut [u8],
     shared: &mut Shared,
     io: &mut IoCounts,
@@ -523,11 +542,16 @@ fn serve_slot<H: Handler>(
             Err(e) => return Err(fail(slot, format!("connect: {e}"))),
         }
     }
-    if readable {
+    if read != Read::No {
         let mut now = None;
         loop {
             let n = match slot.stream.read(buf) {
-                Ok(0) => return Err(slot.eof()),
+                Ok(0) => {
+                    // The server's half is closed, not ours: a close reply still goes out.
+                    // The connection ends either way, so a failed write changes nothing.
+                    let _ = flush(&mut slot.stream, &mut slot.conn.out, io);
+                    return Err(slot.eof());
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -537,18 +561,17 @@ fn serve_slot<H: Handler>(
             let at = Instant::now();
             now = Some(at);
             let mut input = buf.get(..n).unwrap_or_default();
-            loop {
+            while !input.is_empty() {
                 match slot.conn.poll_event(&mut input, shared) {
                     Ok(Some(event)) => {
                         let handled = handler.on_event(id, event, at);
                         handled.map_err(|why| fail(slot, why))?;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {}
                     Err(e) => return Err(fail(slot, e.to_string())),
                 }
             }
-            if n < buf.len() {
-                // A short read drained the socket; the next arrival raises a new edge.
+            if n < buf.len() && read == Read::UntilShort {
                 break;
             }
         }
@@ -568,4 +591,120 @@ fn serve_slot<H: Handler>(
             why: format!("write: {e}"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{client_frames, server_frame};
+    use crate::client::ConnConfig;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    use wsloop_proto::frame::OpCode;
+
+    /// Far more than a loaded machine needs for a few loopback round trips: the tests wait
+    /// for behaviour (a connection ending, a queue emptying) and fail only if it never comes.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Every event and end, as text.
+    #[derive(Debug, Default)]
+    struct Record {
+        events: Vec<String>,
+        ends: Vec<(usize, End)>,
+    }
+
+    impl Handler for Record {
+        fn on_event(&mut self, id: usize, event: Event<'_>, _now: Instant) -> Result<(), String> {
+            self.events.push(format!("{id}: {event:?}"));
+            Ok(())
+        }
+
+        fn on_end(&mut self, id: usize, end: End) {
+            self.ends.push((id, end));
+        }
+    }
+
+    /// Connection `id` on `driver`, connected to a server socket that the test drives by
+    /// hand (blocking); its upgrade request is read there, and the `101` answer returned
+    /// (not yet sent).
+    fn connect(driver: &mut Driver, id: usize) -> (std::net::TcpStream, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let conn = ClientConn::new("h", "/", ConnConfig::default(), &mut driver.shared().rng);
+        driver
+            .add(id, TcpStream::from_std(client), conn, None)
+            .unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") {
+            server.read_exact(&mut byte).unwrap();
+            request.push(byte[0]);
+        }
+        let text = String::from_utf8(request).unwrap();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        let mut answer = Vec::new();
+        wsloop_proto::handshake::write_accept_response(&mut answer, key, None, None);
+        (server, answer)
+    }
+
+    #[test]
+    fn a_close_and_fin_in_one_burst_end_the_connection_cleanly() {
+        let mut driver = Driver::new(1024).unwrap();
+        let (mut server, mut burst) = connect(&mut driver, 7);
+        // All of it, FIN included, is there before the client's first poll: one edge.
+        burst.extend(server_frame(OpCode::Close, &1000u16.to_be_bytes()));
+        server.write_all(&burst).unwrap();
+        server.shutdown(Shutdown::Write).unwrap();
+        let mut record = Record::default();
+        let deadline = Instant::now() + PATIENCE;
+        driver
+            .run_until(&mut record, deadline, |_, d| d.live() == 0)
+            .unwrap();
+        assert_eq!(record.ends, vec![(7, End::Closed)], "{:?}", record.events);
+        // The client answered the close before the end.
+        let mut reply = Vec::new();
+        server.read_to_end(&mut reply).unwrap();
+        assert_eq!(
+            client_frames(&reply),
+            vec![(0x88, 1000u16.to_be_bytes().to_vec())]
+        );
+    }
+
+    #[test]
+    fn what_the_socket_refuses_is_written_on_writable_and_arrives_whole() {
+        let mut driver = Driver::new(1024).unwrap();
+        let (mut server, answer) = connect(&mut driver, 0);
+        server.write_all(&answer).unwrap();
+        let mut record = Record::default();
+        let deadline = Instant::now() + PATIENCE;
+        driver
+            .run_until(&mut record, deadline, |_, d| d.is_open(0))
+            .unwrap();
+        // Far more than loopback's socket buffers hold while nobody reads.
+        let message: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+        driver.with_conn(0, |conn, shared| {
+            conn.send(OpCode::Binary, &message, shared)
+        });
+        assert!(driver.queued(0) > 0, "the socket took 32 MiB at once");
+        let wire_len = message.len() + 14;
+        let reader = std::thread::spawn(move || {
+            let mut wire = vec![0u8; wire_len];
+            server.read_exact(&mut wire).map(|()| wire)
+        });
+        let deadline = Instant::now() + PATIENCE;
+        driver
+            .run_until(&mut record, deadline, |_, d| d.queued(0) == 0)
+            .unwrap();
+        assert_eq!(driver.queued(0), 0, "the rest went out on WRITABLE edges");
+        let wire = reader.join().unwrap().unwrap();
+        let frames = client_frames(&wire);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].0 == 0x82 && frames[0].1 == message);
+        assert!(record.ends.is_empty(), "{:?}", record.ends);
+    }
 }

@@ -7,7 +7,7 @@
 //! 1. [`ClientConn::new`] queues the upgrade request in [`ClientConn::out`]; the caller writes
 //!    the queue whenever the socket takes bytes, and [`OutQueue::advance`]s it by what was
 //!    written.
-//! 2. Every read goes to [`ClientConn::poll_event`] until it returns `None`: first
+//! 2. Every read goes to [`ClientConn::poll_event`] until the bytes are consumed: first
 //!    [`Event::Opened`] once the `101` answer is complete, then [`Event::Data`] (borrowing the
 //!    read buffer), [`Event::Pong`], [`Event::Close`]. A ping is answered with a pong here and
 //!    produces no event; a close frame from the server is answered here too.
@@ -62,13 +62,8 @@ pub struct Shared {
 impl Shared {
     /// Shared state with a generator seeded from the operating system.
     pub fn new() -> Shared {
-        Shared::with_rng(SmallRng::from_os_rng())
-    }
-
-    /// Shared state with the given generator (tests use a fixed seed).
-    pub fn with_rng(rng: SmallRng) -> Shared {
         Shared {
-            rng,
+            rng: SmallRng::from_os_rng(),
             deflate: SharedDeflate::default(),
             packed: Vec::new(),
             inflated: Vec::new(),
@@ -246,32 +241,6 @@ struct Message {
     wire: u64,
 }
 
-/// What one piece of a frame amounts to; the borrowed event is built from it by the caller,
-/// so that no borrow of the connection outlives a piece that produced nothing.
-enum Step {
-    Nothing,
-    /// The piece's own bytes are data.
-    Data {
-        opcode: OpCode,
-        offset: u64,
-        last: bool,
-        wire: u64,
-    },
-    /// A whole compressed message was inflated into [`Shared::inflated`].
-    Inflated {
-        opcode: OpCode,
-        wire: u64,
-    },
-    /// A pong: its payload is the piece's bytes, or `control` when it came in parts.
-    Pong {
-        gathered: bool,
-    },
-    Close {
-        code: u16,
-        client_first: bool,
-    },
-}
-
 /// One client connection, sans-IO. See the [module](self) for the call order.
 #[derive(Debug)]
 pub struct ClientConn {
@@ -332,8 +301,10 @@ impl ClientConn {
         matches!(self.phase, Phase::CloseReceived)
     }
 
-    /// The next event in `input`, advancing it past the bytes consumed; `None` once they are
-    /// all consumed. The event borrows `input` (or `shared`, for an inflated message).
+    /// Consumes the next part of `input` (the answer's head, or a frame's header and what
+    /// follows of its payload), advancing it, and returns the event that part makes, if any.
+    /// Call until `input` is empty. The event borrows `input` (or `shared`, for an inflated
+    /// message).
     ///
     /// # Errors
     /// A refused upgrade, a frame no server may send, a compressed message that does not
@@ -352,48 +323,13 @@ impl ClientConn {
                 deflate: up.deflate,
             }));
         }
-        while !input.is_empty() {
-            let data: &'b [u8] = input;
-            let (used, piece) = self.decoder.decode(data)?;
-            *input = data.get(used..).unwrap_or_default();
-            let Some(piece) = piece else {
-                continue;
-            };
-            match self.on_piece(&piece, shared)? {
-                Step::Nothing => {}
-                Step::Data {
-                    opcode,
-                    offset,
-                    last,
-                    wire,
-                } => {
-                    return Ok(Some(Event::Data(Data {
-                        opcode,
-                        offset,
-                        bytes: piece.data,
-                        last,
-                        wire,
-                    })))
-                }
-                Step::Inflated { opcode, wire } => {
-                    return Ok(Some(Event::Data(Data {
-                        opcode,
-                        offset: 0,
-                        bytes: &shared.inflated,
-                        last: true,
-                        wire,
-                    })))
-                }
-                Step::Pong { gathered } => {
-                    let payload = if gathered { &self.control } else { piece.data };
-                    return Ok(Some(Event::Pong(payload)));
-                }
-                Step::Close { code, client_first } => {
-                    return Ok(Some(Event::Close { code, client_first }))
-                }
-            }
+        let data: &'b [u8] = input;
+        let (used, piece) = self.decoder.decode(data)?;
+        *input = data.get(used..).unwrap_or_default();
+        match piece {
+            Some(piece) => self.on_piece(piece, shared),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// The upgrade succeeded.
@@ -404,7 +340,11 @@ impl ClientConn {
             deflate.map(|params| Box::new(ClientDeflate::new(params, self.config.one_message)));
     }
 
-    fn on_piece(&mut self, piece: &Piece<'_>, shared: &mut Shared) -> Result<Step, ClientError> {
+    fn on_piece<'a>(
+        &'a mut self,
+        piece: Piece<'a>,
+        shared: &'a mut Shared,
+    ) -> Result<Option<Event<'a>>, ClientError> {
         if matches!(self.phase, Phase::CloseReceived) {
             return Err(ClientError::AfterClose);
         }
@@ -412,7 +352,7 @@ impl ClientConn {
             return self.on_control(piece, &mut shared.rng);
         }
         if piece.is_first() {
-            self.start_frame(piece)?;
+            self.start_frame(&piece)?;
         }
         let Some(message) = self.message.as_mut() else {
             return Err(ProtocolError::UnexpectedContinuation.into());
@@ -425,13 +365,13 @@ impl ClientConn {
             if last {
                 self.message = None;
             }
-            let wire = piece.wire_len();
-            return Ok(Step::Data {
+            return Ok(Some(Event::Data(Data {
                 opcode,
                 offset,
+                bytes: piece.data,
                 last,
-                wire,
-            });
+                wire: piece.wire_len(),
+            })));
         }
         message.wire += piece.wire_len();
         let wire = message.wire;
@@ -442,11 +382,17 @@ impl ClientConn {
         }
         self.packed.extend_from_slice(piece.data);
         if !last {
-            return Ok(Step::Nothing);
+            return Ok(None);
         }
         self.message = None;
         self.inflate(shared)?;
-        Ok(Step::Inflated { opcode, wire })
+        Ok(Some(Event::Data(Data {
+            opcode,
+            offset: 0,
+            bytes: &shared.inflated,
+            last: true,
+            wire,
+        })))
     }
 
     /// The fragmentation rules (§5.4), at each data frame's start.
@@ -492,7 +438,11 @@ impl ClientConn {
 
     /// A control frame (whole, or its last piece): the one place pings and closes are
     /// answered.
-    fn on_control(&mut self, piece: &Piece<'_>, rng: &mut SmallRng) -> Result<Step, ClientError> {
+    fn on_control<'a>(
+        &'a mut self,
+        piece: Piece<'a>,
+        rng: &mut SmallRng,
+    ) -> Result<Option<Event<'a>>, ClientError> {
         let gathered = !(piece.is_first() && piece.is_last());
         if gathered {
             if piece.is_first() {
@@ -500,10 +450,10 @@ impl ClientConn {
             }
             self.control.extend_from_slice(piece.data);
             if !piece.is_last() {
-                return Ok(Step::Nothing);
+                return Ok(None);
             }
         }
-        let payload = if gathered { &self.control } else { piece.data };
+        let payload: &'a [u8] = if gathered { &self.control } else { piece.data };
         match piece.header.opcode {
             // §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
             // response ... [with] identical Application data".
@@ -511,9 +461,9 @@ impl ClientConn {
                 let key = rng.random();
                 self.out
                     .push_with(|out| encode_frame(out, OpCode::Pong, false, payload, key));
-                Ok(Step::Nothing)
+                Ok(None)
             }
-            OpCode::Pong => Ok(Step::Pong { gathered }),
+            OpCode::Pong => Ok(Some(Event::Pong(payload))),
             _ => {
                 let code = parse_close_payload(payload)?.code;
                 let client_first = matches!(self.phase, Phase::CloseSent);
@@ -534,7 +484,7 @@ impl ClientConn {
                 }
                 self.phase = Phase::CloseReceived;
                 let code = code.unwrap_or(CloseCode::NO_STATUS).0;
-                Ok(Step::Close { code, client_first })
+                Ok(Some(Event::Close { code, client_first }))
             }
         }
     }
@@ -598,8 +548,12 @@ pub(crate) mod tests {
     pub(crate) use decoder::tests::server_frame;
     use wsloop_proto::deflate::{Deflater, Inflater};
 
+    /// Shared state with a fixed seed.
     pub(crate) fn shared() -> Shared {
-        Shared::with_rng(SmallRng::seed_from_u64(5))
+        Shared {
+            rng: SmallRng::seed_from_u64(5),
+            ..Shared::new()
+        }
     }
 
     /// Unmasks the client frames in `wire`: (first byte, payload) each.
@@ -675,7 +629,10 @@ pub(crate) mod tests {
         let mut seen = Vec::new();
         for part in input.chunks(chunk) {
             let mut rest = part;
-            while let Some(event) = conn.poll_event(&mut rest, shared).unwrap() {
+            while !rest.is_empty() {
+                let Some(event) = conn.poll_event(&mut rest, shared).unwrap() else {
+                    continue;
+                };
                 seen.push(match event {
                     Event::Data(d) => {
                         Seen::Data(d.opcode, d.offset, d.bytes.to_vec(), d.last, d.wire)
@@ -809,8 +766,8 @@ pub(crate) mod tests {
             let mut input = &wire[..];
             let got = loop {
                 match conn.poll_event(&mut input, &mut shared) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("accepted {wire:02x?}"),
+                    Ok(_) if input.is_empty() => panic!("accepted {wire:02x?}"),
+                    Ok(_) => {}
                     Err(e) => break e,
                 }
             };
@@ -909,7 +866,10 @@ pub(crate) mod tests {
             let mut got = Vec::new();
             for part in wire.chunks(chunk) {
                 let mut rest = part;
-                while let Some(event) = conn.poll_event(&mut rest, &mut shared).unwrap() {
+                while !rest.is_empty() {
+                    let Some(event) = conn.poll_event(&mut rest, &mut shared).unwrap() else {
+                        continue;
+                    };
                     let Event::Data(d) = event else {
                         panic!("{event:?}")
                     };
