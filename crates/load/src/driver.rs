@@ -485,6 +485,9 @@ impl Conns {
 
     /// Ends the connections that failed outside a turn.
     fn report_failed<H: Handler>(&mut self, handler: &mut H) {
+        if self.failed.is_empty() {
+            return;
+        }
         for id in std::mem::take(&mut self.failed) {
             let slot = self.slots.get_mut(id).and_then(Option::as_mut);
             if let Some(end) = slot.and_then(|s| s.failed.take()) {

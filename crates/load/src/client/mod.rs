@@ -351,6 +351,22 @@ impl ClientConn {
         if piece.header.opcode.is_control() {
             return self.on_control(piece, &mut shared.rng);
         }
+        let header = piece.header;
+        let whole = piece.is_first() && piece.is_last() && header.fin;
+        if whole
+            && self.message.is_none()
+            && header.rsv == 0
+            && header.opcode != OpCode::Continuation
+        {
+            // The common case, a whole uncompressed message in one piece: nothing to keep.
+            return Ok(Some(Event::Data(Data {
+                opcode: header.opcode,
+                offset: 0,
+                bytes: piece.data,
+                last: true,
+                wire: piece.wire_len(),
+            })));
+        }
         if piece.is_first() {
             self.start_frame(&piece)?;
         }

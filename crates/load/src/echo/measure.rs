@@ -65,6 +65,8 @@ pub(super) struct Echo<'p> {
     conns: Vec<EchoConn>,
     /// Where time is counted from.
     base: Instant,
+    /// The last time converted, and its value in ns since `base`.
+    clock: (Instant, u64),
     pub tally: Tally,
     /// Connections on which the server accepted permessage-deflate.
     pub deflate_conns: usize,
@@ -87,6 +89,7 @@ impl<'p> Echo<'p> {
                 })
                 .collect(),
             base: Instant::now(),
+            clock: (Instant::now(), 0),
             tally: Tally {
                 hist: Histogram::new(),
                 msgs: 0,
@@ -102,8 +105,16 @@ impl<'p> Echo<'p> {
         }
     }
 
-    fn ns(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.base).as_nanos() as u64
+    /// `at` in ns since the run's start. Every event of one read carries the same `at`, so
+    /// the conversion is made once per read, not once per message.
+    fn ns(&mut self, at: Instant) -> u64 {
+        if at != self.clock.0 {
+            self.clock = (
+                at,
+                at.saturating_duration_since(self.base).as_nanos() as u64,
+            );
+        }
+        self.clock.1
     }
 
     /// Queues connection `id`'s first `inflight` messages.
@@ -165,7 +176,10 @@ impl Handler for Echo<'_> {
                 self.deflate_answer
                     .get_or_insert_with(|| params.response_value());
             }
-            Event::Data(data) => self.on_data(id, &data, self.ns(now)),
+            Event::Data(data) => {
+                let now = self.ns(now);
+                self.on_data(id, &data, now);
+            }
             Event::Close { code, .. } => {
                 return Err(format!("server closed the connection ({code})"))
             }
