@@ -23,7 +23,8 @@ pub struct SharedDeflate {
 
 impl SharedDeflate {
     /// Whether the shared compressor was made (some connection resets its context).
-    pub fn deflater_in_use(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn deflater_in_use(&self) -> bool {
         self.deflater.is_some()
     }
 }

@@ -38,7 +38,7 @@ use wsloop_proto::error::ProtocolError;
 use wsloop_proto::frame::OpCode;
 
 pub use decoder::{ClientDecoder, Piece, RSV1};
-pub use deflate::{ClientDeflate, SharedDeflate, CLIENT_DEFLATE_LEVEL};
+pub use deflate::{ClientDeflate, SharedDeflate};
 pub use out::{encode_frame, OutQueue, Strip, MAX_IOV};
 pub use upgrade::{
     handshake_key, parse_upgrade_response, write_upgrade_request, UpgradeError, Upgraded,
@@ -96,6 +96,7 @@ impl Default for ConnConfig {
         ConnConfig {
             offer_deflate: false,
             one_message: false,
+            // wsloop's default message limit.
             max_message: 16 << 20,
         }
     }

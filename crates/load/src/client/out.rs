@@ -67,7 +67,8 @@ impl Strip {
     }
 
     /// Every copy, back to back.
-    pub fn bytes(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 }
