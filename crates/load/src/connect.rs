@@ -164,12 +164,6 @@ struct Lifecycles {
 }
 
 impl Lifecycles {
-    fn note(&mut self, why: impl FnOnce() -> String) {
-        if self.report.first_error.is_none() {
-            self.report.first_error = Some(why());
-        }
-    }
-
     fn elapsed_ns(&self, id: usize, now: Instant) -> u64 {
         self.started
             .get(id)
@@ -225,7 +219,7 @@ impl Handler for Lifecycles {
                 why
             }
         };
-        self.note(|| why);
+        self.report.first_error.get_or_insert(why);
     }
 }
 
@@ -274,7 +268,10 @@ pub fn run_connect(opts: &ConnectOptions) -> io::Result<ConnectReport> {
             }
             if let Err(e) = start_lifecycle(&mut driver, &target, id, started) {
                 lives.report.connect_failures += 1;
-                lives.note(|| format!("connect: {e}"));
+                lives
+                    .report
+                    .first_error
+                    .get_or_insert_with(|| format!("connect: {e}"));
                 lives.idle.push(id);
             }
         }

@@ -251,12 +251,6 @@ struct Fanout {
 }
 
 impl Fanout {
-    fn note(&mut self, why: impl FnOnce() -> String) {
-        if self.first_error.is_none() {
-            self.first_error = Some(why());
-        }
-    }
-
     /// A piece of a message to subscriber `id`: the prefix is copied aside, the padding
     /// checked in place.
     fn on_data(&mut self, id: usize, data: &Data<'_>, now: Instant) {
@@ -321,10 +315,11 @@ impl Handler for Fanout {
     fn on_end(&mut self, id: usize, end: End) {
         if id == self.publisher {
             self.publisher_ok = false;
-            self.note(|| format!("publisher: {end}"));
+            self.first_error
+                .get_or_insert_with(|| format!("publisher: {end}"));
         } else {
             self.dropped += 1;
-            self.note(|| end.to_string());
+            self.first_error.get_or_insert_with(|| end.to_string());
         }
     }
 }

@@ -45,12 +45,6 @@ impl OpenFailures {
     pub fn total(&self) -> u64 {
         self.connect + self.handshake + self.timeout
     }
-
-    fn note(&mut self, what: impl FnOnce() -> String) {
-        if self.first.is_none() {
-            self.first = Some(what());
-        }
-    }
 }
 
 /// What [`open_all`] achieved.
@@ -117,7 +111,7 @@ impl<H: Handler> Handler for Opener<'_, H> {
                 format!("connection {id} timed out")
             }
         };
-        self.failures.note(|| why);
+        self.failures.first.get_or_insert(why);
     }
 }
 
@@ -155,7 +149,10 @@ pub fn open_all<H: Handler>(
                 Ok(()) => opener.pending += 1,
                 Err(e) => {
                     opener.failures.connect += 1;
-                    opener.failures.note(|| format!("connect: {e}"));
+                    opener
+                        .failures
+                        .first
+                        .get_or_insert_with(|| format!("connect: {e}"));
                 }
             }
         }
@@ -170,7 +167,10 @@ pub fn open_all<H: Handler>(
             }
             // Never started: out of time too.
             opener.failures.timeout += (plan.count - next) as u64;
-            opener.failures.note(|| "opening timed out".into());
+            opener
+                .failures
+                .first
+                .get_or_insert_with(|| "opening timed out".into());
             break;
         }
         driver.turn(&mut opener, Duration::from_millis(50))?;

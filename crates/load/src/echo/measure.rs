@@ -43,14 +43,6 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    /// Counts one error, keeping the first one's description.
-    pub fn error(&mut self, what: impl FnOnce() -> String) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(what());
-        }
-    }
-
     /// The measured window starts now: forget the warm-up's round trips.
     pub fn start_window(&mut self) {
         self.measuring = true;
@@ -199,7 +191,10 @@ impl Handler for Echo<'_> {
     }
 
     fn on_end(&mut self, _id: usize, end: End) {
-        self.tally.error(|| end.to_string());
+        self.tally.errors += 1;
+        self.tally
+            .first_error
+            .get_or_insert_with(|| end.to_string());
     }
 }
 

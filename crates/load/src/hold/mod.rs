@@ -114,12 +114,6 @@ impl Hold {
         at.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    fn note(&mut self, why: impl FnOnce() -> String) {
-        if self.first_error.is_none() {
-            self.first_error = Some(why());
-        }
-    }
-
     /// Whether every live connection has its echo back.
     fn all_echoed(&self, driver: &Driver) -> bool {
         let waiting = |(id, c): (usize, &Held)| c.awaiting_echo && driver.is_live(id);
@@ -184,7 +178,7 @@ impl Handler for Hold {
 
     fn on_end(&mut self, _id: usize, end: End) {
         self.dropped += 1;
-        self.note(|| end.to_string());
+        self.first_error.get_or_insert_with(|| end.to_string());
     }
 }
 
@@ -323,7 +317,8 @@ pub fn run_hold(opts: &HoldOptions) -> io::Result<HoldReport> {
         let echo_end = Instant::now() + Duration::from_secs(10) + opts.duration;
         driver.run_until(&mut hold, echo_end, |h, d| h.all_echoed(d))?;
         if !hold.all_echoed(&driver) {
-            hold.note(|| "echoes still missing after the wait".into());
+            hold.first_error
+                .get_or_insert_with(|| "echoes still missing after the wait".into());
         }
         pause(&mut driver, &mut hold, Duration::from_millis(200))?;
     }
