@@ -352,21 +352,33 @@ mod tests {
         [head, server_frame(OpCode::Continuation, &echo[10..])].concat()
     }
 
+    /// A connection that agreed permessage-deflate as `answer`, and an echo run on it with
+    /// `inflight` messages sent and the window open.
+    fn deflate_run<'p>(
+        plan: &'p Plan,
+        inflight: usize,
+        answer: &str,
+        shared: &mut Shared,
+    ) -> (ClientConn, Echo<'p>) {
+        let config = ConnConfig {
+            offer_deflate: true,
+            max_message: plan.size + 1,
+            ..ConnConfig::default()
+        };
+        let mut conn = open_conn(config, Some(answer), shared);
+        let mut echo = Echo::new(plan, 1, inflight);
+        echo.tally.start_window();
+        echo.start(0, &mut conn, shared);
+        (conn, echo)
+    }
+
     #[test]
     fn compressed_messages_out_and_compressed_echoes_verified() {
         let size = 1024;
         let plan = plan(size, Payload::Text);
         let mut shared = shared();
-        let config = ConnConfig {
-            offer_deflate: true,
-            max_message: size + 1,
-            ..ConnConfig::default()
-        };
         let answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
-        let mut conn = open_conn(config, Some(answer), &mut shared);
-        let mut echo = Echo::new(&plan, 1, 3);
-        echo.tally.start_window();
-        echo.start(0, &mut conn, &mut shared);
+        let (mut conn, mut echo) = deflate_run(&plan, 3, answer, &mut shared);
         let frames = client_frames(&take_out(&mut conn));
         assert_eq!(frames.len(), 3);
         let mut wire = Vec::new();
@@ -413,15 +425,7 @@ mod tests {
         let size = 2048;
         let plan = plan(size, Payload::Text);
         let mut shared = shared();
-        let config = ConnConfig {
-            offer_deflate: true,
-            max_message: size + 1,
-            ..ConnConfig::default()
-        };
-        let mut conn = open_conn(config, Some("permessage-deflate"), &mut shared);
-        let mut echo = Echo::new(&plan, 1, 1);
-        echo.tally.start_window();
-        echo.start(0, &mut conn, &mut shared);
+        let (mut conn, mut echo) = deflate_run(&plan, 1, "permessage-deflate", &mut shared);
         let mut server_in = Inflater::new();
         let mut server_out = Deflater::new(15, 1);
         for round in 0..4 {
