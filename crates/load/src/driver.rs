@@ -71,7 +71,7 @@ pub trait Handler {
     /// driver writes it right after).
     fn answer(&mut self, _id: usize, _conn: &mut ClientConn, _shared: &mut Shared, _now: Instant) {}
 
-    /// Connection `id` ended; its socket is closed.
+    /// Connection `id` ended; its socket is closed right after.
     fn on_end(&mut self, id: usize, end: End);
 }
 
@@ -153,6 +153,14 @@ impl Slot {
         }
     }
 
+    /// A failure at the stage the connection has reached.
+    fn fail(&self, why: String) -> End {
+        End::Failed {
+            stage: self.stage(),
+            why,
+        }
+    }
+
     /// The end of the stream: clean after a complete close handshake, else a failure.
     fn eof(&self) -> End {
         if self.conn.closed_cleanly() {
@@ -163,10 +171,7 @@ impl Slot {
             Stage::Open if self.conn.awaiting_close() => "FIN before the close frame",
             Stage::Open => "connection closed by the server",
         };
-        End::Failed {
-            stage: self.stage(),
-            why: why.into(),
-        }
+        self.fail(why.into())
     }
 }
 
@@ -177,9 +182,15 @@ impl Slot {
 /// A failed write (`WouldBlock` is not one: what is left waits for the next edge).
 pub fn flush(stream: &mut TcpStream, out: &mut OutQueue, io: &mut IoCounts) -> io::Result<()> {
     while !out.is_empty() {
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = out.slices(&mut iov);
-        match stream.write_vectored(iov.get(..n).unwrap_or_default()) {
+        let written = match out.contiguous() {
+            Some(bytes) => stream.write(bytes),
+            None => {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = out.slices(&mut iov);
+                stream.write_vectored(iov.get(..n).unwrap_or_default())
+            }
+        };
+        match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => {
                 out.advance(written);
@@ -349,10 +360,7 @@ impl Driver {
         let result = f(&mut slot.conn, &mut conns.shared);
         if slot.connected {
             if let Err(e) = flush(&mut slot.stream, &mut slot.conn.out, &mut conns.io) {
-                slot.failed = Some(End::Failed {
-                    stage: slot.stage(),
-                    why: format!("write: {e}"),
-                });
+                slot.failed = Some(slot.fail(format!("write: {e}")));
                 conns.failed.push(id);
             }
         }
@@ -423,7 +431,7 @@ impl Driver {
                     conn.close(CloseCode::NORMAL, &mut shared.rng)
                 });
             } else if self.slot(id).is_some_and(|s| s.conn.is_upgrading()) {
-                self.conns.drop_slot(id);
+                drop(self.conns.take_slot(id));
             }
         }
         self.run_until(&mut Discard, Instant::now() + wait, |_, d| d.live() == 0)?;
@@ -435,7 +443,7 @@ impl Driver {
     pub fn abandon_all(&mut self) -> usize {
         let left = self.conns.live;
         for id in 0..self.conns.slots.len() {
-            self.conns.drop_slot(id);
+            drop(self.conns.take_slot(id));
         }
         self.conns.failed.clear();
         left
@@ -465,22 +473,23 @@ impl Conns {
         }
     }
 
+    /// Takes connection `id` out and tells `handler` how it ended, then closes its socket
+    /// (so a time the handler takes does not include the close).
     fn end<H: Handler>(&mut self, id: usize, end: End, handler: &mut H) {
-        if self.drop_slot(id) {
+        if let Some(slot) = self.take_slot(id) {
             handler.on_end(id, end);
+            drop(slot);
         }
     }
 
-    /// Closes connection `id`'s socket; whether it was live. Closing the descriptor also
-    /// takes it out of the epoll set (it is never duplicated), so no `deregister` call is
-    /// spent on it.
-    fn drop_slot(&mut self, id: usize) -> bool {
-        let Some(slot) = self.slots.get_mut(id).and_then(Option::take) else {
-            return false;
-        };
+    /// Takes connection `id` out, if it is live. Dropping it closes its socket, which also
+    /// takes it out of the epoll set (the descriptor is never duplicated), so no
+    /// `deregister` call is spent on it.
+    fn take_slot(&mut self, id: usize) -> Option<Slot> {
+        let slot = self.slots.get_mut(id).and_then(Option::take)?;
         self.live -= 1;
         self.expiring -= usize::from(slot.expiry.is_some());
-        true
+        Some(slot)
     }
 
     /// Ends the connections that failed outside a turn.
@@ -534,53 +543,16 @@ fn serve_slot<H: Handler>(
     io: &mut IoCounts,
     handler: &mut H,
 ) -> Result<(), End> {
-    let fail = |slot: &Slot, why: String| End::Failed {
-        stage: slot.stage(),
-        why,
-    };
     if !slot.connected {
         match slot.check_connected() {
             Ok(true) => slot.connected = true,
             Ok(false) => return Ok(()),
-            Err(e) => return Err(fail(slot, format!("connect: {e}"))),
+            Err(e) => return Err(slot.fail(format!("connect: {e}"))),
         }
     }
-    if read != Read::No {
-        let mut now = None;
-        loop {
-            let n = match slot.stream.read(buf) {
-                Ok(0) => {
-                    // The server's half is closed, not ours: a close reply still goes out.
-                    // The connection ends either way, so a failed write changes nothing.
-                    let _ = flush(&mut slot.stream, &mut slot.conn.out, io);
-                    return Err(slot.eof());
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(fail(slot, format!("read: {e}"))),
-            };
-            io.reads += 1;
-            let at = Instant::now();
-            now = Some(at);
-            let mut input = buf.get(..n).unwrap_or_default();
-            while !input.is_empty() {
-                match slot.conn.poll_event(&mut input, shared) {
-                    Ok(Some(event)) => {
-                        let handled = handler.on_event(id, event, at);
-                        handled.map_err(|why| fail(slot, why))?;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(fail(slot, e.to_string())),
-                }
-            }
-            if n < buf.len() && read == Read::UntilShort {
-                break;
-            }
-        }
-        if let Some(at) = now {
-            handler.answer(id, &mut slot.conn, shared, at);
-        }
+    let was_closing = slot.conn.awaiting_close();
+    if let Some(at) = read_input(id, slot, read, buf, shared, io, handler)? {
+        handler.answer(id, &mut slot.conn, shared, at);
     }
     flush(&mut slot.stream, &mut slot.conn.out, io).map_err(|e| {
         // A write refused before the answer: the connection never really stood.
@@ -593,7 +565,62 @@ fn serve_slot<H: Handler>(
             stage,
             why: format!("write: {e}"),
         }
-    })
+    })?;
+    if !was_closing && slot.conn.awaiting_close() && slot.conn.out.is_empty() {
+        // The answer was a close frame. A server replies to one without any work of its
+        // own, so the reply (and its FIN) is usually in already: take it now rather than
+        // one poll later.
+        read_input(id, slot, Read::ToEnd, buf, shared, io, handler)?;
+    }
+    Ok(())
+}
+
+/// Reads as `read` says and hands every event to `handler`; returns when the last read
+/// that brought data happened.
+fn read_input<H: Handler>(
+    id: usize,
+    slot: &mut Slot,
+    read: Read,
+    buf: &mut [u8],
+    shared: &mut Shared,
+    io: &mut IoCounts,
+    handler: &mut H,
+) -> Result<Option<Instant>, End> {
+    let mut last = None;
+    if read == Read::No {
+        return Ok(last);
+    }
+    loop {
+        let n = match slot.stream.read(buf) {
+            Ok(0) => {
+                // The server's half is closed, not ours: a close reply still goes out. The
+                // connection ends either way, so a failed write changes nothing.
+                let _ = flush(&mut slot.stream, &mut slot.conn.out, io);
+                return Err(slot.eof());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(last),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(slot.fail(format!("read: {e}"))),
+        };
+        io.reads += 1;
+        let at = Instant::now();
+        last = Some(at);
+        let mut input = buf.get(..n).unwrap_or_default();
+        while !input.is_empty() {
+            match slot.conn.poll_event(&mut input, shared) {
+                Ok(Some(event)) => {
+                    let handled = handler.on_event(id, event, at);
+                    handled.map_err(|why| slot.fail(why))?;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(slot.fail(e.to_string())),
+            }
+        }
+        if n < buf.len() && read == Read::UntilShort {
+            return Ok(last);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -264,7 +264,10 @@ impl ClientConn {
     pub fn new(host: &str, path: &str, config: ConnConfig, rng: &mut impl Rng) -> ClientConn {
         let key = handshake_key(rng);
         let mut out = OutQueue::default();
-        out.push_with(|buf| write_upgrade_request(buf, host, path, &key, config.offer_deflate));
+        out.push_with(|buf| {
+            buf.reserve(256 + host.len() + path.len());
+            write_upgrade_request(buf, host, path, &key, config.offer_deflate);
+        });
         ClientConn {
             phase: Phase::Upgrading(Box::new(Upgrading {
                 key,
@@ -476,8 +479,7 @@ impl ClientConn {
             // response ... [with] identical Application data".
             OpCode::Ping => {
                 let key = rng.random();
-                self.out
-                    .push_with(|out| encode_frame(out, OpCode::Pong, false, payload, key));
+                self.out.push_frame(OpCode::Pong, false, payload, key);
                 Ok(None)
             }
             OpCode::Pong => Ok(Some(Event::Pong(payload))),
@@ -489,15 +491,8 @@ impl ClientConn {
                     // echoing the status code it received.
                     let reply = code.map(|c| c.0.to_be_bytes());
                     let key = rng.random();
-                    self.out.push_with(|out| {
-                        encode_frame(
-                            out,
-                            OpCode::Close,
-                            false,
-                            reply.as_ref().map_or(&[], |r| &r[..]),
-                            key,
-                        )
-                    });
+                    let reply = reply.as_ref().map_or(&[][..], |r| &r[..]);
+                    self.out.push_frame(OpCode::Close, false, reply, key);
                 }
                 self.phase = Phase::CloseReceived;
                 let code = code.unwrap_or(CloseCode::NO_STATUS).0;
@@ -518,12 +513,9 @@ impl ClientConn {
                 shared.packed.clear();
                 deflate.compress(&mut shared.deflate, payload, &mut shared.packed);
                 let packed = &shared.packed;
-                self.out
-                    .push_with(|out| encode_frame(out, opcode, true, packed, key))
+                self.out.push_frame(opcode, true, packed, key)
             }
-            None => self
-                .out
-                .push_with(|out| encode_frame(out, opcode, false, payload, key)),
+            None => self.out.push_frame(opcode, false, payload, key),
         };
         added as u64
     }
@@ -541,8 +533,7 @@ impl ClientConn {
         if self.is_open() {
             let key = rng.random();
             let payload = payload.get(..payload.len().min(125)).unwrap_or_default();
-            self.out
-                .push_with(|out| encode_frame(out, OpCode::Ping, false, payload, key));
+            self.out.push_frame(OpCode::Ping, false, payload, key);
         }
     }
 
@@ -552,8 +543,7 @@ impl ClientConn {
         if self.is_open() {
             let key = rng.random();
             let payload = code.0.to_be_bytes();
-            self.out
-                .push_with(|out| encode_frame(out, OpCode::Close, false, &payload, key));
+            self.out.push_frame(OpCode::Close, false, &payload, key);
             self.phase = Phase::CloseSent;
         }
     }

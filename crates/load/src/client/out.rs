@@ -1,6 +1,6 @@
 //! What goes out: masked client frames, and the queue of bytes the socket has not taken yet.
 //!
-//! The queue holds frames encoded for one connection ([`OutQueue::push_with`]) and runs of a
+//! The queue holds frames encoded for one connection ([`OutQueue::push_frame`]) and runs of a
 //! frame that many messages share ([`Strip`]): queueing `n` copies of a pre-encoded,
 //! pre-masked frame costs a counter, not a copy, and the copies leave straight from the strip
 //! in one vectored write. Everything leaves in the order it was queued, and the queue always
@@ -127,6 +127,20 @@ impl OutQueue {
         added
     }
 
+    /// Queues one masked frame ([`encode_frame`]); returns its bytes on the wire.
+    pub fn push_frame(
+        &mut self,
+        opcode: OpCode,
+        compressed: bool,
+        payload: &[u8],
+        key: [u8; 4],
+    ) -> usize {
+        self.push_with(|out| {
+            out.reserve(MAX_HEADER_LEN + payload.len());
+            encode_frame(out, opcode, compressed, payload, key);
+        })
+    }
+
     /// Queues `frames` copies of `strip`'s frame.
     pub fn push_strip(&mut self, strip: &Rc<Strip>, frames: usize) {
         if frames == 0 {
@@ -147,6 +161,15 @@ impl OutQueue {
             strip: Rc::clone(strip),
             frames,
         });
+    }
+
+    /// The queued bytes when they are one run of a connection's own frames (the usual case
+    /// outside `echo`): they need no vector of slices.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        match (self.chunks.front(), self.chunks.len()) {
+            (Some(Chunk::Owned(bytes)), 1) => bytes.get(self.head..),
+            _ => None,
+        }
     }
 
     /// Fills `iov` with the queued bytes, oldest first; returns how many slices it used.
