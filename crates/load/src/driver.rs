@@ -222,6 +222,13 @@ struct Conns {
     /// Connections that failed outside a turn (a write from [`Driver::with_conn`]): their
     /// handler hears of it at the next turn.
     failed: Vec<usize>,
+    common: Common,
+}
+
+/// What serving any connection uses besides the connection itself.
+#[derive(Debug)]
+struct Common {
+    /// The one buffer every read goes through.
     read_buf: Box<[u8]>,
     shared: Shared,
     io: IoCounts,
@@ -250,26 +257,28 @@ impl Driver {
                 expiring: 0,
                 last_sweep: Instant::now(),
                 failed: Vec::new(),
-                read_buf: vec![0u8; read_buf.max(1)].into_boxed_slice(),
-                shared: Shared::new(),
-                io: IoCounts::default(),
+                common: Common {
+                    read_buf: vec![0u8; read_buf.max(1)].into_boxed_slice(),
+                    shared: Shared::new(),
+                    io: IoCounts::default(),
+                },
             },
         })
     }
 
     /// What the connections share (its generator makes keys and payloads for the mode too).
     pub fn shared(&mut self) -> &mut Shared {
-        &mut self.conns.shared
+        &mut self.conns.common.shared
     }
 
     /// Reads and writes so far.
     pub fn io(&self) -> IoCounts {
-        self.conns.io
+        self.conns.common.io
     }
 
     /// Starts counting reads and writes from zero.
     pub fn reset_io(&mut self) {
-        self.conns.io = IoCounts::default();
+        self.conns.common.io = IoCounts::default();
     }
 
     /// Connections not ended.
@@ -322,7 +331,7 @@ impl Driver {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let before = conn.out.len();
-        let connected = match flush(&mut stream, &mut conn.out, &mut self.conns.io) {
+        let connected = match flush(&mut stream, &mut conn.out, &mut self.conns.common.io) {
             Ok(()) => conn.out.len() < before,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => false,
             Err(e) => return Err(e),
@@ -357,9 +366,9 @@ impl Driver {
         if slot.failed.is_some() {
             return None;
         }
-        let result = f(&mut slot.conn, &mut conns.shared);
+        let result = f(&mut slot.conn, &mut conns.common.shared);
         if slot.connected {
-            if let Err(e) = flush(&mut slot.stream, &mut slot.conn.out, &mut conns.io) {
+            if let Err(e) = flush(&mut slot.stream, &mut slot.conn.out, &mut conns.common.io) {
                 slot.failed = Some(slot.fail(format!("write: {e}")));
                 conns.failed.push(id);
             }
@@ -459,15 +468,7 @@ impl Conns {
         if let Some(end) = slot.failed.take() {
             return self.end(id, end, handler);
         }
-        let served = serve_slot(
-            id,
-            slot,
-            read,
-            &mut self.read_buf,
-            &mut self.shared,
-            &mut self.io,
-            handler,
-        );
+        let served = serve_slot(id, slot, read, &mut self.common, handler);
         if let Err(end) = served {
             self.end(id, end, handler);
         }
@@ -538,9 +539,7 @@ fn serve_slot<H: Handler>(
     id: usize,
     slot: &mut Slot,
     read: Read,
-    buf: &mut [u8],
-    shared: &mut Shared,
-    io: &mut IoCounts,
+    common: &mut Common,
     handler: &mut H,
 ) -> Result<(), End> {
     if !slot.connected {
@@ -551,10 +550,10 @@ fn serve_slot<H: Handler>(
         }
     }
     let was_closing = slot.conn.awaiting_close();
-    if let Some(at) = read_input(id, slot, read, buf, shared, io, handler)? {
-        handler.answer(id, &mut slot.conn, shared, at);
+    if let Some(at) = read_input(id, slot, read, common, handler)? {
+        handler.answer(id, &mut slot.conn, &mut common.shared, at);
     }
-    flush(&mut slot.stream, &mut slot.conn.out, io).map_err(|e| {
+    flush(&mut slot.stream, &mut slot.conn.out, &mut common.io).map_err(|e| {
         // A write refused before the answer: the connection never really stood.
         let stage = if slot.conn.is_upgrading() {
             Stage::Connect
@@ -570,7 +569,7 @@ fn serve_slot<H: Handler>(
         // The answer was a close frame. A server replies to one without any work of its
         // own, so the reply (and its FIN) is usually in already: take it now rather than
         // one poll later.
-        read_input(id, slot, Read::ToEnd, buf, shared, io, handler)?;
+        read_input(id, slot, Read::ToEnd, common, handler)?;
     }
     Ok(())
 }
@@ -581,15 +580,18 @@ fn read_input<H: Handler>(
     id: usize,
     slot: &mut Slot,
     read: Read,
-    buf: &mut [u8],
-    shared: &mut Shared,
-    io: &mut IoCounts,
+    common: &mut Common,
     handler: &mut H,
 ) -> Result<Option<Instant>, End> {
     let mut last = None;
     if read == Read::No {
         return Ok(last);
     }
+    let Common {
+        read_buf: buf,
+        shared,
+        io,
+    } = common;
     loop {
         let n = match slot.stream.read(buf) {
             Ok(0) => {
