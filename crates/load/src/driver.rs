@@ -2,8 +2,8 @@
 //! socket and a [`ClientConn`].
 //!
 //! A turn ([`Driver::turn`]) polls once and serves each ready connection: it finishes a
-//! pending TCP connect, reads until the socket is drained, hands every event of the bytes
-//! read to the mode's [`Handler`], lets the mode [answer](Handler::answer), and writes. There
+//! pending TCP connect, reads what has arrived, hands every event of those bytes to the
+//! mode's [`Handler`], lets the mode [answer](Handler::answer), and writes. There
 //! is one write path ([`flush`]): try the socket, keep in the connection's queue what it
 //! refuses, write the rest on the next `WRITABLE` edge. Sockets are registered once for
 //! `READABLE | WRITABLE` (edge-triggered), so a connection is served whenever either edge
