@@ -8,6 +8,8 @@ use super::close::CloseCode;
 pub enum ProtocolError {
     /// A client frame without the mask bit (§5.1).
     UnmaskedFrame,
+    /// A server frame with the mask bit (§5.1), seen by a client.
+    MaskedFrame,
     /// RSV1–3 set without a negotiated extension (§5.2).
     ReservedBits,
     /// Opcode 3–7 or 0xB–0xF (§5.2).
@@ -40,6 +42,7 @@ impl ProtocolError {
     pub fn as_str(self) -> &'static str {
         match self {
             ProtocolError::UnmaskedFrame => "unmasked client frame",
+            ProtocolError::MaskedFrame => "masked server frame",
             ProtocolError::ReservedBits => "reserved bits set",
             ProtocolError::ReservedOpcode => "reserved opcode",
             ProtocolError::ControlFrameTooLong => "control frame over 125 bytes",
