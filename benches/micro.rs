@@ -41,7 +41,9 @@ use wsloop::protocol::handshake::{
 };
 use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
-use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
+use wsloop::protocol::{
+    BufferPool, Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome,
+};
 use wsloop::server::admission::origin_allowed;
 use wsloop::server::out::Outbox;
 use wsloop::server::reactor::entry::Entry;
@@ -133,6 +135,7 @@ struct Seen {
 /// Decodes `wire` as the reactor does: read by read, `decode` until each read is used up
 /// (`Reactor::on_frames`), each message's bytes taken as `Reactor::deliver` takes them.
 fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
+    let mut pool = BufferPool::default();
     let mut seen = Seen {
         messages: 0,
         bytes: 0,
@@ -141,7 +144,7 @@ fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
         let mut pos = 0;
         while pos < read.len() {
             let rest = &mut read[pos..];
-            let decoded = decoder.decode(limits, rest);
+            let decoded = decoder.decode(limits, &mut pool, rest);
             pos += decoded.consumed;
             match decoded.outcome {
                 Outcome::NeedMore => break,
