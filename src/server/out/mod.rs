@@ -10,8 +10,9 @@
 //! stays in the connection's [`OutQueue`].
 //!
 //! The memory budget (`--max-buffered`, [`Budget`]) counts what each connection holds: its
-//! queue and its protocol and TLS state. Every change to a queue happens in a method of this
-//! module, which brings the count up to date as it goes; the state is counted by
+//! queue and its protocol and TLS state; and what the reactor itself holds: its idle pooled
+//! message buffers ([`Budget::account_pool`]). Every change to a queue happens in a method of
+//! this module, which brings the count up to date as it goes; the state is counted by
 //! [`ConnOut::account_state`], which the reactor calls once after each piece of work on a
 //! connection (see `reactor::life`). Nothing else touches either.
 //!
@@ -177,17 +178,25 @@ impl Output for Door<'_> {
     }
 }
 
-/// The process-wide memory budget's count: what this reactor's connections hold and, with
-/// several workers, what the whole process holds.
+/// The process-wide memory budget's count: what this reactor's connections hold, with its
+/// idle pooled message buffers, and, with several workers, what the whole process holds.
 #[derive(Debug, Default)]
 pub struct Budget {
-    /// Bytes this reactor's connections hold (its `buffered_bytes`).
+    /// Bytes this reactor's connections and pool hold (its `buffered_bytes`).
     held: u64,
+    /// Bytes of idle pooled message buffers counted in `held`.
+    pool: usize,
     /// The process's counts, shared by every worker (`None`: a lone reactor).
     process: Option<Arc<ProcessCounts>>,
 }
 
 impl Budget {
+    /// Counts the reactor's idle pooled message buffers as `bytes` instead of what was.
+    pub fn account_pool(&mut self, bytes: usize) {
+        self.change(self.pool, bytes);
+        self.pool = bytes;
+    }
+
     /// Counts into the process's shared figure too, from now on (a worker).
     pub(crate) fn share(&mut self, process: Arc<ProcessCounts>) {
         process.rebuffer(0, self.held);

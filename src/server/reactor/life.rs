@@ -73,9 +73,11 @@ impl Core {
         }
     }
 
-    /// Ends the turn: shed over the memory budget, remove finished connections (telling the
-    /// application), then write every connection's output, until neither produces more work.
+    /// Ends the turn: tend the pool of message buffers (emptied first when over the memory
+    /// budget), shed over the budget, remove finished connections (telling the application),
+    /// then write every connection's output, until neither produces more work.
     pub(super) fn finish_turn<H: Handler>(&mut self, app: &mut H) {
+        self.tend_pool();
         if self.budget.over(self.config.max_buffered) {
             self.shed(app);
         }

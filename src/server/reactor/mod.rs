@@ -54,6 +54,7 @@ use timers::Deadlines;
 
 mod accept;
 pub mod entry;
+mod large;
 mod life;
 mod publish;
 mod read;
@@ -351,6 +352,9 @@ impl<H: Handler> Reactor<H> {
             self.core
                 .timers
                 .next_deadline()
+                .map(|t| self.core.clock.instant(t)),
+            self.core
+                .pool_deadline()
                 .map(|t| self.core.clock.instant(t)),
             self.accept_paused_until,
             self.next_stats,
