@@ -115,10 +115,30 @@ impl ConnOut {
         budget.change(before, self.queue.footprint());
     }
 
-    /// Drops the queue (the memory budget sheds it, or the connection is gone).
+    /// Drops the queue (the connection is gone).
     pub fn clear(&mut self, budget: &mut Budget) {
         budget.change(self.queue.footprint(), 0);
         self.queue.clear();
+    }
+
+    /// Memory shedding this connection would free: its queue but for the frame being
+    /// written (see [`ConnOut::drop_unsent`]), and its protocol and TLS state.
+    pub fn sheddable(&self) -> u64 {
+        self.held()
+            .saturating_sub(self.queue.kept_when_dropped() as u64)
+    }
+
+    /// The memory budget sheds this connection (connection `key`): everything unsent is
+    /// dropped, in the queue and in this turn's `outbox`, but the rest of a frame already
+    /// partly written, which must go out whole before the close frame.
+    pub fn drop_unsent(&mut self, budget: &mut Budget, outbox: &mut Outbox, key: usize) {
+        let before = self.queue.footprint();
+        self.queue.drop_unsent();
+        budget.change(before, self.queue.footprint());
+        let dropped = outbox.drop_entries(key);
+        self.corked = self
+            .corked
+            .saturating_sub(u32::try_from(dropped).unwrap_or(u32::MAX));
     }
 
     /// The connection leaves: nothing it held counts any more.

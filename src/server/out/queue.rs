@@ -79,6 +79,10 @@ struct Chunks {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
+    /// The front chunk is the rest of this turn's output the socket took part of (copied
+    /// without the part written): a frame in it is on the wire already though none of the
+    /// chunk is.
+    front_started: bool,
     /// Unsent bytes in all chunks.
     len: usize,
     /// What the chunks keep allocated ([`Chunk::held`] summed).
@@ -159,6 +163,39 @@ impl OutQueue {
         self.inner = None;
     }
 
+    /// Drops everything unsent but the rest of a frame already partly written, which must
+    /// still go out whole or the peer would read what follows as its payload (the memory
+    /// budget sheds the connection, and its close frame follows).
+    pub fn drop_unsent(&mut self) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        let keep = inner.in_progress();
+        if keep == 0 {
+            self.inner = None;
+            return;
+        }
+        while inner.chunks.len() > keep {
+            if let Some(chunk) = inner.chunks.pop_back() {
+                inner.forget(&chunk);
+            }
+        }
+        inner.len = inner.front_left()
+            + inner
+                .chunks
+                .iter()
+                .skip(1)
+                .map(|c| c.bytes().len())
+                .sum::<usize>();
+    }
+
+    /// Memory [`OutQueue::drop_unsent`] would keep: the frame being written, if partly.
+    pub fn kept_when_dropped(&self) -> usize {
+        self.inner.as_ref().map_or(0, |c| {
+            c.chunks.iter().take(c.in_progress()).map(Chunk::held).sum()
+        })
+    }
+
     /// Writes the queue to `socket` until it is empty or the socket would block.
     ///
     /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest
@@ -193,6 +230,13 @@ impl OutQueue {
 }
 
 impl Chunks {
+    /// How many chunks from the front hold the rest of a frame already partly written: the
+    /// front chunk when some of it went out (a chunk holds whole frames, or the rest of one),
+    /// else none.
+    fn in_progress(&self) -> usize {
+        usize::from(self.front_written > 0 || self.front_started)
+    }
+
     /// Unsent bytes of the front chunk.
     fn front_left(&self) -> usize {
         self.chunks
@@ -341,6 +385,7 @@ impl Chunks {
                     self.forget(&front);
                 }
                 self.front_written = 0;
+                self.front_started = false;
             } else {
                 self.front_written += n;
                 taken += n;
@@ -406,12 +451,17 @@ impl Chunks {
         for (i, entry) in entries.iter().enumerate().skip(next.0) {
             let skip = if i == next.0 { next.1 } else { 0 };
             match &entry.data {
-                EntryData::Bytes(range) => self.push_bytes(
-                    outbox_bytes
-                        .get(range.clone())
-                        .and_then(|b| b.get(skip..))
-                        .unwrap_or_default(),
-                ),
+                EntryData::Bytes(range) => {
+                    // The rest of an entry the socket took part of: the queue was written
+                    // out before it, so it is the front chunk.
+                    self.front_started |= skip > 0 && self.chunks.is_empty();
+                    self.push_bytes(
+                        outbox_bytes
+                            .get(range.clone())
+                            .and_then(|b| b.get(skip..))
+                            .unwrap_or_default(),
+                    );
+                }
                 EntryData::Shared(frame, room) => self.push_shared(frame, *room, skip),
             }
         }
@@ -531,6 +581,17 @@ impl Outbox {
             }
         }
         (frames, freed)
+    }
+
+    /// Empties this turn's entries for connection `key` where they stand (the connection is
+    /// shed: none was written yet); returns the bytes they held.
+    pub fn drop_entries(&mut self, key: usize) -> usize {
+        let mut dropped = 0;
+        for entry in self.entries.iter_mut().filter(|e| e.key == key) {
+            dropped += entry.byte_count(&self.bytes);
+            entry.data = EntryData::Bytes(0..0);
+        }
+        dropped
     }
 
     /// Whether nothing was produced this turn.
@@ -727,6 +788,48 @@ mod tests {
             sock.calls, 1,
             "one vectored write when the socket takes it all"
         );
+    }
+
+    #[test]
+    fn shedding_keeps_only_the_rest_of_a_partly_written_frame() {
+        let big: Rc<[u8]> = Rc::from(vec![1u8; 10_000]);
+        let mut q = OutQueue::default();
+        q.push_shared(&big, 0, 0);
+        q.push_bytes(b"after");
+        q.push_shared(&big, 0, 0);
+        // Nothing written yet: everything goes.
+        assert!(q.kept_when_dropped() == 0);
+        let mut unwritten = OutQueue::default();
+        unwritten.push_shared(&big, 0, 0);
+        unwritten.drop_unsent();
+        assert!(unwritten.is_empty());
+        // The first frame partly written: its rest stays, the rest goes.
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 1000,
+            calls: 0,
+        };
+        q.write_to(&mut sock).unwrap();
+        assert!(q.kept_when_dropped() >= 10_000);
+        q.drop_unsent();
+        assert_eq!(q.len(), 9000);
+        assert!(q.footprint() < 10_000 + 1024, "{}", q.footprint());
+        sock.room = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert!(
+            sock.got[..] == big[..],
+            "one whole frame and nothing after it"
+        );
+        // The same when the socket took part of this turn's output, not of the queue.
+        let mut outbox = Outbox::default();
+        outbox.push_bytes(1, &[b"frame one", b"frame two"]);
+        let mut q = OutQueue::default();
+        sock.room = 4;
+        q.write_with(&mut sock, &outbox.bytes, &outbox.entries)
+            .unwrap();
+        assert!(q.kept_when_dropped() > 0);
+        q.drop_unsent();
+        assert_eq!(q.len(), 14);
     }
 
     #[test]
