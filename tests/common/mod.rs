@@ -420,11 +420,21 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// `VmRSS` of process `pid`, in KiB (user memory; kernel socket buffers are not in it).
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// `VmHWM` of process `pid`, in KiB: the most `VmRSS` has been since it started.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A figure of `/proc/PID/status` given in KiB, by its label.
+fn status_kib(pid: u32, label: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(label))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("no {label} in /proc/{pid}/status"))
 }

@@ -1,27 +1,41 @@
 //! Large messages in the reactor: the pool of message buffers (the protocol's
 //! [`BufferPool`](wsloop_proto::pool::BufferPool) in [`Core::shared`]) kept in the memory
-//! budget and emptied when idle.
+//! budget, refilled by the buffers the output queues have finished with, and emptied when idle;
+//! and the end of a lent delivery, when a message the application sent back moves into the
+//! output.
 //!
 //! A message buffer's life: the connection takes it from the pool when a frame header declares
 //! a large payload, the payload is read into it, the finished message is moved into the
-//! reactor's scratch buffer and handed to the application, and the scratch buffer goes back to
-//! the pool after the read. At every step one holder counts it in the budget: the connection's
-//! state, or the pool's idle bytes.
+//! reactor's scratch buffer and handed to the application. If the application sends it (an
+//! echo), the buffer moves into the output queues ([`Lent`]) and comes back through
+//! [`Returns`](crate::server::out::Returns) once written; otherwise the scratch buffer goes back
+//! to the pool after the read. At every step one holder counts it in the budget: the
+//! connection's state, a queue's footprint, or the pool's idle bytes.
 
 use wsloop_proto::time::Tick;
+
+use crate::server::out::Lent;
 
 use super::Core;
 
 impl Core {
+    /// Moves the buffers the output queues have finished with back into the pool.
+    pub(super) fn reclaim_buffers(&mut self) {
+        for buffer in self.budget.returns().drain() {
+            self.shared.pool.give(buffer);
+        }
+    }
+
     /// Brings the pool's idle bytes up to date in the budget.
     pub(super) fn account_pool(&mut self) {
         self.budget.account_pool(self.shared.pool.idle_bytes());
     }
 
-    /// At the end of a turn: the pool emptied if it went unused for a while (or at once when
-    /// the process is over its memory budget: idle buffers go before any connection is shed),
-    /// and the budget told.
+    /// At the end of a turn: the returned buffers into the pool, the pool emptied if it went
+    /// unused for a while (or at once when the process is over its memory budget: idle
+    /// buffers go before any connection is shed), and the budget told.
     pub(super) fn tend_pool(&mut self) {
+        self.reclaim_buffers();
         if self.budget.over(self.config.max_buffered) {
             self.shared.pool.release();
         } else {
@@ -30,16 +44,35 @@ impl Core {
         self.account_pool();
     }
 
-    /// Whether the process is over its memory budget: then nothing more is read until the
-    /// end of the turn has shed connections, so one turn's reads never take the process past
-    /// the budget by more than what one connection's visit reads.
+    /// Whether the process is over its memory budget, counting this turn's lent message
+    /// buffers too (in no queue yet): then nothing more is read until the end of the turn
+    /// has shed connections, so one turn's reads never take the process past the budget by
+    /// more than what one connection's visit reads.
     pub(super) fn over_budget(&self) -> bool {
-        self.budget.over(self.config.max_buffered)
+        self.budget
+            .over_with(self.outbox.lent_bytes(), self.config.max_buffered)
     }
 
     /// When the pool's idle buffers are due to be freed (the poll timeout wakes for it).
     pub(super) fn pool_deadline(&self) -> Option<Tick> {
         self.shared.pool.next_release()
+    }
+
+    /// A lent delivery ended (the message is no longer borrowed): if the application sent it,
+    /// the scratch buffer holding it moves into the output, shared by every send of it, and
+    /// comes back to the pool once written; otherwise nothing happens.
+    pub(super) fn end_lending(&mut self, scratch: &mut Vec<u8>) {
+        let Some(lending) = self.outbox.lent_and_sent() else {
+            return self.outbox.end_lending(None);
+        };
+        let start = lending.addr.wrapping_sub(scratch.as_ptr() as usize);
+        let range = start..start.saturating_add(lending.len);
+        let lent = scratch
+            .get(range.clone())
+            .is_some()
+            .then(|| Lent::new(std::mem::take(scratch), Some(self.budget.returns())));
+        self.outbox
+            .end_lending(lent.as_ref().map(|lent| (lent, range)));
     }
 }
 
@@ -52,6 +85,7 @@ mod tests {
     use super::super::{Reactor, Visit};
     use crate::server::app::EchoChat;
     use crate::server::config::Config;
+    use crate::server::out::EntryData;
 
     const MIB: usize = 1 << 20;
 
@@ -81,10 +115,11 @@ mod tests {
         }
     }
 
-    /// A large message's buffer is back in the pool after the read, counted in the budget;
-    /// the pool lets it go once idle.
+    /// The echo of a large message is queued by move (the very buffer the message was read
+    /// into), and that buffer is back in the pool once written, counted in the budget; the
+    /// pool lets it go once idle.
     #[test]
-    fn a_large_message_buffer_returns_to_the_pool_and_goes_when_idle() {
+    fn a_large_echo_leaves_by_move_and_its_buffer_returns_to_the_pool() {
         let config = Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
@@ -118,14 +153,19 @@ mod tests {
             got
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lent_seen = false;
         while !client.is_finished() {
             assert!(Instant::now() < deadline, "no echo");
             turn(&mut reactor);
+            lent_seen |= reactor.core.outbox.entries.iter().any(
+                |e| matches!(&e.data, EntryData::Lent(lent, _) if lent.bytes().len() == 2 * MIB),
+            );
             reactor.core.finish_turn(&mut reactor.app);
             std::thread::sleep(Duration::from_millis(1));
         }
         let got = client.join().unwrap();
         assert!(got.ends_with(&payload), "the echo differs");
+        assert!(lent_seen, "the echo was copied, not moved");
         assert_eq!(
             reactor.core.shared.pool.idle_bytes(),
             2 * MIB,

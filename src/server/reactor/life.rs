@@ -75,7 +75,8 @@ impl Core {
 
     /// Ends the turn: tend the pool of message buffers (emptied first when over the memory
     /// budget), shed over the budget, remove finished connections (telling the application),
-    /// then write every connection's output, until neither produces more work.
+    /// then write every connection's output, until neither produces more work; the buffers
+    /// written go back to the pool.
     pub(super) fn finish_turn<H: Handler>(&mut self, app: &mut H) {
         self.tend_pool();
         if self.budget.over(self.config.max_buffered) {
@@ -88,6 +89,8 @@ impl Core {
             }
             self.flush_outbox(app);
         }
+        self.reclaim_buffers();
+        self.account_pool();
         self.fresh_stats();
     }
 

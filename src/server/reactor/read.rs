@@ -4,9 +4,9 @@
 //!
 //! A large frame's payload is read straight into its message buffer instead (plaintext
 //! decrypted into it, with TLS): whenever the connection lends a read target
-//! (`Connection::read_target`), the next read lands there and goes to `handle_direct`. The
-//! buffer comes from the reactor's pool, and goes back to it after the read (see
-//! `super::large`).
+//! (`Connection::read_target`), the next read lands there and goes to `handle_direct`. A large
+//! message the application sends back while it holds it leaves by move: see
+//! [`Core::deliver`] and `super::large`.
 
 use std::io::{self, Read};
 
@@ -33,6 +33,7 @@ impl<H: Handler> Reactor<H> {
             return; // On the ready list: its backlog goes first, in its turn.
         }
         self.core.work_left = WORK_PER_TURN;
+        self.core.reclaim_buffers();
         self.read_from(key, visit);
         self.core.settle(key);
         if self.scratch.capacity() > READ_BUF {
@@ -211,6 +212,7 @@ impl Core {
                 return false;
             }
             self.work_left -= 1;
+            let input = rest.as_ptr_range();
             let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
             let got =
                 entry
@@ -218,7 +220,10 @@ impl Core {
                     .handle_input(self.tick, rest, scratch, &mut door, &mut self.shared);
             pos += got.consumed;
             if let Some(message) = got.message {
-                self.deliver(app, key, message);
+                let in_scratch = !input.contains(&message.as_bytes().as_ptr());
+                if self.deliver(app, key, message, in_scratch) {
+                    self.end_lending(scratch);
+                }
             }
         }
     }
@@ -243,7 +248,9 @@ impl Core {
             .conn
             .handle_direct(self.tick, n, scratch, &mut door, &mut self.shared);
         if let Some(message) = got.message {
-            self.deliver(app, key, message);
+            if self.deliver(app, key, message, true) {
+                self.end_lending(scratch);
+            }
         }
         self.feed(app, key, &mut [], scratch)
     }
@@ -260,9 +267,24 @@ impl Core {
         }
     }
 
-    /// Hands a complete message to the application.
-    fn deliver<H: Handler>(&mut self, app: &mut H, key: usize, message: conn::Message<'_>) {
+    /// Hands a complete message to the application. A large one in the scratch buffer
+    /// (`in_scratch`; else it is in the read buffer) is lent: what the application sends of it
+    /// is queued by reference, and the caller ends the lending with
+    /// [`end_lending`](Core::end_lending) (see `super::large`) once the message is no longer
+    /// borrowed. Returns whether it was lent.
+    fn deliver<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        message: conn::Message<'_>,
+        in_scratch: bool,
+    ) -> bool {
         self.stats.messages_in += 1;
+        let bytes = message.as_bytes();
+        let lend = in_scratch && bytes.len() >= self.shared.settings.large_payload;
+        if lend {
+            self.outbox.begin_lending(bytes);
+        }
         let msg = match message {
             conn::Message::Text(text) => Message::Text(text),
             conn::Message::Binary(bytes) => Message::Binary(bytes),
@@ -270,6 +292,7 @@ impl Core {
         if let Some(id) = self.id_of(key) {
             app.on_message(&mut Context { core: self }, id, msg);
         }
+        lend
     }
 
     /// The peer's FIN (a read of 0 bytes, or TLS `close_notify`).
