@@ -34,6 +34,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
+use wsloop::admission::origin::origin_allowed;
+use wsloop::out::Outbox;
 use wsloop::protocol::deflate::{negotiate, DeflateConfig};
 use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
 use wsloop::protocol::handshake::{
@@ -42,9 +44,7 @@ use wsloop::protocol::handshake::{
 use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
 use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
-use wsloop::server::admission::origin_allowed;
-use wsloop::server::out::Outbox;
-use wsloop::server::reactor::entry::Entry;
+use wsloop::reactor::entry::Entry;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -434,7 +434,7 @@ fn main() {
     // Not a timing: the per-connection state every open connection costs (with the features
     // this bench was built with).
     eprintln!(
-        "size_of::<wsloop::server::reactor::entry::Entry>() = {} bytes",
+        "size_of::<wsloop::reactor::entry::Entry>() = {} bytes",
         std::mem::size_of::<Entry>()
     );
     benches();

@@ -1,16 +1,34 @@
 //! wsloop: a fast, strict RFC 6455 WebSocket server on a single-threaded mio reactor.
-//!
-//! Two layers: [`protocol`] is the sans-IO core (handshake parser, frame codec, UTF-8 and
-//! close validation), tested and fuzzed on bytes alone; [`server`] is the reactor that moves
-//! bytes between sockets and that core.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use wsloop_proto as protocol;
-pub mod server;
 
-pub use protocol::CloseCode;
-pub use server::{
-    Config, ConnId, Context, Decision, EchoChat, Handler, Message, OwnedMessage, Reactor, Request,
-    ServerHandle, TlsConfig, TlsError,
-};
+pub mod admission;
+pub mod app;
+pub mod config;
+pub mod handle;
+pub mod http;
+pub mod out;
+pub mod pubsub;
+pub mod reactor;
+pub mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+pub mod tls;
+pub mod workers;
+
+pub use admission::client_addr::{Cidr, ForwardedHeader};
+pub use app::{ConnId, Context, Decision, Handler, Message, OwnedMessage, Request};
+pub use config::{Config, ProxyMode, RatePolicy};
+pub use handle::ServerHandle;
+pub use protocol::deflate::DeflateConfig;
+pub use protocol::{CloseCode, Limits};
+pub use pubsub::redis::RedisConfig;
+pub use pubsub::rooms::RoomPolicy;
+pub use reactor::Reactor;
+pub use stats::Stats;
+pub use tls::{TlsConfig, TlsError};
+pub use workers::Workers;
