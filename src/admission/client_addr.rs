@@ -21,6 +21,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use wsloop_proto::handshake::RequestHead;
+
 /// An IPv4 or IPv6 network in CIDR notation, e.g. `10.0.0.0/8`, `::1/128`, or a bare address
 /// (= /32 or /128), naming the proxies whose forwarding headers are believed.
 ///
@@ -191,6 +193,33 @@ pub fn client_ip(peer: IpAddr, trusted: &[Cidr], header: ForwardedHeader, list: 
         }
     }
     last
+}
+
+/// The address of the client behind a request from `peer`: the `header` believed from
+/// `trusted` proxies (joined over its lines, RFC 9110 §5.3, and walked by [`client_ip`]);
+/// without one, or when the request has none, `peer` itself. The port is the peer's when the
+/// address is, else 0 (unknown).
+pub(crate) fn client_addr(
+    peer: SocketAddr,
+    req: &RequestHead<'_, '_>,
+    trusted: &[Cidr],
+    header: Option<ForwardedHeader>,
+) -> SocketAddr {
+    let Some(header) = header else {
+        return peer;
+    };
+    let values: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(header.name()))
+        .map(|h| h.value)
+        .collect();
+    if values.is_empty() {
+        return peer;
+    }
+    let list = values.join(", ");
+    let ip = client_ip(peer.ip(), trusted, header, &list);
+    SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
 }
 
 /// Optional white space around list elements and parameters.

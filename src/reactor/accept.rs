@@ -1,18 +1,15 @@
-//! Admission at accept time: the connection limits (`--max-conns`, the memory budget, the
-//! handshake rate; 503 or a plain close over them), the TLS session, the PROXY policy, and the
-//! counts the process-wide limits keep (connections, upgraded connections per address).
+//! Accepting a connection: into the slab and the poller with its protocol connection and TLS
+//! session, or refused — 503, or a plain close when not even that can be said — when the
+//! [`crate::admission`] rules say so.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use wsloop_proto::conn::ProxyPolicy;
 use wsloop_proto::Connection;
 
-use crate::admission::client_addr::Cidr;
-use crate::admission::counts::{release_ip_slot, take_ip_slot};
-use crate::config::ProxyMode;
+use crate::admission::proxy_policy;
 use crate::stats::RejectReason;
 
 use super::entry::Entry;
@@ -29,9 +26,9 @@ impl Core {
         if self.shutting_down {
             return;
         }
-        let open = self.count_connection_in();
+        let open = self.admission.count_in(self.conns.len());
         if !self.insert_connection(socket, peer, metrics_only, open) {
-            self.count_connection_out();
+            self.admission.uncount();
         }
     }
 
@@ -45,20 +42,10 @@ impl Core {
         metrics_only: bool,
         open: usize,
     ) -> bool {
-        let refusal = if open >= self.config.max_conns {
-            Some(RejectReason::MaxConns)
-        } else if self.budget.over(self.config.max_buffered) {
-            Some(RejectReason::MemoryBudget)
-        } else if !metrics_only
-            && self
-                .handshake_bucket
-                .as_mut()
-                .is_some_and(|bucket| !bucket.try_take(self.tick, 1))
-        {
-            Some(RejectReason::HandshakeRate)
-        } else {
-            None
-        };
+        let over_budget = self.budget.over(self.config.max_buffered);
+        let refusal =
+            self.admission
+                .refusal(&self.config, open, over_budget, metrics_only, self.tick);
         if refusal.is_some() && open >= self.config.max_conns + REJECT_OVERFLOW {
             // Not even room to say so: drop the socket.
             self.stats.reject(refusal.unwrap_or(RejectReason::MaxConns));
@@ -85,7 +72,7 @@ impl Core {
         let _ = socket.set_nodelay(true);
         let conn = Connection::new(
             self.tick,
-            self.proxy_policy(peer, metrics_only),
+            proxy_policy(&self.config, peer, metrics_only),
             &self.shared,
         );
         let entry = self.conns.vacant_entry();
@@ -117,70 +104,5 @@ impl Core {
         // Counts its TLS session from the start, and arms the handshake deadline.
         self.settle(key);
         true
-    }
-
-    /// Counts a new connection towards `--max-conns`; returns how many the process had
-    /// before it. A lone reactor's slab is its count; workers share one.
-    fn count_connection_in(&self) -> usize {
-        match &self.member {
-            Some(member) => member.counts.open_one(),
-            None => self.conns.len(),
-        }
-    }
-
-    /// A connection counted by [`Core::count_connection_in`] is gone.
-    fn count_connection_out(&self) {
-        if let Some(member) = &self.member {
-            member.counts.close_one();
-        }
-    }
-
-    /// What a connection from `peer` must start with: a PROXY header, when the listener
-    /// expects them (never on the metrics listener), believed only from a trusted peer.
-    fn proxy_policy(&self, peer: SocketAddr, metrics_only: bool) -> Option<ProxyPolicy> {
-        let required = match self.config.proxy_protocol {
-            ProxyMode::Off => return None,
-            _ if metrics_only => return None,
-            ProxyMode::Optional => false,
-            ProxyMode::Required => true,
-        };
-        Some(ProxyPolicy {
-            required,
-            trusted: trusted_peer(&self.config.trusted_proxies, peer.ip()),
-        })
-    }
-
-    /// Connection `key` left the slab: it no longer counts towards `--max-conns` nor, if it
-    /// was upgraded, towards its address's `--max-conns-per-ip`.
-    pub(super) fn count_out(&mut self, key: usize) {
-        self.count_connection_out();
-        if let Some(ip) = self.ip_of.remove(&key) {
-            match &self.member {
-                Some(member) => member.counts.release_ip(ip),
-                None => release_ip_slot(&mut self.per_ip, ip),
-            }
-        }
-    }
-
-    /// Counts connection `key` towards `--max-conns-per-ip` for `ip` (every worker's
-    /// connections together); false when `ip` already has `cap`.
-    pub(super) fn count_per_ip(&mut self, key: usize, ip: IpAddr, cap: usize) -> bool {
-        let taken = match &self.member {
-            Some(member) => member.counts.take_ip(ip, cap),
-            None => take_ip_slot(&mut self.per_ip, ip, cap),
-        };
-        if taken {
-            self.ip_of.insert(key, ip);
-        }
-        taken
-    }
-}
-
-/// Whether PROXY headers from `ip` are believed (no `--trusted-proxy`: loopback only).
-fn trusted_peer(trusted: &[Cidr], ip: IpAddr) -> bool {
-    if trusted.is_empty() {
-        ip.is_loopback()
-    } else {
-        trusted.iter().any(|c| c.contains(ip))
     }
 }

@@ -125,7 +125,7 @@ impl Core {
             if let Some(mut entry) = self.conns.try_remove(key) {
                 self.stats.open -= 1;
                 entry.out.release(&mut self.budget);
-                self.count_out(key);
+                self.admission.count_out(key);
                 self.leave_rooms(key);
             }
         }

@@ -22,9 +22,8 @@
 //! budget; timers, shutdown, shedding, removal), [`publish`] (rooms and the broker) and
 //! [`timers`] (the deadline heap).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,10 +33,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use wsloop_proto::conn::Shared;
-use wsloop_proto::ratelimit::TokenBucket;
 use wsloop_proto::time::{Clock, Tick};
 
-use crate::admission::Jitter;
+use crate::admission::Admission;
 use crate::app::{ConnId, Context, Handler};
 use crate::config::Config;
 use crate::handle::{Command, ServerHandle};
@@ -117,14 +115,8 @@ pub struct Core {
     doomed: Vec<usize>,
     shutting_down: bool,
     shutdown_deadline: Option<Instant>,
-    /// Spreads `Retry-After` values.
-    jitter: Jitter,
-    /// `--max-handshake-rate`.
-    handshake_bucket: Option<TokenBucket>,
-    /// Upgraded connections per client address, and each one's address (with
-    /// `--max-conns-per-ip` only).
-    per_ip: HashMap<IpAddr, usize>,
-    ip_of: HashMap<usize, IpAddr>,
+    /// The admission rules' state: handshake rate, connection counts, `Retry-After` jitter.
+    admission: Admission,
     /// Set only when this reactor is one of several or has a broker; `None` keeps the single
     /// reactor's hot path free of any broker work.
     member: Option<Box<Member>>,
@@ -198,12 +190,7 @@ impl<H: Handler> Reactor<H> {
                 doomed: Vec::new(),
                 shutting_down: false,
                 shutdown_deadline: None,
-                jitter: Jitter::new(),
-                handshake_bucket: config
-                    .max_handshake_rate
-                    .map(|(rate, burst)| TokenBucket::new(rate, burst, clock.tick(now))),
-                per_ip: HashMap::new(),
-                ip_of: HashMap::new(),
+                admission: Admission::new(&config, clock.tick(now)),
                 member: None,
                 config,
             },
@@ -229,6 +216,7 @@ impl<H: Handler> Reactor<H> {
     /// upstream) while the hub's deliveries arrive through `inbox`.
     pub(crate) fn join(&mut self, member: Member, inbox: Option<Inbox>) {
         self.core.budget.share(Arc::clone(&member.counts));
+        self.core.admission.share(Arc::clone(&member.counts));
         self.core.member = Some(Box::new(member));
         self.inbox = inbox;
     }

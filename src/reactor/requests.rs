@@ -12,7 +12,7 @@ use wsloop_proto::handshake::{
     validate_request, validate_upgrade, HandshakeError, RequestHead, EMPTY_HEADER,
 };
 
-use crate::admission::client_addr::client_ip;
+use crate::admission::client_addr::client_addr;
 use crate::admission::origin::origin_allowed;
 use crate::app::{Context, Decision, Handler, Request};
 use crate::http::{error_response, ok_response, Response};
@@ -130,9 +130,14 @@ impl Core {
             .socket
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let peer = self.client_addr(proxied.unwrap_or(socket_peer), req);
+        let peer = client_addr(
+            proxied.unwrap_or(socket_peer),
+            req,
+            &self.config.trusted_proxies,
+            self.config.forwarded_header,
+        );
         if let Some(cap) = self.config.max_conns_per_ip {
-            if !self.count_per_ip(key, peer.ip(), cap) {
+            if !self.admission.count_per_ip(key, peer.ip(), cap) {
                 debug!("#{key}: {} already has {cap} connections: 503", peer.ip());
                 return self.reject_busy(key, RejectReason::PerIp);
             }
@@ -163,27 +168,6 @@ impl Core {
         }
     }
 
-    /// The client's address: the `--forwarded-header` (joined over its lines, RFC 9110 §5.3)
-    /// is honoured only for hops in `--trusted-proxy`; any other forwarding header is not
-    /// read at all.
-    fn client_addr(&self, peer: SocketAddr, req: &RequestHead<'_, '_>) -> SocketAddr {
-        let Some(header) = self.config.forwarded_header else {
-            return peer;
-        };
-        let values: Vec<&str> = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(header.name()))
-            .map(|h| h.value)
-            .collect();
-        if values.is_empty() {
-            return peer;
-        }
-        let list = values.join(", ");
-        let ip = client_ip(peer.ip(), &self.config.trusted_proxies, header, &list);
-        SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
-    }
-
     /// A request that broke a rule: the status its error calls for.
     pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
         debug!("#{key}: bad request: {e}: {}", e.status());
@@ -198,7 +182,7 @@ impl Core {
 
     /// Answers 503 with a jittered `Retry-After`, so a fleet told to come back spreads out.
     pub(super) fn reject_busy(&mut self, key: usize, reason: RejectReason) {
-        let retry = self.jitter.retry_after(2).to_string();
+        let retry = self.admission.retry_after().to_string();
         self.reject_http(key, 503, &[("Retry-After", &retry)], reason);
     }
 
