@@ -34,8 +34,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
-use wsloop::admission::origin::origin_allowed;
-use wsloop::out::Outbox;
+use wsloop::internals::{origin_allowed, Entry, Outbox};
 use wsloop::protocol::deflate::{negotiate, DeflateConfig};
 use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
 use wsloop::protocol::handshake::{
@@ -44,7 +43,6 @@ use wsloop::protocol::handshake::{
 use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
 use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
-use wsloop::reactor::entry::Entry;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -247,11 +245,7 @@ fn encode_all(outbox: &mut Outbox, opcode: OpCode, payloads: &[&[u8]]) -> usize 
         outbox.push_bytes(0, &[&header[..n], payload]);
     }
     let written = black_box(&outbox.bytes).len();
-    outbox.entries.clear();
-    outbox.bytes.clear();
-    if outbox.bytes.capacity() > 4 * READ {
-        outbox.bytes = Vec::new();
-    }
+    outbox.clear(4 * READ);
     written
 }
 
@@ -434,7 +428,7 @@ fn main() {
     // Not a timing: the per-connection state every open connection costs (with the features
     // this bench was built with).
     eprintln!(
-        "size_of::<wsloop::reactor::entry::Entry>() = {} bytes",
+        "size_of::<wsloop::internals::Entry>() = {} bytes",
         std::mem::size_of::<Entry>()
     );
     benches();

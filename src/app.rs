@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use crate::protocol::handshake::Header;
 use crate::protocol::CloseCode;
 
+use crate::pubsub::rooms::RoomPolicy;
 use crate::reactor::Core;
 use crate::stats::Stats;
 
@@ -165,7 +166,7 @@ impl Context<'_> {
 
     /// Sets what publications to `topic` do to a subscriber over its send-queue limit
     /// (otherwise the server's `--slow-consumer` default).
-    pub fn set_room_policy(&mut self, topic: &str, policy: crate::pubsub::rooms::RoomPolicy) {
+    pub fn set_room_policy(&mut self, topic: &str, policy: RoomPolicy) {
         self.core.rooms.set_policy(topic, policy);
     }
 

@@ -8,11 +8,10 @@ use crate::protocol::conn::Settings;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::Limits;
 
-pub use crate::admission::client_addr::{Cidr, ForwardedHeader};
-pub use crate::pubsub::rooms::RoomPolicy;
+use wsloop_proto::conn::RatePolicy;
 
-/// What a connection over its message or byte rate gets (the protocol connection applies it).
-pub use wsloop_proto::conn::RatePolicy;
+use crate::admission::client_addr::{Cidr, ForwardedHeader};
+use crate::pubsub::rooms::RoomPolicy;
 
 /// Whether connections start with a PROXY protocol header (v1 or v2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,7 +134,7 @@ impl Default for Config {
 
 impl Config {
     /// The rules every protocol connection follows, from these settings.
-    pub fn settings(&self) -> Settings {
+    pub(crate) fn settings(&self) -> Settings {
         Settings {
             limits: self.limits,
             max_head: self.max_head,

@@ -42,35 +42,39 @@ impl TlsConfig {
 
 /// One connection's TLS state; uninhabited without the `tls` feature.
 #[derive(Debug)]
-pub enum TlsSession {}
+pub(crate) enum TlsSession {}
 
 /// What one decrypt step produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decrypted {
+pub(crate) struct Decrypted {
     /// Plaintext bytes written to the front of the buffer.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The peer sent `close_notify`.
-    pub closed: bool,
+    pub(crate) closed: bool,
 }
 
 #[allow(missing_docs, clippy::missing_errors_doc)]
 impl TlsSession {
-    pub fn decrypt(&mut self, _cipher: &mut &[u8], _plain: &mut [u8]) -> io::Result<Decrypted> {
+    pub(crate) fn decrypt(
+        &mut self,
+        _cipher: &mut &[u8],
+        _plain: &mut [u8],
+    ) -> io::Result<Decrypted> {
         match *self {}
     }
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         match *self {}
     }
-    pub fn is_handshaking(&self) -> bool {
+    pub(crate) fn is_handshaking(&self) -> bool {
         match *self {}
     }
-    pub fn memory(&self) -> usize {
+    pub(crate) fn memory(&self) -> usize {
         match *self {}
     }
-    pub fn send_pending(&mut self, _socket: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn send_pending(&mut self, _socket: &mut impl Write) -> io::Result<()> {
         match *self {}
     }
-    pub fn write_with(
+    pub(crate) fn write_with(
         &mut self,
         _socket: &mut impl Write,
         _out: &mut OutQueue,
@@ -79,7 +83,7 @@ impl TlsSession {
     ) -> io::Result<usize> {
         match *self {}
     }
-    pub fn close_notify(&mut self) {
+    pub(crate) fn close_notify(&mut self) {
         match *self {}
     }
 }

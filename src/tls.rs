@@ -133,18 +133,18 @@ impl TlsConfig {
 
 /// One connection's TLS state (boxed in the connection: 8 bytes there).
 #[derive(Debug)]
-pub struct TlsSession {
+pub(crate) struct TlsSession {
     conn: ServerConnection,
     close_notify_sent: bool,
 }
 
 /// What one [`TlsSession::decrypt`] step produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decrypted {
+pub(crate) struct Decrypted {
     /// Plaintext bytes written to the front of the buffer.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The peer sent `close_notify`: no more plaintext will come.
-    pub closed: bool,
+    pub(crate) closed: bool,
 }
 
 impl TlsSession {
@@ -155,7 +155,11 @@ impl TlsSession {
     /// # Errors
     /// A TLS protocol error (garbage, plain HTTP, a failed handshake). rustls then has an alert
     /// queued: [`send_pending`](TlsSession::send_pending) it before dropping the connection.
-    pub fn decrypt(&mut self, cipher: &mut &[u8], plain: &mut [u8]) -> io::Result<Decrypted> {
+    pub(crate) fn decrypt(
+        &mut self,
+        cipher: &mut &[u8],
+        plain: &mut [u8],
+    ) -> io::Result<Decrypted> {
         let mut len = 0;
         loop {
             while let Some(room) = plain.get_mut(len..).filter(|r| !r.is_empty()) {
@@ -177,7 +181,7 @@ impl TlsSession {
     }
 
     /// Whether rustls holds ciphertext for the socket (handshake records, alerts, data).
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         self.conn.wants_write()
     }
 
@@ -188,7 +192,7 @@ impl TlsSession {
     /// Not counted: a record still arriving grows rustls's receive buffer past its resting
     /// 4 KiB, by at most one record (about 18 KiB; 64 KiB for a handshake message), until
     /// the next read.
-    pub fn memory(&self) -> usize {
+    pub(crate) fn memory(&self) -> usize {
         let pending = if self.conn.wants_write() {
             TLS_BUFFER_LIMIT + RECORDS_OVERHEAD
         } else {
@@ -198,7 +202,7 @@ impl TlsSession {
     }
 
     /// Whether the handshake is still going on.
-    pub fn is_handshaking(&self) -> bool {
+    pub(crate) fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
@@ -207,7 +211,7 @@ impl TlsSession {
     ///
     /// # Errors
     /// A socket error other than `WouldBlock`.
-    pub fn send_pending(&mut self, socket: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn send_pending(&mut self, socket: &mut impl Write) -> io::Result<()> {
         send_records(&mut self.conn, socket)
     }
 
@@ -217,7 +221,7 @@ impl TlsSession {
     ///
     /// # Errors
     /// A socket error other than `WouldBlock`.
-    pub fn write_with(
+    pub(crate) fn write_with(
         &mut self,
         socket: &mut impl Write,
         out: &mut OutQueue,
@@ -234,7 +238,7 @@ impl TlsSession {
     }
 
     /// Queues `close_notify` once (the connection has said everything).
-    pub fn close_notify(&mut self) {
+    pub(crate) fn close_notify(&mut self) {
         if !std::mem::replace(&mut self.close_notify_sent, true) {
             self.conn.send_close_notify();
         }

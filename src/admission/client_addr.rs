@@ -179,7 +179,12 @@ impl FromStr for ForwardedHeader {
 /// `for=` stops the walk like `for=unknown`. `X-Forwarded-For` entries may carry a port
 /// (`192.0.2.1:80`, `[2001:db8::1]:80`). Addresses are returned as written (an IPv4-mapped
 /// IPv6 peer stays one).
-pub fn client_ip(peer: IpAddr, trusted: &[Cidr], header: ForwardedHeader, list: &str) -> IpAddr {
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    trusted: &[Cidr],
+    header: ForwardedHeader,
+    list: &str,
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
         return peer;

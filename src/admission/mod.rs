@@ -9,9 +9,9 @@
 //!
 //! The reactor does the I/O (accepting, registering, answering); the decisions are here.
 
-pub mod client_addr;
-pub mod counts;
-pub mod origin;
+pub(crate) mod client_addr;
+pub(crate) mod counts;
+pub(crate) mod origin;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -174,11 +174,11 @@ fn trusted_peer(trusted: &[Cidr], ip: IpAddr) -> bool {
 
 /// A small xorshift generator for jitter: not for anything secret.
 #[derive(Debug, Clone)]
-pub struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
     /// Seeded from the clock and the process id, so restarted servers jitter differently.
-    pub fn new() -> Jitter {
+    pub(crate) fn new() -> Jitter {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -187,7 +187,7 @@ impl Jitter {
 
     /// A `Retry-After` value in whole seconds, uniform in `base..=2*base` (at least 1), so
     /// clients told to come back do not all come back in the same second.
-    pub fn retry_after(&mut self, base_secs: u64) -> u64 {
+    pub(crate) fn retry_after(&mut self, base_secs: u64) -> u64 {
         let base = base_secs.max(1);
         base + self.next() % (base + 1)
     }

@@ -22,7 +22,7 @@ const INTERNAL_ERROR: u16 = 500;
 
 /// Standard reason phrase for the statuses wsloop sends, so every status line
 /// and error body reads the same; unknown codes get a generic phrase.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
@@ -48,7 +48,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// `("Allow", "GET, HEAD")` for 405), and a short plain-text body (the reason
 /// phrase + `"\n"`). Never echoes request data; extra headers containing
 /// CR, LF or NUL are dropped so they cannot split the response.
-pub fn error_response(status: u16, extra_headers: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn error_response(status: u16, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let body = format!("{}\n", reason_phrase(status));
     let head = response_head(
         status,
@@ -66,7 +66,12 @@ pub fn error_response(status: u16, extra_headers: &[(&str, &str)]) -> Vec<u8> {
 /// and static files), so every success carries the same caching and sniffing
 /// headers. `head_only` omits the body but keeps the real `Content-Length`, as
 /// HEAD requires. `keep_alive` picks `Connection: keep-alive` vs `Connection: close`.
-pub fn ok_response(content_type: &str, body: &[u8], head_only: bool, keep_alive: bool) -> Vec<u8> {
+pub(crate) fn ok_response(
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+    keep_alive: bool,
+) -> Vec<u8> {
     let content_type = if header_safe(content_type) {
         content_type
     } else {
@@ -113,18 +118,18 @@ fn header_safe(s: &str) -> bool {
 /// then, for a static file, its cached body, shared with every other answer of the same file
 /// rather than copied into each.
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     /// The status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Status line, headers and, for anything but a static file, the body.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// A static file's body (none for `HEAD`), sent after `bytes`.
-    pub shared_body: Option<Rc<[u8]>>,
+    pub(crate) shared_body: Option<Rc<[u8]>>,
 }
 
 impl Response {
     /// An answer whose bytes are all in `bytes`.
-    pub fn owned(status: u16, bytes: Vec<u8>) -> Response {
+    pub(crate) fn owned(status: u16, bytes: Vec<u8>) -> Response {
         Response {
             status,
             bytes,
@@ -133,7 +138,7 @@ impl Response {
     }
 
     /// Whether the connection closes after it: every answer but a 200 says `Connection: close`.
-    pub fn closes(&self) -> bool {
+    pub(crate) fn closes(&self) -> bool {
         self.status != 200
     }
 

@@ -14,13 +14,13 @@ use super::{error_response, response_head, Response, BAD_REQUEST, INTERNAL_ERROR
 
 /// Largest static file served; bigger files are refused (404, logged at debug level) rather
 /// than loaded.
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub(super) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most bytes of file bodies the static-file cache keeps (per reactor): part of the fixed
 /// memory base, outside `--max-buffered`.
-pub const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// How long a cached file is served before its size and modification time are compared with
 /// the disk again.
-pub const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
+pub(super) const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 
 /// The embedded fallback pages, as `(request path, bytes)`.
 const EMBEDDED: [(&str, &[u8]); 2] = [
@@ -43,7 +43,7 @@ const EMBEDDED: [(&str, &[u8]); 2] = [
 /// [`MAX_FILE_BYTES`] are refused (404), and past [`MAX_CACHE_BYTES`] in all the least
 /// recently served files are dropped. A cached file is compared with the disk (size and
 /// modification time) at most once per [`REVALIDATE_AFTER`], and read again when it changed.
-pub struct StaticFiles {
+pub(crate) struct StaticFiles {
     /// Canonicalized folder to serve from; `None` means the embedded files.
     root: Option<PathBuf>,
     /// Bodies by relative path (the embedded files, when there is no folder).
@@ -83,7 +83,7 @@ impl StaticFiles {
     /// `dir` is `--static-dir` (default `html/`). If it exists and is a directory, serve from it
     /// (canonicalized once, so containment checks compare like with like); otherwise serve the
     /// embedded files.
-    pub fn new(dir: &Path) -> StaticFiles {
+    pub(crate) fn new(dir: &Path) -> StaticFiles {
         let root = if dir.is_dir() {
             dir.canonicalize().ok()
         } else {
@@ -108,14 +108,14 @@ impl StaticFiles {
     }
 
     /// Whether files come from disk (false = embedded). For the startup log line.
-    pub fn is_on_disk(&self) -> bool {
+    pub(crate) fn is_on_disk(&self) -> bool {
         self.root.is_some()
     }
 
     /// The answer to one request at `now`. `method` and `target` are the request line's method
     /// and request-target, as received. Only GET and HEAD are allowed; errors go through
     /// [`error_response`] (and so close), with the body dropped for HEAD.
-    pub fn respond(
+    pub(crate) fn respond(
         &mut self,
         method: &str,
         target: &str,

@@ -29,13 +29,14 @@ use crate::tls::TlsSession;
 mod policy;
 mod queue;
 
-pub use policy::Verdict;
-pub use queue::{EntryData, OutEntry, OutQueue, Outbox};
+pub(crate) use policy::Verdict;
+pub use queue::Outbox;
+pub(crate) use queue::{OutEntry, OutQueue};
 
 /// One connection's output in its slab entry (16 bytes): its queue, what this turn's outbox
 /// holds for it, and what its state counts in the budget.
 #[derive(Debug, Default)]
-pub struct ConnOut {
+pub(crate) struct ConnOut {
     /// Bytes the socket did not take yet.
     queue: OutQueue,
     /// Bytes for it in this turn's outbox (saturating: the outbox is bounded by one turn).
@@ -47,32 +48,32 @@ pub struct ConnOut {
 impl ConnOut {
     /// Bytes waiting to be sent: queued plus produced this turn (the application's
     /// `buffered_amount`).
-    pub fn buffered_amount(&self) -> usize {
+    pub(crate) fn buffered_amount(&self) -> usize {
         self.queue.len() + self.corked as usize
     }
 
     /// Whether nothing waits: nothing queued, nothing produced this turn.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.corked == 0 && self.queue.is_empty()
     }
 
     /// Whether the queue holds bytes for the socket.
-    pub fn has_queued(&self) -> bool {
+    pub(crate) fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }
 
     /// Unsent bytes in the queue.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }
 
     /// Memory counted in the budget for this connection.
-    pub fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         (self.queue.footprint() + self.state as usize) as u64
     }
 
     /// Counts `bytes` (its protocol and TLS state now) in the budget instead of what was.
-    pub fn account_state(&mut self, budget: &mut Budget, bytes: usize) {
+    pub(crate) fn account_state(&mut self, budget: &mut Budget, bytes: usize) {
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         budget.change(self.state as usize, bytes as usize);
         self.state = bytes;
@@ -85,7 +86,7 @@ impl ConnOut {
     ///
     /// # Errors
     /// A socket error other than `WouldBlock`.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         budget: &mut Budget,
         socket: &mut impl Write,
@@ -107,7 +108,12 @@ impl ConnOut {
     }
 
     /// Queues `entries` behind what waits, without a write: the socket is known to refuse.
-    pub fn queue_blocked(&mut self, budget: &mut Budget, bytes: &[u8], entries: &[OutEntry]) {
+    pub(crate) fn queue_blocked(
+        &mut self,
+        budget: &mut Budget,
+        bytes: &[u8],
+        entries: &[OutEntry],
+    ) {
         self.uncork(bytes, entries);
         let before = self.queue.footprint();
         let _ = self.queue.write_with(&mut Blocked, bytes, entries);
@@ -115,13 +121,13 @@ impl ConnOut {
     }
 
     /// Drops the queue (the memory budget sheds it, or the connection is gone).
-    pub fn clear(&mut self, budget: &mut Budget) {
+    pub(crate) fn clear(&mut self, budget: &mut Budget) {
         budget.change(self.queue.footprint(), 0);
         self.queue.clear();
     }
 
     /// The connection leaves: nothing it held counts any more.
-    pub fn release(&mut self, budget: &mut Budget) {
+    pub(crate) fn release(&mut self, budget: &mut Budget) {
         self.clear(budget);
         self.account_state(budget, 0);
     }
@@ -143,7 +149,7 @@ impl ConnOut {
 
 /// The door into one connection's output for this turn: the protocol connection writes
 /// through it (it is an [`Output`]), and so does the server (HTTP bodies, publications).
-pub struct Door<'a> {
+pub(crate) struct Door<'a> {
     key: usize,
     out: &'a mut ConnOut,
     outbox: &'a mut Outbox,
@@ -151,20 +157,20 @@ pub struct Door<'a> {
 
 impl<'a> Door<'a> {
     /// The door to connection `key`'s output.
-    pub fn new(key: usize, out: &'a mut ConnOut, outbox: &'a mut Outbox) -> Door<'a> {
+    pub(crate) fn new(key: usize, out: &'a mut ConnOut, outbox: &'a mut Outbox) -> Door<'a> {
         Door { key, out, outbox }
     }
 
     /// Appends a frame or body shared with other connections, tagged with the room whose
     /// slow-consumer policy may drop it later (0: none).
-    pub fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32) {
+    pub(crate) fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32) {
         self.out.cork(frame.len());
         self.outbox.push_shared(self.key, frame, room);
     }
 
     /// Appends a publication of `room` for a receiver its policy found slow, where the
     /// policy can find it again this turn ([`Outbox::drop_policed`]).
-    pub fn push_policed(&mut self, frame: &Rc<[u8]>, room: u32) {
+    pub(crate) fn push_policed(&mut self, frame: &Rc<[u8]>, room: u32) {
         self.out.cork(frame.len());
         self.outbox.push_policed(self.key, frame, room);
     }
@@ -180,7 +186,7 @@ impl Output for Door<'_> {
 /// The process-wide memory budget's count: what this reactor's connections hold and, with
 /// several workers, what the whole process holds.
 #[derive(Debug, Default)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// Bytes this reactor's connections hold (its `buffered_bytes`).
     held: u64,
     /// The process's counts, shared by every worker (`None`: a lone reactor).
@@ -195,24 +201,24 @@ impl Budget {
     }
 
     /// Bytes this reactor's connections hold.
-    pub fn held(&self) -> u64 {
+    pub(crate) fn held(&self) -> u64 {
         self.held
     }
 
     /// Bytes every connection of the process holds (all workers).
-    pub fn process_held(&self) -> u64 {
+    pub(crate) fn process_held(&self) -> u64 {
         self.process.as_ref().map_or(self.held, |p| p.buffered())
     }
 
     /// Whether the process holds more than `max` bytes.
-    pub fn over(&self, max: usize) -> bool {
+    pub(crate) fn over(&self, max: usize) -> bool {
         self.process_held() > max as u64
     }
 
     /// Whether shedding here helps bring the process under `target`: it holds more, and this
     /// reactor at least its share of it, so the worker holding the most sheds and the others
     /// keep their smaller holders.
-    pub fn shedding_here_helps(&self, target: u64) -> bool {
+    pub(crate) fn shedding_here_helps(&self, target: u64) -> bool {
         let total = self.process_held();
         let workers = self.process.as_ref().map_or(1, |p| p.workers) as u64;
         total > target && self.held.saturating_mul(workers) >= total

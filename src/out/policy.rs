@@ -7,7 +7,7 @@ use super::{Budget, ConnOut, Outbox};
 
 /// What a publication does for a slow receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Queue the new frame (`dropped` older frames of the room made way for it).
     Queue {
         /// Frames dropped.
@@ -21,7 +21,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// Frames this verdict drops.
-    pub fn dropped(self) -> usize {
+    pub(crate) fn dropped(self) -> usize {
         match self {
             Verdict::Queue { dropped } => dropped,
             Verdict::Skip => 1,
@@ -35,14 +35,14 @@ impl ConnOut {
     /// frame it is in the middle of receiving ([`super::OutQueue::behind_front`]). Output
     /// produced this turn does not count (the socket has not been offered it yet), nor does
     /// one message larger than `limit` that a reader keeping up is still taking in.
-    pub fn is_slow(&self, limit: usize) -> bool {
+    pub(crate) fn is_slow(&self, limit: usize) -> bool {
         self.queue.behind_front() > limit
     }
 
     /// A publication of `room` (0: a broadcast) meets this slow receiver (`key`): applies
     /// `policy`. `own_stream`: it compresses with its own context, whose stream cannot lose a
     /// frame once sent, so a policy that drops queued frames drops the new one instead.
-    pub fn police(
+    pub(crate) fn police(
         &mut self,
         key: usize,
         budget: &mut Budget,

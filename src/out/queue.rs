@@ -69,7 +69,7 @@ impl Chunk {
 /// A connection's unsent output, in order: one pointer, allocated only while the socket
 /// lags behind (an idle connection pays 8 bytes for it).
 #[derive(Debug, Default)]
-pub struct OutQueue {
+pub(crate) struct OutQueue {
     inner: Option<Box<Chunks>>,
 }
 
@@ -90,12 +90,12 @@ struct Chunks {
 
 impl OutQueue {
     /// Unsent bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, |c| c.len)
     }
 
     /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -103,13 +103,13 @@ impl OutQueue {
     /// the small frames and the owned output of one turn that the socket refused with it).
     /// What a slow consumer is judged by: one message larger than the limit in flight to a
     /// reader that keeps up is all front chunk.
-    pub fn behind_front(&self) -> usize {
+    pub(crate) fn behind_front(&self) -> usize {
         self.inner.as_ref().map_or(0, |c| c.len - c.front_left())
     }
 
     /// Memory the queue holds: owned capacity, shared frames (each counted whole, as if this
     /// queue were their only holder), slots and bookkeeping. At least [`OutQueue::len`].
-    pub fn footprint(&self) -> usize {
+    pub(crate) fn footprint(&self) -> usize {
         self.inner.as_ref().map_or(0, |c| {
             size_of::<Chunks>()
                 + c.held
@@ -118,8 +118,9 @@ impl OutQueue {
         })
     }
 
+    #[cfg(test)]
     /// Appends a copy of `bytes`, extending the last owned chunk where it has room.
-    pub fn push_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.inner
                 .get_or_insert_with(Box::default)
@@ -127,11 +128,12 @@ impl OutQueue {
         }
     }
 
+    #[cfg(test)]
     /// Appends a shared frame tagged with `room` (0: none) from byte `from` on. A small
     /// untagged one is copied into the owned tail; otherwise the frame itself is queued, also
     /// the rest of a partly written one, which arrives as the queue empties and heads it
     /// (behind other output it would be copied).
-    pub fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
+    pub(crate) fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32, from: usize) {
         if from < frame.len() {
             self.inner
                 .get_or_insert_with(Box::default)
@@ -143,7 +145,7 @@ impl OutQueue {
     /// returns (frames, bytes) freed. A frame already partly written is never touched:
     /// cutting it would corrupt the stream. Free when the queue holds no frame of `room`;
     /// otherwise the oldest is found by looking from the front up to it, all in one pass.
-    pub fn drop_room_frames(&mut self, room: u32, all: bool) -> (usize, usize) {
+    pub(crate) fn drop_room_frames(&mut self, room: u32, all: bool) -> (usize, usize) {
         let Some(inner) = self.inner.as_mut() else {
             return (0, 0);
         };
@@ -155,10 +157,11 @@ impl OutQueue {
     }
 
     /// Drops everything (the connection is going away).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.inner = None;
     }
 
+    #[cfg(test)]
     /// Writes the queue to `socket` until it is empty or the socket would block.
     ///
     /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest
@@ -166,7 +169,7 @@ impl OutQueue {
     ///
     /// # Errors
     /// Any other socket error (the connection is then dead).
-    pub fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
+    pub(crate) fn write_to(&mut self, socket: &mut impl Write) -> io::Result<usize> {
         self.write_with(socket, &[], &[]).map(|(n, _)| n)
     }
 
@@ -177,7 +180,7 @@ impl OutQueue {
     ///
     /// # Errors
     /// Any socket error other than `WouldBlock`/`Interrupted`.
-    pub fn write_with(
+    pub(crate) fn write_with(
         &mut self,
         socket: &mut impl Write,
         outbox_bytes: &[u8],
@@ -421,7 +424,7 @@ impl Chunks {
 
 /// Where an outbox entry's bytes are.
 #[derive(Debug)]
-pub enum EntryData {
+pub(crate) enum EntryData {
     /// A range of the outbox's byte buffer.
     Bytes(Range<usize>),
     /// A frame shared with other receivers, and its room (0: none).
@@ -430,11 +433,11 @@ pub enum EntryData {
 
 /// Output for one connection produced during this loop turn.
 #[derive(Debug)]
-pub struct OutEntry {
+pub(crate) struct OutEntry {
     /// The connection's slab key.
-    pub key: usize,
+    pub(crate) key: usize,
     /// The bytes.
-    pub data: EntryData,
+    pub(crate) data: EntryData,
 }
 
 impl OutEntry {
@@ -446,7 +449,7 @@ impl OutEntry {
     }
 
     /// How many bytes it sends.
-    pub fn byte_count(&self, outbox_bytes: &[u8]) -> usize {
+    pub(crate) fn byte_count(&self, outbox_bytes: &[u8]) -> usize {
         self.bytes(outbox_bytes).len()
     }
 }
@@ -457,7 +460,7 @@ pub struct Outbox {
     /// Owned frame bytes of this turn, all connections together.
     pub bytes: Vec<u8>,
     /// What goes to whom, in order.
-    pub entries: Vec<OutEntry>,
+    pub(crate) entries: Vec<OutEntry>,
     /// Where this turn's frames for receivers over their limit sit in `entries`, per
     /// (receiver, room), oldest first: a room policy that drops old frames takes them out in
     /// O(1) each, however long the turn.
@@ -490,7 +493,7 @@ impl Outbox {
     }
 
     /// Appends a shared frame tagged with `room` (0: none) for connection `key`.
-    pub fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
+    pub(crate) fn push_shared(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
         self.entries.push(OutEntry {
             key,
             data: EntryData::Shared(Rc::clone(frame), room),
@@ -499,7 +502,7 @@ impl Outbox {
 
     /// Appends a frame of `room` for a receiver over its limit, remembering where it is so
     /// that [`Outbox::drop_policed`] can take it out again.
-    pub fn push_policed(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
+    pub(crate) fn push_policed(&mut self, key: usize, frame: &Rc<[u8]>, room: u32) {
         self.policed
             .entry((key, room))
             .or_default()
@@ -514,7 +517,7 @@ impl Outbox {
     /// Only policed frames are found. That is all of them: a receiver's queue only shrinks
     /// while an outbox fills (even the `on_drain` callbacks of a flush run after all its
     /// writes), so one over its limit now was over it for every earlier frame of this outbox.
-    pub fn drop_policed(&mut self, key: usize, room: u32, all: bool) -> (usize, usize) {
+    pub(crate) fn drop_policed(&mut self, key: usize, room: u32, all: bool) -> (usize, usize) {
         let Some(indexes) = self.policed.get_mut(&(key, room)) else {
             return (0, 0);
         };
@@ -534,7 +537,7 @@ impl Outbox {
     }
 
     /// Whether nothing was produced this turn.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{BrokerStats, Delivery, Kind, Mailbox, Upstream};
 
 /// Most workers a hub serves (one bit each in the interest mask).
-pub const MAX_WORKERS: usize = 64;
+pub(crate) const MAX_WORKERS: usize = 64;
 
 /// The broker shared by every worker of a process.
-pub struct Hub {
+pub(crate) struct Hub {
     mailboxes: Vec<Mailbox>,
     interest: Mutex<HashMap<Box<str>, u64>>,
     upstream: Option<Box<dyn Upstream>>,
@@ -33,7 +33,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub delivering to `mailboxes` (worker `i` is `mailboxes[i]`), at most
     /// [`MAX_WORKERS`] of them, and to `upstream` when given.
-    pub fn new(
+    pub(crate) fn new(
         mailboxes: Vec<Mailbox>,
         upstream: Option<Box<dyn Upstream>>,
         stats: Arc<BrokerStats>,
@@ -47,18 +47,13 @@ impl Hub {
     }
 
     /// The broker counters.
-    pub fn stats(&self) -> &BrokerStats {
+    pub(crate) fn stats(&self) -> &BrokerStats {
         &self.stats
-    }
-
-    /// Whether publications leave the process.
-    pub fn has_upstream(&self) -> bool {
-        self.upstream.is_some()
     }
 
     /// Worker `from` published (and already delivered to its own subscribers): pass the
     /// message to the other interested workers and upstream.
-    pub fn publish(&self, from: usize, topic: &str, kind: Kind, payload: &[u8]) {
+    pub(crate) fn publish(&self, from: usize, topic: &str, kind: Kind, payload: &[u8]) {
         let others = self.mask(topic) & !bit(from);
         if others == 0 && self.upstream.is_none() {
             return;
@@ -76,13 +71,13 @@ impl Hub {
 
     /// A publication from another process: every interested local worker gets it; it is
     /// never published again.
-    pub fn deliver_from_upstream(&self, delivery: &Delivery) {
+    pub(crate) fn deliver_from_upstream(&self, delivery: &Delivery) {
         self.post(self.mask(&delivery.topic), delivery);
     }
 
     /// Worker `worker` gained its first (`subscribed`) or lost its last subscriber to
     /// `topic`. The upstream hears about process-wide transitions, in order.
-    pub fn interest(&self, worker: usize, topic: &str, subscribed: bool) {
+    pub(crate) fn interest(&self, worker: usize, topic: &str, subscribed: bool) {
         let mut table = self.lock();
         let before = table.get(topic).copied().unwrap_or(0);
         let after = if subscribed {
@@ -103,7 +98,7 @@ impl Hub {
     }
 
     /// Topics with a subscriber on any worker: the process's rooms.
-    pub fn topics(&self) -> usize {
+    pub(crate) fn topics(&self) -> usize {
         self.lock().len()
     }
 

@@ -13,7 +13,7 @@ use super::Delivery;
 
 /// The sending side, held by the hub (one per worker).
 #[derive(Debug)]
-pub struct Mailbox {
+pub(crate) struct Mailbox {
     tx: SyncSender<Delivery>,
     waker: Arc<Waker>,
     pending: Arc<AtomicBool>,
@@ -21,13 +21,13 @@ pub struct Mailbox {
 
 /// The receiving side, held by the reactor.
 #[derive(Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     rx: Receiver<Delivery>,
     pending: Arc<AtomicBool>,
 }
 
 /// A mailbox of `capacity` deliveries that wakes `waker`.
-pub fn mailbox(capacity: usize, waker: Arc<Waker>) -> (Mailbox, Inbox) {
+pub(crate) fn mailbox(capacity: usize, waker: Arc<Waker>) -> (Mailbox, Inbox) {
     let (tx, rx) = sync_channel(capacity);
     let pending = Arc::new(AtomicBool::new(false));
     (
@@ -42,7 +42,7 @@ pub fn mailbox(capacity: usize, waker: Arc<Waker>) -> (Mailbox, Inbox) {
 
 impl Mailbox {
     /// Queues a delivery without blocking; false when the mailbox is full (or gone).
-    pub fn post(&self, delivery: Delivery) -> bool {
+    pub(crate) fn post(&self, delivery: Delivery) -> bool {
         match self.tx.try_send(delivery) {
             Ok(()) => {
                 if !self.pending.swap(true, Ordering::AcqRel) {
@@ -58,7 +58,7 @@ impl Mailbox {
 impl Inbox {
     /// Everything queued so far. Clears the pending flag first, so a delivery posted while
     /// draining either is drained now or wakes the reactor again.
-    pub fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
+    pub(crate) fn drain(&self) -> impl Iterator<Item = Delivery> + '_ {
         self.pending.store(false, Ordering::Release);
         self.rx.try_iter()
     }

@@ -10,21 +10,21 @@
 //! Delivery through the broker is at-most-once: every queue on the way is bounded and drops
 //! (and counts) rather than blocking a reactor.
 
-pub mod hub;
-pub mod mailbox;
-pub mod random;
-pub mod redis;
-pub mod rooms;
+pub(crate) mod hub;
+pub(crate) mod mailbox;
+pub(crate) mod random;
+pub(crate) mod redis;
+pub(crate) mod rooms;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use hub::Hub;
-pub use mailbox::{Inbox, Mailbox};
+pub(crate) use hub::Hub;
+pub(crate) use mailbox::{Inbox, Mailbox};
 
 /// A data message's kind, carried with it between reactors and processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Text (valid UTF-8, checked again by the receiving reactor).
     Text,
     /// Binary.
@@ -34,18 +34,18 @@ pub enum Kind {
 /// A publication travelling between reactors: the topic and payload are shared, not copied,
 /// among the workers that receive it.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The topic (room) it was published on.
-    pub topic: Arc<str>,
+    pub(crate) topic: Arc<str>,
     /// Text or binary.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The message payload.
-    pub payload: Arc<[u8]>,
+    pub(crate) payload: Arc<[u8]>,
 }
 
 /// Where a hub sends what leaves the process (and learns nothing back through this trait:
 /// the upstream calls [`Hub::deliver_from_upstream`] itself).
-pub trait Upstream: Send + Sync {
+pub(crate) trait Upstream: Send + Sync {
     /// Queues a publication for other processes. Must not block.
     fn publish(&self, delivery: &Delivery);
     /// The process gained its first (`true`) or lost its last (`false`) subscriber to
@@ -55,45 +55,45 @@ pub trait Upstream: Send + Sync {
 
 /// Counters of the broker side of a process, bumped by the hub and the upstream threads.
 #[derive(Debug, Default)]
-pub struct BrokerStats {
+pub(crate) struct BrokerStats {
     /// Publications handed to the upstream's queue.
-    pub upstream_queued: AtomicU64,
+    pub(crate) upstream_queued: AtomicU64,
     /// Publications dropped because the upstream queue was full.
-    pub upstream_dropped: AtomicU64,
+    pub(crate) upstream_dropped: AtomicU64,
     /// Publications sent to the upstream (PUBLISH acknowledged).
-    pub upstream_sent: AtomicU64,
+    pub(crate) upstream_sent: AtomicU64,
     /// Publications lost in a batch whose send failed (the connection broke mid-way).
-    pub upstream_lost: AtomicU64,
+    pub(crate) upstream_lost: AtomicU64,
     /// Publications received from the upstream and handed to local workers.
-    pub upstream_received: AtomicU64,
+    pub(crate) upstream_received: AtomicU64,
     /// Our own publications coming back from the upstream, dropped.
-    pub echoes_dropped: AtomicU64,
+    pub(crate) echoes_dropped: AtomicU64,
     /// Messages from the upstream that were not ours to read (bad framing), dropped.
-    pub malformed: AtomicU64,
+    pub(crate) malformed: AtomicU64,
     /// Sequence numbers skipped by other publishers: messages lost between nodes.
-    pub gaps: AtomicU64,
+    pub(crate) gaps: AtomicU64,
     /// Largest publish-to-receive lag seen, in microseconds (wall clocks of two hosts).
-    pub lag_us_max: AtomicU64,
+    pub(crate) lag_us_max: AtomicU64,
     /// Sum of lags, in microseconds, over `upstream_received`.
-    pub lag_us_sum: AtomicU64,
+    pub(crate) lag_us_sum: AtomicU64,
     /// Deliveries dropped because a worker's mailbox was full.
-    pub mailbox_dropped: AtomicU64,
+    pub(crate) mailbox_dropped: AtomicU64,
     /// Connections (re)established to the upstream, publisher and subscriber together.
-    pub connects: AtomicU64,
+    pub(crate) connects: AtomicU64,
     /// Connection attempts that failed or connections that broke.
-    pub connection_errors: AtomicU64,
+    pub(crate) connection_errors: AtomicU64,
     /// Topics the process is subscribed to upstream right now.
-    pub subscribed_topics: AtomicU64,
+    pub(crate) subscribed_topics: AtomicU64,
 }
 
 impl BrokerStats {
     /// Adds one to a counter.
-    pub fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters as `"broker":{...}`, to append to the stats JSON.
-    pub fn to_json_field(&self) -> String {
+    pub(crate) fn to_json_field(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             ",\"broker\":{{\"upstream_queued\":{},\"upstream_dropped\":{},\"upstream_sent\":{},\

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A random 64-bit value (std's per-process SipHash keys, the PID and the clock).
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.write_u128(
@@ -19,16 +19,16 @@ pub fn random_u64() -> u64 {
 
 /// xorshift64*: a cheap stream of jitter values.
 #[derive(Debug, Clone)]
-pub struct XorShift(u64);
+pub(crate) struct XorShift(u64);
 
 impl XorShift {
     /// Seeded from [`random_u64`].
-    pub fn new() -> XorShift {
+    pub(crate) fn new() -> XorShift {
         XorShift(random_u64() | 1)
     }
 
     /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;

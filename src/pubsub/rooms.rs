@@ -26,7 +26,7 @@ pub enum RoomPolicy {
 impl RoomPolicy {
     /// Whether it takes frames already queued out again (drop-oldest, latest-only): the
     /// room's frames must then stay recognisable in the queues.
-    pub fn drops_queued(self) -> bool {
+    pub(crate) fn drops_queued(self) -> bool {
         matches!(self, RoomPolicy::DropOldest | RoomPolicy::LatestOnly)
     }
 }
@@ -47,20 +47,20 @@ impl std::str::FromStr for RoomPolicy {
 
 /// One room.
 #[derive(Debug)]
-pub struct Room {
+pub(crate) struct Room {
     /// Tags this room's frames in output queues.
-    pub id: u32,
+    pub(crate) id: u32,
     /// Subscribed connections.
-    pub members: Vec<usize>,
+    pub(crate) members: Vec<usize>,
     /// Slow-consumer policy.
-    pub policy: RoomPolicy,
+    pub(crate) policy: RoomPolicy,
     /// Publications dropped for slow subscribers (drop policies), for `/metrics`.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
 }
 
 /// Topic membership, both ways.
 #[derive(Debug, Default)]
-pub struct Rooms {
+pub(crate) struct Rooms {
     topics: HashMap<Box<str>, Room>,
     by_conn: HashMap<usize, Vec<Box<str>>>,
     /// Policies set for rooms before (or between) their members.
@@ -74,7 +74,7 @@ pub struct Rooms {
 
 impl Rooms {
     /// Rooms whose policy is `default_policy` unless set otherwise.
-    pub fn new(default_policy: RoomPolicy) -> Rooms {
+    pub(crate) fn new(default_policy: RoomPolicy) -> Rooms {
         Rooms {
             default_policy,
             ..Rooms::default()
@@ -82,7 +82,7 @@ impl Rooms {
     }
 
     /// Sets the slow-consumer policy of `topic` (now and whenever it has members again).
-    pub fn set_policy(&mut self, topic: &str, policy: RoomPolicy) {
+    pub(crate) fn set_policy(&mut self, topic: &str, policy: RoomPolicy) {
         self.policies.insert(topic.into(), policy);
         if let Some(room) = self.topics.get_mut(topic) {
             room.policy = policy;
@@ -90,7 +90,7 @@ impl Rooms {
     }
 
     /// Adds `key` to `topic`; returns false if it was already a member.
-    pub fn subscribe(&mut self, key: usize, topic: &str) -> bool {
+    pub(crate) fn subscribe(&mut self, key: usize, topic: &str) -> bool {
         if !self.topics.contains_key(topic) {
             self.next_id = self.next_id.wrapping_add(1);
             let policy = self
@@ -119,7 +119,7 @@ impl Rooms {
     }
 
     /// Removes `key` from `topic`; returns false if it was not a member.
-    pub fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
+    pub(crate) fn unsubscribe(&mut self, key: usize, topic: &str) -> bool {
         if !self.leave(key, topic) {
             return false;
         }
@@ -134,7 +134,7 @@ impl Rooms {
 
     /// Removes `key` from every room (the connection is gone), calling `emptied` for each
     /// room it was the last member of.
-    pub fn remove_conn(&mut self, key: usize, mut emptied: impl FnMut(&str)) {
+    pub(crate) fn remove_conn(&mut self, key: usize, mut emptied: impl FnMut(&str)) {
         for topic in self.by_conn.remove(&key).unwrap_or_default() {
             if self.leave(key, &topic) && !self.topics.contains_key(&topic) {
                 emptied(&topic);
@@ -158,24 +158,19 @@ impl Rooms {
     }
 
     /// The room named `topic`, if it has members.
-    pub fn get(&self, topic: &str) -> Option<&Room> {
+    pub(crate) fn get(&self, topic: &str) -> Option<&Room> {
         self.topics.get(topic)
     }
 
-    /// Counts a publication dropped for a slow member of `topic`.
-    pub fn count_drop(&mut self, topic: &str) {
-        self.count_drops(topic, 1);
-    }
-
     /// Counts `n` publications dropped for slow members of `topic`.
-    pub fn count_drops(&mut self, topic: &str, n: u64) {
+    pub(crate) fn count_drops(&mut self, topic: &str, n: u64) {
         if let Some(room) = self.topics.get_mut(topic) {
             room.dropped += n;
         }
     }
 
     /// The members of `topic` (empty when nobody subscribed).
-    pub fn members(&self, topic: &str) -> &[usize] {
+    pub(crate) fn members(&self, topic: &str) -> &[usize] {
         self.topics
             .get(topic)
             .map(|r| r.members.as_slice())
@@ -183,23 +178,18 @@ impl Rooms {
     }
 
     /// Every room with members: (name, room).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Room)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Room)> {
         self.topics.iter().map(|(name, room)| (&**name, room))
     }
 
     /// Subscriptions across all rooms.
-    pub fn subscriptions(&self) -> usize {
+    pub(crate) fn subscriptions(&self) -> usize {
         self.subscriptions
     }
 
     /// Number of rooms with at least one member.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.topics.len()
-    }
-
-    /// Whether no room has members.
-    pub fn is_empty(&self) -> bool {
-        self.topics.is_empty()
     }
 }
 
@@ -225,7 +215,7 @@ mod tests {
         assert_eq!(rooms.len(), 1);
         assert!(rooms.unsubscribe(1, "a"));
         assert!(!rooms.unsubscribe(1, "a"));
-        assert!(rooms.is_empty());
+        assert_eq!(rooms.len(), 0);
     }
 
     #[test]

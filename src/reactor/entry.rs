@@ -15,29 +15,29 @@ use crate::tls::TlsSession;
 #[derive(Debug)]
 pub struct Entry {
     /// The protocol connection: phases, close handshake, keepalive, rates, deadlines.
-    pub conn: Connection,
+    pub(crate) conn: Connection,
     /// Output the socket has not taken yet, and what the connection counts in the budget.
-    pub out: ConnOut,
+    pub(crate) out: ConnOut,
     /// TLS state on a TLS listener; `None` (and never looked into per byte) on plain ones.
-    pub tls: Option<Box<TlsSession>>,
+    pub(crate) tls: Option<Box<TlsSession>>,
     /// The socket.
-    pub socket: TcpStream,
+    pub(crate) socket: TcpStream,
     /// Tells this connection apart from earlier ones in the same slab slot.
-    pub serial: u32,
+    pub(crate) serial: u32,
     /// Whether the socket accepted writes last time (edge-triggered: cleared once it refused).
-    pub writable: bool,
+    pub(crate) writable: bool,
     /// Whether reading stopped because its output is over `--max-backpressure`; it resumes
     /// (from the ready list) below half of it.
-    pub read_paused: bool,
+    pub(crate) read_paused: bool,
     /// Accepted on the metrics listener: serves `/metrics` only.
-    pub metrics_only: bool,
+    pub(crate) metrics_only: bool,
     /// Finished: removed from the slab at the end of the turn.
-    pub doomed: bool,
+    pub(crate) doomed: bool,
 }
 
 impl Entry {
     /// A connection just accepted.
-    pub fn new(
+    pub(crate) fn new(
         socket: TcpStream,
         serial: u32,
         conn: Connection,
@@ -58,23 +58,23 @@ impl Entry {
     }
 
     /// Whether output waits for the socket: queued bytes, or TLS records rustls holds.
-    pub fn has_pending_output(&self) -> bool {
+    pub(crate) fn has_pending_output(&self) -> bool {
         self.out.has_queued() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Whether everything said has left: nothing corked, queued or held by TLS.
-    pub fn is_flushed(&self) -> bool {
+    pub(crate) fn is_flushed(&self) -> bool {
         self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Memory of its protocol and TLS state, for the budget.
-    pub fn state_bytes(&self) -> usize {
+    pub(crate) fn state_bytes(&self) -> usize {
         self.conn.memory() + self.tls.as_ref().map_or(0, |t| t.memory())
     }
 
     /// Once a lingering connection has said everything: TLS `close_notify`, then our FIN
     /// (when the connection says so; at most once).
-    pub fn fin_when_flushed(&mut self) {
+    pub(crate) fn fin_when_flushed(&mut self) {
         if !self.conn.is_lingering() || !self.out.is_empty() {
             return;
         }

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 1024;
 
 /// Binds `addr`; with `reuse_port`, every listener bound the same way shares the port.
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     if !reuse_port {
         return TcpListener::bind(addr);
     }

@@ -50,9 +50,9 @@ use entry::Entry;
 use timers::Deadlines;
 
 mod accept;
-pub mod entry;
+pub(crate) mod entry;
 mod life;
-pub mod listen;
+pub(crate) mod listen;
 mod publish;
 mod read;
 mod requests;
@@ -86,7 +86,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Everything the reactor mutates except the read buffers and the application, so callbacks
 /// can get `&mut Core` while a message still borrows a read buffer.
-pub struct Core {
+pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) stats: Stats,
     conns: Slab<Entry>,
@@ -459,10 +459,10 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// The few errno values the accept loop distinguishes (Linux numbering).
 mod libc_errno {
-    pub const ENOMEM: i32 = 12;
-    pub const ENFILE: i32 = 23;
-    pub const EMFILE: i32 = 24;
-    pub const ENOBUFS: i32 = 105;
+    pub(super) const ENOMEM: i32 = 12;
+    pub(super) const ENFILE: i32 = 23;
+    pub(super) const EMFILE: i32 = 24;
+    pub(super) const ENOBUFS: i32 = 105;
 }
 
 impl Core {

@@ -27,7 +27,7 @@ impl Timers {
     }
 
     /// The earliest deadline, for the poll timeout.
-    pub fn next_deadline(&self) -> Option<Tick> {
+    pub(crate) fn next_deadline(&self) -> Option<Tick> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
@@ -44,20 +44,20 @@ impl Timers {
 
     /// Entries in the heap (stale ones included).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.heap.len()
     }
 
     /// Whether no entry is pending.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 }
 
 /// Each connection's one deadline, with at most one live heap entry per connection.
 #[derive(Debug, Default)]
-pub struct Deadlines {
+pub(super) struct Deadlines {
     heap: Timers,
     /// Per slab key: the deadline and the heap entry that wakes for it.
     slots: Vec<Slot>,
@@ -78,7 +78,7 @@ impl Deadlines {
     /// Sets connection `key`'s (with `serial`) deadline to `at`. Pushes a heap entry only when
     /// none is queued at or before `at`, so a deadline pushed back on every keep-alive request
     /// costs no memory.
-    pub fn arm(&mut self, key: usize, serial: u32, at: Tick) {
+    pub(super) fn arm(&mut self, key: usize, serial: u32, at: Tick) {
         if self.slots.len() <= key {
             self.slots.resize(key + 1, Slot::default());
         }
@@ -100,20 +100,20 @@ impl Deadlines {
     }
 
     /// Clears connection `key`'s deadline (its entry, if any, is ignored when it pops).
-    pub fn disarm(&mut self, key: usize, serial: u32) {
+    pub(super) fn disarm(&mut self, key: usize, serial: u32) {
         if let Some(slot) = self.slots.get_mut(key).filter(|s| s.serial == serial) {
             slot.deadline = Tick::NONE;
         }
     }
 
     /// The next time to wake up, for the poll timeout (possibly before any deadline is due).
-    pub fn next_deadline(&self) -> Option<Tick> {
+    pub(super) fn next_deadline(&self) -> Option<Tick> {
         self.heap.next_deadline()
     }
 
     /// The next connection whose deadline has passed at `now`, as (key, serial); its deadline
     /// is cleared. Entries that woke early are queued again at their connection's deadline.
-    pub fn pop_due(&mut self, now: Tick) -> Option<(usize, u32)> {
+    pub(super) fn pop_due(&mut self, now: Tick) -> Option<(usize, u32)> {
         while let Some((at, key, serial)) = self.heap.pop_due(now) {
             let Some(slot) = self.slots.get_mut(key) else {
                 continue;
@@ -139,13 +139,13 @@ impl Deadlines {
 
     /// Entries in the heap (stale ones included).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.heap.len()
     }
 
     /// Whether no entry is pending.
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
 }

@@ -44,20 +44,20 @@ impl Slot {
 
 /// The slots of every worker in the process.
 #[derive(Debug)]
-pub struct StatsBoard {
+pub(crate) struct StatsBoard {
     slots: Box<[Slot]>,
 }
 
 impl StatsBoard {
     /// A board for `workers` workers, all counters zero.
-    pub fn new(workers: usize) -> StatsBoard {
+    pub(crate) fn new(workers: usize) -> StatsBoard {
         StatsBoard {
             slots: (0..workers).map(|_| Slot::default()).collect(),
         }
     }
 
     /// Copies worker `index`'s counters into its slot.
-    pub fn store(&self, index: usize, stats: &Stats) {
+    pub(crate) fn store(&self, index: usize, stats: &Stats) {
         if let Some(slot) = self.slots.get(index) {
             for (cell, value) in slot.stats.iter().zip(stats.to_fields()) {
                 cell.store(value, Ordering::Relaxed);
@@ -66,7 +66,7 @@ impl StatsBoard {
     }
 
     /// Every worker's last stored counters, in worker order.
-    pub fn workers(&self) -> Vec<Stats> {
+    pub(crate) fn workers(&self) -> Vec<Stats> {
         self.slots
             .iter()
             .map(|slot| Stats::from_fields(std::array::from_fn(|i| load(&slot.stats, i))))
@@ -74,14 +74,14 @@ impl StatsBoard {
     }
 
     /// Sets worker `index`'s subscription count.
-    pub fn store_subscriptions(&self, index: usize, subscriptions: u64) {
+    pub(crate) fn store_subscriptions(&self, index: usize, subscriptions: u64) {
         if let Some(slot) = self.slots.get(index) {
             slot.subscriptions.store(subscriptions, Ordering::Relaxed);
         }
     }
 
     /// Replaces worker `index`'s drops by room.
-    pub fn store_drops(&self, index: usize, drops: BTreeMap<Box<str>, u64>) {
+    pub(crate) fn store_drops(&self, index: usize, drops: BTreeMap<Box<str>, u64>) {
         if let Some(slot) = self.slots.get(index) {
             *slot.drops() = drops;
         }
@@ -90,7 +90,7 @@ impl StatsBoard {
     /// The process's room figures: every worker's subscriptions and drops by room summed,
     /// with `rooms` distinct rooms (which only the hub can count: a room may have
     /// subscribers on several workers).
-    pub fn room_figures(&self, rooms: u64) -> RoomFigures {
+    pub(crate) fn room_figures(&self, rooms: u64) -> RoomFigures {
         let mut sum = RoomFigures {
             rooms,
             ..RoomFigures::default()

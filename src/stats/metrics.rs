@@ -13,23 +13,23 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{RejectReason, Stats, RTT_BUCKETS_MS};
+use super::{RejectReason, RttHistogram, Stats};
 use crate::pubsub::rooms::Rooms;
 
 /// What `/metrics` says about rooms: one reactor's, or a process's over all its workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoomFigures {
+pub(crate) struct RoomFigures {
     /// Rooms with at least one subscriber.
-    pub rooms: u64,
+    pub(crate) rooms: u64,
     /// Subscriptions across all rooms.
-    pub subscriptions: u64,
+    pub(crate) subscriptions: u64,
     /// Publications dropped for slow subscribers, by room (rooms that dropped none left out).
-    pub dropped: BTreeMap<Box<str>, u64>,
+    pub(crate) dropped: BTreeMap<Box<str>, u64>,
 }
 
 impl RoomFigures {
     /// The figures of one reactor's rooms.
-    pub fn of(rooms: &Rooms) -> RoomFigures {
+    pub(crate) fn of(rooms: &Rooms) -> RoomFigures {
         RoomFigures {
             rooms: rooms.len() as u64,
             subscriptions: rooms.subscriptions() as u64,
@@ -39,7 +39,7 @@ impl RoomFigures {
 }
 
 /// Publications dropped for slow subscribers in each of `rooms` that dropped any.
-pub fn drops_by_room(rooms: &Rooms) -> BTreeMap<Box<str>, u64> {
+pub(crate) fn drops_by_room(rooms: &Rooms) -> BTreeMap<Box<str>, u64> {
     rooms
         .iter()
         .filter(|(_, room)| room.dropped > 0)
@@ -49,7 +49,7 @@ pub fn drops_by_room(rooms: &Rooms) -> BTreeMap<Box<str>, u64> {
 
 /// Renders every metric: `stats` and `rooms` are one reactor's, or a process's summed over
 /// its workers.
-pub fn render(stats: &Stats, rooms: &RoomFigures) -> String {
+pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let mut m = Writer(&mut out);
     m.gauge(
@@ -188,7 +188,7 @@ pub fn render(stats: &Stats, rooms: &RoomFigures) -> String {
         "histogram",
     );
     let mut cumulative = 0;
-    for (bound, n) in RTT_BUCKETS_MS.iter().zip(stats.ping_rtt.counts) {
+    for (bound, n) in RttHistogram::BUCKETS_MS.iter().zip(stats.ping_rtt.counts) {
         cumulative += n;
         let _ = writeln!(
             m.0,
@@ -254,7 +254,7 @@ mod tests {
         stats.ping_rtt.record(3000);
         let mut rooms = Rooms::default();
         rooms.subscribe(1, "we\"ird\nroom");
-        rooms.count_drop("we\"ird\nroom");
+        rooms.count_drops("we\"ird\nroom", 1);
         let text = render(&stats, &RoomFigures::of(&rooms));
         assert!(text.contains("wsloop_open_connections 3\n"));
         assert!(text.contains("wsloop_rejected_total{reason=\"origin\"} 1\n"));

@@ -1,8 +1,8 @@
 //! Counters the reactor keeps, readable through the API, `/stats`, `/metrics` and the stats
 //! log line. Plain integers bumped on the reactor thread: no atomics, no allocation.
 
-pub mod board;
-pub mod metrics;
+pub(crate) mod board;
+pub(crate) mod metrics;
 
 use crate::protocol::CloseCode;
 
@@ -63,7 +63,7 @@ impl RejectReason {
     }
 
     /// The reason for a refused handshake with HTTP `status`.
-    pub fn for_status(status: u16) -> RejectReason {
+    pub(crate) fn for_status(status: u16) -> RejectReason {
         match status {
             426 => RejectReason::BadVersion,
             431 => RejectReason::HeadTooLarge,
@@ -84,7 +84,7 @@ pub struct CloseCounts(pub(crate) [u64; 13]);
 
 impl CloseCounts {
     /// Counts one close with `code`.
-    pub fn add(&mut self, code: CloseCode) {
+    pub(crate) fn add(&mut self, code: CloseCode) {
         let slot = CLOSE_CODES
             .iter()
             .position(|&c| c == code.0)
@@ -113,11 +113,6 @@ impl CloseCounts {
     }
 }
 
-/// Upper bounds (milliseconds) of the ping round-trip histogram's buckets.
-pub const RTT_BUCKETS_MS: [f64; 12] = [
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
-];
-
 /// A fixed-bucket histogram of keepalive ping round trips.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RttHistogram {
@@ -128,13 +123,18 @@ pub struct RttHistogram {
 }
 
 impl RttHistogram {
+    /// Upper bounds (milliseconds) of the buckets but the last (+Inf).
+    pub const BUCKETS_MS: [f64; 12] = [
+        0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+    ];
+
     /// Records one round trip.
-    pub fn record(&mut self, rtt_us: u64) {
+    pub(crate) fn record(&mut self, rtt_us: u64) {
         let ms = rtt_us as f64 / 1000.0;
-        let slot = RTT_BUCKETS_MS
+        let slot = Self::BUCKETS_MS
             .iter()
             .position(|&b| ms <= b)
-            .unwrap_or(RTT_BUCKETS_MS.len());
+            .unwrap_or(Self::BUCKETS_MS.len());
         if let Some(count) = self.counts.get_mut(slot) {
             *count += 1;
         }
@@ -199,11 +199,11 @@ pub struct Stats {
 }
 
 /// How many `u64` counters [`Stats::to_fields`] yields.
-pub const STATS_FIELDS: usize = 70;
+pub(crate) const STATS_FIELDS: usize = 70;
 
 impl Stats {
     /// Counts a refusal.
-    pub fn reject(&mut self, reason: RejectReason) {
+    pub(crate) fn reject(&mut self, reason: RejectReason) {
         self.rejected += 1;
         if let Some(slot) = RejectReason::ALL.iter().position(|&r| r == reason) {
             if let Some(count) = self.rejected_by.get_mut(slot) {
@@ -223,7 +223,7 @@ impl Stats {
     }
 
     /// Counts a protocol error by the close code it was answered with.
-    pub fn count_protocol_error(&mut self, code: CloseCode) {
+    pub(crate) fn count_protocol_error(&mut self, code: CloseCode) {
         let slot = match code {
             CloseCode::INVALID_PAYLOAD => 1,
             CloseCode::MESSAGE_TOO_BIG => 2,
@@ -272,7 +272,7 @@ impl Stats {
 
     /// Every counter in a fixed order, for copying into shared atomics (see
     /// [`super::board::StatsBoard`]).
-    pub fn to_fields(&self) -> [u64; STATS_FIELDS] {
+    pub(crate) fn to_fields(&self) -> [u64; STATS_FIELDS] {
         let mut copy = self.clone();
         let mut out = [0; STATS_FIELDS];
         for (slot, value) in out.iter_mut().zip(copy.fields_mut()) {
@@ -282,7 +282,7 @@ impl Stats {
     }
 
     /// The inverse of [`Stats::to_fields`].
-    pub fn from_fields(fields: [u64; STATS_FIELDS]) -> Stats {
+    pub(crate) fn from_fields(fields: [u64; STATS_FIELDS]) -> Stats {
         let mut stats = Stats::default();
         for (value, slot) in fields.into_iter().zip(stats.fields_mut()) {
             *slot = value;
@@ -291,7 +291,7 @@ impl Stats {
     }
 
     /// Adds every counter of `other` (summing the workers of one process).
-    pub fn add(&mut self, other: &Stats) {
+    pub(crate) fn add(&mut self, other: &Stats) {
         for (mine, theirs) in self.fields_mut().into_iter().zip(other.to_fields()) {
             *mine += theirs;
         }
@@ -304,7 +304,7 @@ impl Stats {
 
     /// The counters as one JSON object, with `extra` (`"key":value` pairs, comma-led) appended
     /// inside it.
-    pub fn to_json_with(&self, extra: &str) -> String {
+    pub(crate) fn to_json_with(&self, extra: &str) -> String {
         let [e1002, e1007, e1009] = self.protocol_errors;
         format!(
             "{{\"open\":{},\"accepted\":{},\"rejected\":{},\"upgraded\":{},\"messages_in\":{},\

@@ -12,14 +12,14 @@ const MAX: Duration = Duration::from_secs(2);
 
 /// The delay before the next attempt, growing while attempts fail.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(super) struct Backoff {
     next: Duration,
     rng: XorShift,
 }
 
 impl Backoff {
     /// Starts at the smallest delay.
-    pub fn new() -> Backoff {
+    pub(super) fn new() -> Backoff {
         Backoff {
             next: MIN,
             rng: XorShift::new(),
@@ -28,7 +28,7 @@ impl Backoff {
 
     /// The delay to wait now (between half and one and a half times the current step), then
     /// doubles the step up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (self.next * 2).min(MAX);
         let permille = 500 + self.rng.next_u64() % 1001;
@@ -36,7 +36,7 @@ impl Backoff {
     }
 
     /// A success: the next failure starts from the smallest delay again.
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.next = MIN;
     }
 }

@@ -15,7 +15,7 @@
 mod backoff;
 mod publisher;
 mod subscriber;
-pub mod wire;
+pub(crate) mod wire;
 
 use std::io;
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
@@ -64,7 +64,7 @@ enum Control {
 
 /// The hub's [`Upstream`] when Redis is configured: the sending ends of the two threads.
 #[derive(Debug)]
-pub struct RedisBridge {
+pub(crate) struct RedisBridge {
     outgoing: SyncSender<Delivery>,
     control: Sender<Control>,
     stats: Arc<BrokerStats>,
@@ -86,7 +86,7 @@ impl RedisBridge {
     ///
     /// # Errors
     /// When the URL is invalid or a thread cannot be started.
-    pub fn start(
+    pub(crate) fn start(
         config: &RedisConfig,
         hub: Weak<Hub>,
         stats: Arc<BrokerStats>,

@@ -15,26 +15,26 @@ use crate::pubsub::Kind;
 const MAGIC: u8 = b'W';
 const VERSION: u8 = 1;
 /// Bytes before the payload.
-pub const HEADER_LEN: usize = 27;
+pub(crate) const HEADER_LEN: usize = 27;
 
 /// A decoded message, borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     /// The publishing process.
-    pub origin: u64,
+    pub(crate) origin: u64,
     /// Its sequence number on this topic.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// When it was handed to Redis, in microseconds since the Unix epoch.
-    pub sent_us: u64,
+    pub(crate) sent_us: u64,
     /// Text or binary.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// The message.
-    pub payload: &'a [u8],
+    pub(crate) payload: &'a [u8],
 }
 
 impl Frame<'_> {
     /// Appends the encoded frame to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.reserve(HEADER_LEN + self.payload.len());
         out.extend_from_slice(&[MAGIC, VERSION, kind_byte(self.kind)]);
         out.extend_from_slice(&self.origin.to_be_bytes());
@@ -46,7 +46,7 @@ impl Frame<'_> {
 
 /// Decodes a message; `None` when it is not one of ours (wrong magic, version or kind, or
 /// too short).
-pub fn decode(bytes: &[u8]) -> Option<Frame<'_>> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Frame<'_>> {
     let (header, payload) = bytes.split_at_checked(HEADER_LEN)?;
     let (&[magic, version, kind], rest) = header.split_first_chunk::<3>()?;
     if magic != MAGIC || version != VERSION {
