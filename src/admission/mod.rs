@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use wsloop_proto::conn::ProxyPolicy;
 use wsloop_proto::ratelimit::TokenBucket;
 use wsloop_proto::time::Tick;
@@ -44,8 +46,8 @@ pub(crate) struct Admission {
     per_ip: HashMap<IpAddr, usize>,
     /// The address each connection counted in `--max-conns-per-ip` was counted under.
     ip_of: HashMap<usize, IpAddr>,
-    /// Spreads `Retry-After` values.
-    jitter: Jitter,
+    /// Spreads `Retry-After` values (nothing secret: seeded once from the OS).
+    rng: SmallRng,
 }
 
 impl Admission {
@@ -58,7 +60,7 @@ impl Admission {
             process: None,
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
-            jitter: Jitter::new(),
+            rng: SmallRng::from_os_rng(),
         }
     }
 
@@ -140,7 +142,7 @@ impl Admission {
     /// The `Retry-After` of a 503, in whole seconds: jittered, so a fleet told to come back
     /// spreads out.
     pub(crate) fn retry_after(&mut self) -> u64 {
-        self.jitter.retry_after(RETRY_AFTER_SECS)
+        retry_after(&mut self.rng, RETRY_AFTER_SECS)
     }
 }
 
@@ -172,38 +174,11 @@ fn trusted_peer(trusted: &[Cidr], ip: IpAddr) -> bool {
     }
 }
 
-/// A small xorshift generator for jitter: not for anything secret.
-#[derive(Debug, Clone)]
-pub(crate) struct Jitter(u64);
-
-impl Jitter {
-    /// Seeded from the clock and the process id, so restarted servers jitter differently.
-    pub(crate) fn new() -> Jitter {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Jitter((nanos ^ u64::from(std::process::id()).rotate_left(32)) | 1)
-    }
-
-    /// A `Retry-After` value in whole seconds, uniform in `base..=2*base` (at least 1), so
-    /// clients told to come back do not all come back in the same second.
-    pub(crate) fn retry_after(&mut self, base_secs: u64) -> u64 {
-        let base = base_secs.max(1);
-        base + self.next() % (base + 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-impl Default for Jitter {
-    fn default() -> Self {
-        Jitter::new()
-    }
+/// A `Retry-After` value in whole seconds, uniform in `base..=2*base` (at least 1), so
+/// clients told to come back do not all come back in the same second.
+fn retry_after(rng: &mut impl Rng, base_secs: u64) -> u64 {
+    let base = base_secs.max(1);
+    rng.random_range(base..=2 * base)
 }
 
 #[cfg(test)]
@@ -212,8 +187,9 @@ mod tests {
 
     #[test]
     fn retry_after_is_spread() {
-        let mut j = Jitter::new();
-        let values: std::collections::HashSet<u64> = (0..200).map(|_| j.retry_after(5)).collect();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let values: std::collections::HashSet<u64> =
+            (0..200).map(|_| retry_after(&mut rng, 5)).collect();
         assert!(values.iter().all(|v| (5..=10).contains(v)));
         assert!(values.len() >= 4, "{values:?}");
     }

@@ -12,7 +12,6 @@
 
 pub(crate) mod hub;
 pub(crate) mod mailbox;
-pub(crate) mod random;
 pub(crate) mod redis;
 pub(crate) mod rooms;
 

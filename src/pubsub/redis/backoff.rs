@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::pubsub::random::XorShift;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// First delay after a failure.
 const MIN: Duration = Duration::from_millis(50);
@@ -14,7 +15,7 @@ const MAX: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(super) struct Backoff {
     next: Duration,
-    rng: XorShift,
+    rng: SmallRng,
 }
 
 impl Backoff {
@@ -22,7 +23,7 @@ impl Backoff {
     pub(super) fn new() -> Backoff {
         Backoff {
             next: MIN,
-            rng: XorShift::new(),
+            rng: SmallRng::from_os_rng(),
         }
     }
 
@@ -31,8 +32,8 @@ impl Backoff {
     pub(super) fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (self.next * 2).min(MAX);
-        let permille = 500 + self.rng.next_u64() % 1001;
-        step * permille as u32 / 1000
+        let permille: u32 = self.rng.random_range(500..=1500);
+        step * permille / 1000
     }
 
     /// A success: the next failure starts from the smallest delay again.

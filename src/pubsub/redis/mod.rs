@@ -23,8 +23,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::warn;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 
-use super::random::random_u64;
 use super::{BrokerStats, Delivery, Hub, Upstream};
 
 /// Time allowed to open a connection to Redis.
@@ -93,7 +94,8 @@ impl RedisBridge {
     ) -> io::Result<RedisBridge> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let origin = random_u64();
+        // Only needs to differ between processes (a process drops its own echo by it).
+        let origin = SmallRng::from_os_rng().next_u64();
         let (outgoing, queue) = sync_channel(config.queue.max(1));
         let (control, control_rx) = channel();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
