@@ -149,3 +149,29 @@ impl Config {
         }
     }
 }
+
+/// Where Redis is and how the bridge uses it (see [`crate::Workers::redis`]). Builds without
+/// the `redis` feature accept it but refuse to start with one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prepended to a topic to name its Redis channel.
+    pub prefix: String,
+    /// Publications waiting for the publisher thread; beyond it they are dropped and counted.
+    pub queue: usize,
+    /// Most PUBLISH commands in one pipelined round trip.
+    pub batch: usize,
+}
+
+impl RedisConfig {
+    /// `url` with the default prefix `wsloop:`, a queue of 65 536 and batches of 256.
+    pub fn new(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.to_owned(),
+            prefix: "wsloop:".to_owned(),
+            queue: 65_536,
+            batch: 256,
+        }
+    }
+}

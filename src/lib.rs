@@ -44,13 +44,12 @@ mod workers;
 
 pub use admission::client_addr::{Cidr, CidrError, ForwardedHeader};
 pub use app::{ConnId, Context, Decision, Handler, Message, OwnedMessage, Request};
-pub use config::{Config, ProxyMode};
+pub use config::{Config, ProxyMode, RedisConfig};
 pub use handle::ServerHandle;
 pub use protocol::conn::RatePolicy;
 pub use protocol::deflate::DeflateConfig;
 pub use protocol::handshake::Header;
 pub use protocol::{CloseCode, Limits};
-pub use pubsub::redis::RedisConfig;
 pub use pubsub::rooms::RoomPolicy;
 pub use reactor::Reactor;
 pub use stats::{CloseCounts, RejectReason, RttHistogram, Stats};

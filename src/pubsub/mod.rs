@@ -12,6 +12,10 @@
 
 pub(crate) mod hub;
 pub(crate) mod mailbox;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+#[cfg(not(feature = "redis"))]
+#[path = "no_redis.rs"]
 pub(crate) mod redis;
 pub(crate) mod rooms;
 

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use crate::admission::counts::ProcessCounts;
 use crate::app::Handler;
-use crate::config::Config;
+use crate::config::{Config, RedisConfig};
 use crate::pubsub::hub::MAX_WORKERS;
 use crate::pubsub::mailbox::mailbox;
-use crate::pubsub::redis::{RedisBridge, RedisConfig};
+use crate::pubsub::redis::RedisBridge;
 use crate::pubsub::{BrokerStats, Hub, Mailbox, Upstream};
 use crate::reactor::Reactor;
 use crate::stats::board::StatsBoard;

@@ -139,7 +139,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub processes: u16,
     /// Share rooms with other wsloop processes through this Redis, e.g.
-    /// redis://127.0.0.1:6379 (at-most-once between processes).
+    /// redis://127.0.0.1:6379 (at-most-once between processes). Needs the `redis` feature
+    /// (on by default).
     #[arg(long)]
     pub redis: Option<String>,
     /// Prefix of the Redis channel of each topic.

@@ -21,6 +21,11 @@ use supervisor::{Supervisor, SUPERVISED_ADDR};
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut args = Args::parse();
+    if args.redis.is_some() && !cfg!(feature = "redis") {
+        // Before anything starts: under --processes every child would fail the same way.
+        eprintln!("wsloop: --redis: this wsloop was built without the `redis` feature");
+        return ExitCode::FAILURE;
+    }
     match std::env::var(SUPERVISED_ADDR).ok().map(|a| a.parse()) {
         // A child of `--processes`: serve on the supervisor's address.
         Some(Ok(addr)) => {

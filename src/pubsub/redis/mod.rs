@@ -27,34 +27,10 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
 use super::{BrokerStats, Delivery, Hub, Upstream};
+use crate::config::RedisConfig;
 
 /// Time allowed to open a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Where Redis is and how the bridge uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// `redis://host:port[/db]`.
-    pub url: String,
-    /// Prepended to a topic to name its Redis channel.
-    pub prefix: String,
-    /// Publications waiting for the publisher thread; beyond it they are dropped and counted.
-    pub queue: usize,
-    /// Most PUBLISH commands in one pipelined round trip.
-    pub batch: usize,
-}
-
-impl RedisConfig {
-    /// `url` with the default prefix `wsloop:`, a queue of 65 536 and batches of 256.
-    pub fn new(url: &str) -> RedisConfig {
-        RedisConfig {
-            url: url.to_owned(),
-            prefix: "wsloop:".to_owned(),
-            queue: 65_536,
-            batch: 256,
-        }
-    }
-}
 
 /// A change of the process's interest in a topic, for the subscriber thread.
 #[derive(Debug)]
