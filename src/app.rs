@@ -1,9 +1,10 @@
 //! The application's side: the [`Handler`] callbacks and the [`Context`] they act through.
 //!
-//! Callbacks run after parsing, never inside it: the reactor decodes a frame, then hands the
-//! finished message to the handler. Messages are borrowed from the reactor's read buffer when
-//! they arrived in one piece. Anything sent from a callback is corked until the end of the
-//! loop turn and written with one vectored write per connection.
+//! Callbacks run after parsing, never inside it: a connection decodes a frame, then the
+//! reactor hands the finished message to the handler. Messages are borrowed from the
+//! reactor's read buffer when they arrived in one piece. Anything sent from a callback is
+//! corked until the end of the loop turn and written then, one vectored write per connection
+//! (more only for a very long list of frames, or when the socket takes part and then more).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -170,13 +171,15 @@ impl Context<'_> {
         self.core.rooms.set_policy(topic, policy);
     }
 
-    /// Publishes to every subscriber of `topic`: the frame is encoded once and shared.
+    /// Publishes to every subscriber of `topic`: the frame is encoded once per encoding and
+    /// shared (plain, or compressed per window size); a subscriber whose permessage-deflate
+    /// keeps its context (`--deflate-context-takeover`) gets its own compressed frame.
     /// Returns how many subscribers it was queued for.
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.core.publish(Some(topic), msg)
     }
 
-    /// Publishes to every open connection (one shared frame).
+    /// Publishes to every open connection (frames shared as by [`Context::publish`]).
     pub fn broadcast(&mut self, msg: Message<'_>) -> usize {
         self.core.publish(None, msg)
     }

@@ -2,7 +2,7 @@
 //! anything, and the state those rules keep ([`Admission`], one per reactor).
 //!
 //! - At accept: `--max-conns` (counted over the process), the memory budget, the handshake
-//!   rate; the PROXY policy a connection starts under ([`Admission::proxy_policy`]).
+//!   rate; the PROXY policy a connection starts under ([`proxy_policy`]).
 //! - At the upgrade: the `Origin` check ([`origin`]), the client's address behind trusted
 //!   proxies ([`client_addr`]), `--max-conns-per-ip` ([`counts`]).
 //! - A refusal for load (503) carries a jittered `Retry-After`.

@@ -6,8 +6,9 @@
 //! frames, the 101, HTTP answers), shared publication frames, static-file bodies — goes
 //! through a [`Door`] into the reactor-wide [`Outbox`], and is counted as `corked` on the
 //! connection's [`ConnOut`]. At the end of the turn [`ConnOut::write`] gives the socket the
-//! connection's queue and its outbox entries in one vectored write; what the socket refuses
-//! stays in the connection's [`OutQueue`].
+//! connection's queue and its outbox entries, in one vectored write unless they span more
+//! slices than one `writev` takes or the socket takes part and then more; what the socket
+//! refuses stays in the connection's [`OutQueue`].
 //!
 //! The memory budget (`--max-buffered`, [`Budget`]) counts what each connection holds: its
 //! queue and its protocol and TLS state. Every change to a queue happens in a method of this

@@ -2,11 +2,12 @@
 //! [`OutQueue`] of bytes the socket did not take. (Only [`super`] puts bytes in them.)
 //!
 //! Everything produced for connections during a loop turn goes into the outbox: owned bytes
-//! as ranges of one shared byte buffer, publications as one reference-counted frame shared by
-//! every receiver. At the end of the turn each connection with output gets one vectored write
-//! of its queue followed by its outbox entries (more only when one `writev` takes part of it
-//! and the socket still accepts more); only what the socket refuses is kept in the
-//! connection's own queue. An idle connection owns no output buffer.
+//! as ranges of one shared byte buffer, publications as reference-counted frames shared by
+//! their receivers (one per encoding). At the end of the turn each connection with output gets
+//! one vectored write of its queue followed by its outbox entries (more only when they span
+//! over [`MAX_IOVECS`] slices, or one `writev` takes part of them and the socket still accepts
+//! more); only what the socket refuses is kept in the connection's own queue. An idle
+//! connection owns no output buffer.
 //!
 //! A queue knows what it costs in memory, not only what it has to send: a small shared frame
 //! is copied into its owned tail (a few bytes instead of a slot and a reference count each),

@@ -1,10 +1,13 @@
-//! The broker seam: how a publication reaches subscribers on other reactors.
+//! Publish/subscribe: [`rooms`] (who is subscribed to what, and what a room does with a
+//! subscriber that cannot keep up), and the broker seam — how a publication reaches
+//! subscribers on other reactors ([`hub`], [`mailbox`]) and other processes ([`redis`]).
 //!
-//! A reactor always delivers a publication to its own subscribers first, directly (the frame
-//! encoded once). When the reactor belongs to a [`hub::Hub`] it then hands the message to the
-//! hub, which copies it once into an `Arc` and drops it into the [`Mailbox`] of every other
-//! worker of the process that has a subscriber to the topic, and passes it to the
-//! [`Upstream`] (Redis) when one is configured. What arrives from upstream goes to the local
+//! A reactor always delivers a publication to its own subscribers first, directly (each frame
+//! encoded once per encoding and shared; see `reactor::publish`). When the reactor belongs to
+//! a [`hub::Hub`] it then hands the message to the hub, which copies it once into an `Arc`
+//! and drops it into the [`Mailbox`] of every other worker of the process that has a
+//! subscriber to the topic, and passes it to the [`Upstream`] (Redis) when one is
+//! configured. What arrives from upstream goes to the local
 //! workers only; nothing received is ever published again, so messages cannot loop.
 //!
 //! Delivery through the broker is at-most-once: every queue on the way is bounded and drops

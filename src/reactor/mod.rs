@@ -11,16 +11,22 @@
 //!    connections left on the ready list by the previous turn.
 //! 3. Fire due timers (each connection's one deadline, from its `poll_timeout`).
 //! 4. Remove finished connections (telling the application), then write this turn's outbox:
-//!    one vectored write per connection, queueing only what the socket refused.
+//!    one vectored write per connection (see [`crate::out`] for when there are more),
+//!    queueing only what the socket refused.
 //!
 //! # Where things are
 //! This module holds the loop ([`Reactor`]) and the state it mutates ([`Core`]). The other
-//! files are split by what they own: [`entry`] (the slab entry), [`accept`] (admission at
-//! accept time and the connection counts), [`read`] (reading, feeding a connection, events to
-//! the application), [`requests`] (answers to HTTP requests and the upgrade), [`write`]
-//! (sending and the end-of-turn flush), [`life`] (after each piece of work: deadlines, FIN,
-//! budget; timers, shutdown, shedding, removal), [`publish`] (rooms and the broker) and
-//! [`timers`] (the deadline heap).
+//! files are split by what they own: [`listen`] (binding the listener), [`entry`] (the slab
+//! entry), [`accept`] (into the slab, or refused as [`crate::admission`] decides), [`read`]
+//! (reading, feeding a connection, events to the application), [`requests`] (answers to HTTP
+//! requests and the upgrade), [`write`](mod@write) (sending and the end-of-turn flush), [`life`] (after
+//! each piece of work: deadlines, FIN, budget; timers, shutdown, shedding, removal),
+//! [`publish`] (a publication to this reactor's subscribers, and the hand-off to and from the
+//! broker) and [`timers`] (the connections' deadline heap).
+//!
+//! Publishing stays here rather than in [`crate::pubsub`]: it walks the slab and writes
+//! through each subscriber's door, state only the reactor holds. `pubsub` owns what rooms
+//! are and how publications travel between reactors.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustix::io::Errno;
 use slab::Slab;
 use wsloop_proto::conn::Shared;
 use wsloop_proto::time::{Clock, Tick};
@@ -450,19 +457,13 @@ enum Visit {
     Ready,
 }
 
+/// Whether `accept` failed for want of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM): trying again at once would fail the same way.
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
-}
-
-/// The few errno values the accept loop distinguishes (Linux numbering).
-mod libc_errno {
-    pub(super) const ENOMEM: i32 = 12;
-    pub(super) const ENFILE: i32 = 23;
-    pub(super) const EMFILE: i32 = 24;
-    pub(super) const ENOBUFS: i32 = 105;
 }
 
 impl Core {
@@ -491,5 +492,21 @@ impl Core {
     fn fresh_stats(&mut self) -> &Stats {
         self.stats.buffered_bytes = self.budget.held();
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_descriptors_or_memory_is_resource_exhaustion() {
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            let e = io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(is_resource_exhaustion(&e), "{e}");
+        }
+        let reset = io::Error::from_raw_os_error(Errno::CONNRESET.raw_os_error());
+        assert!(!is_resource_exhaustion(&reset));
+        assert!(!is_resource_exhaustion(&io::ErrorKind::WouldBlock.into()));
     }
 }

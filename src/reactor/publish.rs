@@ -115,7 +115,7 @@ impl Core {
             let encoding = entry.conn.encoding(payload.len(), &self.shared);
             let policed = entry.out.is_slow(self.config.max_backpressure);
             if policed {
-                self.stats.backpressure_closes += 1;
+                self.stats.slow_consumer_events += 1;
                 let own_stream = encoding == Encoding::Own;
                 let verdict = entry.out.police(
                     key,

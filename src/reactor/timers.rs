@@ -1,6 +1,8 @@
-//! The reactor's one timer structure: each connection's one next deadline ([`Deadlines`]),
-//! which its protocol connection gives (`poll_timeout`: handshake, keepalive ping, idle limit,
-//! close wait, rate-limit resume), over a min-heap of `(deadline, key, serial)` ([`Timers`]).
+//! The connections' deadlines: each connection's one next deadline ([`Deadlines`]), which its
+//! protocol connection gives (`poll_timeout`: handshake, keepalive ping, idle limit, close
+//! wait, rate-limit resume), over a min-heap of `(deadline, key, serial)` ([`Timers`]). (The
+//! reactor's own few — the accept pause, the stats line, the shutdown deadline — are plain
+//! fields it folds into the poll timeout.)
 //!
 //! Nothing is ever removed from the middle of the heap. A popped entry whose connection is
 //! gone is stale and ignored (spurious timeouts are no-ops). [`Deadlines`] keeps at most one

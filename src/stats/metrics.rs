@@ -131,13 +131,13 @@ pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
     }
     m.counter(
         "wsloop_publications_total",
-        "Publications (each encoded once, whatever its fan-out).",
+        "Publications made in this process (to a room or to every connection).",
         stats.publications,
     );
     m.counter(
         "wsloop_slow_consumer_events_total",
         "Publications that met a subscriber over its send-queue limit.",
-        stats.backpressure_closes,
+        stats.slow_consumer_events,
     );
     m.counter(
         "wsloop_dropped_messages_total",

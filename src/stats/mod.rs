@@ -1,5 +1,7 @@
 //! Counters the reactor keeps, readable through the API, `/stats`, `/metrics` and the stats
 //! log line. Plain integers bumped on the reactor thread: no atomics, no allocation.
+//! [`metrics`] renders them for Prometheus; [`board`] is where the workers of a process leave
+//! theirs for each other to sum.
 
 pub(crate) mod board;
 pub(crate) mod metrics;
@@ -176,10 +178,13 @@ pub struct Stats {
     pub close_sent: CloseCounts,
     /// Close frames received, by code (1005: a close frame without a code).
     pub close_received: CloseCounts,
-    /// Publications (each encoded into exactly one shared frame, whatever its fan-out).
+    /// Publications (each encoded once per encoding its receivers need, shared by them).
     pub publications: u64,
-    /// Subscribers closed or skipped because their queue was over the limit.
-    pub backpressure_closes: u64,
+    /// Publications that met a subscriber over its send-queue limit, whatever its room's
+    /// policy then did (closed it, dropped the publication, or dropped older frames to queue
+    /// it). `/stats` still names it `backpressure_closes`, its name from before the drop
+    /// policies; `/metrics` names it `wsloop_slow_consumer_events_total`.
+    pub slow_consumer_events: u64,
     /// Publications dropped for slow subscribers (drop policies).
     pub dropped_messages: u64,
     /// Connections dropped because the peer went silent.
@@ -253,7 +258,7 @@ impl Stats {
             &mut self.bytes_in,
             &mut self.bytes_out,
             &mut self.publications,
-            &mut self.backpressure_closes,
+            &mut self.slow_consumer_events,
             &mut self.dropped_messages,
             &mut self.idle_timeouts,
             &mut self.shed,
@@ -271,7 +276,7 @@ impl Stats {
     }
 
     /// Every counter in a fixed order, for copying into shared atomics (see
-    /// [`super::board::StatsBoard`]).
+    /// [`board::StatsBoard`]).
     pub(crate) fn to_fields(&self) -> [u64; STATS_FIELDS] {
         let mut copy = self.clone();
         let mut out = [0; STATS_FIELDS];
@@ -323,7 +328,7 @@ impl Stats {
             self.bytes_out,
             self.protocol_errors_total(),
             self.publications,
-            self.backpressure_closes,
+            self.slow_consumer_events,
             self.dropped_messages,
             self.idle_timeouts,
             self.shed,
@@ -339,7 +344,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "open={} accepted={} rejected={} msgs_in={} msgs_out={} bytes_in={} bytes_out={} \
-             protocol_errors={} backpressure_closes={} buffered={}",
+             protocol_errors={} slow_consumer_events={} buffered={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -348,7 +353,7 @@ impl std::fmt::Display for Stats {
             self.bytes_in,
             self.bytes_out,
             self.protocol_errors_total(),
-            self.backpressure_closes,
+            self.slow_consumer_events,
             self.buffered_bytes,
         )
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use wsloop::{CloseCode, ConnId, Context, Decision, Handler, Message, Request};
 
 /// The default application: echo every message on any path; on `/chat` (or every path when
-/// `chat_everywhere`), relay each text message to every chat member instead.
+/// `chat_everywhere`), relay each message to every chat member instead (the sender too).
 #[derive(Debug, Default)]
 pub struct EchoChat {
     /// Put every connection in the chat room.

@@ -1,5 +1,6 @@
 //! `wsloop`: the server binary. Echoes every message on any path; `/chat` (or every path with
-//! `--chat`) relays text to every chat member. Serves the demo page on the same port.
+//! `--chat`) relays each message to every chat member. Serves the demo page on the same
+//! port. `--processes` runs several copies under [`supervisor`].
 
 mod args;
 mod echo_chat;
