@@ -1,4 +1,6 @@
-//! The protocol layer's one error type, and its one mapping to a close code.
+//! Why a peer's frames broke RFC 6455 ([`ProtocolError`]), and its one mapping to a close
+//! code. (The handshake, the PROXY header, deflate negotiation and the connection's actions
+//! have error types of their own.)
 
 use super::close::CloseCode;
 
