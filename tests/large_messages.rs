@@ -115,3 +115,58 @@ fn sixty_four_16_mib_messages_against_a_256_mib_budget() {
     let mut late = raw_upgraded(&server, "/");
     echo_rtt(&mut late, "still here");
 }
+
+/// A large message in fragments (a ping between two of them, text split inside a character)
+/// takes the same path: each fragment's payload is reserved and read in place, the pong
+/// goes out at once, and the echo is the whole message; the idle pool is then let go, so the
+/// budget's figure falls back to what the connections hold.
+#[test]
+fn fragmented_large_messages_are_echoed_whole() {
+    let server = ServerProcess::start(&[]);
+    let mut stream = raw_upgraded(&server, "/");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let binary: Vec<u8> = (0..6 << 20).map(|i| (i % 241) as u8).collect();
+    let text = "wsloop: größer als der Puffer 😀 ".repeat(100_000);
+    for (opcode, payload, pieces) in [(0x2, binary.as_slice(), 5), (0x1, text.as_bytes(), 7)] {
+        // Uneven cuts, so the text is cut inside characters.
+        let cut = payload.len() / pieces + 3;
+        let parts: Vec<&[u8]> = payload.chunks(cut).collect();
+        let mut wire = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let first = if i == 0 { opcode } else { 0x0 };
+            wire.extend(client_frame(i + 1 == parts.len(), first, part));
+            if i == 1 {
+                wire.extend(client_frame(true, 0x9, b"between"));
+            }
+        }
+        stream.write_all(&wire).expect("send");
+        assert_eq!(
+            read_server_frame(&mut stream),
+            Some((0x8A, b"between".to_vec())),
+            "the pong first"
+        );
+        let (first, echo) = read_server_frame(&mut stream).expect("echo");
+        assert_eq!(first, 0x80 | opcode, "one final frame");
+        assert!(
+            echo == payload,
+            "the echo of {} bytes differs",
+            payload.len()
+        );
+    }
+    // The pool lets its buffers go once idle (about a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = stats(server.addr)["buffered_bytes"].as_u64().unwrap_or(0);
+        if held < 1 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {held} bytes buffered"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    echo_rtt(&mut stream, "after");
+}
