@@ -39,8 +39,8 @@ fn main() {
 async fn accept_connection(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default()
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20));
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };
