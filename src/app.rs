@@ -71,15 +71,46 @@ impl OwnedMessage {
 /// The upgrade request, as the application sees it in [`Handler::on_open`].
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// The request target, e.g. `/chat?room=1`.
+    /// The request target as received, e.g. `/chat?room=1` ([`Request::path`] and
+    /// [`Request::query`] split it).
+    pub target: &'a str,
+    /// The request target: the old name of [`Request::target`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "the whole request target: use `target`, or `path()` for the path without the query"
+    )]
     pub path: &'a str,
     /// Every header line, in order.
     pub headers: &'a [Header<'a>],
-    /// The peer's address.
+    /// The client's address: the TCP peer, or the address a trusted proxy gave (see
+    /// [`Config::trusted_proxies`](crate::Config::trusted_proxies)); the same as
+    /// [`Context::peer`] says for as long as the connection lasts.
     pub peer: SocketAddr,
 }
 
 impl<'a> Request<'a> {
+    /// The request that `target`, `headers` and `peer` make.
+    #[allow(deprecated)] // Fills the old name too, for the applications that still read it.
+    pub(crate) fn new(target: &'a str, headers: &'a [Header<'a>], peer: SocketAddr) -> Self {
+        Request {
+            target,
+            path: target,
+            headers,
+            peer,
+        }
+    }
+
+    /// The target's path, without the query: `/chat` for `/chat?room=1`.
+    pub fn path(&self) -> &'a str {
+        split_target(self.target).0
+    }
+
+    /// The target's query, after the `?` and without it: `Some("room=1")` for
+    /// `/chat?room=1`, `None` without a `?`.
+    pub fn query(&self) -> Option<&'a str> {
+        split_target(self.target).1
+    }
+
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers
@@ -96,6 +127,15 @@ impl<'a> Request<'a> {
             .flat_map(|h| h.value.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
+    }
+}
+
+/// A request target split at its first `?` into the path and the query (RFC 3986 §3.4: the
+/// query is what follows the first question mark).
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
     }
 }
 
@@ -141,6 +181,11 @@ pub struct Context<'a> {
 impl Context<'_> {
     /// Sends a message to a connection. Returns false if it is not open (closed, closing, or
     /// never existed).
+    ///
+    /// From [`Handler::on_open`] it reaches the connection being decided too: what is sent
+    /// to it then goes out right after the `101 Switching Protocols`, ahead of anything else,
+    /// and is dropped if the upgrade is rejected. (So does a publication to a room it was
+    /// subscribed to in `on_open`.)
     pub fn send(&mut self, to: ConnId, msg: Message<'_>) -> bool {
         self.core.send_message(to, msg)
     }

@@ -14,7 +14,7 @@ use wsloop_proto::handshake::{
 
 use crate::admission::client_addr::client_addr;
 use crate::admission::origin::origin_allowed;
-use crate::app::{Context, Decision, Handler, Request};
+use crate::app::{split_target, Context, Decision, Handler, Request};
 use crate::http::{error_response, ok_response, Response};
 use crate::out::Door;
 use crate::stats::metrics::{self, RoomFigures};
@@ -62,7 +62,7 @@ impl Core {
 
     fn plain_http(&mut self, key: usize, req: &RequestHead<'_, '_>, keep_alive: bool) -> Response {
         self.stats.http_requests += 1;
-        let path = req.target.split('?').next().unwrap_or_default();
+        let (path, _) = split_target(req.target);
         let head_only = req.method == "HEAD";
         let metrics_only = self.conns.get(key).is_some_and(|e| e.metrics_only);
         if metrics_only && req.wants_websocket() {
@@ -142,11 +142,7 @@ impl Core {
                 return self.reject_busy(key, RejectReason::PerIp);
             }
         }
-        let request = Request {
-            path: req.target,
-            headers: req.headers,
-            peer,
-        };
+        let request = Request::new(req.target, req.headers, peer);
         let protocol = match app.on_open(&mut Context { core: self }, id, &request) {
             Decision::Accept(protocol) => protocol,
             Decision::Reject(status) => {

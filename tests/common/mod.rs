@@ -1,5 +1,9 @@
 //! Shared helpers for integration tests: start a real `wsloop` process on a free loopback
-//! port and stop it (by PID) when the test ends.
+//! port and stop it (by PID) when the test ends, or serve a [`wsloop::Handler`] in this
+//! process ([`InProcess`]); raw frames and clients to talk to either.
+//!
+//! What starts the binary needs the `cli` feature (without it there is no `wsloop` binary);
+//! the rest serves the library tests in every build.
 #![allow(dead_code)]
 
 #[cfg(feature = "tls")]
@@ -8,7 +12,11 @@ pub mod tls;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+use wsloop::{Config, Handler, Reactor, ServerHandle};
 
 /// A `wsloop` server process started for one test; killed on drop.
 pub struct ServerProcess {
@@ -19,11 +27,13 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
     pub fn start(args: &[&str]) -> ServerProcess {
         ServerProcess::start_at("127.0.0.1:0", args)
     }
 
     /// Starts `wsloop --addr ADDR ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
     pub fn start_at(addr: &str, args: &[&str]) -> ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wsloop"));
         command.args(["--addr", addr]).args(args);
@@ -66,12 +76,7 @@ impl ServerProcess {
 
     /// A raw TCP connection with a read timeout, for malformed-input tests.
     pub fn raw(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        stream
+        raw_connect(self.addr)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -89,6 +94,63 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A raw TCP connection to `addr` with a 10 s read timeout (no test hangs on a silent
+/// server) and `TCP_NODELAY`.
+pub fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+/// A [`Handler`] served by a [`Reactor`] on its own thread of this process, on a loopback port
+/// the OS picked; shut down gracefully and joined on drop.
+pub struct InProcess {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its handle, for the test to act as another thread of the application would.
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl InProcess {
+    /// Serves the application `make_app` builds (on the reactor's thread: a reactor stays on
+    /// the thread that bound it) with `config`, its address replaced by `127.0.0.1:0`.
+    pub fn start<H, F>(config: Config, make_app: F) -> InProcess
+    where
+        H: Handler + 'static,
+        F: FnOnce() -> H + Send + 'static,
+    {
+        let config = Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..config
+        };
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let reactor = Reactor::bind(config, make_app())?;
+            let _ = bound_tx.send((reactor.local_addr(), reactor.handle()));
+            reactor.run()
+        });
+        let (addr, handle) = bound_rx.recv().expect("the reactor did not bind");
+        InProcess {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -128,7 +190,12 @@ pub fn upgrade_request(path: &str) -> String {
 
 /// Opens a raw connection and completes the handshake; returns the stream.
 pub fn raw_upgraded(server: &ServerProcess, path: &str) -> TcpStream {
-    let mut stream = server.raw();
+    raw_upgraded_at(server.addr, path)
+}
+
+/// [`raw_upgraded`] for a server at `addr` (e.g. an [`InProcess`] one).
+pub fn raw_upgraded_at(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = raw_connect(addr);
     stream
         .write_all(upgrade_request(path).as_bytes())
         .expect("send upgrade");
@@ -393,6 +460,7 @@ impl ServerProcess {
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` through `sh -c 'ulimit -n LIMIT; exec ...'`,
     /// so the server runs with at most `fd_limit` open files; waits for `listening on`.
     /// `pid()` is the server's own PID (the shell `exec`s it).
+    #[cfg(feature = "cli")]
     pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> ServerProcess {
         let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
         let mut command = Command::new("sh");

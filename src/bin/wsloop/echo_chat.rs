@@ -28,8 +28,7 @@ impl EchoChat {
 
 impl Handler for EchoChat {
     fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
-        let path = req.path.split('?').next().unwrap_or_default();
-        if self.chat_everywhere || path == "/chat" {
+        if self.chat_everywhere || req.path() == "/chat" {
             ctx.subscribe(id, Self::ROOM);
             self.chat_members.insert(id);
         }
