@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    client_frame, raw_connect, read_http_head, read_server_frame, read_to_close, recv_text,
-    upgrade_request, ws_client, InProcess,
+    client_frame, http_get, raw_connect, read_http_head, read_server_frame, read_to_close,
+    recv_text, send_text, upgrade_request, ws_client, InProcess,
 };
 use wsloop::{Config, ConnId, Context, Decision, Handler, Message, Request};
 
@@ -110,4 +110,95 @@ fn a_joiner_hears_its_own_join_published_in_on_open() {
     let second_joined = recv_text(&mut second, ARRIVES).expect("the second joiner's own");
     assert_ne!(second_joined, joined);
     assert_eq!(recv_text(&mut first, ARRIVES), Some(second_joined));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What plain HTTP gets (issue 20, item 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Echoes; nothing else.
+struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>) {
+        ctx.send(id, msg);
+    }
+}
+
+/// The status of the answer to `GET target`.
+fn status_of(addr: std::net::SocketAddr, target: &str) -> u16 {
+    let answer = http_get(addr, target);
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line for {target}: {answer:?}"))
+}
+
+/// `Config::default()` serves WebSockets and nothing else: no demo page, no `/stats`, no
+/// `/metrics`, and no files — not even the `html/index.html` that sits in the working
+/// directory (the package root, where the binary's demo page lives). Each field turns its
+/// part on.
+#[test]
+fn the_defaults_serve_no_page_files_stats_or_metrics() {
+    assert!(
+        std::path::Path::new("html/index.html").is_file(),
+        "the test runs where an html/index.html is"
+    );
+    let server = InProcess::start(Config::default(), || Echo);
+    for target in ["/", "/index.html", "/favicon.svg", "/stats", "/metrics"] {
+        assert_eq!(status_of(server.addr, target), 404, "{target}");
+    }
+    let mut ws = ws_client(server.addr, "/");
+    send_text(&mut ws, "still a WebSocket server");
+    assert_eq!(
+        recv_text(&mut ws, ARRIVES).as_deref(),
+        Some("still a WebSocket server")
+    );
+    drop((ws, server));
+
+    let each_on = [
+        (
+            "/",
+            Config {
+                demo_page: true,
+                ..Config::default()
+            },
+        ),
+        (
+            "/stats",
+            Config {
+                stats: true,
+                ..Config::default()
+            },
+        ),
+        (
+            "/metrics",
+            Config {
+                metrics: true,
+                ..Config::default()
+            },
+        ),
+        (
+            "/index.html",
+            Config {
+                static_dir: Some("html".into()),
+                ..Config::default()
+            },
+        ),
+    ];
+    for (target, config) in each_on {
+        let server = InProcess::start(config, || Echo);
+        assert_eq!(status_of(server.addr, target), 200, "{target}");
+        let others = ["/", "/stats", "/metrics"]
+            .into_iter()
+            .filter(|t| *t != target);
+        for other in others.filter(|_| target != "/index.html") {
+            assert_eq!(
+                status_of(server.addr, other),
+                404,
+                "{other} with {target} on"
+            );
+        }
+    }
 }

@@ -173,7 +173,7 @@ impl<H: Handler> Reactor<H> {
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let static_files = StaticFiles::new(&config.static_dir);
+        let static_files = StaticFiles::new(config.static_dir.as_deref(), config.demo_page);
         let now = Instant::now();
         let clock = Clock::new(now);
         let next_stats = config.stats_interval.map(|i| now + i);
@@ -243,7 +243,8 @@ impl<H: Handler> Reactor<H> {
         self.handle.clone()
     }
 
-    /// Whether static files come from disk (false: the embedded page).
+    /// Whether static files come from a folder on disk (false: the embedded demo page, or
+    /// none).
     pub fn static_from_disk(&self) -> bool {
         self.core.static_files.is_on_disk()
     }

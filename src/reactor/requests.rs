@@ -89,7 +89,7 @@ impl Core {
         if metrics_only {
             return Response::owned(404, error_response(404, &[]));
         }
-        if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
+        if path == "/stats" && self.config.stats && matches!(req.method, "GET" | "HEAD") {
             self.fresh_stats();
             let json = match &self.member {
                 Some(member) => member.stats_json(&self.stats),

@@ -444,16 +444,17 @@ pub fn send_text(ws: &mut Client, text: &str) {
 
 /// `GET /stats` as JSON.
 pub fn stats(addr: SocketAddr) -> serde_json::Value {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let response = String::from_utf8(read_to_close(&mut stream)).expect("UTF-8");
+    let response = http_get(addr, "/stats");
     let body = response.split("\r\n\r\n").nth(1).expect("body");
     serde_json::from_str(body).expect("stats JSON")
+}
+
+/// The whole answer (head and body, as text) to a plain `GET target` with `Connection: close`.
+pub fn http_get(addr: SocketAddr, target: &str) -> String {
+    let mut stream = raw_connect(addr);
+    let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("request");
+    String::from_utf8_lossy(&read_to_close(&mut stream)).into_owned()
 }
 
 impl ServerProcess {

@@ -199,7 +199,10 @@ impl Args {
             idle_timeout: seconds(self.idle_timeout),
             close_timeout: seconds(self.close_timeout).unwrap_or(Duration::from_secs(5)),
             drain_timeout: seconds(self.drain_timeout).unwrap_or(Duration::from_secs(10)),
-            static_dir: self.static_dir.clone(),
+            // The binary is the demo: its page, files, /stats and /metrics are on.
+            static_dir: Some(self.static_dir.clone()),
+            demo_page: true,
+            stats: true,
             allow_origins: self.allow_origin.clone(),
             max_handshake_rate: self.max_handshake_rate,
             max_conns_per_ip: self.max_conns_per_ip,
