@@ -210,6 +210,36 @@ impl Context<'_> {
         self.core.unsubscribe(id, topic)
     }
 
+    /// The client's address as the server decided it at the upgrade, the same as
+    /// [`Request::peer`] said: the TCP peer, or the address a trusted PROXY or forwarding
+    /// header gave. `None` unless `id` was upgraded and is still there (it is until
+    /// [`Handler::on_close`] returns, so `on_close` can ask too).
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.core.peer_of(id)
+    }
+
+    /// The path `id` was upgraded on, without the query ([`Request::path`]). `None` as for
+    /// [`Context::peer`].
+    pub fn path(&self, id: ConnId) -> Option<&str> {
+        self.core.path_of(id)
+    }
+
+    /// The rooms with at least one subscriber, in no particular order. With [`Workers`], the
+    /// rooms of this worker's connections.
+    ///
+    /// [`Workers`]: crate::Workers
+    pub fn rooms(&self) -> impl Iterator<Item = &str> + '_ {
+        self.core.rooms.iter().map(|(name, _)| name)
+    }
+
+    /// How many connections subscribe to `room` (0 when none does). With [`Workers`], this
+    /// worker's connections.
+    ///
+    /// [`Workers`]: crate::Workers
+    pub fn subscribers(&self, room: &str) -> usize {
+        self.core.rooms.members(room).len()
+    }
+
     /// Sets what publications to `topic` do to a subscriber over its send-queue limit
     /// (otherwise the server's `--slow-consumer` default).
     pub fn set_room_policy(&mut self, topic: &str, policy: RoomPolicy) {

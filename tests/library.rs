@@ -6,14 +6,18 @@
 mod common;
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::{
     client_frame, http_get, raw_connect, read_http_head, read_server_frame, read_to_close,
     recv_text, send_text, upgrade_request, ws_client, InProcess,
 };
-use wsloop::{Config, ConnId, Context, Decision, Handler, Message, Request};
+use wsloop::{
+    CloseCode, Config, ConnId, Context, Decision, Handler, Message, ProxyMode, Request,
+    ServerHandle,
+};
 
 /// What a test's application saw, shared with the test thread.
 type Seen<T> = Arc<Mutex<Vec<T>>>;
@@ -126,7 +130,7 @@ impl Handler for Echo {
 }
 
 /// The status of the answer to `GET target`.
-fn status_of(addr: std::net::SocketAddr, target: &str) -> u16 {
+fn status_of(addr: SocketAddr, target: &str) -> u16 {
     let answer = http_get(addr, target);
     answer
         .strip_prefix("HTTP/1.1 ")
@@ -201,4 +205,130 @@ fn the_defaults_serve_no_page_files_stats_or_metrics() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the server knows of a connection and its rooms (issue 20, item 4)
+// ---------------------------------------------------------------------------------------------
+
+/// Answers `who` with what its `Context` knows of the sender (`PEER PATH`), `join ROOM` with
+/// `ok`, `rooms` with every room and its subscriber count, `ask` with what a `ServerHandle`
+/// answers on the reactor's own thread; records `peer` and `path` in `on_close`.
+struct Directory {
+    closed: Seen<(Option<SocketAddr>, Option<String>)>,
+    handle: Arc<OnceLock<ServerHandle>>,
+}
+
+impl Handler for Directory {
+    fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>) {
+        let Message::Text(text) = msg else {
+            return;
+        };
+        let answer = match text {
+            "who" => format!("{} {}", ctx.peer(id).unwrap(), ctx.path(id).unwrap()),
+            "rooms" => {
+                let mut rooms: Vec<String> = ctx
+                    .rooms()
+                    .map(|room| format!("{room}={}", ctx.subscribers(room)))
+                    .collect();
+                rooms.sort();
+                rooms.join(",")
+            }
+            "ask" => format!("{:?}", self.handle.get().unwrap().rooms()),
+            _ => {
+                let room = text.strip_prefix("join ").unwrap();
+                ctx.subscribe(id, room);
+                "ok".to_owned()
+            }
+        };
+        ctx.send(id, Message::Text(&answer));
+    }
+
+    fn on_close(&mut self, ctx: &mut Context<'_>, id: ConnId, _: CloseCode, _: &str) {
+        let facts = (ctx.peer(id), ctx.path(id).map(str::to_owned));
+        self.closed.lock().unwrap().push(facts);
+    }
+}
+
+/// Sends `text` and returns the answer.
+fn ask(ws: &mut common::Client, text: &str) -> String {
+    send_text(ws, text);
+    recv_text(ws, ARRIVES).unwrap_or_else(|| panic!("no answer to {text:?}"))
+}
+
+/// Sends `text` after a PROXY v1 `header` and an upgrade to `path`; returns the answer.
+fn ask_behind_proxy(addr: SocketAddr, header: &str, path: &str, text: &str) -> String {
+    let mut stream = raw_connect(addr);
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend(upgrade_request(path).into_bytes());
+    bytes.extend(client_frame(true, 0x1, text.as_bytes()));
+    stream.write_all(&bytes).unwrap();
+    assert!(read_http_head(&mut stream).starts_with("HTTP/1.1 101"));
+    let (_, answer) = read_server_frame(&mut stream).unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// `Context::peer` and `Context::path` say what the upgrade decided — the path without its
+/// query, the address after a trusted PROXY header (IPv4 and IPv6) — for as long as the
+/// connection is there, `on_close` included; `rooms` and `subscribers` count the same from a
+/// `Context` and from a `ServerHandle` on another thread, which declines on the reactor's own
+/// thread instead of waiting for itself.
+#[test]
+fn context_and_handle_know_peers_paths_rooms_and_subscribers() {
+    let closed = Seen::default();
+    let handle = Arc::new(OnceLock::new());
+    let app = Directory {
+        closed: Arc::clone(&closed),
+        handle: Arc::clone(&handle),
+    };
+    let config = Config {
+        proxy_protocol: ProxyMode::Optional,
+        ..Config::default()
+    };
+    let server = InProcess::start(config, move || app);
+    handle.set(server.handle.clone()).unwrap();
+
+    let mut first = ws_client(server.addr, "/lobby/a?token=secret");
+    let first_addr = first.get_ref().local_addr().unwrap();
+    assert_eq!(ask(&mut first, "who"), format!("{first_addr} /lobby/a"));
+    let proxied = [
+        (
+            "PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n",
+            "203.0.113.9:5555",
+        ),
+        (
+            "PROXY TCP6 2001:db8::9 ::1 6666 80\r\n",
+            "[2001:db8::9]:6666",
+        ),
+    ];
+    for (header, peer) in proxied {
+        let answer = ask_behind_proxy(server.addr, header, "/p?q", "who");
+        assert_eq!(answer, format!("{peer} /p"));
+    }
+
+    let mut second = ws_client(server.addr, "/second");
+    assert_eq!(ask(&mut first, "join a"), "ok");
+    assert_eq!(ask(&mut second, "join a"), "ok");
+    assert_eq!(ask(&mut second, "join b"), "ok");
+    assert_eq!(ask(&mut first, "rooms"), "a=2,b=1");
+    let mut rooms = server.handle.rooms().unwrap();
+    rooms.sort();
+    assert_eq!(rooms, ["a", "b"]);
+    assert_eq!(server.handle.subscribers("a"), Some(2));
+    assert_eq!(server.handle.subscribers("nobody's"), Some(0));
+    assert_eq!(ask(&mut first, "ask"), "None");
+
+    let second_addr = second.get_ref().local_addr().unwrap();
+    second.close(None).unwrap();
+    let heard_in_on_close = (Some(second_addr), Some("/second".to_owned()));
+    let deadline = std::time::Instant::now() + ARRIVES;
+    while !closed.lock().unwrap().contains(&heard_in_on_close) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no on_close for the second"
+        );
+        let _ = second.read(); // the close handshake
+    }
+    assert_eq!(server.handle.rooms(), Some(vec!["a".to_owned()]));
+    assert_eq!(server.handle.subscribers("a"), Some(1));
 }

@@ -54,10 +54,12 @@ use crate::stats::Stats;
 use crate::workers::Member;
 
 use entry::Entry;
+use facts::{Paths, Peers};
 use timers::Deadlines;
 
 mod accept;
 pub(crate) mod entry;
+mod facts;
 mod life;
 pub(crate) mod listen;
 mod publish;
@@ -102,6 +104,10 @@ pub(crate) struct Core {
     /// What every connection holds, against `--max-buffered`.
     budget: Budget,
     pub(crate) rooms: Rooms,
+    /// The paths open connections asked for, each stored once.
+    paths: Paths,
+    /// Open connections' client addresses that do not fit their slab entry.
+    peers: Peers,
     /// Each connection's one deadline.
     timers: Deadlines,
     /// The protocol settings and deflate contexts every connection shares.
@@ -184,6 +190,8 @@ impl<H: Handler> Reactor<H> {
                 outbox: Outbox::default(),
                 budget: Budget::default(),
                 rooms: Rooms::new(config.slow_consumer),
+                paths: Paths::default(),
+                peers: Peers::default(),
                 timers: Deadlines::default(),
                 shared: Shared::new(config.settings()),
                 registry: poll.registry().try_clone()?,
@@ -270,6 +278,7 @@ impl<H: Handler> Reactor<H> {
     /// # Errors
     /// Only when polling itself fails; connection errors never end the loop.
     pub fn run(mut self) -> io::Result<()> {
+        self.handle.running_here();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -398,6 +407,12 @@ impl<H: Handler> Reactor<H> {
                 }
                 Command::Close(id, code, reason) => ctx.close(id, code, &reason),
                 Command::Shutdown => ctx.shutdown(),
+                Command::Rooms(reply) => {
+                    let _ = reply.send(ctx.rooms().map(str::to_owned).collect());
+                }
+                Command::Subscribers(room, reply) => {
+                    let _ = reply.send(ctx.subscribers(&room));
+                }
             }
         }
     }

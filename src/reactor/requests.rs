@@ -20,6 +20,7 @@ use crate::out::Door;
 use crate::stats::metrics::{self, RoomFigures};
 use crate::stats::RejectReason;
 
+use super::facts::Facts;
 use super::{Core, MAX_HEADERS};
 
 impl Core {
@@ -159,6 +160,10 @@ impl Core {
             .accept(self.tick, req, protocol.as_deref(), &mut door, &self.shared)
             .is_ok()
         {
+            entry.facts = Facts {
+                path: self.paths.hold(request.path()),
+                peer: self.peers.keep(key, peer),
+            };
             self.stats.upgraded += 1;
             debug!("#{key}: upgraded {} from {peer}", req.target);
         }
