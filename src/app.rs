@@ -128,6 +128,22 @@ impl<'a> Request<'a> {
             .map(str::trim)
             .filter(|p| !p.is_empty())
     }
+
+    /// The subprotocol to select: the first of the client's offers that `supported` lists
+    /// (RFC 6455 §4.2.2: the server picks one of the values the client sent), or `None`, and
+    /// then the answer names none. Names compare exactly, as the RFC's tokens do.
+    ///
+    /// ```
+    /// # use wsloop::{ConnId, Context, Decision, Request};
+    /// fn on_open(ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
+    ///     let protocol = req.select_protocol(&["chat.v2", "chat.v1"]);
+    ///     Decision::Accept(protocol.map(str::to_owned))
+    /// }
+    /// ```
+    pub fn select_protocol<S: AsRef<str>>(&self, supported: &[S]) -> Option<&'a str> {
+        self.protocols()
+            .find(|offer| supported.iter().any(|s| s.as_ref() == *offer))
+    }
 }
 
 /// A request target split at its first `?` into the path and the query (RFC 3986 §3.4: the

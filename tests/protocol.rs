@@ -304,6 +304,45 @@ fn handshake_header_tokens_are_case_insensitive_lists() {
     }
 }
 
+/// The `Sec-WebSocket-Protocol` of the 101 that `server` answers an upgrade offering `offers`
+/// with (`None`: no such header), after checking the connection echoes.
+fn selected_protocol(server: &ServerProcess, offers: &str) -> Option<String> {
+    let offer = format!("Sec-WebSocket-Protocol: {offers}\r\n");
+    let headers = format!("{HOST}{UPGRADE}{CONNECTION}{KEY}{VERSION}{offer}");
+    let mut stream = server.raw();
+    stream
+        .write_all(request_with("GET", &headers).as_bytes())
+        .unwrap();
+    let head = read_http_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{offers:?} got {head}");
+    stream.write_all(&client_frame(true, TEXT, b"ok")).unwrap();
+    assert_eq!(next_frame(&mut stream), (0x81, b"ok".to_vec()));
+    header(&head, "sec-websocket-protocol").map(str::to_owned)
+}
+
+/// `--protocol` (repeatable): the first of the client's offers that the server lists is
+/// selected; with none listed (or no `--protocol`), the answer names none (RFC 6455 §4.2.2).
+#[test]
+fn protocol_flag_selects_the_first_listed_offer() {
+    let server = start(&["--protocol", "chat", "--protocol", "y"]);
+    let cases = [
+        ("x, chat", Some("chat")),
+        ("y, chat", Some("y")),
+        ("chat, y", Some("chat")),
+        ("x", None),
+        ("Chat", None),
+    ];
+    for (offers, want) in cases {
+        assert_eq!(
+            selected_protocol(&server, offers).as_deref(),
+            want,
+            "{offers}"
+        );
+    }
+    let plain = start(&[]);
+    assert_eq!(selected_protocol(&plain, "x, chat"), None);
+}
+
 #[test]
 fn handshake_bad_requests_get_400_and_close() {
     let server = start(&[]);

@@ -107,6 +107,10 @@ pub struct Args {
     /// Put every connection in the chat room (default: only connections on /chat).
     #[arg(long)]
     pub chat: bool,
+    /// A subprotocol the server speaks (repeatable): the first of the client's
+    /// Sec-WebSocket-Protocol offers listed here is selected; none listed, none is.
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Vec<String>,
     /// Seconds between stats log lines (0 disables).
     #[arg(long, default_value_t = 0.0)]
     pub stats_interval: f64,
