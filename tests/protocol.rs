@@ -773,6 +773,30 @@ fn fragments_summing_over_the_limit_are_1009() {
     expect_failure(&server, &bytes, 1009);
 }
 
+/// A close the server starts for a protocol error says why in a short reason (RFC 6455 §7.1.7
+/// lets it; at most 123 bytes, so the frame stays a valid control frame, §5.5), and the code
+/// and reason arrive as they were written.
+#[test]
+fn protocol_error_closes_carry_a_short_reason() {
+    let server = start(&["--max-message", "1000"]);
+    let mut over_in_fragments = client_frame(false, TEXT, &[b'a'; 600]);
+    over_in_fragments.extend(header_only(CONT | 0x80, 401));
+    let cases = [
+        (client_frame(true, TEXT, b"abc\xff"), 1007, "invalid UTF-8"),
+        (header_only(0x82, 1001), 1009, "frame over the size limit"),
+        (over_in_fragments, 1009, "message over the size limit"),
+        (client_frame_raw(0xC1, b"hi"), 1002, "reserved bits set"),
+        (b"\x81\x05hello".to_vec(), 1002, "unmasked client frame"),
+    ];
+    for (bytes, code, reason) in cases {
+        let mut stream = raw_upgraded(&server, "/");
+        stream.write_all(&bytes).unwrap();
+        let payload = expect_single_close_then_eof(&mut stream, code);
+        assert_eq!(std::str::from_utf8(&payload[2..]), Ok(reason), "{code}");
+        assert!(payload.len() - 2 <= 123, "{reason}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Closing handshake
 // ---------------------------------------------------------------------------------------------
