@@ -49,7 +49,16 @@ impl Message<'_> {
     }
 }
 
-/// An owned message, for sending from other threads through a [`crate::ServerHandle`].
+/// An owned message, for sending from other threads through a [`crate::ServerHandle`]
+/// (whose methods take anything that converts into one: `"text"`, a `String`, a `Vec<u8>`).
+///
+/// ```
+/// use wsloop::OwnedMessage;
+///
+/// assert_eq!(OwnedMessage::from("hi"), OwnedMessage::Text("hi".to_owned()));
+/// assert_eq!(OwnedMessage::from(format!("{}", 42)), OwnedMessage::Text("42".to_owned()));
+/// assert_eq!(OwnedMessage::from(vec![1, 2]), OwnedMessage::Binary(vec![1, 2]));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnedMessage {
     /// Text.
@@ -65,6 +74,27 @@ impl OwnedMessage {
             OwnedMessage::Text(t) => Message::Text(t),
             OwnedMessage::Binary(b) => Message::Binary(b),
         }
+    }
+}
+
+/// A text message.
+impl From<&str> for OwnedMessage {
+    fn from(text: &str) -> OwnedMessage {
+        OwnedMessage::Text(text.to_owned())
+    }
+}
+
+/// A text message.
+impl From<String> for OwnedMessage {
+    fn from(text: String) -> OwnedMessage {
+        OwnedMessage::Text(text)
+    }
+}
+
+/// A binary message.
+impl From<Vec<u8>> for OwnedMessage {
+    fn from(bytes: Vec<u8>) -> OwnedMessage {
+        OwnedMessage::Binary(bytes)
     }
 }
 
@@ -165,31 +195,62 @@ pub enum Decision {
 }
 
 /// Application callbacks. Only `on_message` is required.
+///
+/// # On the reactor's thread
+/// Every callback runs on the thread of the reactor that owns the connection, inside its
+/// loop, one at a time: while a callback runs, no connection of that reactor is read, written
+/// or timed. So a callback must not block — no blocking I/O, no waiting on a lock another
+/// thread holds for long, no sleeping, no long computation: hand such work to another
+/// thread, which answers through a [`ServerHandle`](crate::ServerHandle). In exchange the
+/// handler needs neither `Send` nor `Sync` and no locks of its own: it never leaves that
+/// thread. (With [`Workers`](crate::Workers), each worker has its own handler.)
+///
+/// # Order
+/// For each connection: `on_open` once; when it accepts, `on_message` for each message in
+/// the order they arrived, `on_drain` whenever it applies, then `on_close` exactly once.
 pub trait Handler {
-    /// An upgrade request passed validation; accept it (optionally picking a subprotocol) or
-    /// reject it with an HTTP status. The default accepts without a subprotocol.
+    /// An upgrade request passed validation; accept it (optionally picking a subprotocol, see
+    /// [`Request::select_protocol`]) or reject it with an HTTP status. The default accepts
+    /// without a subprotocol.
+    ///
+    /// What `ctx` sends to `id` here goes out right after the `101`, before anything else,
+    /// and is dropped if the request is rejected ([`Context::send`]).
     fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
         let _ = (ctx, id, req);
         Decision::Accept(None)
     }
 
-    /// A complete message arrived.
+    /// A complete message arrived (borrowed: copy what must outlive the call).
     fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>);
 
     /// The connection ended: with the peer's close code and reason, the code we closed with,
-    /// or 1006 when TCP ended without a close handshake. Called once per accepted connection.
+    /// or 1006 when TCP ended without a close handshake. Called once per accepted connection;
+    /// [`Context::peer`] and [`Context::path`] still answer for `id` during the call, and it
+    /// has already left its rooms.
     fn on_close(&mut self, ctx: &mut Context<'_>, id: ConnId, code: CloseCode, reason: &str) {
         let _ = (ctx, id, code, reason);
     }
 
-    /// The connection's send buffer went back under its low-water mark after being over the
-    /// high-water mark.
+    /// The connection's send queue went back down to its low-water mark, half of
+    /// [`Config::max_backpressure`](crate::Config::max_backpressure) (`--max-backpressure`
+    /// in the binary), after reading from it had stopped because the queue was over the
+    /// high-water mark, `max_backpressure` itself. Reading resumes with it; a good moment to
+    /// send what was held back ([`Context::buffered_amount`] says how much is still queued).
+    ///
+    /// It runs after the loop turn's writes, once every connection's output of the turn has
+    /// been written: what it sends goes out with the next turn's writes.
     fn on_drain(&mut self, ctx: &mut Context<'_>, id: ConnId) {
         let _ = (ctx, id);
     }
 }
 
 /// What a callback can do: send, close, publish, inspect.
+///
+/// What it sends is corked until the end of the loop turn and then written, one vectored
+/// write per connection. It acts on the reactor that runs the callback: with
+/// [`Workers`](crate::Workers), `send`, `close` and `broadcast` reach only that worker's
+/// connections, while `publish` reaches every worker's subscribers (and, with Redis, other
+/// processes').
 pub struct Context<'a> {
     pub(crate) core: &'a mut Core,
 }
@@ -283,5 +344,18 @@ impl Context<'_> {
     /// Starts a graceful shutdown.
     pub fn shutdown(&mut self) {
         self.core.begin_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_target;
+
+    #[test]
+    fn a_target_splits_at_its_first_question_mark() {
+        assert_eq!(split_target("/chat"), ("/chat", None));
+        assert_eq!(split_target("/chat?room=1"), ("/chat", Some("room=1")));
+        assert_eq!(split_target("/a?b?c"), ("/a", Some("b?c")));
+        assert_eq!(split_target("/?"), ("/", Some("")));
     }
 }

@@ -78,19 +78,20 @@ impl ServerHandle {
         self.tx.send(command).is_ok() && self.waker.wake().is_ok()
     }
 
-    /// Sends a message to one connection. Returns false if the server has stopped.
-    pub fn send(&self, to: ConnId, msg: OwnedMessage) -> bool {
-        self.submit(Command::Send(to, msg))
+    /// Sends a message to one connection (`"text"`, a `String` or a `Vec<u8>` will do).
+    /// Returns false if the server has stopped.
+    pub fn send(&self, to: ConnId, msg: impl Into<OwnedMessage>) -> bool {
+        self.submit(Command::Send(to, msg.into()))
     }
 
-    /// Publishes to a topic's subscribers.
-    pub fn publish(&self, topic: &str, msg: OwnedMessage) -> bool {
-        self.submit(Command::Publish(topic.to_owned(), msg))
+    /// Publishes to a topic's subscribers. Returns false if the server has stopped.
+    pub fn publish(&self, topic: &str, msg: impl Into<OwnedMessage>) -> bool {
+        self.submit(Command::Publish(topic.to_owned(), msg.into()))
     }
 
-    /// Sends to every open connection.
-    pub fn broadcast(&self, msg: OwnedMessage) -> bool {
-        self.submit(Command::Broadcast(msg))
+    /// Sends to every open connection. Returns false if the server has stopped.
+    pub fn broadcast(&self, msg: impl Into<OwnedMessage>) -> bool {
+        self.submit(Command::Broadcast(msg.into()))
     }
 
     /// Closes one connection with a code and reason.
