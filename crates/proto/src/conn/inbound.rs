@@ -319,144 +319,104 @@ mod tests {
         assert_eq!(h.frames().len(), 1);
     }
 
+    /// Every protocol error, from every kind of input that causes it: one close frame with
+    /// its code (§7.4.1) and reason, then TCP closes (see `expect_failure`).
     #[test]
     fn each_protocol_failure_closes_with_its_code_and_reason() {
+        use OpCode::{Binary, Close, Continuation, Ping, Pong, Text};
         let fragment = |op| client_frame_rsv(false, 0, op, b"ab");
-        let mut cases: Vec<(Vec<u8>, ProtocolError, u16)> = vec![
-            (vec![0x81, 0x01, b'x'], ProtocolError::UnmaskedFrame, 1002),
+        let with_first_byte = |first: u8| {
+            let mut frame = client_frame(Binary, b"x");
+            frame[0] = first;
+            frame
+        };
+        let table: Vec<(ProtocolError, u16, Vec<Vec<u8>>)> = vec![
             (
-                client_frame_rsv(true, 0b010, OpCode::Text, b"x"),
+                ProtocolError::UnmaskedFrame,
+                1002,
+                vec![vec![0x81, 0x01, b'x']],
+            ),
+            // RSV2, RSV3, and RSV1 without permessage-deflate.
+            (
                 ProtocolError::ReservedBits,
                 1002,
+                [(0b010, Text), (0b001, Text), (0b100, Binary), (0b100, Text)]
+                    .map(|(rsv, op)| client_frame_rsv(true, rsv, op, b"x"))
+                    .to_vec(),
             ),
             (
-                client_frame_rsv(true, 0b001, OpCode::Text, b"x"),
-                ProtocolError::ReservedBits,
-                1002,
-            ),
-            // RSV1 without permessage-deflate.
-            (
-                client_frame_rsv(true, 0b100, OpCode::Binary, b"x"),
-                ProtocolError::ReservedBits,
-                1002,
-            ),
-            (
-                client_frame_rsv(true, 0b100, OpCode::Text, b"x"),
-                ProtocolError::ReservedBits,
-                1002,
-            ),
-            (
-                vec![0x83, 0x80, 0, 0, 0, 0],
                 ProtocolError::ReservedOpcode,
                 1002,
+                [0x83, 0x87, 0x8b, 0x8f].map(with_first_byte).to_vec(),
             ),
             (
-                client_frame(OpCode::Ping, &[0; 126]),
                 ProtocolError::ControlFrameTooLong,
                 1002,
+                vec![client_frame(Ping, &[0; 126])],
             ),
             (
-                client_frame_rsv(false, 0, OpCode::Ping, b""),
                 ProtocolError::FragmentedControlFrame,
                 1002,
+                [Ping, Pong, Close]
+                    .map(|op| client_frame_rsv(false, 0, op, b""))
+                    .to_vec(),
             ),
             (
-                client_frame_rsv(false, 0, OpCode::Pong, b"frag"),
-                ProtocolError::FragmentedControlFrame,
-                1002,
-            ),
-            (
-                client_frame_rsv(false, 0, OpCode::Close, &1000u16.to_be_bytes()),
-                ProtocolError::FragmentedControlFrame,
-                1002,
-            ),
-            (
-                vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
                 ProtocolError::LengthOverflow,
                 1002,
+                vec![vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]],
             ),
             (
-                client_frame(OpCode::Continuation, b"x"),
                 ProtocolError::UnexpectedContinuation,
                 1002,
+                vec![client_frame(Continuation, b"x"), fragment(Continuation)],
             ),
             (
-                fragment(OpCode::Continuation),
-                ProtocolError::UnexpectedContinuation,
-                1002,
-            ),
-            (
-                [fragment(OpCode::Text), client_frame(OpCode::Text, b"c")].concat(),
                 ProtocolError::ExpectedContinuation,
                 1002,
+                vec![
+                    [fragment(Text), client_frame(Text, b"c")].concat(),
+                    [fragment(Binary), fragment(Text)].concat(),
+                ],
             ),
+            // One byte; codes that are not to be received, or outside every range.
             (
-                [fragment(OpCode::Binary), fragment(OpCode::Text)].concat(),
-                ProtocolError::ExpectedContinuation,
-                1002,
-            ),
-            (
-                client_frame(OpCode::Close, &[3]),
                 ProtocolError::InvalidClosePayload,
                 1002,
+                std::iter::once(client_frame(Close, &[3]))
+                    .chain(
+                        [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]
+                            .map(|code| client_close(code, b"")),
+                    )
+                    .collect(),
             ),
             (
-                client_close(1000, &[0xff]),
                 ProtocolError::InvalidUtf8,
                 1007,
-            ),
-            (
-                client_close(1000, b"bad \xc3\x28"),
-                ProtocolError::InvalidUtf8,
-                1007,
-            ),
-            // Streamed text: fails at the fragment that carries the bad byte (the "after"
-            // text that `expect_failure` sends next would otherwise fail it with 1002).
-            (
-                [
-                    fragment(OpCode::Text),
-                    client_frame_rsv(false, 0, OpCode::Continuation, &[0xff]),
-                ]
-                .concat(),
-                ProtocolError::InvalidUtf8,
-                1007,
-            ),
-            // A message that ends inside a code point.
-            (
-                [
-                    fragment(OpCode::Text),
-                    client_frame(OpCode::Continuation, &[0xe2, 0x82]),
-                ]
-                .concat(),
-                ProtocolError::InvalidUtf8,
-                1007,
+                vec![
+                    client_close(1000, &[0xff]),
+                    client_close(1000, b"bad \xc3\x28"),
+                    // Whole text frames: validated once, when the connection makes its
+                    // `&str`; overlong encodings and UTF-16 surrogates are invalid too.
+                    client_frame(Text, b"a\xc3\x28"),
+                    client_frame(Text, b"abc\xff"),
+                    client_frame(Text, b"\xc0\xaf"),
+                    client_frame(Text, b"\xed\xa0\x80"),
+                    // Streamed text: fails at the fragment that carries the bad byte.
+                    [
+                        fragment(Text),
+                        client_frame_rsv(false, 0, Continuation, &[0xff]),
+                    ]
+                    .concat(),
+                    // A message that ends inside a code point.
+                    [fragment(Text), client_frame(Continuation, &[0xe2, 0x82])].concat(),
+                ],
             ),
         ];
-        // The reserved opcodes (§5.2), masked.
-        for opcode in [0x7, 0xb, 0xf] {
-            let mut frame = client_frame(OpCode::Binary, b"x");
-            frame[0] = 0x80 | opcode;
-            cases.push((frame, ProtocolError::ReservedOpcode, 1002));
-        }
-        // §7.4.1: codes that are not to be received, and codes outside every range.
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
-            cases.push((
-                client_close(code, b""),
-                ProtocolError::InvalidClosePayload,
-                1002,
-            ));
-        }
-        // Whole text frames: validated once, when the connection makes its `&str`; overlong
-        // encodings and UTF-16 surrogates are invalid too.
-        for bad in [&b"a\xc3\x28"[..], b"abc\xff", b"\xc0\xaf", b"\xed\xa0\x80"] {
-            cases.push((
-                client_frame(OpCode::Text, bad),
-                ProtocolError::InvalidUtf8,
-                1007,
-            ));
-        }
-        for (bytes, error, code) in cases {
-            expect_failure(Settings::default(), "", &bytes, error, code);
+        for (error, code, inputs) in table {
+            for bytes in inputs {
+                expect_failure(Settings::default(), "", &bytes, error, code);
+            }
         }
     }
 
