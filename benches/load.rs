@@ -375,7 +375,7 @@ fn main() {
     print_targets(&settings, &medians);
     println!(
         "\nsize_of::<Entry>() (a connection in the slab) = {} bytes; total {:.0} s",
-        std::mem::size_of::<wsloop::server::reactor::entry::Entry>(),
+        std::mem::size_of::<wsloop::internals::Entry>(),
         started.elapsed().as_secs_f64()
     );
 }

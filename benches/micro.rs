@@ -4,12 +4,14 @@
 //! measure the user-space work per frame and per byte, so it can be set beside the syscall cost
 //! and beside the machine's memory-copy speed:
 //! - `decode`: a buffer of many masked client frames (text and binary alternating) decoded by
-//!   [`Decoder`] the way `Reactor::on_frames` drives it: the bytes split into reads of the
-//!   reactor's read-buffer size, `decode` called until each read is used up, and each message
-//!   taken as `Reactor::deliver` takes it (text validated once more as `&str`). By payload
-//!   size, plus a message sent in fragments.
-//! - `encode`: server frame header and payload appended to an [`Outbox`] as
-//!   `Reactor::queue_frame` does, the outbox then cleared as `Reactor::flush_outbox` does.
+//!   [`Decoder`] the way a connection's `handle_input` (`wsloop_proto::conn`) drives it: the
+//!   bytes split into reads of the reactor's read-buffer size, `decode` called until each read
+//!   is used up, and each message taken as the connection hands it out (text validated once
+//!   more, to give the application a `&str`). By payload size, plus a message sent in
+//!   fragments.
+//! - `encode`: server frame header and payload appended to an [`Outbox`] as a connection's
+//!   `send` does through the reactor's door, the outbox then cleared as the reactor's
+//!   end-of-turn flush does.
 //! - `unmask`: [`apply_mask`] (a word at a time), aligned and unaligned, and the bytewise
 //!   reference beside it.
 //! - `utf8`: the streaming [`Utf8Validator`] fed in chunks, [`utf8::validate`] and
@@ -34,6 +36,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
+use wsloop::internals::{origin_allowed, Entry, Outbox};
 use wsloop::protocol::deflate::{negotiate, DeflateConfig};
 use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
 use wsloop::protocol::handshake::{
@@ -42,14 +45,11 @@ use wsloop::protocol::handshake::{
 use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
 use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
-use wsloop::server::admission::origin_allowed;
-use wsloop::server::out::Outbox;
-use wsloop::server::reactor::entry::Entry;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// The reactor's plaintext read buffer (`READ_BUF` in src/server/reactor.rs): one read hands
+/// The reactor's plaintext read buffer (`READ_BUF` in src/reactor/mod.rs): one read hands
 /// the decoder at most this many bytes.
 const READ: usize = 256 * KIB;
 
@@ -130,8 +130,8 @@ struct Seen {
     bytes: usize,
 }
 
-/// Decodes `wire` as the reactor does: read by read, `decode` until each read is used up
-/// (`Reactor::on_frames`), each message's bytes taken as `Reactor::deliver` takes them.
+/// Decodes `wire` as a connection does: read by read, `decode` until each read is used up,
+/// each message's bytes taken as the connection hands them out.
 fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
     let mut seen = Seen {
         messages: 0,
@@ -147,7 +147,7 @@ fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
                 Outcome::NeedMore => break,
                 Outcome::Event(Event::Message(kind, payload)) => {
                     let data = payload.bytes(rest);
-                    // `deliver` validates text once more, to hand the application a `&str`.
+                    // The connection validates text once more, to hand out a `&str`.
                     if kind == MessageKind::Text {
                         utf8::validate(data).unwrap();
                     }
@@ -237,9 +237,9 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-/// Encodes `payloads` as server frames for one connection, as `Reactor::queue_frame` does,
-/// then clears the outbox as `Reactor::flush_outbox` does after writing it (dropping a buffer
-/// grown past four read buffers).
+/// Encodes `payloads` as server frames for one connection, as its `send` does through the
+/// reactor's door, then clears the outbox as the end-of-turn flush does after writing it
+/// (dropping a buffer grown past four read buffers).
 fn encode_all(outbox: &mut Outbox, opcode: OpCode, payloads: &[&[u8]]) -> usize {
     for payload in payloads {
         let mut header = [0u8; MAX_HEADER_LEN];
@@ -247,11 +247,7 @@ fn encode_all(outbox: &mut Outbox, opcode: OpCode, payloads: &[&[u8]]) -> usize 
         outbox.push_bytes(0, &[&header[..n], payload]);
     }
     let written = black_box(&outbox.bytes).len();
-    outbox.entries.clear();
-    outbox.bytes.clear();
-    if outbox.bytes.capacity() > 4 * READ {
-        outbox.bytes = Vec::new();
-    }
+    outbox.clear(4 * READ);
     written
 }
 
@@ -434,7 +430,7 @@ fn main() {
     // Not a timing: the per-connection state every open connection costs (with the features
     // this bench was built with).
     eprintln!(
-        "size_of::<wsloop::server::reactor::entry::Entry>() = {} bytes",
+        "size_of::<wsloop::internals::Entry>() = {} bytes",
         std::mem::size_of::<Entry>()
     );
     benches();

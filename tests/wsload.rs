@@ -72,6 +72,9 @@ fn latency_hold_connect_and_fanout_run_clean() {
     })
     .unwrap();
     assert!(connect.ok(), "{}", connect.to_json());
+    // Slots are reused as lifecycles end: each of the 4 must complete at least twice. A
+    // lifecycle takes about a millisecond on loopback; 150 ms each leaves a wide margin.
+    assert!(connect.completed >= 8, "{}", connect.to_json());
 
     let fanout = run_fanout(&FanoutOptions {
         urls: vec![server.ws_url("/chat")],

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use wsload::client::{
-    encode_frame, parse_upgrade_response, write_upgrade_request, ClientDecoder, XorShift,
+    encode_frame, handshake_key, parse_upgrade_response, write_upgrade_request, ClientDecoder,
 };
 use wsloop::protocol::frame::OpCode;
 
@@ -99,8 +101,9 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     encode_frame(
         &mut out,
         opcode,
+        false,
         payload,
-        XorShift::from_entropy().mask_key(),
+        SmallRng::from_os_rng().random(),
     );
     out
 }
@@ -119,7 +122,7 @@ impl Ws {
     /// Connects to `ws://addr/path` and completes the upgrade (10 s at most).
     pub fn connect(addr: SocketAddr, path: &str) -> Ws {
         let mut stream = connect(addr);
-        let key = XorShift::from_entropy().handshake_key();
+        let key = handshake_key(&mut SmallRng::from_os_rng());
         let mut request = Vec::new();
         write_upgrade_request(&mut request, HOST, path, &key, false);
         stream.write_all(&request).expect("send upgrade");
@@ -139,7 +142,7 @@ impl Ws {
         };
         Ws {
             stream,
-            decoder: ClientDecoder::new(),
+            decoder: ClientDecoder::new(false),
             buf,
             unread: head.split_off(upgraded.head_len),
         }

@@ -1,4 +1,4 @@
-//! `FrameHeader::parse_client` on arbitrary bytes, against an independent reference parser,
+//! `FrameHeader::parse` (server role) on arbitrary bytes, against an independent reference parser,
 //! then `encode` round trips: encoding a parsed header and parsing it again gives the same
 //! header, and a minimally encoded input is reproduced byte for byte. Server headers built by
 //! `server_header` are checked field by field.
@@ -10,7 +10,7 @@ mod common;
 
 use common::ref_header;
 use libfuzzer_sys::fuzz_target;
-use wsloop_proto::frame::{server_header, MAX_HEADER_LEN};
+use wsloop_proto::frame::{server_header, Role, MAX_HEADER_LEN};
 use wsloop_proto::{FrameHeader, OpCode};
 
 fn opcode_from(b: u8) -> OpCode {
@@ -58,7 +58,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let allowed_rsv = rsv_sel & 7;
-    let got = FrameHeader::parse_client(data, allowed_rsv);
+    let got = FrameHeader::parse(data, Role::Server, allowed_rsv);
     let reference = ref_header(data, allowed_rsv);
     match (&got, &reference) {
         (Ok(Some((h, n))), Ok(Some(r))) => {
@@ -70,7 +70,7 @@ fuzz_target!(|input: &[u8]| {
         }
         (Ok(None), Ok(None)) => assert!(data.len() < MAX_HEADER_LEN),
         (Err(a), Err(b)) => assert_eq!(a, b),
-        _ => panic!("parse_client {got:?}, reference {reference:?}"),
+        _ => panic!("parse {got:?}, reference {reference:?}"),
     }
 
     if let Ok(Some((header, n))) = got {
@@ -78,7 +78,7 @@ fuzz_target!(|input: &[u8]| {
         // Every shorter prefix is merely incomplete.
         for cut in 0..n {
             assert_eq!(
-                FrameHeader::parse_client(&data[..cut], allowed_rsv),
+                FrameHeader::parse(&data[..cut], Role::Server, allowed_rsv),
                 Ok(None),
                 "cut {cut}"
             );
@@ -86,7 +86,7 @@ fuzz_target!(|input: &[u8]| {
         let mut out = [0u8; MAX_HEADER_LEN];
         let m = header.encode(&mut out);
         assert_eq!(
-            FrameHeader::parse_client(&out[..m], allowed_rsv),
+            FrameHeader::parse(&out[..m], Role::Server, allowed_rsv),
             Ok(Some((header, m)))
         );
         let minimal = match data[1] & 0x7f {

@@ -1,19 +1,16 @@
 //! `connect`: whole connection lifecycles per second — TCP connect, upgrade, close handshake
 //! (client first), and the server's TCP close — with `concurrency` lifecycles in parallel.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use wsloop_proto::close::CloseCode;
 
-use super::client::{
-    encode_close, parse_upgrade_response, write_upgrade_request, ClientDecoder, XorShift,
-};
-use super::net::{connect_nonblocking, Target};
-use super::report::{JsonLine, Table};
-use super::stats::{CpuMeter, Histogram, Percentiles};
-use wsloop_proto::frame::OpCode;
+use crate::client::{ClientConn, ConnConfig, Event, Shared};
+use crate::driver::{Driver, End, Expiry, Handler, Stage};
+use crate::net::{connect_nonblocking, Target};
+use crate::report::{JsonLine, Table};
+use crate::stats::{CpuMeter, Histogram, Percentiles};
 
 /// Options of [`run_connect`].
 #[derive(Debug, Clone)]
@@ -153,30 +150,81 @@ impl ConnectReport {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Connecting,
-    Upgrading,
-    AwaitClose,
-    AwaitFin,
+/// The connect mode's handler: one lifecycle per slot, slots reused as lifecycles end.
+struct Lifecycles {
+    /// When each slot's lifecycle started.
+    started: Vec<Instant>,
+    /// Slots whose upgrade just completed: their close goes out next.
+    to_close: Vec<bool>,
+    /// Slots free for a new lifecycle.
+    idle: Vec<usize>,
+    upgrade: Histogram,
+    lifecycle: Histogram,
+    report: ConnectReport,
 }
 
-/// One lifecycle in progress.
-struct Slot {
-    stream: TcpStream,
-    phase: Phase,
-    key: String,
-    started: Instant,
-    decoder: ClientDecoder,
-    /// The upgrade answer so far (usually one read).
-    response: Vec<u8>,
+impl Lifecycles {
+    fn elapsed_ns(&self, id: usize, now: Instant) -> u64 {
+        self.started
+            .get(id)
+            .map_or(0, |s| now.saturating_duration_since(*s).as_nanos() as u64)
+    }
 }
 
-enum Failure {
-    Connect(String),
-    Handshake(String),
-    Close(String),
+impl Handler for Lifecycles {
+    fn on_event(&mut self, id: usize, event: Event<'_>, now: Instant) -> Result<(), String> {
+        match event {
+            Event::Opened { .. } => {
+                self.upgrade.record(self.elapsed_ns(id, now));
+                if let Some(close) = self.to_close.get_mut(id) {
+                    *close = true;
+                }
+            }
+            Event::Close {
+                client_first: false,
+                ..
+            } => return Err("the server closed first".into()),
+            Event::Close { .. } | Event::Data(_) | Event::Pong(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The upgrade is complete: start the close handshake at once.
+    fn answer(&mut self, id: usize, conn: &mut ClientConn, shared: &mut Shared, _now: Instant) {
+        if let Some(close) = self.to_close.get_mut(id).filter(|c| **c) {
+            *close = false;
+            conn.close(CloseCode::NORMAL, &mut shared.rng);
+        }
+    }
+
+    fn on_end(&mut self, id: usize, end: End) {
+        self.idle.push(id);
+        let why = match end {
+            End::Closed => {
+                let took = self.elapsed_ns(id, Instant::now());
+                self.lifecycle.record(took);
+                self.report.completed += 1;
+                return;
+            }
+            End::TimedOut => {
+                self.report.timeouts += 1;
+                "lifecycle timed out".to_owned()
+            }
+            End::Failed { stage, why } => {
+                match stage {
+                    Stage::Connect => self.report.connect_failures += 1,
+                    Stage::Upgrade => self.report.handshake_failures += 1,
+                    Stage::Open => self.report.close_failures += 1,
+                }
+                why
+            }
+        };
+        self.report.first_error.get_or_insert(why);
+    }
 }
+
+/// How long one lifecycle may take.
+const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the connection-rate test.
 ///
@@ -190,279 +238,80 @@ pub fn run_connect(opts: &ConnectOptions) -> io::Result<ConnectReport> {
             "--concurrency and --duration must be positive",
         ));
     }
-    let mut poll = Poll::new()?;
-    let mut rng = XorShift::from_entropy();
-    let mut report = ConnectReport {
-        concurrency: opts.concurrency,
-        ..ConnectReport::default()
+    let mut driver = Driver::new(16 * 1024)?;
+    let mut lives = Lifecycles {
+        started: vec![Instant::now(); opts.concurrency],
+        to_close: vec![false; opts.concurrency],
+        idle: (0..opts.concurrency).collect(),
+        upgrade: Histogram::new(),
+        lifecycle: Histogram::new(),
+        report: ConnectReport {
+            concurrency: opts.concurrency,
+            ..ConnectReport::default()
+        },
     };
-    let mut upgrade = Histogram::new();
-    let mut lifecycle = Histogram::new();
-    let mut slots: Vec<Option<Slot>> = (0..opts.concurrency).map(|_| None).collect();
-    let mut idle: Vec<usize> = (0..opts.concurrency).collect();
-    let mut request = Vec::with_capacity(256);
-    let mut close = Vec::with_capacity(8);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut events = Events::with_capacity(1024);
     let cpu = CpuMeter::start(None);
     let server_cpu = opts.server_pid.map(|pid| CpuMeter::start(Some(pid)));
     let start = Instant::now();
     let end = start + opts.duration;
-    let mut last_sweep = start;
-    let note = |report: &mut ConnectReport, f: Failure| {
-        let why = match f {
-            Failure::Connect(w) => {
-                report.connect_failures += 1;
-                w
-            }
-            Failure::Handshake(w) => {
-                report.handshake_failures += 1;
-                w
-            }
-            Failure::Close(w) => {
-                report.close_failures += 1;
-                w
-            }
-        };
-        if report.first_error.is_none() {
-            report.first_error = Some(why);
-        }
-    };
     loop {
         let now = Instant::now();
         if now >= end {
             break;
         }
         // Start lifecycles in idle slots. One that fails at once waits for the next turn.
-        let mut retry = Vec::new();
-        for index in idle.drain(..) {
-            report.attempts += 1;
-            match start_slot(&poll, &target, index, &mut rng, &mut request) {
-                Ok(slot) => {
-                    if let Some(s) = slots.get_mut(index) {
-                        *s = Some(slot);
-                    }
-                }
-                Err(e) => {
-                    note(&mut report, Failure::Connect(format!("connect: {e}")));
-                    retry.push(index);
-                }
+        for id in std::mem::take(&mut lives.idle) {
+            lives.report.attempts += 1;
+            let started = Instant::now();
+            if let Some(s) = lives.started.get_mut(id) {
+                *s = started;
+            }
+            if let Err(e) = start_lifecycle(&mut driver, &target, id, started) {
+                lives.report.connect_failures += 1;
+                lives
+                    .report
+                    .first_error
+                    .get_or_insert_with(|| format!("connect: {e}"));
+                lives.idle.push(id);
             }
         }
-        idle = retry;
-        let wait = if idle.is_empty() {
+        let wait = if lives.idle.is_empty() {
             Duration::from_millis(100)
         } else {
             Duration::from_millis(10)
         };
-        match poll.poll(
-            &mut events,
-            Some(wait.min(end.saturating_duration_since(now))),
-        ) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        for event in events.iter() {
-            let index = event.token().0;
-            let Some(entry) = slots.get_mut(index) else {
-                continue;
-            };
-            let Some(slot) = entry.as_mut() else {
-                continue;
-            };
-            let outcome = advance(
-                slot,
-                &target,
-                &mut buf,
-                &mut request,
-                &mut close,
-                &mut rng,
-                &mut upgrade,
-            );
-            match outcome {
-                Ok(false) => {}
-                Ok(true) => {
-                    lifecycle.record(slot.started.elapsed().as_nanos() as u64);
-                    report.completed += 1;
-                    finish(entry);
-                    idle.push(index);
-                }
-                Err(f) => {
-                    note(&mut report, f);
-                    finish(entry);
-                    idle.push(index);
-                }
-            }
-        }
-        if last_sweep.elapsed() >= Duration::from_millis(100) {
-            last_sweep = Instant::now();
-            for (index, entry) in slots.iter_mut().enumerate() {
-                if entry
-                    .as_ref()
-                    .is_some_and(|s| s.started.elapsed() > Duration::from_secs(5))
-                {
-                    report.timeouts += 1;
-                    if report.first_error.is_none() {
-                        report.first_error = Some("lifecycle timed out".into());
-                    }
-                    finish(entry);
-                    idle.push(index);
-                }
-            }
-        }
+        driver.turn(&mut lives, wait.min(end.saturating_duration_since(now)))?;
     }
-    let window = start.elapsed().as_secs_f64();
+    let mut report = lives.report;
+    report.window_secs = start.elapsed().as_secs_f64();
     report.client_cpu_pct = cpu.percent().unwrap_or(0.0);
     report.server_cpu_pct = server_cpu.and_then(|m| m.percent());
-    for entry in slots.iter_mut() {
-        if entry.is_some() {
-            report.abandoned += 1;
-            finish(entry);
-        }
-    }
-    report.window_secs = window;
-    report.handshakes_per_sec = report.completed as f64 / window.max(1e-9);
-    report.upgrade = upgrade.percentiles_us();
-    report.lifecycle = lifecycle.percentiles_us();
+    report.abandoned = driver.abandon_all() as u64;
+    report.handshakes_per_sec = report.completed as f64 / report.window_secs.max(1e-9);
+    report.upgrade = lives.upgrade.percentiles_us();
+    report.lifecycle = lives.lifecycle.percentiles_us();
     Ok(report)
 }
 
-/// Starts a lifecycle. On loopback the TCP handshake usually completes inside `connect`, so
-/// the request is written at once; only if the socket is not connected yet does the slot wait
-/// for `WRITABLE`. Nagle stays on: nothing is ever written behind unacknowledged data.
-fn start_slot(
-    poll: &Poll,
+/// Starts a lifecycle in slot `id`. Nagle stays on: nothing is ever written behind
+/// unacknowledged data.
+fn start_lifecycle(
+    driver: &mut Driver,
     target: &Target,
-    index: usize,
-    rng: &mut XorShift,
-    request: &mut Vec<u8>,
-) -> io::Result<Slot> {
-    let started = Instant::now();
-    let mut stream = connect_nonblocking(target.addr, None, false)?;
-    poll.registry().register(
-        &mut stream,
-        Token(index),
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    let key = rng.handshake_key();
-    request.clear();
-    write_upgrade_request(request, &target.host, &target.path, &key, false);
-    let phase = match stream.write(request) {
-        Ok(n) if n == request.len() => Phase::Upgrading,
-        Ok(_) => return Err(io::Error::other("request only partly written")),
-        Err(e)
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected =>
-        {
-            Phase::Connecting
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(Slot {
+    id: usize,
+    started: Instant,
+) -> io::Result<()> {
+    let stream = connect_nonblocking(target.addr, None, false)?;
+    let conn = ClientConn::new(
+        &target.host,
+        &target.path,
+        ConnConfig::default(),
+        &mut driver.shared().rng,
+    );
+    driver.add(
+        id,
         stream,
-        phase,
-        key,
-        started,
-        decoder: ClientDecoder::new(),
-        response: Vec::new(),
-    })
-}
-
-/// Ends a lifecycle. Closing the socket removes it from the epoll set (its descriptor is
-/// never duplicated), so no `deregister` call is spent on it.
-fn finish(entry: &mut Option<Slot>) {
-    entry.take();
-}
-
-/// Moves one lifecycle forward; `Ok(true)` when it completed.
-fn advance(
-    slot: &mut Slot,
-    target: &Target,
-    buf: &mut [u8],
-    request: &mut Vec<u8>,
-    close: &mut Vec<u8>,
-    rng: &mut XorShift,
-    upgrade: &mut Histogram,
-) -> Result<bool, Failure> {
-    if slot.phase == Phase::Connecting {
-        match slot.stream.take_error() {
-            Ok(Some(e)) | Err(e) => return Err(Failure::Connect(format!("connect: {e}"))),
-            Ok(None) => {}
-        }
-        match slot.stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-            Err(e) => return Err(Failure::Connect(format!("connect: {e}"))),
-        }
-        request.clear();
-        write_upgrade_request(request, &target.host, &target.path, &slot.key, false);
-        // A fresh socket's buffer takes a 150-byte request whole.
-        match slot.stream.write(request) {
-            Ok(n) if n == request.len() => slot.phase = Phase::Upgrading,
-            Ok(_) => return Err(Failure::Connect("request only partly written".into())),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(Failure::Connect(format!("write: {e}"))),
-        }
-    }
-    loop {
-        let n = match slot.stream.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match slot.phase {
-                    Phase::Connecting | Phase::Upgrading => {
-                        Failure::Handshake(format!("read: {e}"))
-                    }
-                    _ => Failure::Close(format!("read: {e}")),
-                })
-            }
-        };
-        let data = buf.get(..n).unwrap_or_default();
-        if n == 0 {
-            return match slot.phase {
-                Phase::AwaitFin => Ok(true),
-                Phase::AwaitClose => Err(Failure::Close("FIN before the close frame".into())),
-                _ => Err(Failure::Handshake("closed before 101".into())),
-            };
-        }
-        let mut frames = data;
-        if slot.phase == Phase::Upgrading {
-            let before = slot.response.len();
-            slot.response.extend_from_slice(data);
-            match parse_upgrade_response(&slot.response, &slot.key, false) {
-                Ok(Some(up)) => {
-                    let len = up.head_len;
-                    upgrade.record(slot.started.elapsed().as_nanos() as u64);
-                    close.clear();
-                    encode_close(close, 1000, rng.mask_key());
-                    match slot.stream.write(close) {
-                        Ok(n) if n == close.len() => {}
-                        Ok(_) => return Err(Failure::Close("close only partly written".into())),
-                        Err(e) => return Err(Failure::Close(format!("write close: {e}"))),
-                    }
-                    slot.phase = Phase::AwaitClose;
-                    frames = data.get(len.saturating_sub(before)..).unwrap_or_default();
-                    slot.response = Vec::new();
-                }
-                Ok(None) => continue,
-                Err(e) => return Err(Failure::Handshake(e.to_string())),
-            }
-        }
-        while !frames.is_empty() {
-            let (used, piece) = slot
-                .decoder
-                .decode(frames)
-                .map_err(|e| Failure::Close(e.to_string()))?;
-            frames = frames.get(used..).unwrap_or_default();
-            if let Some(piece) = piece {
-                if piece.header.opcode == OpCode::Close && piece.is_last() {
-                    if slot.phase != Phase::AwaitClose {
-                        return Err(Failure::Close("second close frame".into()));
-                    }
-                    slot.phase = Phase::AwaitFin;
-                }
-            }
-        }
-    }
+        conn,
+        Some(Expiry::EndBy(started + LIFECYCLE_TIMEOUT)),
+    )
 }

@@ -5,17 +5,17 @@
 //! and its sequence number (8 hex digits), then `x` up to `size` bytes: the room is text, and
 //! every byte is checked on arrival.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
-use mio::{Events, Poll};
-
-use super::client::{encode_frame, ClientDecoder, XorShift};
-use super::net::{close_all, open_many, OpenPlan, Target};
-use super::report::{JsonLine, Table};
-use super::stats::{rss_kib, CpuMeter, Histogram, Percentiles};
 use wsloop_proto::frame::OpCode;
+
+use crate::client::{ConnConfig, Data, Event};
+use crate::driver::{Driver, End, Handler};
+use crate::net::Target;
+use crate::open::{open_all, OpenPlan};
+use crate::report::{JsonLine, Table};
+use crate::stats::{rss_kib, CpuMeter, Histogram, Percentiles};
 
 /// Bytes of the timestamp and sequence prefix.
 const PREFIX: usize = 24;
@@ -219,24 +219,29 @@ pub fn parse_prefix(prefix: &[u8]) -> Option<(u64, u32)> {
     Some((time, u32::try_from(seq).ok()?))
 }
 
-/// One receiving connection (the publisher receives its own messages too).
+/// One subscriber.
+#[derive(Debug, Clone, Copy, Default)]
 struct Sub {
-    stream: Option<TcpStream>,
-    decoder: ClientDecoder,
+    /// The message in progress: its prefix, bytes so far, and whether a byte was wrong.
     prefix: [u8; PREFIX],
     msg_pos: u64,
     msg_bad: bool,
-    control: Vec<u8>,
     /// The next sequence number expected.
     next_seq: u64,
     /// Distinct in-order messages received.
     received: u64,
     /// Opened (a subscriber that failed to open counts as an open failure, not as losses).
     joined: bool,
-    key: [u8; 4],
 }
 
-struct Totals {
+/// The fan-out mode's handler: subscribers `0..publisher`, then the publisher, whose own
+/// copies (the room includes it) are read and ignored.
+struct Fanout {
+    subs: Vec<Sub>,
+    publisher: usize,
+    publisher_ok: bool,
+    size: usize,
+    base: Instant,
     hist: Histogram,
     delivered: u64,
     out_of_order: u64,
@@ -245,10 +250,76 @@ struct Totals {
     first_error: Option<String>,
 }
 
-impl Totals {
-    fn note(&mut self, why: impl FnOnce() -> String) {
-        if self.first_error.is_none() {
-            self.first_error = Some(why());
+impl Fanout {
+    /// A piece of a message to subscriber `id`: the prefix is copied aside, the padding
+    /// checked in place.
+    fn on_data(&mut self, id: usize, data: &Data<'_>, now: Instant) {
+        let Some(sub) = self.subs.get_mut(id) else {
+            return;
+        };
+        let mut pos = sub.msg_pos as usize;
+        for &b in data.bytes {
+            if let Some(slot) = sub.prefix.get_mut(pos) {
+                *slot = b;
+            } else if b != b'x' {
+                sub.msg_bad = true;
+            }
+            pos += 1;
+        }
+        sub.msg_pos = pos as u64;
+        if !data.last {
+            return;
+        }
+        let parsed = parse_prefix(&sub.prefix);
+        let bad = sub.msg_bad || sub.msg_pos != self.size as u64 || parsed.is_none();
+        sub.msg_pos = 0;
+        sub.msg_bad = false;
+        self.delivered += 1;
+        let Some((sent, seq)) = parsed.filter(|_| !bad) else {
+            self.corrupt += 1;
+            return;
+        };
+        let now = now.saturating_duration_since(self.base).as_nanos() as u64;
+        self.hist.record(now.saturating_sub(sent));
+        let seq = u64::from(seq);
+        if seq >= sub.next_seq {
+            sub.next_seq = seq + 1;
+            sub.received += 1;
+        } else {
+            self.out_of_order += 1;
+        }
+    }
+}
+
+impl Handler for Fanout {
+    fn on_event(&mut self, id: usize, event: Event<'_>, now: Instant) -> Result<(), String> {
+        let publisher = id == self.publisher;
+        match event {
+            Event::Opened { .. } => {
+                if let Some(sub) = self.subs.get_mut(id) {
+                    sub.joined = true;
+                }
+            }
+            Event::Data(data) if !publisher => self.on_data(id, &data, now),
+            Event::Close { code, .. } if publisher => {
+                return Err(format!("closed by the server ({code})"))
+            }
+            Event::Close { code, .. } => {
+                return Err(format!("server closed a subscriber ({code})"))
+            }
+            Event::Data(_) | Event::Pong(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, id: usize, end: End) {
+        if id == self.publisher {
+            self.publisher_ok = false;
+            self.first_error
+                .get_or_insert_with(|| format!("publisher: {end}"));
+        } else {
+            self.dropped += 1;
+            self.first_error.get_or_insert_with(|| end.to_string());
         }
     }
 }
@@ -275,12 +346,26 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
     if !(opts.rate > 0.0 && opts.rate.is_finite()) || opts.duration.is_zero() {
         return invalid("--rate and --duration must be positive");
     }
-    let mut poll = Poll::new()?;
-    let mut rng = XorShift::from_entropy();
+    let mut driver = Driver::new(256 * 1024)?;
     // Subscribers 0..N, the publisher last.
+    let publisher = opts.subscribers;
     let count = opts.subscribers + 1;
-    let opened = open_many(
-        &mut poll,
+    let mut fanout = Fanout {
+        subs: vec![Sub::default(); opts.subscribers],
+        publisher,
+        publisher_ok: true,
+        size: opts.size,
+        base: Instant::now(),
+        hist: Histogram::new(),
+        delivered: 0,
+        out_of_order: 0,
+        corrupt: 0,
+        dropped: 0,
+        first_error: None,
+    };
+    let opening = open_all(
+        &mut driver,
+        &mut fanout,
         &targets,
         &OpenPlan {
             count,
@@ -288,83 +373,27 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
             sources: None,
             attempt_timeout: Duration::from_secs(10),
             total_timeout: Duration::from_secs(30) + Duration::from_millis(count as u64),
-            deflate: false,
+            config: ConnConfig::default(),
         },
-        &mut rng,
     )?;
-    let open_failures = opened.failures.total();
-    let subscribers_open = opened
-        .conns
-        .iter()
-        .take(opts.subscribers)
-        .filter(|c| c.is_some())
-        .count();
-    let mut totals = Totals {
-        hist: Histogram::new(),
-        delivered: 0,
-        out_of_order: 0,
-        corrupt: 0,
-        dropped: 0,
-        first_error: opened.failures.first.clone(),
-    };
-    let base = Instant::now();
-    let mut subs: Vec<Sub> = Vec::with_capacity(count);
-    let mut leftovers = Vec::with_capacity(count);
-    for o in opened.conns {
-        let (stream, leftover) = match o {
-            Some(o) => (Some(o.stream), o.leftover),
-            None => (None, Vec::new()),
-        };
-        leftovers.push(leftover);
-        subs.push(Sub {
-            joined: stream.is_some(),
-            stream,
-            decoder: ClientDecoder::new(),
-            prefix: [0; PREFIX],
-            msg_pos: 0,
-            msg_bad: false,
-            control: Vec::new(),
-            next_seq: 0,
-            received: 0,
-            key: rng.mask_key(),
-        });
+    let open_failures = opening.failures.total();
+    if let Some(first) = opening.failures.first {
+        fanout.first_error.get_or_insert(first);
     }
-    let publisher_index = opts.subscribers;
-    let Some(mut publisher) = subs.get_mut(publisher_index).and_then(|p| p.stream.take()) else {
+    if !driver.is_open(publisher) {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             format!(
                 "the publisher could not connect: {}",
-                totals.first_error.as_deref().unwrap_or("unknown error")
+                fanout.first_error.as_deref().unwrap_or("unknown error")
             ),
         ));
-    };
-    let publisher_key = rng.mask_key();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut events = Events::with_capacity(1024);
-    let ns = |t: Instant| t.duration_since(base).as_nanos() as u64;
-    for (i, (sub, leftover)) in subs.iter_mut().zip(leftovers).enumerate() {
-        if !leftover.is_empty() && sub.stream.is_some() {
-            let counted = i < opts.subscribers;
-            if let Err(why) = feed(
-                sub,
-                &leftover,
-                opts.size,
-                counted,
-                &mut totals,
-                ns(Instant::now()),
-            ) {
-                totals.note(|| why);
-                drop_sub(&mut poll, sub, &mut totals);
-            }
-        }
     }
+    let subscribers_open = fanout.subs.iter().filter(|s| s.joined).count();
 
     if targets.len() > 1 {
         std::thread::sleep(SETTLE);
     }
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut out_done = 0usize;
     let mut payload = vec![0u8; opts.size];
     let mut published: u64 = 0;
     let start = Instant::now();
@@ -372,41 +401,34 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
     let cpu = CpuMeter::start(None);
     let server_cpu = opts.server_pid.map(|pid| CpuMeter::start(Some(pid)));
     let interval = Duration::from_secs_f64(1.0 / opts.rate);
-    let mut publisher_ok = true;
     // Exactly `rate × duration` messages (at least one), paced from `start`.
     let total = ((opts.duration.as_secs_f64() * opts.rate).round() as u64).max(1);
     loop {
         let now = Instant::now();
-        let publishing = published < total && publisher_ok;
-        if publishing {
-            // Messages due by now (the first at once); all due ones go in one write.
+        let publishing = published < total && fanout.publisher_ok;
+        // Messages due by now (the first at once); all due ones go in one write, unless the
+        // publisher already has a backlog.
+        if publishing && driver.queued(publisher) < 1 << 20 {
             let due = if now >= end {
                 total
             } else {
                 ((now.duration_since(start).as_secs_f64() * opts.rate) as u64 + 1).min(total)
             };
-            if out.len() - out_done < 1 << 20 {
-                let stamp = ns(now);
+            let stamp = now.saturating_duration_since(fanout.base).as_nanos() as u64;
+            driver.with_conn(publisher, |conn, shared| {
                 while published < due {
                     fanout_payload(&mut payload, stamp, published as u32);
-                    encode_frame(&mut out, OpCode::Text, &payload, publisher_key);
+                    conn.send(OpCode::Text, &payload, shared);
                     published += 1;
                 }
-            }
-        }
-        if publisher_ok && out.len() > out_done {
-            if let Err(e) = write_out(&mut publisher, &mut out, &mut out_done) {
-                publisher_ok = false;
-                totals.note(|| format!("publisher: {e}"));
-            }
+            });
         }
         // Done when every subscriber has everything, or (bounded) the drain time is up.
         let caught_up = !publishing
-            && (out.len() == out_done || !publisher_ok)
-            && subs
-                .iter()
-                .take(opts.subscribers)
-                .all(|s| s.stream.is_none() || s.next_seq >= published);
+            && (driver.queued(publisher) == 0 || !fanout.publisher_ok)
+            && (0..opts.subscribers).all(|id| {
+                !driver.is_live(id) || fanout.subs.get(id).is_some_and(|s| s.next_seq >= published)
+            });
         if caught_up || now >= end + DRAIN {
             break;
         }
@@ -419,54 +441,19 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
         let timeout = wake
             .saturating_duration_since(now)
             .min(Duration::from_millis(50));
-        match poll.poll(&mut events, Some(timeout)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        for event in events.iter() {
-            let index = event.token().0;
-            let Some(sub) = subs.get_mut(index) else {
-                continue;
-            };
-            let counted = index < opts.subscribers;
-            let result = if index == publisher_index {
-                // The publisher's own copies: read and discard (the room includes it).
-                drain(&mut publisher, &mut buf)
-            } else if sub.stream.is_some() {
-                read_sub(sub, &mut buf, opts.size, counted, &mut totals, base)
-            } else {
-                Ok(())
-            };
-            if let Err(why) = result {
-                totals.note(|| why);
-                if index == publisher_index {
-                    publisher_ok = false;
-                } else {
-                    drop_sub(&mut poll, sub, &mut totals);
-                }
-            }
-        }
+        driver.turn(&mut fanout, timeout)?;
     }
     let window_secs = opts.duration.as_secs_f64();
     let client_cpu_pct = cpu.percent().unwrap_or(0.0);
     let server_cpu_pct = server_cpu.and_then(|m| m.percent());
     let server_rss_kib = opts.server_pid.and_then(rss_kib);
-    let lost = subs
+    let lost = fanout
+        .subs
         .iter()
-        .take(opts.subscribers)
         .filter(|s| s.joined)
         .map(|s| published.saturating_sub(s.received))
         .sum();
-
-    let mut streams: Vec<Option<TcpStream>> = subs.iter_mut().map(|s| s.stream.take()).collect();
-    if let Some(slot) = streams.get_mut(publisher_index) {
-        *slot = out
-            .get(out_done..)
-            .is_none_or(|r| r.is_empty())
-            .then_some(publisher);
-    }
-    close_all(&mut poll, &mut streams, &mut rng, Duration::from_secs(1));
+    driver.close_all(Duration::from_secs(1))?;
 
     Ok(FanoutReport {
         subscribers: opts.subscribers,
@@ -474,160 +461,19 @@ pub fn run_fanout(opts: &FanoutOptions) -> io::Result<FanoutReport> {
         window_secs,
         published,
         publish_rate: published as f64 / window_secs,
-        delivered: totals.delivered,
-        deliveries_per_sec: totals.delivered as f64 / window_secs,
-        latency: totals.hist.percentiles_us(),
+        delivered: fanout.delivered,
+        deliveries_per_sec: fanout.delivered as f64 / window_secs,
+        latency: fanout.hist.percentiles_us(),
         lost,
-        out_of_order: totals.out_of_order,
-        corrupt: totals.corrupt,
-        dropped: totals.dropped,
+        out_of_order: fanout.out_of_order,
+        corrupt: fanout.corrupt,
+        dropped: fanout.dropped,
         open_failures,
         client_cpu_pct,
         server_cpu_pct,
         server_rss_kib,
-        first_error: totals.first_error,
+        first_error: fanout.first_error,
     })
-}
-
-fn drop_sub(poll: &mut Poll, sub: &mut Sub, totals: &mut Totals) {
-    if let Some(mut s) = sub.stream.take() {
-        let _ = poll.registry().deregister(&mut s);
-        totals.dropped += 1;
-    }
-}
-
-/// Writes the publisher's pending bytes; keeps what the socket refuses.
-fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>, done: &mut usize) -> io::Result<()> {
-    while let Some(rest) = out.get(*done..).filter(|r| !r.is_empty()) {
-        match stream.write(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.clear();
-    *done = 0;
-    Ok(())
-}
-
-/// Reads and discards until `WouldBlock`.
-fn drain(stream: &mut TcpStream, buf: &mut [u8]) -> Result<(), String> {
-    loop {
-        match stream.read(buf) {
-            Ok(0) => return Err("publisher closed by the server".into()),
-            Ok(n) if n < buf.len() => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("publisher read: {e}")),
-        }
-    }
-}
-
-fn read_sub(
-    sub: &mut Sub,
-    buf: &mut [u8],
-    size: usize,
-    counted: bool,
-    totals: &mut Totals,
-    base: Instant,
-) -> Result<(), String> {
-    loop {
-        let Some(stream) = sub.stream.as_mut() else {
-            return Ok(());
-        };
-        let n = match stream.read(buf) {
-            Ok(0) => return Err("subscriber closed by the server".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {e}")),
-        };
-        let now = base.elapsed().as_nanos() as u64;
-        feed(
-            sub,
-            buf.get(..n).unwrap_or_default(),
-            size,
-            counted,
-            totals,
-            now,
-        )?;
-        if n < buf.len() {
-            return Ok(());
-        }
-    }
-}
-
-fn feed(
-    sub: &mut Sub,
-    mut input: &[u8],
-    size: usize,
-    counted: bool,
-    totals: &mut Totals,
-    now: u64,
-) -> Result<(), String> {
-    while !input.is_empty() {
-        let (used, piece) = sub.decoder.decode(input).map_err(|e| e.to_string())?;
-        input = input.get(used..).unwrap_or_default();
-        let Some(piece) = piece else { continue };
-        let opcode = piece.header.opcode;
-        if opcode.is_control() {
-            if piece.is_first() {
-                sub.control.clear();
-            }
-            sub.control.extend_from_slice(piece.data);
-            if piece.is_last() {
-                match opcode {
-                    OpCode::Ping => {
-                        let mut pong = Vec::with_capacity(sub.control.len() + 6);
-                        encode_frame(&mut pong, OpCode::Pong, &sub.control, sub.key);
-                        if let Some(s) = sub.stream.as_mut() {
-                            s.write_all(&pong).map_err(|e| format!("pong: {e}"))?;
-                        }
-                    }
-                    OpCode::Close => return Err("server closed a subscriber".into()),
-                    _ => {}
-                }
-            }
-            continue;
-        }
-        // Data: the prefix is copied aside, the padding checked in place.
-        let mut pos = sub.msg_pos as usize;
-        for &b in piece.data {
-            if let Some(slot) = sub.prefix.get_mut(pos) {
-                *slot = b;
-            } else if b != b'x' {
-                sub.msg_bad = true;
-            }
-            pos += 1;
-        }
-        sub.msg_pos = pos as u64;
-        if piece.is_last() && piece.header.fin {
-            let parsed = parse_prefix(&sub.prefix);
-            let bad = sub.msg_bad || sub.msg_pos != size as u64 || parsed.is_none();
-            sub.msg_pos = 0;
-            sub.msg_bad = false;
-            if !counted {
-                continue;
-            }
-            totals.delivered += 1;
-            let Some((sent, seq)) = parsed.filter(|_| !bad) else {
-                totals.corrupt += 1;
-                continue;
-            };
-            totals.hist.record(now.saturating_sub(sent));
-            let seq = u64::from(seq);
-            if seq >= sub.next_seq {
-                sub.next_seq = seq + 1;
-                sub.received += 1;
-            } else {
-                totals.out_of_order += 1;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

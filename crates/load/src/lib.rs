@@ -10,25 +10,32 @@
 //! - [`run_fanout`]: one publisher, many subscribers in the `/chat` room; deliveries per
 //!   second, publish→receive latency and losses.
 //!
-//! One mio reactor on the calling thread drives every connection. Only loopback addresses
-//! are accepted ([`Target::parse`]), and every mode is bounded in time. Every report has
-//! `to_json` (one line), `table` (text) and `ok`, and includes the load generator's own CPU
-//! use so a run can tell whether the client was the bottleneck.
+//! Only loopback addresses are accepted ([`Target::parse`]), and every mode is bounded in
+//! time. Every report has `to_json` (one line), `table` (text) and `ok`, and includes the load
+//! generator's own CPU use so a run can tell whether the client was the bottleneck.
 //!
-//! [`client`] is the sans-IO client side of the protocol (upgrade request and answer, masked
-//! frames out, incremental decoding of server frames, permessage-deflate); [`payload`] what
-//! messages contain (random, or JSON-like text for deflate runs); [`stats`] the histogram and
-//! `/proc` readings; [`net`] loopback targets, non-blocking connects and bulk opening.
+//! The layers, bottom up: [`client`] is the sans-IO client side of the protocol, one
+//! [`ClientConn`](client::ClientConn) per connection (upgrade request and answer, masked
+//! frames out, incremental decoding of server frames, control frames answered,
+//! permessage-deflate). [`driver`] is the one mio event loop that moves every connection's
+//! bytes on the calling thread, with one write path; [`open`] opens many connections on it
+//! with bounded concurrency. Each mode is a [`driver::Handler`] (what to send, what to
+//! measure) and a schedule of turns. [`payload`] is what messages contain (random, or
+//! JSON-like text for deflate runs); [`stats`] the histogram and `/proc` readings; [`net`]
+//! loopback targets and non-blocking connects.
 
 pub mod client;
 mod connect;
+pub mod driver;
 mod echo;
 mod fanout;
 mod hold;
 pub mod net;
+pub mod open;
 pub mod payload;
 pub mod report;
 pub mod stats;
+mod verify;
 
 pub use connect::{run_connect, ConnectOptions, ConnectReport};
 pub use echo::{run_echo, run_latency, EchoOptions, EchoReport, LatencyOptions, MAX_ECHO_SIZE};

@@ -11,7 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::client::XorShift;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// The kind of payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,18 +60,19 @@ const MIN_CORPUS: usize = 4 << 20;
 const ALPHABET: &[u8; 64] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
 
 /// The corpus that messages of `size` bytes are cut from. `Text` is the same every run (a
-/// fixed seed); `Random` draws from `rng`. Pure ASCII, so any cut is a valid text message.
-pub fn corpus(payload: Payload, binary: bool, size: usize, rng: &mut XorShift) -> Vec<u8> {
+/// fixed seed); `Random` draws from `rng`. Text is pure ASCII, so any cut is a valid text
+/// message.
+pub fn corpus(payload: Payload, binary: bool, size: usize, rng: &mut impl Rng) -> Vec<u8> {
     let len = MIN_CORPUS.max(size.saturating_mul(2));
     match payload {
         Payload::Random if binary => {
             let mut out = vec![0u8; len];
-            rng.fill(&mut out);
+            rng.fill(out.as_mut_slice());
             out
         }
         Payload::Random => {
             let mut out = vec![0u8; len];
-            rng.fill(&mut out);
+            rng.fill(out.as_mut_slice());
             for b in &mut out {
                 *b = ALPHABET.get(usize::from(*b & 63)).copied().unwrap_or(b'x');
             }
@@ -110,16 +112,18 @@ const SYMBOLS: [&str; 12] = [
     "AAPL", "MSFT", "GOOG", "AMZN", "TSLA", "NVDA", "META", "NFLX", "INTC", "AMD", "IBM", "ORCL",
 ];
 
-fn pick<'a>(list: &[&'a str], rng: &mut XorShift) -> &'a str {
-    let i = (rng.next_u64() % list.len() as u64) as usize;
-    list.get(i).copied().unwrap_or_default()
+fn pick<'a>(list: &[&'a str], rng: &mut SmallRng) -> &'a str {
+    list.get(rng.random_range(0..list.len()))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// `len` bytes of newline-separated JSON objects: 60 % chat messages, 40 % price ticks with
-/// random-walking prices, timestamps a few milliseconds apart.
+/// random-walking prices, timestamps a few milliseconds apart. The same bytes every run of a
+/// build (a fixed seed).
 fn feed_text(len: usize) -> Vec<u8> {
     use std::fmt::Write as _;
-    let mut rng = XorShift::new(0x7E57_F00D);
+    let mut rng = SmallRng::seed_from_u64(0x7E57_F00D);
     let mut out = String::with_capacity(len + 256);
     let mut prices = [18_742u64; SYMBOLS.len()];
     for (i, p) in prices.iter_mut().enumerate() {
@@ -127,17 +131,17 @@ fn feed_text(len: usize) -> Vec<u8> {
     }
     let (mut ts, mut id) = (1_767_225_600_000u64, 1_000_000u64);
     while out.len() < len {
-        ts += rng.next_u64() % 40;
+        ts += rng.random_range(0..40);
         id += 1;
-        if rng.next_u64() % 10 < 6 {
+        if rng.random_bool(0.6) {
             let _ = write!(
                 out,
                 r#"{{"type":"message","id":{id},"room":"{}","user":"{}{}","ts":{ts},"text":""#,
                 pick(&ROOMS, &mut rng),
                 pick(&USERS, &mut rng),
-                rng.next_u64() % 100,
+                rng.random_range(0..100),
             );
-            let words = 3 + rng.next_u64() % 16;
+            let words = rng.random_range(3..19);
             for w in 0..words {
                 if w > 0 {
                     out.push(' ');
@@ -146,13 +150,13 @@ fn feed_text(len: usize) -> Vec<u8> {
             }
             out.push_str("\"}\n");
         } else {
-            let s = (rng.next_u64() % SYMBOLS.len() as u64) as usize;
+            let s = rng.random_range(0..SYMBOLS.len());
             let sym = SYMBOLS.get(s).copied().unwrap_or("X");
             let price = prices.get_mut(s).map_or(10_000, |p| {
-                *p = (*p + rng.next_u64() % 21).saturating_sub(10).max(100);
+                *p = (*p + rng.random_range(0..21)).saturating_sub(10).max(100);
                 *p
             });
-            let spread = 1 + rng.next_u64() % 5;
+            let spread = rng.random_range(1..6u64);
             let _ = writeln!(
                 out,
                 r#"{{"type":"tick","seq":{id},"sym":"{sym}","bid":{}.{:02},"ask":{}.{:02},"size":{},"ts":{ts}}}"#,
@@ -160,7 +164,7 @@ fn feed_text(len: usize) -> Vec<u8> {
                 price % 100,
                 (price + spread) / 100,
                 (price + spread) % 100,
-                100 * (1 + rng.next_u64() % 50),
+                100 * rng.random_range(1..51),
             );
         }
     }
@@ -176,9 +180,8 @@ mod tests {
 
     #[test]
     fn text_is_deterministic_ascii_and_compressible() {
-        let mut rng = XorShift::new(1);
-        let a = corpus(Payload::Text, false, 1024, &mut rng);
-        let b = corpus(Payload::Text, false, 1024, &mut XorShift::new(2));
+        let a = corpus(Payload::Text, false, 1024, &mut SmallRng::seed_from_u64(1));
+        let b = corpus(Payload::Text, false, 1024, &mut SmallRng::seed_from_u64(2));
         assert_eq!(a, b, "generated the same way every run");
         assert_eq!(a.len(), MIN_CORPUS);
         assert!(a.is_ascii());
@@ -196,12 +199,17 @@ mod tests {
 
     #[test]
     fn random_text_is_ascii_and_does_not_compress_much() {
-        let c = corpus(Payload::Random, false, 10, &mut XorShift::new(5));
+        let c = corpus(Payload::Random, false, 10, &mut SmallRng::seed_from_u64(5));
         assert!(c.iter().all(|b| ALPHABET.contains(b)));
         let mut packed = Vec::new();
         Deflater::new(15, 1).compress(&c[..4096], &mut packed, true);
         assert!(packed.len() > 4096 * 7 / 10, "{}", packed.len());
-        let big = corpus(Payload::Random, true, 3 << 20, &mut XorShift::new(5));
+        let big = corpus(
+            Payload::Random,
+            true,
+            3 << 20,
+            &mut SmallRng::seed_from_u64(5),
+        );
         assert_eq!(big.len(), 6 << 20);
     }
 

@@ -173,10 +173,6 @@ pub struct Percentiles {
     pub mean_us: f64,
 }
 
-/// Clock ticks per second of `/proc/PID/stat` times (`CLK_TCK`, 100 on every Linux build
-/// that matters; reading it properly would need `sysconf` and `unsafe`).
-const CLK_TCK: f64 = 100.0;
-
 /// User + system CPU seconds of process `pid` (`None`: this process), from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
@@ -195,7 +191,8 @@ fn parse_stat_cpu(stat: &str) -> Option<f64> {
     let mut fields = after.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / CLK_TCK)
+    // `/proc/PID/stat` counts in clock ticks (`CLK_TCK`).
+    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second().max(1) as f64)
 }
 
 /// Resident memory (`VmRSS`) of process `pid` in KiB.
@@ -209,11 +206,9 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// This process's soft limit on open files, from `/proc/self/limits`.
+/// This process's soft limit on open files (`None`: unlimited).
 pub fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// CPU use of a process over a window, as a percentage of one core.

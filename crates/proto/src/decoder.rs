@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::close::{parse_close_payload, CloseCode};
 use super::error::ProtocolError;
-use super::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::frame::{FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
@@ -272,7 +272,7 @@ impl Decoder {
     ) -> Result<Option<Event>, ProtocolError> {
         let rest = input.get(*pos..).unwrap_or_default();
         let (header, header_bytes) = if self.header_len == 0 {
-            match FrameHeader::parse_client(rest, self.allowed_rsv)? {
+            match FrameHeader::parse(rest, Role::Server, self.allowed_rsv)? {
                 Some(found) => found,
                 None => {
                     self.store_partial_header(rest);
@@ -288,7 +288,7 @@ impl Decoder {
                 dst.copy_from_slice(src);
             }
             let joined = joined.get(..have + take).unwrap_or_default();
-            match FrameHeader::parse_client(joined, self.allowed_rsv)? {
+            match FrameHeader::parse(joined, Role::Server, self.allowed_rsv)? {
                 Some((header, len)) => {
                     self.header_len = 0;
                     (header, len - have)
@@ -302,12 +302,9 @@ impl Decoder {
         };
         *pos += header_bytes;
         self.check_sequence(limits, &header)?;
-        // RFC 7692 §6.1: RSV1 marks the first frame of a compressed message; it is an error on
-        // control frames and on continuations.
+        // RFC 7692 §6.1: RSV1 marks the first frame of a compressed message (the header parser
+        // refuses it on control frames and continuations).
         let compressed = header.rsv & RSV1 != 0;
-        if compressed && !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
-            return Err(ProtocolError::ReservedBits);
-        }
         let mask = header.mask.unwrap_or_default();
         let available = (input.len() - *pos) as u64;
         let kind = match header.opcode {

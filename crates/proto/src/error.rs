@@ -1,4 +1,6 @@
-//! The protocol layer's one error type, and its one mapping to a close code.
+//! Why a peer's frames broke RFC 6455 ([`ProtocolError`]), and its one mapping to a close
+//! code. (The handshake, the PROXY header, deflate negotiation and the connection's actions
+//! have error types of their own.)
 
 use super::close::CloseCode;
 
@@ -8,6 +10,8 @@ use super::close::CloseCode;
 pub enum ProtocolError {
     /// A client frame without the mask bit (§5.1).
     UnmaskedFrame,
+    /// A server frame with the mask bit (§5.1), seen by a client.
+    MaskedFrame,
     /// RSV1–3 set without a negotiated extension (§5.2).
     ReservedBits,
     /// Opcode 3–7 or 0xB–0xF (§5.2).
@@ -40,6 +44,7 @@ impl ProtocolError {
     pub fn as_str(self) -> &'static str {
         match self {
             ProtocolError::UnmaskedFrame => "unmasked client frame",
+            ProtocolError::MaskedFrame => "masked server frame",
             ProtocolError::ReservedBits => "reserved bits set",
             ProtocolError::ReservedOpcode => "reserved opcode",
             ProtocolError::ControlFrameTooLong => "control frame over 125 bytes",

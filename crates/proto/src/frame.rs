@@ -1,4 +1,5 @@
-//! Frame headers (RFC 6455 §5.2): decode from the 2–14 header bytes, encode server headers.
+//! Frame headers (RFC 6455 §5.2): decode from the 2–14 header bytes, on either end of the
+//! connection ([`Role`]), and encode them.
 //!
 //! Every rule that can be decided from the header is decided here, before a payload byte is
 //! touched: reserved bits, reserved opcodes, control-frame length and FIN, the 64-bit length's
@@ -37,8 +38,7 @@ impl OpCode {
         }
     }
 
-    /// The opcode with wire value `bits`; `None` for the reserved ones (§5.2). Clients and
-    /// servers share it: the load generator decodes server frames with it too.
+    /// The opcode with wire value `bits`; `None` for the reserved ones (§5.2).
     pub fn from_bits(bits: u8) -> Option<OpCode> {
         Some(match bits {
             0x0 => OpCode::Continuation,
@@ -78,17 +78,32 @@ pub struct FrameHeader {
     pub payload_len: u64,
 }
 
+/// Which end of a connection parses a header. The two differ in one rule only, the mask
+/// (§5.1); every other rule of §5.2 and §5.5 is the same for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A server, parsing client frames: each must be masked.
+    Server,
+    /// A client (the load generator), parsing server frames: none may be masked.
+    Client,
+}
+
 impl FrameHeader {
-    /// Parses a client frame header from the start of `buf`.
+    /// Parses the header of a frame sent to `role` from the start of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` holds only part of the header (incomplete is not an
     /// error), or the header and how many bytes it took.
     ///
+    /// `allowed_rsv` is the RSV bits a negotiated extension permits on the first frame of a
+    /// data message (permessage-deflate's RSV1; 0 without an extension). Continuations and
+    /// control frames never carry them (RFC 7692 §6.1).
+    ///
     /// # Errors
-    /// Any rule of §5.2 that a client frame's header breaks, given `allowed_rsv` (the RSV bits
-    /// a negotiated extension permits; 0 without one).
-    pub fn parse_client(
+    /// Any rule of §5.2 that the header breaks: [`ProtocolError::UnmaskedFrame`] for a client
+    /// frame without a mask, [`ProtocolError::MaskedFrame`] for a server frame with one.
+    pub fn parse(
         buf: &[u8],
+        role: Role,
         allowed_rsv: u8,
     ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let (first, second) = match buf {
@@ -97,14 +112,25 @@ impl FrameHeader {
         };
         let fin = first & 0x80 != 0;
         let rsv = (first >> 4) & 0x07;
-        // §5.2: "MUST be 0 unless an extension is negotiated that defines meanings".
-        if rsv & !allowed_rsv != 0 {
+        let opcode = OpCode::from_bits(first & 0x0f);
+        // §5.2: "MUST be 0 unless an extension is negotiated that defines meanings"; RFC 7692
+        // §6.1: the "Per-Message Compressed" bit is set on "the first frame of a message"
+        // and "MUST NOT" be on control frames or non-first fragments.
+        let allowed = match opcode {
+            Some(OpCode::Text | OpCode::Binary) => allowed_rsv,
+            _ => 0,
+        };
+        if rsv & !allowed != 0 {
             return Err(ProtocolError::ReservedBits);
         }
-        let opcode = OpCode::from_bits(first & 0x0f).ok_or(ProtocolError::ReservedOpcode)?;
-        // §5.1: "a client MUST mask all frames that it sends to the server".
-        if second & 0x80 == 0 {
-            return Err(ProtocolError::UnmaskedFrame);
+        let opcode = opcode.ok_or(ProtocolError::ReservedOpcode)?;
+        let masked = second & 0x80 != 0;
+        match role {
+            // §5.1: "a client MUST mask all frames that it sends to the server".
+            Role::Server if !masked => return Err(ProtocolError::UnmaskedFrame),
+            // §5.1: "A server MUST NOT mask any frames that it sends to the client."
+            Role::Client if masked => return Err(ProtocolError::MaskedFrame),
+            _ => {}
         }
         let short_len = second & 0x7f;
         if opcode.is_control() {
@@ -117,21 +143,25 @@ impl FrameHeader {
                 return Err(ProtocolError::FragmentedControlFrame);
             }
         }
-        let Some((payload_len, mask_at)) = payload_length(second, buf)? else {
+        let Some((payload_len, length_end)) = payload_length(second, buf)? else {
             return Ok(None);
         };
-        let mask = match buf.get(mask_at..mask_at + 4).map(<[u8; 4]>::try_from) {
-            Some(Ok(key)) => key,
-            _ => return Ok(None),
+        let (mask, header_len) = if masked {
+            match buf.get(length_end..length_end + 4).map(<[u8; 4]>::try_from) {
+                Some(Ok(key)) => (Some(key), length_end + 4),
+                _ => return Ok(None),
+            }
+        } else {
+            (None, length_end)
         };
         let header = FrameHeader {
             fin,
             rsv,
             opcode,
-            mask: Some(mask),
+            mask,
             payload_len,
         };
-        Ok(Some((header, mask_at + 4)))
+        Ok(Some((header, header_len)))
     }
 
     /// Encodes this header into `out`; returns the number of bytes written (2–14).
@@ -166,7 +196,7 @@ impl FrameHeader {
 ///
 /// # Errors
 /// [`ProtocolError::LengthOverflow`] for a 64-bit length with its top bit set.
-pub fn payload_length(second: u8, buf: &[u8]) -> Result<Option<(u64, usize)>, ProtocolError> {
+fn payload_length(second: u8, buf: &[u8]) -> Result<Option<(u64, usize)>, ProtocolError> {
     Ok(Some(match second & 0x7f {
         126 => match buf.get(2..4) {
             Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
@@ -215,7 +245,11 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
-        FrameHeader::parse_client(bytes, 0)
+        FrameHeader::parse(bytes, Role::Server, 0)
+    }
+
+    fn parse_server_frame(bytes: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        FrameHeader::parse(bytes, Role::Client, 0)
     }
 
     #[test]
@@ -270,9 +304,83 @@ mod tests {
             Err(ProtocolError::LengthOverflow)
         );
         // RSV1 allowed once an extension permits it.
-        assert!(FrameHeader::parse_client(&[0xc1, 0x80, 0, 0, 0, 0], 0x4)
-            .unwrap()
-            .is_some());
+        assert!(
+            FrameHeader::parse(&[0xc1, 0x80, 0, 0, 0, 0], Role::Server, 0x4)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn rfc_unmasked_hello_from_a_server() {
+        let bytes = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let (h, n) = parse_server_frame(&bytes).unwrap().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            (h.fin, h.opcode, h.payload_len, h.mask),
+            (true, OpCode::Text, 5, None)
+        );
+        // The same frame is refused by a server, and its masked twin by a client.
+        assert_eq!(parse(&bytes), Err(ProtocolError::UnmaskedFrame));
+        let masked = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d];
+        assert_eq!(parse_server_frame(&masked), Err(ProtocolError::MaskedFrame));
+    }
+
+    #[test]
+    fn every_prefix_of_a_server_header_is_incomplete() {
+        for bytes in [
+            &[0x82, 0x7e, 0x01, 0x00][..],
+            &[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0],
+            &[0x8a, 0x00],
+        ] {
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    parse_server_frame(&bytes[..cut]),
+                    Ok(None),
+                    "{bytes:02x?} cut {cut}"
+                );
+            }
+            assert_eq!(parse_server_frame(bytes).unwrap().unwrap().1, bytes.len());
+        }
+    }
+
+    #[test]
+    fn a_client_applies_the_same_rules_to_server_frames() {
+        let p = parse_server_frame;
+        assert_eq!(p(&[0xc1, 0x00]), Err(ProtocolError::ReservedBits));
+        assert_eq!(p(&[0xa1, 0x00]), Err(ProtocolError::ReservedBits));
+        assert_eq!(p(&[0x83, 0x00]), Err(ProtocolError::ReservedOpcode));
+        assert_eq!(p(&[0x89, 0x7e]), Err(ProtocolError::ControlFrameTooLong));
+        assert_eq!(p(&[0x09, 0x00]), Err(ProtocolError::FragmentedControlFrame));
+        assert_eq!(
+            p(&[0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            Err(ProtocolError::LengthOverflow)
+        );
+    }
+
+    #[test]
+    fn rsv1_is_allowed_on_first_data_frames_only() {
+        for role in [Role::Server, Role::Client] {
+            let mask_bit = if role == Role::Server { 0x80 } else { 0 };
+            let header = |first: u8| {
+                FrameHeader::parse(&[first, mask_bit, 1, 2, 3, 4], role, 0x4)
+                    .map(|h| h.map(|h| h.0.rsv))
+            };
+            assert_eq!(header(0xc1), Ok(Some(0x4)), "text, {role:?}");
+            assert_eq!(header(0x42), Ok(Some(0x4)), "binary, not FIN, {role:?}");
+            for first in [0xc0, 0xc8, 0xc9, 0xca] {
+                assert_eq!(
+                    header(first),
+                    Err(ProtocolError::ReservedBits),
+                    "{first:02x} {role:?}"
+                );
+            }
+            assert_eq!(
+                header(0xe1),
+                Err(ProtocolError::ReservedBits),
+                "RSV2, {role:?}"
+            );
+        }
     }
 
     #[test]
@@ -299,6 +407,9 @@ mod tests {
             let mut out = [0u8; MAX_HEADER_LEN];
             let n = h.encode(&mut out);
             assert_eq!(parse(&out[..n]), Ok(Some((h, n))));
+            let unmasked = FrameHeader { mask: None, ..h };
+            let n = unmasked.encode(&mut out);
+            assert_eq!(parse_server_frame(&out[..n]), Ok(Some((unmasked, n))));
         }
     }
 }

@@ -171,10 +171,12 @@ pub fn ref_header(buf: &[u8], allowed_rsv: u8) -> Result<Option<RefHeader>, Prot
     let b0 = buf[0];
     let b1 = buf[1];
     let rsv = (b0 >> 4) & 7;
+    let opcode = b0 & 0x0f;
+    // RFC 7692 §6.1: an extension's RSV bits only on the first frame of a data message.
+    let allowed_rsv = if matches!(opcode, 1 | 2) { allowed_rsv } else { 0 };
     if rsv & !allowed_rsv != 0 {
         return Err(ProtocolError::ReservedBits);
     }
-    let opcode = b0 & 0x0f;
     if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
         return Err(ProtocolError::ReservedOpcode);
     }
@@ -278,12 +280,6 @@ pub fn ref_decode(data: &[u8], limits: &Limits, compression: bool) -> Vec<Got> {
             out.push(Got::Error(e));
             return out;
         }
-        // RFC 7692 §6.1: RSV1 only on the first frame of a data message.
-        let rsv1 = h.rsv & 4 != 0;
-        if rsv1 && !matches!(h.opcode, 1 | 2) {
-            out.push(Got::Error(ProtocolError::ReservedBits));
-            return out;
-        }
         let start = at + h.header_len;
         let available = (data.len() - start) as u64;
         let have = h.len.min(available) as usize;
@@ -310,7 +306,7 @@ pub fn ref_decode(data: &[u8], limits: &Limits, compression: bool) -> Vec<Got> {
         } else {
             let (is_text, compressed, mut so_far) = match message.take() {
                 Some(m) => m,
-                None => (h.opcode == 1, rsv1, Vec::new()),
+                None => (h.opcode == 1, h.rsv & 4 != 0, Vec::new()),
             };
             so_far.extend_from_slice(&payload);
             let ends = complete && h.fin;

@@ -1,0 +1,50 @@
+//! The demo application the binary serves: echo on any path, a chat room on `/chat`.
+
+use std::collections::HashSet;
+
+use wsloop::{CloseCode, ConnId, Context, Decision, Handler, Message, Request};
+
+/// The default application: echo every message on any path; on `/chat` (or every path when
+/// `chat_everywhere`), relay each message to every chat member instead (the sender too).
+#[derive(Debug, Default)]
+pub struct EchoChat {
+    /// Put every connection in the chat room.
+    pub chat_everywhere: bool,
+    chat_members: HashSet<ConnId>,
+}
+
+impl EchoChat {
+    /// The room that chat members share.
+    pub const ROOM: &'static str = "chat";
+
+    /// Echo by default, chat on `/chat`; with `chat_everywhere`, chat on every path.
+    pub fn new(chat_everywhere: bool) -> EchoChat {
+        EchoChat {
+            chat_everywhere,
+            chat_members: HashSet::new(),
+        }
+    }
+}
+
+impl Handler for EchoChat {
+    fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
+        let path = req.path.split('?').next().unwrap_or_default();
+        if self.chat_everywhere || path == "/chat" {
+            ctx.subscribe(id, Self::ROOM);
+            self.chat_members.insert(id);
+        }
+        Decision::Accept(None)
+    }
+
+    fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>) {
+        if self.chat_members.contains(&id) {
+            ctx.publish(Self::ROOM, msg);
+        } else {
+            ctx.send(id, msg);
+        }
+    }
+
+    fn on_close(&mut self, _ctx: &mut Context<'_>, id: ConnId, _code: CloseCode, _reason: &str) {
+        self.chat_members.remove(&id);
+    }
+}

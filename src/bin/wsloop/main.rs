@@ -1,0 +1,123 @@
+//! `wsloop`: the server binary. Echoes every message on any path; `/chat` (or every path with
+//! `--chat`) relays each message to every chat member. Serves the demo page on the same
+//! port. `--processes` runs several copies under [`supervisor`].
+
+mod args;
+mod echo_chat;
+mod supervisor;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use wsloop::Workers;
+
+use args::Args;
+use echo_chat::EchoChat;
+use supervisor::{Supervisor, SUPERVISED_ADDR};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut args = Args::parse();
+    if args.redis.is_some() && !cfg!(feature = "redis") {
+        // Before anything starts: under --processes every child would fail the same way.
+        eprintln!("wsloop: --redis: this wsloop was built without the `redis` feature");
+        return ExitCode::FAILURE;
+    }
+    match std::env::var(SUPERVISED_ADDR).ok().map(|a| a.parse()) {
+        // A child of `--processes`: serve on the supervisor's address.
+        Some(Ok(addr)) => {
+            args.addr = addr;
+            args.reuse_port = true;
+        }
+        Some(Err(e)) => {
+            eprintln!("wsloop: {SUPERVISED_ADDR}: {e}");
+            return ExitCode::FAILURE;
+        }
+        None if args.processes > 1 => return supervise(&args),
+        None => {}
+    }
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wsloop: TLS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let chat = args.chat;
+    let workers = Workers::new(config)
+        .count(usize::from(args.workers))
+        .redis(args.redis());
+    let on_listening = |addr: SocketAddr, from_disk: bool| {
+        let page = if from_disk {
+            format!("files from {}", args.static_dir.display())
+        } else {
+            "the embedded demo page".to_owned()
+        };
+        let scale = match (args.workers, &args.redis) {
+            (1, None) => String::new(),
+            (n, None) => format!(", {n} workers"),
+            (n, Some(url)) => format!(", {n} workers, rooms shared through {url}"),
+        };
+        println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
+        let _ = std::io::stdout().flush();
+    };
+    match workers.run(move |_| EchoChat::new(chat), on_listening) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsloop: {}: {e}", args.addr);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--processes N`: start N copies of this program on one port and keep them running.
+fn supervise(args: &Args) -> ExitCode {
+    if args.metrics_addr.is_some() {
+        eprintln!(
+            "wsloop: --metrics-addr cannot be used with --processes: every process would bind it"
+        );
+        return ExitCode::FAILURE;
+    }
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("wsloop: cannot find this program to start it again: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("wsloop: cannot handle signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let supervisor = Supervisor {
+        program,
+        args: std::env::args_os().skip(1).collect(),
+        processes: usize::from(args.processes),
+        addr: args.addr,
+    };
+    let result = supervisor.run(&stop, |event| {
+        // Not println!: a closed stdout must not take the supervisor (and its duty to stop
+        // the children) down.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "wsloop supervisor: {event}").and_then(|()| out.flush());
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsloop: {}: {e}", args.addr);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Output: one door for every byte a connection is sent, which keeps the byte counts and the
+//! memory budget itself.
+//!
+//! Bytes reach a connection in two steps. During a loop turn everything produced for it —
+//! frames the protocol connection writes through its [`Output`] trait (messages, pongs, close
+//! frames, the 101, HTTP answers), shared publication frames, static-file bodies — goes
+//! through a [`Door`] into the reactor-wide [`Outbox`], and is counted as `corked` on the
+//! connection's [`ConnOut`]. At the end of the turn [`ConnOut::write`] gives the socket the
+//! connection's queue and its outbox entries, in one vectored write unless they span more
+//! slices than one `writev` takes or the socket takes part and then more; what the socket
+//! refuses stays in the connection's [`OutQueue`].
+//!
+//! The memory budget (`--max-buffered`, [`Budget`]) counts what each connection holds: its
+//! queue and its protocol and TLS state. Every change to a queue happens in a method of this
+//! module, which brings the count up to date as it goes; the state is counted by
+//! [`ConnOut::account_state`], which the reactor calls once after each piece of work on a
+//! connection (see `reactor::life`). Nothing else touches either.
+//!
+//! The slow-consumer policies of rooms ([`policy`]) live here too: they change these queues.
+
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use wsloop_proto::conn::Output;
+
+use crate::admission::counts::ProcessCounts;
+use crate::tls::TlsSession;
+
+mod policy;
+mod queue;
+
+pub(crate) use policy::Verdict;
+pub use queue::Outbox;
+pub(crate) use queue::{OutEntry, OutQueue};
+
+/// One connection's output in its slab entry (16 bytes): its queue, what this turn's outbox
+/// holds for it, and what its state counts in the budget.
+#[derive(Debug, Default)]
+pub(crate) struct ConnOut {
+    /// Bytes the socket did not take yet.
+    queue: OutQueue,
+    /// Bytes for it in this turn's outbox (saturating: the outbox is bounded by one turn).
+    corked: u32,
+    /// Bytes of its protocol and TLS state counted in the budget.
+    state: u32,
+}
+
+impl ConnOut {
+    /// Bytes waiting to be sent: queued plus produced this turn (the application's
+    /// `buffered_amount`).
+    pub(crate) fn buffered_amount(&self) -> usize {
+        self.queue.len() + self.corked as usize
+    }
+
+    /// Whether nothing waits: nothing queued, nothing produced this turn.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.corked == 0 && self.queue.is_empty()
+    }
+
+    /// Whether the queue holds bytes for the socket.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Unsent bytes in the queue.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Memory counted in the budget for this connection.
+    pub(crate) fn held(&self) -> u64 {
+        (self.queue.footprint() + self.state as usize) as u64
+    }
+
+    /// Counts `bytes` (its protocol and TLS state now) in the budget instead of what was.
+    pub(crate) fn account_state(&mut self, budget: &mut Budget, bytes: usize) {
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        budget.change(self.state as usize, bytes as usize);
+        self.state = bytes;
+    }
+
+    /// Writes the queue, then `entries` (this turn's output for it, ranges of `bytes`),
+    /// through TLS when the connection has it, to a socket that accepts writes; what the
+    /// socket refuses stays queued. Takes what `entries` held off `corked`. Returns the
+    /// plaintext bytes written.
+    ///
+    /// # Errors
+    /// A socket error other than `WouldBlock`.
+    pub(crate) fn write(
+        &mut self,
+        budget: &mut Budget,
+        socket: &mut impl Write,
+        tls: Option<&mut TlsSession>,
+        bytes: &[u8],
+        entries: &[OutEntry],
+    ) -> io::Result<usize> {
+        self.uncork(bytes, entries);
+        let before = self.queue.footprint();
+        let written = match tls {
+            None => self
+                .queue
+                .write_with(socket, bytes, entries)
+                .map(|(n, _)| n),
+            Some(tls) => tls.write_with(socket, &mut self.queue, bytes, entries),
+        };
+        budget.change(before, self.queue.footprint());
+        written
+    }
+
+    /// Queues `entries` behind what waits, without a write: the socket is known to refuse.
+    pub(crate) fn queue_blocked(
+        &mut self,
+        budget: &mut Budget,
+        bytes: &[u8],
+        entries: &[OutEntry],
+    ) {
+        self.uncork(bytes, entries);
+        let before = self.queue.footprint();
+        let _ = self.queue.write_with(&mut Blocked, bytes, entries);
+        budget.change(before, self.queue.footprint());
+    }
+
+    /// Drops the queue (the memory budget sheds it, or the connection is gone).
+    pub(crate) fn clear(&mut self, budget: &mut Budget) {
+        budget.change(self.queue.footprint(), 0);
+        self.queue.clear();
+    }
+
+    /// The connection leaves: nothing it held counts any more.
+    pub(crate) fn release(&mut self, budget: &mut Budget) {
+        self.clear(budget);
+        self.account_state(budget, 0);
+    }
+
+    /// Takes what `entries` hold off `corked`: they leave the outbox now.
+    fn uncork(&mut self, bytes: &[u8], entries: &[OutEntry]) {
+        let taken: usize = entries.iter().map(|e| e.byte_count(bytes)).sum();
+        self.corked = self
+            .corked
+            .saturating_sub(u32::try_from(taken).unwrap_or(u32::MAX));
+    }
+
+    fn cork(&mut self, len: usize) {
+        self.corked = self
+            .corked
+            .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+    }
+}
+
+/// The door into one connection's output for this turn: the protocol connection writes
+/// through it (it is an [`Output`]), and so does the server (HTTP bodies, publications).
+pub(crate) struct Door<'a> {
+    key: usize,
+    out: &'a mut ConnOut,
+    outbox: &'a mut Outbox,
+}
+
+impl<'a> Door<'a> {
+    /// The door to connection `key`'s output.
+    pub(crate) fn new(key: usize, out: &'a mut ConnOut, outbox: &'a mut Outbox) -> Door<'a> {
+        Door { key, out, outbox }
+    }
+
+    /// Appends a frame or body shared with other connections, tagged with the room whose
+    /// slow-consumer policy may drop it later (0: none).
+    pub(crate) fn push_shared(&mut self, frame: &Rc<[u8]>, room: u32) {
+        self.out.cork(frame.len());
+        self.outbox.push_shared(self.key, frame, room);
+    }
+
+    /// Appends a publication of `room` for a receiver its policy found slow, where the
+    /// policy can find it again this turn ([`Outbox::drop_policed`]).
+    pub(crate) fn push_policed(&mut self, frame: &Rc<[u8]>, room: u32) {
+        self.out.cork(frame.len());
+        self.outbox.push_policed(self.key, frame, room);
+    }
+}
+
+impl Output for Door<'_> {
+    fn push(&mut self, parts: &[&[u8]]) {
+        self.out.cork(parts.iter().map(|p| p.len()).sum());
+        self.outbox.push_bytes(self.key, parts);
+    }
+}
+
+/// The process-wide memory budget's count: what this reactor's connections hold and, with
+/// several workers, what the whole process holds.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    /// Bytes this reactor's connections hold (its `buffered_bytes`).
+    held: u64,
+    /// The process's counts, shared by every worker (`None`: a lone reactor).
+    process: Option<Arc<ProcessCounts>>,
+}
+
+impl Budget {
+    /// Counts into the process's shared figure too, from now on (a worker).
+    pub(crate) fn share(&mut self, process: Arc<ProcessCounts>) {
+        process.rebuffer(0, self.held);
+        self.process = Some(process);
+    }
+
+    /// Bytes this reactor's connections hold.
+    pub(crate) fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Bytes every connection of the process holds (all workers).
+    pub(crate) fn process_held(&self) -> u64 {
+        self.process.as_ref().map_or(self.held, |p| p.buffered())
+    }
+
+    /// Whether the process holds more than `max` bytes.
+    pub(crate) fn over(&self, max: usize) -> bool {
+        self.process_held() > max as u64
+    }
+
+    /// Whether shedding here helps bring the process under `target`: it holds more, and this
+    /// reactor at least its share of it, so the worker holding the most sheds and the others
+    /// keep their smaller holders.
+    pub(crate) fn shedding_here_helps(&self, target: u64) -> bool {
+        let total = self.process_held();
+        let workers = self.process.as_ref().map_or(1, |p| p.workers) as u64;
+        total > target && self.held.saturating_mul(workers) >= total
+    }
+
+    /// One connection's bytes went from `before` to `after`.
+    fn change(&mut self, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        let (before, after) = (before as u64, after as u64);
+        self.held = self.held.saturating_sub(before).saturating_add(after);
+        if let Some(process) = &self.process {
+            process.rebuffer(before, after);
+        }
+    }
+}
+
+/// A writer that always would block: queues entries without touching a socket.
+struct Blocked;
+
+impl Write for Blocked {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_door_counts_what_it_corks_and_the_write_what_it_queues() {
+        let mut budget = Budget::default();
+        let mut outbox = Outbox::default();
+        let mut out = ConnOut::default();
+        let frame: Rc<[u8]> = Rc::from(vec![7u8; 1000]);
+        {
+            let mut door = Door::new(3, &mut out, &mut outbox);
+            door.push(&[b"ab", b"cd"]);
+            door.push_shared(&frame, 0);
+        }
+        assert_eq!(out.buffered_amount(), 1004);
+        assert_eq!(budget.held(), 0, "corked output is not held memory");
+        out.queue_blocked(&mut budget, &outbox.bytes, &outbox.entries);
+        assert_eq!(out.buffered_amount(), 1004);
+        assert_eq!(budget.held(), out.held());
+        assert!(budget.held() >= 1004);
+        out.account_state(&mut budget, 500);
+        assert_eq!(budget.held(), out.held());
+        out.release(&mut budget);
+        assert_eq!(budget.held(), 0);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,133 @@
+//! A connection's life as the reactor sees it: after each piece of work on a connection it is
+//! settled in one place ([`Core::settle`]: its FIN, its one deadline, its state in the memory
+//! budget, removal once finished); timers hand the connection its time; shutdown, shedding
+//! under the memory budget, and removal at the end of the turn.
+
+use log::warn;
+
+use crate::app::Handler;
+use crate::out::Door;
+
+use super::Core;
+
+impl Core {
+    /// After anything happened to connection `key`: our FIN once a lingering connection has
+    /// said everything, its one deadline from its connection, its protocol and TLS state
+    /// counted in the budget, and, once finished, its removal at the end of the turn.
+    pub(super) fn settle(&mut self, key: usize) {
+        let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
+            return;
+        };
+        entry.fin_when_flushed();
+        if entry.conn.is_finished() {
+            entry.doomed = true;
+            self.doomed.push(key);
+            self.timers.disarm(key, entry.serial);
+            return;
+        }
+        let state = entry.state_bytes();
+        entry.out.account_state(&mut self.budget, state);
+        match entry.conn.poll_timeout(&self.shared) {
+            Some(at) => self.timers.arm(key, entry.serial, at),
+            None => self.timers.disarm(key, entry.serial),
+        }
+    }
+
+    /// Hands each connection whose deadline passed its time: handshake timeout, keepalive
+    /// ping, idle limit, close wait, the end of a rate pause (which brings it back to be read).
+    pub(super) fn fire_timers<H: Handler>(&mut self, app: &mut H) {
+        while let Some((key, serial)) = self.timers.pop_due(self.tick) {
+            let Some(entry) = self
+                .conns
+                .get_mut(key)
+                .filter(|e| e.serial == serial && !e.doomed)
+            else {
+                continue; // Gone since it was armed.
+            };
+            let reading = entry.conn.wants_read();
+            let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+            entry
+                .conn
+                .handle_timeout(self.tick, &mut door, &self.shared);
+            if (!reading && entry.conn.wants_read()) || entry.conn.has_backlog() {
+                self.ready.push(key); // A rate pause ended: read what waited.
+            }
+            self.dispatch_events(app, key);
+            self.settle(key);
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.shutdown_deadline = Some(self.now + self.config.drain_timeout);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(entry) = self.conns.get_mut(key) {
+                let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+                entry.conn.shutdown(self.tick, &mut door, &self.shared);
+            }
+            self.settle(key);
+        }
+    }
+
+    /// Ends the turn: shed over the memory budget, remove finished connections (telling the
+    /// application), then write every connection's output, until neither produces more work.
+    pub(super) fn finish_turn<H: Handler>(&mut self, app: &mut H) {
+        if self.budget.over(self.config.max_buffered) {
+            self.shed(app);
+        }
+        for _ in 0..4 {
+            self.remove_doomed(app);
+            if self.outbox.is_empty() {
+                break;
+            }
+            self.flush_outbox(app);
+        }
+        self.fresh_stats();
+    }
+
+    /// Over the budget: close the connections holding the most bytes with 1013 ("try again
+    /// later"), dropping what they had queued, until the process's total is back under 90 %
+    /// of it.
+    fn shed<H: Handler>(&mut self, app: &mut H) {
+        let budget = self.config.max_buffered as u64;
+        let target = budget - budget / 10;
+        let mut holders: Vec<(u64, usize)> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| !e.doomed && e.out.held() > 0)
+            .map(|(k, e)| (e.out.held(), k))
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, key) in holders {
+            if !self.budget.shedding_here_helps(target) {
+                break;
+            }
+            warn!("#{key}: holds {bytes} bytes, over --max-buffered {budget}: shedding with 1013");
+            self.stats.shed += 1;
+            if let Some(entry) = self.conns.get_mut(key) {
+                entry.out.clear(&mut self.budget);
+                let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+                entry.conn.shed(self.tick, &mut door, &self.shared);
+            }
+            self.dispatch_events(app, key);
+            self.settle(key);
+        }
+    }
+
+    /// Removes finished connections, telling the application about those it saw open.
+    fn remove_doomed<H: Handler>(&mut self, app: &mut H) {
+        while let Some(key) = self.doomed.pop() {
+            self.dispatch_last_events(app, key);
+            if let Some(mut entry) = self.conns.try_remove(key) {
+                self.stats.open -= 1;
+                entry.out.release(&mut self.budget);
+                self.admission.count_out(key);
+                self.leave_rooms(key);
+            }
+        }
+    }
+}
