@@ -5,6 +5,9 @@ use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use wsloop::protocol::frame::MAX_HEADER_LEN;
+use wsloop::protocol::{FrameHeader, OpCode};
+
 use super::http::{is_reset, is_timeout};
 
 /// Opcodes (RFC 6455 §5.2).
@@ -35,19 +38,18 @@ pub fn client_frame_raw(first: u8, payload: &[u8]) -> Vec<u8> {
 /// The masked header of a frame announcing `len` payload bytes, without the payload: what a
 /// client sends before a payload the server should refuse to wait for.
 pub fn header_only(first: u8, len: u64) -> Vec<u8> {
-    let mut out = vec![first];
-    match len {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode: OpCode::Binary,
+        mask: Some(MASK),
+        payload_len: len,
+    };
+    let mut buf = [0; MAX_HEADER_LEN];
+    let n = header.encode(&mut buf);
+    let mut out = buf[..n].to_vec();
+    // The first byte as given, including the ones no valid header has.
+    out[0] = first;
     out
 }
 
