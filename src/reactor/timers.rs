@@ -138,18 +138,6 @@ impl Deadlines {
         }
         None
     }
-
-    /// Entries in the heap (stale ones included).
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    /// Whether no entry is pending.
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -188,18 +176,18 @@ mod tests {
             deadlines.arm(3, 7, ms(10_000 + n));
         }
         deadlines.arm(4, 1, ms(200_000));
-        assert_eq!(deadlines.len(), 2, "one entry per connection");
+        assert_eq!(deadlines.heap.len(), 2, "one entry per connection");
         assert_eq!(
             deadlines.pop_due(ms(10_000)),
             None,
             "woke early: queued again"
         );
-        assert_eq!(deadlines.len(), 2);
+        assert_eq!(deadlines.heap.len(), 2);
         assert_eq!(deadlines.next_deadline(), Some(ms(10_000 + 99_999)));
         assert_eq!(deadlines.pop_due(ms(10_000 + 99_999)), Some((3, 7)));
         assert_eq!(deadlines.pop_due(ms(199_999)), None);
         assert_eq!(deadlines.pop_due(ms(200_000)), Some((4, 1)));
-        assert!(deadlines.is_empty());
+        assert!(deadlines.heap.is_empty());
     }
 
     /// An earlier deadline pushes an entry and fires on time; the entry it overtook is
@@ -211,7 +199,7 @@ mod tests {
         let mut deadlines = Deadlines::default();
         deadlines.arm(0, 1, ms(500));
         deadlines.arm(0, 1, ms(100));
-        assert_eq!(deadlines.len(), 2);
+        assert_eq!(deadlines.heap.len(), 2);
         assert_eq!(deadlines.pop_due(ms(100)), Some((0, 1)));
         assert_eq!(
             deadlines.pop_due(ms(1000)),
@@ -227,6 +215,6 @@ mod tests {
             "connection 1's entry is stale"
         );
         assert_eq!(deadlines.pop_due(ms(3000)), Some((0, 2)));
-        assert!(deadlines.is_empty());
+        assert!(deadlines.heap.is_empty());
     }
 }
