@@ -386,7 +386,7 @@ fn sigterm_ends_when_the_close_handshakes_end_though_peers_keep_their_sockets() 
             thread::spawn(move || {
                 go.wait();
                 assert_eq!(expect_close(&mut client), Some(1001), "close code");
-                client.write_all(&masked_close(1001)).unwrap();
+                client.write_all(&client_close(1001, b"")).unwrap();
                 answered.fetch_add(1, Ordering::SeqCst);
             })
         })
