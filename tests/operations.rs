@@ -367,6 +367,49 @@ fn sigterm_flushes_queued_echoes_then_closes_with_1001() {
     );
 }
 
+/// Clients that answer the server's close frame but then keep their sockets open (never
+/// sending FIN) do not hold a shutting-down server: once a connection has sent and received
+/// close and its output is flushed it is done, and the process exits when all are. It used
+/// to wait for each peer's FIN until `--close-timeout` (5 s here).
+#[test]
+fn sigterm_ends_when_the_close_handshakes_end_though_peers_keep_their_sockets() {
+    const CLIENTS: usize = 50;
+    let server = ServerProcess::start(&["--close-timeout", "5", "--drain-timeout", "10"]);
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| raw_upgraded(&server, "/")).collect();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(Barrier::new(CLIENTS + 1));
+    let threads: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let mut client = c.try_clone().unwrap();
+            let (go, answered) = (Arc::clone(&go), Arc::clone(&answered));
+            thread::spawn(move || {
+                go.wait();
+                assert_eq!(expect_close(&mut client), Some(1001), "close code");
+                client.write_all(&client_close(1001, b"")).unwrap();
+                answered.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    go.wait();
+    let start = Instant::now();
+    let status = server.terminate();
+    let took = start.elapsed();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert_eq!(answered.load(Ordering::SeqCst), CLIENTS);
+    // The exit takes a few milliseconds; 2 s leaves a loaded machine a wide margin and is
+    // still well below the 5 s the server took when it waited for every peer's FIN.
+    assert!(
+        took < Duration::from_secs(2),
+        "the server took {took:?} to exit although every client answered its close frame"
+    );
+    // The clients never closed: their sockets were still open when the server exited.
+    clients.clear();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Chat fan-out
 // ---------------------------------------------------------------------------------------------

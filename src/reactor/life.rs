@@ -73,6 +73,16 @@ impl Core {
         }
     }
 
+    /// Connections not done yet (see [`wsloop_proto::Connection::is_done`]): a graceful
+    /// shutdown ends when there are none, without waiting for the FINs of peers that keep
+    /// their sockets open after the close handshake.
+    pub(super) fn not_done(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, entry)| !entry.conn.is_done())
+            .count()
+    }
+
     /// Ends the turn: shed over the memory budget, remove finished connections (telling the
     /// application), then write every connection's output, until neither produces more work.
     pub(super) fn finish_turn<H: Handler>(&mut self, app: &mut H) {

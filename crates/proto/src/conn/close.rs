@@ -121,6 +121,19 @@ impl Connection {
         true
     }
 
+    /// Whether nothing is left to do but wait for the peer's FIN: the connection lingers
+    /// (its close handshake is over, or it failed) and our FIN went out after everything it
+    /// had to say, or it is finished. A server shutting down need not wait for that FIN: the
+    /// server closes TCP first (§7.1.1), and a peer that keeps its socket open after the
+    /// handshake gets nothing more by waiting.
+    pub fn is_done(&self) -> bool {
+        match self.phase {
+            Phase::Lingering { .. } => self.fin_sent,
+            Phase::Finished => true,
+            _ => false,
+        }
+    }
+
     /// A close frame from the peer, already validated by the decoder (`payload`: code and
     /// reason). Open: §5.5.1, answer with a close frame echoing its code; after our own close
     /// it is the answer. Either way the handshake is complete and the server closes TCP first
@@ -238,9 +251,11 @@ mod tests {
         );
         assert!(!h.conn.is_open());
         // §7.1.1: the server closes TCP first, once the echo is written.
+        assert!(!h.conn.is_done(), "the echo is not written yet");
         assert!(!h.conn.poll_fin(false));
         assert!(h.conn.poll_fin(true));
         assert!(!h.conn.poll_fin(true), "FIN once");
+        assert!(h.conn.is_done(), "only the peer's FIN is awaited");
         assert!(h.conn.wants_read(), "reads until the peer's FIN");
         h.conn.handle_eof(h.now, true, &h.shared);
         assert!(h.conn.is_finished());
