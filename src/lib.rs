@@ -252,6 +252,7 @@ mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
 mod tls;
+mod tls_error;
 mod workers;
 
 pub use admission::client_addr::{Cidr, CidrError, ForwardedHeader};

@@ -1,5 +1,5 @@
 //! The library as an application meets it: a [`Handler`] served in this process on a loopback
-//! port ([`common::InProcess`]), talked to over real sockets with raw frames or `tungstenite`.
+//! port ([`common::in_process::InProcess`]), talked to over real sockets with raw frames or `tungstenite`.
 //! Needs no `wsloop` binary, so it runs in every feature set.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -10,14 +10,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{
-    client_frame, http_get, raw_connect, read_http_head, read_server_frame, read_to_close,
-    recv_text, send_text, upgrade_request, ws_client, InProcess,
-};
+use common::frames::{client_frame, read_server_frame};
+use common::http::{connect, get, read_http_head, read_to_close, upgrade_request};
+use common::in_process::InProcess;
+use common::ws::{recv_text, send_text, ws_connect, Client};
 use wsloop::{
     CloseCode, Config, ConnId, Context, Decision, Handler, Message, ProxyMode, Request,
     ServerHandle,
 };
+
+/// The read timeout of the tests' `tungstenite` clients: short, since they poll.
+const POLL: Duration = Duration::from_millis(50);
 
 /// What a test's application saw, shared with the test thread.
 type Seen<T> = Arc<Mutex<Vec<T>>>;
@@ -59,7 +62,7 @@ fn a_message_sent_in_on_open_follows_the_101_before_anything_else() {
     let seen = Arc::clone(&sent);
     let server = InProcess::start(Config::default(), move || Welcome { sent: seen });
 
-    let mut stream = raw_connect(server.addr);
+    let mut stream = connect(server.addr);
     let mut bytes = upgrade_request("/").into_bytes();
     bytes.extend(client_frame(true, 0x1, b"first"));
     stream.write_all(&bytes).unwrap();
@@ -74,7 +77,7 @@ fn a_message_sent_in_on_open_follows_the_101_before_anything_else() {
         Some((0x81, b"first".to_vec()))
     );
 
-    let mut refused = raw_connect(server.addr);
+    let mut refused = connect(server.addr);
     refused
         .write_all(upgrade_request("/refused").as_bytes())
         .unwrap();
@@ -107,10 +110,10 @@ impl Handler for Room {
 #[test]
 fn a_joiner_hears_its_own_join_published_in_on_open() {
     let server = InProcess::start(Config::default(), Room::default);
-    let mut first = ws_client(server.addr, "/");
+    let mut first = ws_connect(server.addr, "/", POLL);
     let joined = recv_text(&mut first, ARRIVES).expect("the first joiner's own 'joined'");
     assert!(joined.ends_with(" joined"), "{joined}");
-    let mut second = ws_client(server.addr, "/");
+    let mut second = ws_connect(server.addr, "/", POLL);
     let second_joined = recv_text(&mut second, ARRIVES).expect("the second joiner's own");
     assert_ne!(second_joined, joined);
     assert_eq!(recv_text(&mut first, ARRIVES), Some(second_joined));
@@ -131,12 +134,9 @@ impl Handler for Echo {
 
 /// The status of the answer to `GET target`.
 fn status_of(addr: SocketAddr, target: &str) -> u16 {
-    let answer = http_get(addr, target);
-    answer
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line for {target}: {answer:?}"))
+    let status = get(addr, target).status();
+    assert_ne!(status, 0, "no status line for {target}");
+    status
 }
 
 /// `Config::default()` serves WebSockets and nothing else: no demo page, no `/stats`, no
@@ -153,7 +153,7 @@ fn the_defaults_serve_no_page_files_stats_or_metrics() {
     for target in ["/", "/index.html", "/favicon.svg", "/stats", "/metrics"] {
         assert_eq!(status_of(server.addr, target), 404, "{target}");
     }
-    let mut ws = ws_client(server.addr, "/");
+    let mut ws = ws_connect(server.addr, "/", POLL);
     send_text(&mut ws, "still a WebSocket server");
     assert_eq!(
         recv_text(&mut ws, ARRIVES).as_deref(),
@@ -251,14 +251,14 @@ impl Handler for Directory {
 }
 
 /// Sends `text` and returns the answer.
-fn ask(ws: &mut common::Client, text: &str) -> String {
+fn ask(ws: &mut Client, text: &str) -> String {
     send_text(ws, text);
     recv_text(ws, ARRIVES).unwrap_or_else(|| panic!("no answer to {text:?}"))
 }
 
 /// Sends `text` after a PROXY v1 `header` and an upgrade to `path`; returns the answer.
 fn ask_behind_proxy(addr: SocketAddr, header: &str, path: &str, text: &str) -> String {
-    let mut stream = raw_connect(addr);
+    let mut stream = connect(addr);
     let mut bytes = header.as_bytes().to_vec();
     bytes.extend(upgrade_request(path).into_bytes());
     bytes.extend(client_frame(true, 0x1, text.as_bytes()));
@@ -288,7 +288,7 @@ fn context_and_handle_know_peers_paths_rooms_and_subscribers() {
     let server = InProcess::start(config, move || app);
     handle.set(server.handle.clone()).unwrap();
 
-    let mut first = ws_client(server.addr, "/lobby/a?token=secret");
+    let mut first = ws_connect(server.addr, "/lobby/a?token=secret", POLL);
     let first_addr = first.get_ref().local_addr().unwrap();
     assert_eq!(ask(&mut first, "who"), format!("{first_addr} /lobby/a"));
     let proxied = [
@@ -306,7 +306,7 @@ fn context_and_handle_know_peers_paths_rooms_and_subscribers() {
         assert_eq!(answer, format!("{peer} /p"));
     }
 
-    let mut second = ws_client(server.addr, "/second");
+    let mut second = ws_connect(server.addr, "/second", POLL);
     assert_eq!(ask(&mut first, "join a"), "ok");
     assert_eq!(ask(&mut second, "join a"), "ok");
     assert_eq!(ask(&mut second, "join b"), "ok");

@@ -337,11 +337,9 @@ impl<H: Handler> Reactor<H> {
                     .core
                     .shutdown_deadline
                     .is_some_and(|d| d <= self.core.now);
-                if self.core.conns.is_empty() || expired {
-                    info!(
-                        "shutdown complete ({} connections left open)",
-                        self.core.conns.len()
-                    );
+                let left = self.core.not_done();
+                if left == 0 || expired {
+                    info!("shutdown complete ({left} connections were not done)");
                     return Ok(());
                 }
             }

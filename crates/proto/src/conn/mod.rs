@@ -69,6 +69,7 @@ use crate::CloseCode;
 
 mod close;
 mod event;
+mod export;
 mod flow;
 mod head;
 mod inbound;
@@ -80,6 +81,7 @@ mod shared;
 mod testkit;
 
 pub use event::{Closed, Event, Initiator, Input, Message, Request};
+pub use export::{NotMovable, STATE_VERSION};
 pub use outbound::Encoding;
 pub use output::Output;
 pub use shared::{ProxyPolicy, RatePolicy, Settings, Shared};
