@@ -194,7 +194,9 @@ fn selected_protocol(server: &ServerProcess, offers: &str) -> Option<String> {
         .unwrap();
     let head = read_http_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 101 "), "{offers:?} got {head}");
-    stream.write_all(&client_frame(true, op::TEXT, b"ok")).unwrap();
+    stream
+        .write_all(&client_frame(true, op::TEXT, b"ok"))
+        .unwrap();
     assert_eq!(next_frame(&mut stream), (0x81, b"ok".to_vec()));
     header(&head, "sec-websocket-protocol").map(str::to_owned)
 }
@@ -445,7 +447,11 @@ fn protocol_error_closes_carry_a_short_reason() {
     let mut over_in_fragments = client_frame(false, op::TEXT, &[b'a'; 600]);
     over_in_fragments.extend(header_only(op::CONT | 0x80, 401));
     let cases = [
-        (client_frame(true, op::TEXT, b"abc\xff"), 1007, "invalid UTF-8"),
+        (
+            client_frame(true, op::TEXT, b"abc\xff"),
+            1007,
+            "invalid UTF-8",
+        ),
         (header_only(0x82, 1001), 1009, "frame over the size limit"),
         (over_in_fragments, 1009, "message over the size limit"),
         (client_frame_raw(0xC1, b"hi"), 1002, "reserved bits set"),
