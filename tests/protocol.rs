@@ -183,6 +183,47 @@ fn handshake_header_tokens_are_case_insensitive_lists() {
     }
 }
 
+/// The `Sec-WebSocket-Protocol` of the 101 that `server` answers an upgrade offering `offers`
+/// with (`None`: no such header), after checking the connection echoes.
+fn selected_protocol(server: &ServerProcess, offers: &str) -> Option<String> {
+    let offer = format!("Sec-WebSocket-Protocol: {offers}\r\n");
+    let headers = format!("{HOST}{UPGRADE}{CONNECTION}{KEY}{VERSION}{offer}");
+    let mut stream = server.raw();
+    stream
+        .write_all(request_with("GET", &headers).as_bytes())
+        .unwrap();
+    let head = read_http_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{offers:?} got {head}");
+    stream
+        .write_all(&client_frame(true, op::TEXT, b"ok"))
+        .unwrap();
+    assert_eq!(next_frame(&mut stream), (0x81, b"ok".to_vec()));
+    header(&head, "sec-websocket-protocol").map(str::to_owned)
+}
+
+/// `--protocol` (repeatable): the first of the client's offers that the server lists is
+/// selected; with none listed (or no `--protocol`), the answer names none (RFC 6455 §4.2.2).
+#[test]
+fn protocol_flag_selects_the_first_listed_offer() {
+    let server = start(&["--protocol", "chat", "--protocol", "y"]);
+    let cases = [
+        ("x, chat", Some("chat")),
+        ("y, chat", Some("y")),
+        ("chat, y", Some("chat")),
+        ("x", None),
+        ("Chat", None),
+    ];
+    for (offers, want) in cases {
+        assert_eq!(
+            selected_protocol(&server, offers).as_deref(),
+            want,
+            "{offers}"
+        );
+    }
+    let plain = start(&[]);
+    assert_eq!(selected_protocol(&plain, "x, chat"), None);
+}
+
 #[test]
 fn handshake_bad_requests_get_400_and_close() {
     let server = start(&[]);
@@ -395,6 +436,34 @@ fn frame_over_max_frame_is_1009_from_the_header() {
     let mut bytes = client_frame(false, op::TEXT, b"start");
     bytes.extend(header_only(op::CONT | 0x80, 1001));
     expect_failure(&server, &bytes, 1009);
+}
+
+/// A close the server starts for a protocol error says why in a short reason (RFC 6455 §7.1.7
+/// lets it; at most 123 bytes, so the frame stays a valid control frame, §5.5), and the code
+/// and reason arrive as they were written.
+#[test]
+fn protocol_error_closes_carry_a_short_reason() {
+    let server = start(&["--max-message", "1000"]);
+    let mut over_in_fragments = client_frame(false, op::TEXT, &[b'a'; 600]);
+    over_in_fragments.extend(header_only(op::CONT | 0x80, 401));
+    let cases = [
+        (
+            client_frame(true, op::TEXT, b"abc\xff"),
+            1007,
+            "invalid UTF-8",
+        ),
+        (header_only(0x82, 1001), 1009, "frame over the size limit"),
+        (over_in_fragments, 1009, "message over the size limit"),
+        (client_frame_raw(0xC1, b"hi"), 1002, "reserved bits set"),
+        (b"\x81\x05hello".to_vec(), 1002, "unmasked client frame"),
+    ];
+    for (bytes, code, reason) in cases {
+        let mut stream = raw_upgraded(&server, "/");
+        stream.write_all(&bytes).unwrap();
+        let payload = expect_single_close_then_eof(&mut stream, code);
+        assert_eq!(std::str::from_utf8(&payload[2..]), Ok(reason), "{code}");
+        assert!(payload.len() - 2 <= 123, "{reason}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

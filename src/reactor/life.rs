@@ -12,8 +12,9 @@ use super::Core;
 
 impl Core {
     /// After anything happened to connection `key`: our FIN once a lingering connection has
-    /// said everything, its one deadline from its connection, its protocol and TLS state
-    /// counted in the budget, and, once finished, its removal at the end of the turn.
+    /// said everything, its one deadline from its connection, its protocol and TLS state (and
+    /// its path) counted in the budget, and, once finished, its removal at the end of the
+    /// turn.
     pub(super) fn settle(&mut self, key: usize) {
         let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
             return;
@@ -25,7 +26,7 @@ impl Core {
             self.timers.disarm(key);
             return;
         }
-        let state = entry.state_bytes();
+        let state = entry.state_bytes() + self.paths.len_of(entry.facts.path);
         entry.out.account_state(&mut self.budget, state);
         match entry.conn.poll_timeout(&self.shared) {
             Some(at) => self.timers.arm(key, at),
@@ -133,6 +134,7 @@ impl Core {
                 entry.out.release(&mut self.budget);
                 self.admission.count_out(key);
                 self.leave_rooms(key);
+                self.forget_facts(key, entry.facts);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests, one module per idea. Every test starts a real
 //! `wsloop` process ([`server::ServerProcess`]) and talks to it over loopback sockets.
 //!
-//! - [`server`]: the server process and free ports.
+//! - [`server`]: the server process and free ports (needs the `cli` feature: the binary).
+//! - [`in_process`]: a `Handler` served in this process (the library tests, every build).
 //! - [`http`]: connections, requests, responses, `/stats`.
 //! - [`frames`]: client frames written byte by byte, server frames read back.
 //! - [`ws`]: upgraded connections, echoes, `tungstenite` clients.
@@ -13,6 +14,7 @@
 
 pub mod frames;
 pub mod http;
+pub mod in_process;
 pub mod metrics;
 pub mod process;
 pub mod redis;
@@ -22,6 +24,7 @@ pub mod tls;
 pub mod ws;
 
 /// The server under test: every test file starts one.
+#[allow(unused_imports)] // The library tests never start the binary.
 pub use server::ServerProcess;
 
 use std::time::{Duration, Instant};

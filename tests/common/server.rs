@@ -16,11 +16,13 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
     pub fn start(args: &[&str]) -> ServerProcess {
         ServerProcess::start_at("127.0.0.1:0", args)
     }
 
     /// Starts `wsloop --addr ADDR ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
     pub fn start_at(addr: &str, args: &[&str]) -> ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wsloop"));
         command.args(["--addr", addr]).args(args);
@@ -30,6 +32,7 @@ impl ServerProcess {
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` through `sh -c 'ulimit -n LIMIT; exec ...'`,
     /// so the server runs with at most `fd_limit` open files; waits for `listening on`.
     /// `pid()` is the server's own PID (the shell `exec`s it).
+    #[cfg(feature = "cli")]
     pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> ServerProcess {
         let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
         let mut command = Command::new("sh");

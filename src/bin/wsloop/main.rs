@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         "http"
     };
     let chat = args.chat;
+    let protocols = args.protocol.clone();
     let workers = Workers::new(config)
         .count(usize::from(args.workers))
         .redis(args.redis());
@@ -70,7 +71,10 @@ fn main() -> ExitCode {
         println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
         let _ = std::io::stdout().flush();
     };
-    match workers.run(move |_| EchoChat::new(chat), on_listening) {
+    match workers.run(
+        move |_| EchoChat::new(chat, protocols.clone()),
+        on_listening,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsloop: {}: {e}", args.addr);
