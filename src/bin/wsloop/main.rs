@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let chat = args.chat;
+    let protocols = args.protocol.clone();
     let workers = Workers::new(config)
         .count(usize::from(args.workers))
         .redis(args.redis());
@@ -78,7 +79,10 @@ fn main() -> ExitCode {
         println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
         let _ = std::io::stdout().flush();
     };
-    match workers.run(move |_| EchoChat::new(chat), on_listening) {
+    match workers.run(
+        move |_| EchoChat::new(chat, protocols.clone()),
+        on_listening,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsloop: {}: {e}", args.addr);

@@ -262,6 +262,44 @@ mod tests {
         assert_eq!(h.events(), vec![]);
     }
 
+    /// §5.5.1: whatever valid code the peer sends — registered, library or private — the
+    /// answer carries it back.
+    #[test]
+    fn every_valid_peer_code_is_echoed() {
+        for code in [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let mut h = Harness::open(Settings::default());
+            h.feed(&client_close(code, b""));
+            assert_eq!(h.close_frame(), (code, String::new()), "{code}");
+            assert_eq!(
+                h.events(),
+                vec![closed(code, "", Initiator::Peer, Some(code), Some(code))]
+            );
+        }
+    }
+
+    /// A close frame may come between the fragments of a message (§5.4: control frames may
+    /// be injected): it is answered, and the unfinished message is never delivered.
+    #[test]
+    fn a_close_inside_a_fragmented_message_is_answered() {
+        let mut h = Harness::open(Settings::default());
+        let mut bytes =
+            super::super::testkit::client_frame_rsv(false, 0, OpCode::Text, b"never finished");
+        bytes.extend(client_close(1000, b""));
+        h.feed(&bytes);
+        assert_eq!(h.close_frame(), (1000, String::new()));
+        assert_eq!(
+            h.take_seen(),
+            vec![Seen::Event(closed(
+                1000,
+                "",
+                Initiator::Peer,
+                Some(1000),
+                Some(1000)
+            ))]
+        );
+        assert!(h.conn.poll_fin(true));
+    }
+
     #[test]
     fn empty_peer_close_gets_an_empty_close_and_1005() {
         let mut h = Harness::open(Settings::default());

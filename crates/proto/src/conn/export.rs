@@ -98,7 +98,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Appends the connection's state at `now` to `out` (see the [module docs](self)).
+    /// Appends the connection's state at `now` to `out`.
     ///
     /// # Errors
     /// When it cannot move ([`Connection::check_movable`]); nothing is written then.

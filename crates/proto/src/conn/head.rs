@@ -223,14 +223,11 @@ impl Connection {
         else {
             return Err(ActionError::NoRequest);
         };
-        let deflate = shared.settings.deflate.as_ref().and_then(|config| {
-            let offers = request
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-                .map(|h| h.value);
-            negotiate(offers, config)
-        });
+        let deflate = shared
+            .settings
+            .deflate
+            .as_ref()
+            .and_then(|config| negotiate(request.values("sec-websocket-extensions"), config));
         let extensions = deflate.map(|params| params.response_value());
         let key = request.header("sec-websocket-key").unwrap_or_default();
         let mut response = Vec::with_capacity(256);
