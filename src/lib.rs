@@ -223,6 +223,8 @@
 //!   `Origin` check, the client's address behind trusted proxies.
 //! - `http/` — plain HTTP answers and static files. `stats/` — counters, Prometheus, the
 //!   per-worker board. `tls.rs` — rustls as a filter between socket and connection.
+//! - `upgrade/` — the first pieces of handing live connections to a new process (the
+//!   handoff channel and its versioned hello), not wired in yet.
 //! - `app.rs`, `config.rs`, `handle.rs`, `workers/` — the public surface above.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -253,6 +255,7 @@ mod tls;
 #[path = "no_tls.rs"]
 mod tls;
 mod tls_error;
+mod upgrade;
 mod workers;
 
 pub use admission::client_addr::{Cidr, CidrError, ForwardedHeader};

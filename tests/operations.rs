@@ -410,6 +410,28 @@ fn sigterm_ends_when_the_close_handshakes_end_though_peers_keep_their_sockets() 
     clients.clear();
 }
 
+#[test]
+fn pid_file_names_the_serving_process_until_it_exits() {
+    let dir = std::env::temp_dir().join(format!("wsloop-pid-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wsloop.pid");
+    let server = ServerProcess::start(&["--pid-file", path.to_str().unwrap()]);
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(written, format!("{}\n", server.pid()));
+    assert!(server.terminate().success());
+    assert!(!path.exists(), "removed at exit");
+    // A file it cannot write: it says so and does not serve.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
+        .args(["--addr", "127.0.0.1:0", "--pid-file"])
+        .arg(dir.join("missing").join("wsloop.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Chat fan-out
 // ---------------------------------------------------------------------------------------------

@@ -408,8 +408,11 @@ impl Drop for Supervised {
 #[test]
 fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     use rustix::process::{kill_process, Pid, Signal};
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-supervisor-{}.pid", std::process::id()));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
-        .args(["--addr", "127.0.0.1:0", "--processes", "2"])
+        .args(["--addr", "127.0.0.1:0", "--processes", "2", "--pid-file"])
+        .arg(&pid_file)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -420,6 +423,9 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     };
     let lines = stdout_lines(&mut sup.child);
     let head = wait_line(&lines, "supervisor on ");
+    // --pid-file names the supervisor, not a child.
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written, format!("{}\n", sup.child.id()));
     let addr: std::net::SocketAddr = head
         .split("supervisor on ")
         .nth(1)
@@ -476,4 +482,5 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     };
     assert!(status.success(), "{status}");
     assert!(!alive(replacement) && !alive(second));
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
 }

@@ -23,6 +23,8 @@ use super::frame::{FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LE
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
+mod state;
+
 /// Size limits, checked from frame headers before any payload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -193,6 +195,11 @@ impl Decoder {
     /// (fragments, or a frame split across calls) is still validated chunk by chunk.
     pub fn defer_whole_text_validation(&mut self) {
         self.defer_whole_text = true;
+    }
+
+    /// Whether RSV1 (a compressed message) is accepted: [`Decoder::enable_compression`].
+    pub fn accepts_compressed(&self) -> bool {
+        self.allowed_rsv & RSV1 != 0
     }
 
     /// Whether a message or frame is partly received.

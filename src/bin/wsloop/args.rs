@@ -153,6 +153,10 @@ pub struct Args {
     /// Publications waiting to go to Redis; beyond it they are dropped and counted.
     #[arg(long, default_value_t = 65_536)]
     pub redis_queue: usize,
+    /// Write the serving process's id (the supervisor's under --processes) to this file at
+    /// start; it is removed at exit.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
     /// PEM certificate chain (leaf first): the port then speaks only TLS (wss://, https://).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

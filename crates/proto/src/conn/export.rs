@@ -43,8 +43,6 @@ pub enum NotMovable {
     EventsPending,
     /// Its permessage-deflate contexts are its own (context takeover): never movable.
     OwnDeflateContexts,
-    /// A frame or message is partly received (this build does not export decoder state).
-    MidFrame,
 }
 
 impl NotMovable {
@@ -61,7 +59,6 @@ impl std::fmt::Display for NotMovable {
             NotMovable::RequestOut => "a request is waiting for its answer",
             NotMovable::EventsPending => "events are waiting to be polled",
             NotMovable::OwnDeflateContexts => "it has deflate contexts of its own",
-            NotMovable::MidFrame => "a frame is partly received",
         })
     }
 }
@@ -97,9 +94,6 @@ impl Connection {
         }
         if !self.events.is_empty() {
             return Err(NotMovable::EventsPending);
-        }
-        if self.decoder.is_mid_message() || self.decoder.buffered() > 0 {
-            return Err(NotMovable::MidFrame);
         }
         Ok(())
     }
@@ -146,6 +140,7 @@ impl Connection {
         ] {
             w.bool(flag);
         }
+        self.decoder.export(&mut w);
         export_deflate(&mut w, self.deflate.as_deref().map(|d| &d.params));
         export_flow(&mut w, self.flow.as_deref(), now);
         Ok(())
@@ -184,13 +179,14 @@ impl Connection {
         };
         let [ping_sent, eof, fin_sent, opened, closed_reported] =
             [r.bool()?, r.bool()?, r.bool()?, r.bool()?, r.bool()?];
+        let decoder = Decoder::import(&mut r)?;
         let deflate = import_deflate(&mut r)?;
         let flow = import_flow(&mut r, now)?;
         r.finish()?;
-        let mut decoder = Decoder::new();
-        decoder.defer_whole_text_validation();
-        if deflate.is_some() {
-            decoder.enable_compression();
+        if decoder.accepts_compressed() != deflate.is_some() {
+            return Err(CodecError::Invalid(
+                "compression without permessage-deflate",
+            ));
         }
         Ok(Connection {
             phase,
@@ -310,7 +306,9 @@ fn import_flow(r: &mut Reader<'_>, now: Tick) -> Result<Option<Box<Flow>>, Codec
 mod tests {
     use std::time::Duration;
 
-    use super::super::testkit::{client_close, client_frame, keepalive, upgrade_request, Harness};
+    use super::super::testkit::{
+        client_close, client_frame, client_frame_rsv, keepalive, upgrade_request, Harness,
+    };
     use super::super::{RatePolicy, Settings};
     use super::{Connection, NotMovable, STATE_VERSION};
     use crate::codec::CodecError;
@@ -475,6 +473,18 @@ mod tests {
         h.send_text(&"compressible ".repeat(10)).unwrap();
         assert_eq!(h.conn.check_movable(), Err(NotMovable::OwnDeflateContexts));
         assert!(NotMovable::OwnDeflateContexts.is_permanent());
+    }
+
+    #[test]
+    fn a_fragmented_message_and_a_partial_frame_move() {
+        let mut h = echoing(Settings::default());
+        h.feed(&client_frame_rsv(false, 0, OpCode::Text, "hé".as_bytes()));
+        let last = client_frame_rsv(true, 0, OpCode::Continuation, "llo €".as_bytes());
+        h.feed(&last[..12]); // 6 header bytes, then "llo " and two of the three bytes of €
+        same_future(h, |h| {
+            h.feed(&last[12..]);
+            h.feed(&client_frame(OpCode::Text, b"next"));
+        });
     }
 
     #[test]

@@ -78,7 +78,7 @@ mod outbound;
 mod output;
 mod shared;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub use event::{Closed, Event, Initiator, Input, Message, Request};
 pub use export::{NotMovable, STATE_VERSION};
