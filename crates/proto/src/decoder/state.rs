@@ -22,7 +22,7 @@ const TEXT: u8 = 1;
 const BINARY: u8 = 2;
 
 impl Decoder {
-    /// Appends the decoder's state to `w` (see the [module docs](self)).
+    /// Appends the decoder's state to `w`.
     pub fn export(&self, w: &mut Writer<'_>) {
         w.bytes(
             self.header
