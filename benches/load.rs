@@ -201,54 +201,34 @@ struct Metric {
     better: Better,
 }
 
-const P50: Metric = Metric {
-    name: "RTT p50 us",
-    better: Better::Lower,
-};
-const P99: Metric = Metric {
-    name: "RTT p99 us",
-    better: Better::Lower,
-};
-const MSGS: Metric = Metric {
-    name: "msgs/s",
-    better: Better::Higher,
-};
-const MBS: Metric = Metric {
-    name: "MB/s each way",
-    better: Better::Higher,
-};
-const CPU_MSG: Metric = Metric {
-    name: "server CPU us/msg",
-    better: Better::Lower,
-};
-const CLIENT_CPU: Metric = Metric {
-    name: "wsload CPU %",
-    better: Better::Lower,
-};
-const RSS_CONN: Metric = Metric {
-    name: "server RSS B/conn",
-    better: Better::Lower,
-};
-const PEAK_RSS: Metric = Metric {
-    name: "server peak RSS MiB",
-    better: Better::Lower,
-};
-const RSS_CONN_FRESH: Metric = Metric {
-    name: "server RSS B/conn over a fresh server",
-    better: Better::Lower,
-};
-const HELD: Metric = Metric {
-    name: "connections held",
-    better: Better::Higher,
-};
-const HS: Metric = Metric {
-    name: "handshakes/s",
-    better: Better::Higher,
-};
-const CPU_HS: Metric = Metric {
-    name: "server CPU us/handshake",
-    better: Better::Lower,
-};
+impl Metric {
+    const fn lower(name: &'static str) -> Metric {
+        Metric {
+            name,
+            better: Better::Lower,
+        }
+    }
+
+    const fn higher(name: &'static str) -> Metric {
+        Metric {
+            name,
+            better: Better::Higher,
+        }
+    }
+}
+
+const P50: Metric = Metric::lower("RTT p50 us");
+const P99: Metric = Metric::lower("RTT p99 us");
+const MSGS: Metric = Metric::higher("msgs/s");
+const MBS: Metric = Metric::higher("MB/s each way");
+const CPU_MSG: Metric = Metric::lower("server CPU us/msg");
+const CLIENT_CPU: Metric = Metric::lower("wsload CPU %");
+const RSS_CONN: Metric = Metric::lower("server RSS B/conn");
+const PEAK_RSS: Metric = Metric::lower("server peak RSS MiB");
+const RSS_CONN_FRESH: Metric = Metric::lower("server RSS B/conn over a fresh server");
+const HELD: Metric = Metric::higher("connections held");
+const HS: Metric = Metric::higher("handshakes/s");
+const CPU_HS: Metric = Metric::lower("server CPU us/handshake");
 
 impl Load {
     fn metrics(self) -> &'static [Metric] {

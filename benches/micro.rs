@@ -42,6 +42,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, Throughput};
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng};
 use wsloop::internals::{origin_allowed, Entry, Outbox};
 use wsloop::protocol::deflate::{negotiate, DeflateConfig};
 use wsloop::protocol::frame::{server_header, MAX_HEADER_LEN};
@@ -73,24 +75,14 @@ const SIZES: [(usize, &str); 4] = [
     (MIB, "1MiB"),
 ];
 
-/// A small xorshift generator: masking keys and binary payloads.
-struct Rng(u64);
+/// Masking keys and binary payloads: seeded, so every run measures the same bytes.
+fn rng(seed: u64) -> SmallRng {
+    SmallRng::seed_from_u64(seed)
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn key(&mut self) -> [u8; 4] {
-        (self.next() as u32).to_ne_bytes()
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` random bytes.
+fn random_bytes(rng: &mut SmallRng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.random::<u8>()).collect()
 }
 
 /// `len` bytes of ASCII, JSON-like.
@@ -200,7 +192,7 @@ fn bench_decode(
 
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = rng(0x2545_F491_4F6C_DD1D);
     for (size, label) in SIZES {
         // About 1 MiB of payload per iteration (4 MiB for 1 MiB frames), text and binary
         // alternating.
@@ -209,10 +201,22 @@ fn decode(c: &mut Criterion) {
         let mut wire = Vec::new();
         for i in 0..frames {
             if i % 2 == 0 {
-                client_frame(&mut wire, true, OpCode::Text, &text, rng.key());
+                client_frame(
+                    &mut wire,
+                    true,
+                    OpCode::Text,
+                    &text,
+                    rng.random::<[u8; 4]>(),
+                );
             } else {
-                let binary = rng.bytes(size);
-                client_frame(&mut wire, true, OpCode::Binary, &binary, rng.key());
+                let binary = random_bytes(&mut rng, size);
+                client_frame(
+                    &mut wire,
+                    true,
+                    OpCode::Binary,
+                    &binary,
+                    rng.random::<[u8; 4]>(),
+                );
             }
         }
         let expect = Seen {
@@ -234,7 +238,7 @@ fn decode(c: &mut Criterion) {
                 OpCode::Continuation
             };
             let fin = i + 1 == fragments.len();
-            client_frame(&mut wire, fin, opcode, fragment, rng.key());
+            client_frame(&mut wire, fin, opcode, fragment, rng.random::<[u8; 4]>());
         }
     }
     let expect = Seen {
@@ -311,7 +315,7 @@ fn decode_large(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_large");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(8));
-    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    let mut rng = rng(0x5DEE_CE66_D1CE_4E5B);
     let limits = Limits {
         max_frame: 64 << 20,
         max_message: 64 << 20,
@@ -323,10 +327,10 @@ fn decode_large(c: &mut Criterion) {
     ] {
         let payload = match opcode {
             OpCode::Text => ascii_text(size),
-            _ => rng.bytes(size),
+            _ => random_bytes(&mut rng, size),
         };
         let mut wire = Vec::new();
-        client_frame(&mut wire, true, opcode, &payload, rng.key());
+        client_frame(&mut wire, true, opcode, &payload, rng.random::<[u8; 4]>());
         let mut decoder = Decoder::new();
         let mut pool = BufferPool::new(READ, 64 << 20);
         let mut read_buf = vec![0u8; READ];
@@ -358,11 +362,11 @@ fn encode_all(outbox: &mut Outbox, opcode: OpCode, payloads: &[&[u8]]) -> usize 
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = rng(0x9E37_79B9_7F4A_7C15);
     for (size, label) in SIZES {
         // One read's worth of echoed messages per turn (256 KiB), or one 1 MiB message.
         let frames = (READ / size).max(1);
-        let source = rng.bytes(frames * size);
+        let source = random_bytes(&mut rng, frames * size);
         let payloads: Vec<&[u8]> = source.chunks(size).collect();
         let mut outbox = Outbox::default();
         let written = encode_all(&mut outbox, OpCode::Binary, &payloads);
@@ -381,7 +385,7 @@ fn unmask(c: &mut Criterion) {
     let mut group = c.benchmark_group("unmask");
     let key = [0x37, 0xfa, 0x21, 0x3d];
     for (size, label) in [(KIB, "1KiB"), (64 * KIB, "64KiB"), (MIB, "1MiB")] {
-        let mut buf = Rng(7).bytes(size);
+        let mut buf = random_bytes(&mut rng(7), size);
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::new("words", label), |b| {
             b.iter(|| apply_mask(black_box(&mut buf), key, 0))
@@ -389,7 +393,7 @@ fn unmask(c: &mut Criterion) {
     }
     // A payload starting one byte into the buffer, continuing the key at offset 3.
     let size = 64 * KIB;
-    let mut buf = Rng(7).bytes(size + 1);
+    let mut buf = random_bytes(&mut rng(7), size + 1);
     group.throughput(Throughput::Bytes(size as u64));
     group.bench_function(BenchmarkId::new("words_unaligned", "64KiB"), |b| {
         b.iter(|| apply_mask(black_box(&mut buf[1..]), key, 3))
@@ -465,14 +469,7 @@ fn handshake_once(request: &[u8], deflate: Option<&DeflateConfig>) -> Vec<u8> {
         &[]
     ));
     let extensions = deflate
-        .and_then(|config| {
-            let offers = req
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-                .map(|h| h.value);
-            negotiate(offers, config)
-        })
+        .and_then(|config| negotiate(req.values("sec-websocket-extensions"), config))
         .map(|params| params.response_value());
     let mut response = Vec::with_capacity(256);
     write_accept_response(&mut response, key, None, extensions.as_deref());
@@ -509,7 +506,7 @@ fn memcpy(c: &mut Criterion) {
         (16 * MIB, "16MiB"),
         (64 * MIB, "64MiB"),
     ] {
-        let src = Rng(11).bytes(size);
+        let src = random_bytes(&mut rng(11), size);
         let mut dst = vec![0u8; size];
         if size > MIB {
             // ~10 ms per copy: fewer, longer samples.
@@ -524,7 +521,7 @@ fn memcpy(c: &mut Criterion) {
     // The copy `encode` makes of a 64 KiB payload: behind a 4-byte header, so the destination
     // is 4 bytes past an 8-byte boundary.
     let size = 64 * KIB;
-    let src = Rng(11).bytes(size);
+    let src = random_bytes(&mut rng(11), size);
     let mut dst = vec![0u8; size + 4];
     group.sample_size(100);
     group.measurement_time(Duration::from_secs(5));

@@ -23,10 +23,12 @@ struct Chat {
 
 impl Handler for Chat {
     fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
-        let protocol = req.protocols().find(|p| *p == "chat.v1").map(str::to_owned);
+        let protocol = req.select_protocol(&["chat.v1"]).map(str::to_owned);
         let nick = format!("guest{}", self.nicks.len() + 1);
-        ctx.publish(ROOM, Message::Text(&format!("* {nick} joined")));
+        // Subscribed first, the joiner hears its own "joined" too: what a connection is sent
+        // in `on_open` goes out right after its 101.
         ctx.subscribe(id, ROOM);
+        ctx.publish(ROOM, Message::Text(&format!("* {nick} joined")));
         self.nicks.insert(id, nick);
         Decision::Accept(protocol)
     }

@@ -28,6 +28,8 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
+use wsloop::protocol::frame::MAX_HEADER_LEN;
+use wsloop::protocol::{FrameHeader, OpCode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -215,19 +217,16 @@ impl Payloads {
 
     /// Appends message `seq` as a masked binary client frame.
     fn frame(&self, seq: u64, out: &mut Vec<u8>) {
-        out.push(0x82);
-        match self.body.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&MASK);
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: OpCode::Binary,
+            mask: Some(MASK),
+            payload_len: self.body.len() as u64,
+        };
+        let mut buf = [0; MAX_HEADER_LEN];
+        let n = header.encode(&mut buf);
+        out.extend_from_slice(&buf[..n]);
         let k = self.body.len().min(8);
         let seq = seq.to_le_bytes();
         out.extend((0..k).map(|i| seq[i] ^ MASK[i % 4]));

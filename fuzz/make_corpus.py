@@ -130,6 +130,102 @@ seeds["connection"] += [
     + frame(0x2, deflate_raw(bytes(100_000)), rsv=4),  # a small bomb against 32 KiB
 ]
 
+# connection, scripted mode: [max_frame, max_message, head_sel | 0x10, opts, ops..] (see the
+# target's docs and `Script::step`). The reactor's and the application's steps, so the fuzzer
+# starts from states a split plan never reaches: held-back input, timers, closes both ways.
+SCRIPTED = 0x90  # the default 8 KiB head limit, scripted
+ACCEPT = bytes([0])  # the decision byte a request is answered with: accept / keep alive
+OPT_PING, OPT_IDLE, OPT_MSG_RATE, OPT_BYTE_RATE, OPT_RATE_CLOSE = 0x01, 0x02, 0x04, 0x08, 0x10
+OPT_PROXY, OPT_PROXY_REQUIRED, OPT_PROXY_TRUSTED = 0x20, 0x40, 0x80
+DEADLINE, SHUTDOWN, SHED, FLUSH, PEER_FIN, RESET, PONG, ECHO = (
+    bytes([op]) for op in (6, 9, 10, 11, 12, 13, 14, 15)
+)
+
+
+def script(opts, *ops, head_sel=SCRIPTED, limits=(0xFF, 0xFF)):
+    return bytes([*limits, head_sel, opts]) + b"".join(ops)
+
+
+def read(data, defer=False):
+    """One read of `data` (op 0, or 4 to defer, | high << 4, then n: n * (1 + high) bytes)
+    when its length has that form, else a 255-byte read and reads of the rest."""
+    out = b""
+    while data:
+        h, n = next(
+            ((h, len(data) // (1 + h)) for h in range(16)
+             if len(data) % (1 + h) == 0 and len(data) // (1 + h) <= 255),
+            (0, min(255, len(data))),
+        )
+        take = n * (1 + h)
+        out += bytes([(4 if defer else 0) | h << 4, n]) + data[:take]
+        data = data[take:]
+    return out
+
+
+def clock(n, unit):
+    """The clock moves n units: 0 = 1 ms, 1 = 10 ms, 2 = 100 ms, 3 = 1 s."""
+    return bytes([5 | unit << 4, n])
+
+
+def send(n, text=False):
+    return bytes([7 | (0x10 if text else 0), n])
+
+
+def app_close(code, reason_units=0):
+    return bytes([8 | reason_units << 4]) + code.to_bytes(2, "big")
+
+
+MESSAGES = b"".join(frame(0x1, b"m%d" % i) for i in range(10))
+PROXY_V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51000 9001\r\n"
+UPGRADED = read(REQ) + ACCEPT + FLUSH  # a reactor flushes every turn
+seeds["connection"] += [
+    # An upgrade, messages, a ping, the application's own sends, the peer's close, FINs.
+    script(0, UPGRADED, read(HELLO + HEL_LO + frame(0x9, b"are you there")), FLUSH,
+           send(40, text=True), send(3), read(frame(0x8, close(1000, b"bye"))), FLUSH, PEER_FIN),
+    # A text sent while the upgrade is decided (decision bit 0), then refused (bit 1).
+    script(0, read(REQ), bytes([1]), FLUSH),
+    script(0, read(REQ), bytes([3]), FLUSH),
+    # Our close, the close wait running out; and our close answered.
+    script(0, UPGRADED, read(HELLO), app_close(1000, 2), FLUSH, DEADLINE, FLUSH),
+    script(0, UPGRADED, app_close(4000), FLUSH, read(frame(0x8, close(4000))), FLUSH, PEER_FIN),
+    # Pipelined plain requests, the last one ending the keep-alive (decision bit 2); a plain
+    # request, then an upgrade, on one connection.
+    script(0, read(GET_STATS * 3), ACCEPT, ACCEPT, bytes([4]), FLUSH),
+    script(0, read(GET_STATS + REQ), ACCEPT, ACCEPT, read(HELLO), FLUSH),
+    # A partial head, then the handshake timeout.
+    script(0, read(REQ[:40]), DEADLINE),
+    # 5 messages/s: ten in one read pause reading; the deadlines let the rest through.
+    script(OPT_MSG_RATE, UPGRADED, read(MESSAGES), DEADLINE, DEADLINE, clock(1, 3), FLUSH),
+    # 1000 bytes/s: a 2 000-byte message puts the bucket in debt.
+    script(OPT_BYTE_RATE, UPGRADED, read(frame(0x2, bytes(2000)) + HELLO), clock(5, 2),
+           DEADLINE, DEADLINE, FLUSH),
+    # The rate-limit close policy: 1008, then the peer's answer.
+    script(OPT_MSG_RATE | OPT_RATE_CLOSE, UPGRADED, read(MESSAGES), FLUSH,
+           read(frame(0x8, close(1008))), PEER_FIN),
+    # A reader that defers all after the first message, with a ping in between.
+    script(0, UPGRADED, read(MESSAGES[:24] + frame(0x9, b"p") + MESSAGES[24:], defer=True),
+           FLUSH),
+    # Keepalive: a ping after 1 s of silence, answered (a round trip); then silence past the
+    # 3 s idle limit.
+    script(OPT_PING | OPT_IDLE, UPGRADED, clock(1, 3), FLUSH, clock(3, 0), PONG, clock(5, 3),
+           FLUSH),
+    script(OPT_PING | OPT_IDLE, UPGRADED, DEADLINE, FLUSH, DEADLINE, FLUSH, DEADLINE),
+    # A PROXY header from a trusted peer, then an upgrade; and one required but untrusted.
+    script(OPT_PROXY | OPT_PROXY_REQUIRED | OPT_PROXY_TRUSTED, read(PROXY_V1 + REQ), ACCEPT,
+           read(HELLO), FLUSH),
+    script(OPT_PROXY | OPT_PROXY_REQUIRED, read(PROXY_V1 + REQ), FLUSH),
+    # permessage-deflate (without and with context takeover): a compressed message, a
+    # compressed send, then the connection shed.
+    script(0, read(REQ_DEFLATE), ACCEPT, read(frame(0x1, packed, rsv=4)), send(200, text=True),
+           FLUSH, SHED, head_sel=0xD0),
+    script(0, read(REQ_DEFLATE), ACCEPT, read(frame(0x1, packed, rsv=4)), send(200, text=True),
+           read(frame(0x1, packed, rsv=4)), FLUSH, head_sel=0xF0),
+    # Shutdown with an echo queued; a transport error mid-frame; the echo turned off.
+    script(0, UPGRADED, read(HELLO), SHUTDOWN, FLUSH, read(frame(0x8, close(1001))), FLUSH),
+    script(0, UPGRADED, read(HELLO[:4]), RESET),
+    script(0, UPGRADED, ECHO, read(HELLO), send(5), ECHO, read(HELLO), FLUSH),
+]
+
 # handshake: [head_sel, hdr_sel, plan.., data..]
 for req in [
     REQ,

@@ -6,7 +6,8 @@
 #   bash scripts/browser-test.sh
 #
 # A second wsloop with a self-signed certificate (openssl) serves the same page over https://
-# and wss:// (WSLOOP_TLS_URL); Chromium runs with --ignore-certificate-errors for it.
+# and wss:// (WSLOOP_TLS_URL); Chromium runs with --ignore-certificate-errors for it. A third,
+# with `--protocol chat`, is where a page asks for a subprotocol (WSLOOP_PROTOCOL_URL).
 #
 # Env: SCREENSHOT (default target/browser/demo.png), BROWSER_TEST_TIMEOUT (seconds, default 300).
 # Exit code: the test's (124 if it timed out).
@@ -51,6 +52,7 @@ cargo build --release --bin wsloop
 tmp="$(mktemp -d)"
 server_pid=""
 tls_pid=""
+protocol_pid=""
 stop_pid() {
   local pid=$1
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
@@ -63,6 +65,7 @@ stop_pid() {
 cleanup() {
   stop_pid "$server_pid"
   stop_pid "$tls_pid"
+  stop_pid "$protocol_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -102,9 +105,16 @@ tls_pid=$!
 tls_addr="$(wait_listening "$tls_pid" "$tmp/tls-stdout")" || { cat "$tmp/tls-stderr" >&2; exit 1; }
 log "wsloop with TLS (pid $tls_pid) listening on $tls_addr"
 
+target/release/wsloop --addr 127.0.0.1:0 --protocol chat \
+  >"$tmp/protocol-stdout" 2>"$tmp/protocol-stderr" &
+protocol_pid=$!
+protocol_addr="$(wait_listening "$protocol_pid" "$tmp/protocol-stdout")" || { cat "$tmp/protocol-stderr" >&2; exit 1; }
+log "wsloop with --protocol chat (pid $protocol_pid) listening on $protocol_addr"
+
 # ---- test ----------------------------------------------------------------------------------
 export WSLOOP_URL="http://$addr/"
 export WSLOOP_TLS_URL="https://$tls_addr/"
+export WSLOOP_PROTOCOL_URL="http://$protocol_addr/"
 export SCREENSHOT="${SCREENSHOT:-$root/target/browser/demo.png}"
 mkdir -p "$(dirname "$SCREENSHOT")"
 status=0
@@ -114,5 +124,7 @@ if ((status != 0)); then
   tail -n 50 "$tmp/stderr" >&2 || true
   log "TLS wsloop stderr follows"
   tail -n 50 "$tmp/tls-stderr" >&2 || true
+  log "--protocol wsloop stderr follows"
+  tail -n 50 "$tmp/protocol-stderr" >&2 || true
 fi
 exit "$status"

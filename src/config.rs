@@ -28,6 +28,14 @@ pub enum ProxyMode {
 use crate::tls::TlsConfig;
 
 /// Everything the reactor needs to know before it starts.
+///
+/// The defaults serve WebSocket upgrades on every path and nothing else: no demo page, no
+/// static files, no `/stats`, no `/metrics`. A plain HTTP request (one that does not ask for
+/// an upgrade) gets `404 Not Found` (`405` for methods other than `GET` and `HEAD`), whatever
+/// its path; a broken upgrade request gets the status its fault calls for (`400`, `426`, …).
+/// The fields [`demo_page`](Config::demo_page), [`static_dir`](Config::static_dir),
+/// [`stats`](Config::stats) and [`metrics`](Config::metrics) turn each on; the `wsloop` binary
+/// turns them all on.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
@@ -59,8 +67,16 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Time a graceful shutdown waits for close handshakes before exiting anyway.
     pub drain_timeout: Duration,
-    /// Folder of static files for plain HTTP requests (embedded page when absent).
-    pub static_dir: PathBuf,
+    /// Folder whose files plain `GET` and `HEAD` requests are answered from (`/` is its
+    /// `index.html`); `None`, the default: no files. A path that is not a folder serves
+    /// nothing (or the demo page, with [`demo_page`](Config::demo_page)).
+    pub static_dir: Option<PathBuf>,
+    /// Serve the demo page compiled into the library (`/` and `/favicon.svg`: echo, chat and
+    /// live counters in the browser) when there is no [`static_dir`](Config::static_dir)
+    /// folder. Off by default.
+    pub demo_page: bool,
+    /// Serve `GET /stats`: the counters as JSON (what the demo page shows). Off by default.
+    pub stats: bool,
     /// Origins allowed besides the same-origin default (`*` turns the check off).
     pub allow_origins: Vec<String>,
     /// Handshakes admitted per second (a token bucket with `burst`): `(rate, burst)`.
@@ -81,9 +97,10 @@ pub struct Config {
     /// The one forwarding header believed from `trusted_proxies`; `None`: no forwarding
     /// header is believed, whoever sent it.
     pub forwarded_header: Option<ForwardedHeader>,
-    /// Serve `GET /metrics` (Prometheus text format).
+    /// Serve `GET /metrics` (Prometheus text format). Off by default.
     pub metrics: bool,
-    /// Serve `/metrics` on this separate listener instead of the main port.
+    /// With [`metrics`](Config::metrics): serve `/metrics` on this separate listener instead
+    /// of the main port.
     pub metrics_addr: Option<SocketAddr>,
     /// Interval of the stats log line; `None` disables it.
     pub stats_interval: Option<Duration>,
@@ -113,7 +130,9 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(75)),
             close_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
-            static_dir: PathBuf::from("html"),
+            static_dir: None,
+            demo_page: false,
+            stats: false,
             allow_origins: Vec::new(),
             max_handshake_rate: None,
             max_conns_per_ip: None,
@@ -123,7 +142,7 @@ impl Default for Config {
             proxy_protocol: ProxyMode::Off,
             trusted_proxies: Vec::new(),
             forwarded_header: None,
-            metrics: true,
+            metrics: false,
             metrics_addr: None,
             stats_interval: None,
             deflate: None,

@@ -2,7 +2,6 @@
 //! value of [`TlsConfig`] or [`TlsSession`] can exist, so the reactor keeps one code path and
 //! the compiler removes the TLS branches.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -12,17 +11,7 @@ use crate::out::{OutEntry, OutQueue};
 #[derive(Debug, Clone)]
 pub enum TlsConfig {}
 
-/// Why TLS cannot be set up (here: always, the feature is off).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsError(String);
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsError {}
+pub use crate::tls_error::TlsError;
 
 impl TlsConfig {
     /// Always fails: this build has no TLS.

@@ -51,17 +51,7 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
-/// Why a certificate or key could not be used: a message for the operator, naming the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsError(String);
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TlsError {}
+pub use crate::tls_error::TlsError;
 
 impl TlsConfig {
     /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or

@@ -5,81 +5,112 @@
 
 mod common;
 
-use common::{
-    client_frame, cpu_seconds, echo_rtt, expect_close, raw_upgraded, read_http_head,
-    read_server_frame, read_to_close, rss_kib, stats, upgrade_request, ServerProcess,
-};
+use common::frames::{client_close, client_frame, expect_close, op, read_server_frame};
+use common::http::{read_http_head, read_to_close, stats, upgrade_request};
+use common::process::{context_switches, cpu_seconds, fd_count, rss_kib};
+use common::wait_until;
+use common::ws::{assert_still_serving, echo_rtt, raw_upgraded};
+use common::ServerProcess;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Entries in `/proc/PID/fd`.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-/// Voluntary and involuntary context switches of all the process's threads: how often it
-/// was scheduled, so also how often it woke up.
-fn context_switches(pid: u32) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task") {
-        let path = task.expect("task entry").path().join("status");
-        let status = std::fs::read_to_string(path).expect("task status");
-        total += status
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            })
-            .map(|v| v.trim().parse::<u64>().expect("switch count"))
-            .sum::<u64>();
-    }
-    total
-}
-
 /// `"open"` from `/stats` (the `/stats` request itself is counted the same way every time).
 fn stats_open(server: &ServerProcess) -> u64 {
     stats(server.addr)["open"].as_u64().expect("open")
 }
 
-/// Polls `f` until it returns true or `wait` passes; returns its last answer.
-fn wait_for(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        if f() {
-            return true;
+/// What the server holds when idle, to compare with after an abuse: open descriptors,
+/// `/stats` open connections and RSS.
+struct Baseline {
+    pid: u32,
+    fds: usize,
+    open: u64,
+    rss: u64,
+}
+
+impl Baseline {
+    /// Taken once the server has served one connection (so lazily created state exists)
+    /// and removed it again.
+    fn after_warm_up(server: &ServerProcess) -> Baseline {
+        let open = stats_open(server);
+        let mut warm = raw_upgraded(server, "/");
+        echo_rtt(&mut warm, "warm");
+        drop(warm);
+        assert!(wait_until(Duration::from_secs(5), || stats_open(server) == open));
+        Baseline::now(server)
+    }
+
+    /// Taken as things are.
+    fn now(server: &ServerProcess) -> Baseline {
+        let pid = server.pid();
+        Baseline {
+            pid,
+            fds: fd_count(pid),
+            open: stats_open(server),
+            rss: rss_kib(pid),
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Waits until the server holds no more descriptors (±2) and connections than at the
+    /// baseline, after `what`.
+    fn assert_back(&self, server: &ServerProcess, what: &str) {
+        let fds_ok = wait_until(Duration::from_secs(15), || {
+            fd_count(self.pid).abs_diff(self.fds) <= 2
+        });
+        assert!(
+            fds_ok,
+            "fd count {} after {what}, baseline {}",
+            fd_count(self.pid),
+            self.fds
+        );
+        let open_ok = wait_until(Duration::from_secs(10), || stats_open(server) == self.open);
+        assert!(
+            open_ok,
+            "/stats open {} after {what}, baseline {}",
+            stats_open(server),
+            self.open
+        );
+    }
+
+    /// RSS grew by less than `kib` since the baseline, over `what`.
+    fn assert_rss_within(&self, kib: u64, what: &str) {
+        let rss = rss_kib(self.pid);
+        assert!(
+            rss < self.rss + kib,
+            "RSS grew from {} KiB to {rss} KiB over {what}",
+            self.rss
+        );
     }
 }
 
-/// A fresh connection still upgrades and echoes: the abuse before it hurt no one else.
-fn assert_still_serving(server: &ServerProcess) {
-    let mut ws = raw_upgraded(server, "/");
-    echo_rtt(&mut ws, "still alive");
+/// An upgraded connection that has sent part of a text frame (round 0, 3, …: 1 byte, inside
+/// the header; 1, 4, …: 5 bytes, inside the mask; 2, 5, …: 100 bytes, inside the payload),
+/// after a complete first fragment on odd rounds (so mid-message too).
+fn partial_frame(server: &ServerProcess, round: usize) -> TcpStream {
+    let mut stream = raw_upgraded(server, "/");
+    let frame = client_frame(true, op::TEXT, &[b'x'; 300]);
+    let cut = [1, 5, 100][round % 3];
+    if round % 2 == 1 {
+        stream
+            .write_all(&client_frame(false, op::TEXT, b"first"))
+            .expect("fragment");
+    }
+    stream.write_all(&frame[..cut]).expect("partial frame");
+    stream
 }
 
 /// One churn cycle: connect, upgrade, then either a close handshake (waiting for the
 /// server's FIN, so the server closes TCP first) or, every 10th cycle, a plain TCP close.
 fn churn_cycle(server: &ServerProcess, i: usize) {
-    let mut stream = server.raw();
-    stream
-        .write_all(upgrade_request("/").as_bytes())
-        .expect("send upgrade");
-    let head = read_http_head(&mut stream);
-    assert!(head.starts_with("HTTP/1.1 101"), "cycle {i}: {head}");
+    let mut stream = raw_upgraded(server, "/");
     if i % 10 == 9 {
         return; // Plain TCP close on drop.
     }
     stream
-        .write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))
+        .write_all(&client_close(1000, b""))
         .expect("send close");
     assert_eq!(expect_close(&mut stream), Some(1000), "cycle {i}");
     let rest = read_to_close(&mut stream);
@@ -98,15 +129,14 @@ fn connection_churn_leaks_nothing() {
         churn_cycle(&server, i);
     }
     // Warm-up done: everything it opened must be gone before taking the baseline.
-    let mut base_fds = fd_count(pid);
-    wait_for(Duration::from_secs(10), || {
+    let mut fds = fd_count(pid);
+    wait_until(Duration::from_secs(10), || {
         let now = fd_count(pid);
-        let settled = now == base_fds;
-        base_fds = now;
+        let settled = now == fds;
+        fds = now;
         settled
     });
-    let base_open = stats_open(&server);
-    let base_rss = rss_kib(pid);
+    let base = Baseline::now(&server);
 
     let started = Instant::now();
     let threads: Vec<_> = (0..4)
@@ -124,26 +154,8 @@ fn connection_churn_leaks_nothing() {
     }
     let took = started.elapsed();
 
-    let fds_ok = wait_for(Duration::from_secs(15), || {
-        fd_count(pid).abs_diff(base_fds) <= 2
-    });
-    assert!(
-        fds_ok,
-        "fd count {} after churn, baseline {base_fds}",
-        fd_count(pid)
-    );
-    let open_ok = wait_for(Duration::from_secs(10), || stats_open(&server) == base_open);
-    assert!(
-        open_ok,
-        "/stats open {} after churn, baseline {base_open}",
-        stats_open(&server)
-    );
-    let rss = rss_kib(pid);
-    assert!(
-        rss < base_rss + 8 * 1024,
-        "RSS grew from {base_rss} KiB to {rss} KiB over 20 000 cycles ({took:?})"
-    );
-    // Still serving.
+    base.assert_back(&server, "churn");
+    base.assert_rss_within(8 * 1024, &format!("20 000 cycles ({took:?})"));
     assert_still_serving(&server);
 }
 
@@ -155,7 +167,7 @@ fn half_close_after_frame_still_gets_echo() {
     let server = ServerProcess::start(&[]);
     let mut stream = raw_upgraded(&server, "/");
     stream
-        .write_all(&client_frame(true, 0x1, b"before my FIN"))
+        .write_all(&client_frame(true, op::TEXT, b"before my FIN"))
         .expect("send text");
     stream.shutdown(Shutdown::Write).expect("half-close");
     let bytes = read_to_close(&mut stream);
@@ -183,7 +195,7 @@ fn half_close_with_a_large_echo_queued_still_gets_all_of_it() {
         .expect("SO_RCVBUF");
     let payload: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     stream
-        .write_all(&client_frame(true, 0x2, &payload))
+        .write_all(&client_frame(true, op::BINARY, &payload))
         .expect("send binary");
     stream.shutdown(Shutdown::Write).expect("half-close");
     // Let the server read the FIN while the echo is still queued behind the small buffer.
@@ -207,30 +219,9 @@ fn half_close_with_a_large_echo_queued_still_gets_all_of_it() {
 #[test]
 fn half_close_mid_frame_is_cleaned_up() {
     let server = ServerProcess::start(&[]);
-    let pid = server.pid();
-    let base_open = stats_open(&server);
-    // Baseline with one idle connection cycle done, so lazily created state exists.
-    let mut warm = raw_upgraded(&server, "/");
-    echo_rtt(&mut warm, "warm");
-    drop(warm);
-    assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
-    let base_fds = fd_count(pid);
-
+    let base = Baseline::after_warm_up(&server);
     for round in 0..50 {
-        let mut stream = raw_upgraded(&server, "/");
-        let frame = client_frame(true, 0x1, &[b'x'; 300]);
-        let cut = match round % 3 {
-            0 => 1,   // inside the 2-byte header
-            1 => 5,   // inside the mask
-            _ => 100, // inside the payload
-        };
-        if round % 2 == 1 {
-            // A complete first fragment before the cut frame.
-            stream
-                .write_all(&client_frame(false, 0x1, b"first"))
-                .expect("fragment");
-        }
-        stream.write_all(&frame[..cut]).expect("partial frame");
+        let mut stream = partial_frame(&server, round);
         stream.shutdown(Shutdown::Write).expect("half-close");
         // Whatever the server says (a close frame or nothing), it must end the connection.
         let started = Instant::now();
@@ -240,15 +231,7 @@ fn half_close_mid_frame_is_cleaned_up() {
             "round {round}: server kept a half-closed connection open"
         );
     }
-    let fds_ok = wait_for(Duration::from_secs(10), || {
-        fd_count(pid).abs_diff(base_fds) <= 2
-    });
-    assert!(
-        fds_ok,
-        "fd count {} after half-closes, baseline {base_fds}",
-        fd_count(pid)
-    );
-    assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
+    base.assert_back(&server, "half-closes");
     assert_still_serving(&server);
 }
 
@@ -258,24 +241,9 @@ fn half_close_mid_frame_is_cleaned_up() {
 #[test]
 fn reset_mid_frame_is_cleaned_up() {
     let server = ServerProcess::start(&[]);
-    let pid = server.pid();
-    let base_open = stats_open(&server);
-    let mut warm = raw_upgraded(&server, "/");
-    echo_rtt(&mut warm, "warm");
-    drop(warm);
-    assert!(wait_for(Duration::from_secs(5), || stats_open(&server) == base_open));
-    let base_fds = fd_count(pid);
-
+    let base = Baseline::after_warm_up(&server);
     for round in 0..50 {
-        let mut stream = raw_upgraded(&server, "/");
-        let frame = client_frame(true, 0x1, &[b'x'; 300]);
-        let cut = [1, 5, 100][round % 3];
-        if round % 2 == 1 {
-            stream
-                .write_all(&client_frame(false, 0x1, b"first"))
-                .expect("fragment");
-        }
-        stream.write_all(&frame[..cut]).expect("partial frame");
+        let stream = partial_frame(&server, round);
         // Let the server read the partial frame before the reset arrives.
         std::thread::sleep(Duration::from_millis(5));
         socket2::SockRef::from(&stream)
@@ -283,20 +251,7 @@ fn reset_mid_frame_is_cleaned_up() {
             .expect("SO_LINGER 0");
         drop(stream);
     }
-    let fds_ok = wait_for(Duration::from_secs(10), || {
-        fd_count(pid).abs_diff(base_fds) <= 2
-    });
-    assert!(
-        fds_ok,
-        "fd count {} after resets, baseline {base_fds}",
-        fd_count(pid)
-    );
-    let open_ok = wait_for(Duration::from_secs(5), || stats_open(&server) == base_open);
-    assert!(
-        open_ok,
-        "/stats open {} after resets, baseline {base_open}",
-        stats_open(&server)
-    );
+    base.assert_back(&server, "resets");
     assert_still_serving(&server);
 }
 
@@ -319,7 +274,7 @@ fn send_tiny_fragments(
     let handle = std::thread::spawn(move || {
         let mut batch = Vec::with_capacity(7 * 10_000);
         for i in 0..count {
-            let opcode = if i == 0 { 0x1 } else { 0x0 };
+            let opcode = if i == 0 { op::TEXT } else { op::CONT };
             batch.extend(client_frame(
                 i == count - 1,
                 opcode,
@@ -342,16 +297,11 @@ fn send_tiny_fragments(
 #[test]
 fn hundred_thousand_tiny_fragments_hit_max_message() {
     let server = ServerProcess::start(&["--max-message", "50000"]);
-    let pid = server.pid();
-    let base_rss = rss_kib(pid);
+    let base = Baseline::now(&server);
     let (mut stream, writer) = send_tiny_fragments(&server, 100_000);
     assert_eq!(expect_close(&mut stream), Some(1009));
     writer.join().expect("writer");
-    let rss = rss_kib(pid);
-    assert!(
-        rss < base_rss + 8 * 1024,
-        "RSS grew from {base_rss} KiB to {rss} KiB"
-    );
+    base.assert_rss_within(8 * 1024, "100 000 fragments");
     assert_still_serving(&server);
 }
 
@@ -437,15 +387,7 @@ fn accept_under_emfile_backs_off_and_recovers() {
         "backlogged client not served after recovery: {head:?}"
     );
     echo_rtt(&mut unserved, "accepted after the pause");
-    let mut fresh = server.raw();
-    fresh
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    fresh
-        .write_all(upgrade_request("/").as_bytes())
-        .expect("send upgrade");
-    let head = read_http_head(&mut fresh);
-    assert!(head.starts_with("HTTP/1.1 101"), "new client: {head:?}");
+    let mut fresh = raw_upgraded(&server, "/");
     echo_rtt(&mut fresh, "new after recovery");
 }
 
@@ -459,10 +401,9 @@ fn accept_under_emfile_backs_off_and_recovers() {
 fn ping_flood_pongs_are_bounded_by_backpressure() {
     const PINGS: usize = 200_000;
     let server = ServerProcess::start(&["--max-backpressure", "65536"]);
-    let pid = server.pid();
     let mut other = raw_upgraded(&server, "/");
     echo_rtt(&mut other, "warm");
-    let base_rss = rss_kib(pid);
+    let base = Baseline::now(&server);
 
     let stream = raw_upgraded(&server, "/");
     // Small fixed socket buffers on the client, so the kernel cannot absorb the whole flood.
@@ -492,7 +433,7 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
             while i < PINGS {
                 let end = (i + 500).min(PINGS);
                 let batch: Vec<u8> = (i..end)
-                    .flat_map(|k| client_frame(true, 0x9, &payload(k)))
+                    .flat_map(|k| client_frame(true, op::PING, &payload(k)))
                     .collect();
                 let mut off = 0;
                 while off < batch.len() {
@@ -513,7 +454,7 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
         })
     };
 
-    let got_blocked = wait_for(Duration::from_secs(30), || blocked.load(Ordering::SeqCst));
+    let got_blocked = wait_until(Duration::from_secs(30), || blocked.load(Ordering::SeqCst));
     assert!(
         got_blocked,
         "the client's writes never blocked: the server kept reading"
@@ -522,11 +463,7 @@ fn ping_flood_pongs_are_bounded_by_backpressure() {
     assert!(sent < PINGS, "all pings went through before blocking");
     // Let the server sit in the paused state for a moment, then look at it.
     std::thread::sleep(Duration::from_millis(500));
-    let rss = rss_kib(pid);
-    assert!(
-        rss < base_rss + 16 * 1024,
-        "RSS grew from {base_rss} KiB to {rss} KiB while flooded"
-    );
+    base.assert_rss_within(16 * 1024, "the flood");
     echo_rtt(&mut other, "served during the flood");
 
     // Now read: every pong, in order, with its ping's payload.

@@ -7,27 +7,27 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::{client_frame, client_frame_raw, expect_close, read_http_head, read_server_frame};
-use common::{upgrade_request, ServerProcess};
+use common::frames::{client_frame, client_frame_raw, expect_close, op, read_server_frame};
+use common::http::{exchange, header, upgrade_request_with};
+use common::process::rss_kib;
+use common::ServerProcess;
 use wsloop::protocol::deflate::{Deflater, Inflater};
 
 /// Upgrades with `extensions` offered; returns the stream and the response head.
 fn upgrade(server: &ServerProcess, extensions: &str) -> (TcpStream, String) {
-    let mut stream = server.raw();
-    let request = upgrade_request("/").replace(
-        "\r\n\r\n",
-        &format!("\r\nSec-WebSocket-Extensions: {extensions}\r\n\r\n"),
+    let offer = [("Sec-WebSocket-Extensions", extensions)];
+    let (stream, head) = exchange(
+        server.addr,
+        b"",
+        &upgrade_request_with("/", "127.0.0.1", &offer),
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let head = read_http_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     (stream, head)
 }
 
-fn extensions_header(head: &str) -> Option<String> {
-    head.lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: "))
-        .map(str::to_owned)
+/// The extensions the server accepted.
+fn extensions_header(head: &str) -> Option<&str> {
+    header(head, "sec-websocket-extensions")
 }
 
 /// A compressed client message: RSV1 on the first frame, split into `pieces` frames.
@@ -64,7 +64,7 @@ fn negotiates_only_when_enabled_and_offered() {
     let on = ServerProcess::start(&["--deflate"]);
     let (_s, head) = upgrade(&on, "permessage-deflate; client_max_window_bits");
     assert_eq!(
-        extensions_header(&head).as_deref(),
+        extensions_header(&head),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
     let (_s, head) = upgrade(
@@ -100,7 +100,9 @@ fn compressed_echo_whole_and_fragmented() {
     }
     // Short messages go uncompressed (below --deflate-min-size), and uncompressed client
     // messages are fine on a deflate connection.
-    stream.write_all(&client_frame(true, 0x2, b"tiny")).unwrap();
+    stream
+        .write_all(&client_frame(true, op::BINARY, b"tiny"))
+        .unwrap();
     assert_eq!(
         read_server_frame(&mut stream).unwrap(),
         (0x82, b"tiny".to_vec())
@@ -148,10 +150,7 @@ fn large_compressed_messages_echo_whole_and_fragmented() {
 fn context_takeover_when_enabled() {
     let server = ServerProcess::start(&["--deflate", "--deflate-context-takeover"]);
     let (mut stream, head) = upgrade(&server, "permessage-deflate; client_max_window_bits");
-    assert_eq!(
-        extensions_header(&head).as_deref(),
-        Some("permessage-deflate")
-    );
+    assert_eq!(extensions_header(&head), Some("permessage-deflate"));
     let mut deflater = Deflater::new(15, 6);
     let mut inflater = Inflater::new();
     let text = text_of_size(2000);
@@ -188,7 +187,7 @@ fn inflation_is_bounded_by_the_message_limit() {
         .write_all(&compressed_frames(0x2, &packed, 1))
         .unwrap();
     assert_eq!(expect_close(&mut stream), Some(1009));
-    let kb = common::rss_kib(server.pid());
+    let kb = rss_kib(server.pid());
     assert!(kb < 48 * 1024, "server RSS {kb} KiB after a 32 MiB bomb");
 }
 

@@ -11,15 +11,14 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    client_frame, cpu_seconds, echo_rtt, expect_close, raw_upgraded, read_http_head,
-    read_server_frame, rss_kib, stats, upgrade_request, ServerProcess,
+use common::frames::{
+    client_frame, close_code, expect_close, numbered, op, read_server_frame, seq_of,
 };
+use common::http::{read_http_head, stats, upgrade_request};
+use common::process::{cpu_seconds, rss_kib};
+use common::ws::{echo_rtt, raw_upgraded};
+use common::ServerProcess;
 use socket2::{Domain, Socket, Type};
-
-const OPCODE_TEXT: u8 = 0x1;
-const OPCODE_BINARY: u8 = 0x2;
-const OPCODE_CLOSE: u8 = 0x8;
 
 /// What a member's reader thread saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,7 +27,7 @@ enum Got {
     /// and length.
     Frame { seq: usize, len: usize },
     /// A close frame with this code.
-    Close(Option<u16>),
+    Close(u16),
     /// The connection ended or went silent for a minute.
     Gone,
 }
@@ -42,9 +41,7 @@ fn spawn_reader(stream: &TcpStream) -> Receiver<Got> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || loop {
         let got = match read_server_frame(&mut stream) {
-            Some((first, payload)) if first & 0x0f == OPCODE_CLOSE => {
-                Got::Close(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])))
-            }
+            Some((first, payload)) if first & 0x0f == op::CLOSE => Got::Close(close_code(&payload)),
             Some((_, payload)) => Got::Frame {
                 seq: seq_of(&payload),
                 len: payload.len(),
@@ -78,21 +75,6 @@ fn sleeper(server: &ServerProcess) -> TcpStream {
     stream
 }
 
-/// A payload of `len` bytes (at least 8) starting with `seq` in 8 decimal digits.
-fn numbered(seq: usize, len: usize) -> Vec<u8> {
-    let mut payload = format!("{seq:08}").into_bytes();
-    payload.resize(len, b'.');
-    payload
-}
-
-fn seq_of(payload: &[u8]) -> usize {
-    payload
-        .get(..8)
-        .and_then(|d| std::str::from_utf8(d).ok())
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until every reader got exactly `expected` (sequence number, length), in order.
 fn expect_all(readers: &[Receiver<Got>], expected: &[(usize, usize)], what: &str) {
     for (i, reader) in readers.iter().enumerate() {
@@ -124,7 +106,7 @@ fn readers_keep_up_under(policy: &str) {
     let mut publisher = members[0].try_clone().unwrap();
     let mut publish = |seq: usize, len: usize| {
         publisher
-            .write_all(&client_frame(true, OPCODE_BINARY, &numbered(seq, len)))
+            .write_all(&client_frame(true, op::BINARY, &numbered(seq, len)))
             .unwrap();
         (seq, len)
     };
@@ -190,7 +172,7 @@ fn byte_rate_charges_a_message_its_size() {
     let sender = thread::spawn(move || {
         for _ in 0..5 {
             writer
-                .write_all(&client_frame(true, OPCODE_BINARY, &message))
+                .write_all(&client_frame(true, op::BINARY, &message))
                 .unwrap();
         }
         writer
@@ -221,7 +203,7 @@ fn byte_rate_close_policy_counts_the_whole_message() {
     let mut writer = stream.try_clone().unwrap();
     let sender = thread::spawn(move || {
         writer
-            .write_all(&client_frame(true, OPCODE_BINARY, &big))
+            .write_all(&client_frame(true, op::BINARY, &big))
             .unwrap();
         writer
     });
@@ -230,7 +212,7 @@ fn byte_rate_close_policy_counts_the_whole_message() {
     let _writer = sender.join().unwrap();
     thread::sleep(Duration::from_millis(100));
     stream
-        .write_all(&client_frame(true, OPCODE_TEXT, b"one more"))
+        .write_all(&client_frame(true, op::TEXT, b"one more"))
         .unwrap();
     assert_eq!(expect_close(&mut stream), Some(1008));
 }
@@ -251,7 +233,7 @@ fn the_memory_budget_counts_tiny_frames_at_their_cost() {
     let len = 128 << 10;
     for seq in 0..64 {
         publisher
-            .write_all(&client_frame(true, OPCODE_BINARY, &numbered(seq, len)))
+            .write_all(&client_frame(true, op::BINARY, &numbered(seq, len)))
             .unwrap();
         let got = own.recv_timeout(Duration::from_secs(60));
         assert_eq!(got, Ok(Got::Frame { seq, len }));
@@ -260,13 +242,13 @@ fn the_memory_budget_counts_tiny_frames_at_their_cost() {
     let (rss_before, counted_before) = (rss_kib(server.pid()), counted());
     let mut batch = Vec::new();
     for _ in 0..10_000 {
-        batch.extend(client_frame(true, OPCODE_TEXT, b""));
+        batch.extend(client_frame(true, op::TEXT, b""));
     }
     for _ in 0..EMPTY / 10_000 {
         publisher.write_all(&batch).unwrap();
     }
     publisher
-        .write_all(&client_frame(true, OPCODE_TEXT, &numbered(1, 8)))
+        .write_all(&client_frame(true, op::TEXT, &numbered(1, 8)))
         .unwrap();
     // Its own copy of the last publication: everything before it was queued.
     for i in 0..=EMPTY {
@@ -300,16 +282,21 @@ fn flood(mut stream: TcpStream, count: usize, per_write: usize) -> thread::JoinH
     thread::spawn(move || {
         let mut batch = Vec::new();
         for _ in 0..per_write {
-            batch.extend(client_frame(true, OPCODE_TEXT, b""));
+            batch.extend(client_frame(true, op::TEXT, b""));
         }
         for _ in 0..count / per_write {
             stream.write_all(&batch).unwrap();
         }
         stream
-            .write_all(&client_frame(true, OPCODE_TEXT, &numbered(1, 8)))
+            .write_all(&client_frame(true, op::TEXT, &numbered(1, 8)))
             .unwrap();
     })
 }
+
+/// The longest wait for an echo that still counts as served while another client floods: the
+/// stalls these tests guard against were 2.1 to 2.6 s; a machine running a dozen other
+/// processes on two cores was seen to delay an echo by up to 0.8 s with no stall at all.
+const STALL: Duration = Duration::from_secs(1);
 
 /// Until `done` reports the flood's last publication: an unrelated echo client pings every
 /// 10 ms; returns the worst round trip and how many pings there were.
@@ -335,8 +322,8 @@ fn worst_echo_until(server: &ServerProcess, done: &Receiver<Got>) -> (Duration, 
 
 /// A 21-member `/chat` room (the flooder, ten members that read, ten that never do) and
 /// 100 000 empty messages in one burst: 2.1 million deliveries. An unrelated echo client,
-/// pinging every 10 ms meanwhile, must never wait 500 ms (a loaded machine's scheduling
-/// hiccups stay far below that; the fair share per turn is well under a millisecond). Fails
+/// pinging every 10 ms meanwhile, must never wait a second ([`STALL`]; the fair share per
+/// turn is well under a millisecond). Fails
 /// if the reactor decodes a whole read's worth of messages, and makes all their deliveries,
 /// before serving anyone else (seconds).
 #[test]
@@ -351,10 +338,7 @@ fn a_fan_out_flood_does_not_stall_others() {
     let (worst, pings) = worst_echo_until(&server, &own);
     sender.join().unwrap();
     eprintln!("fan-out flood: worst echo {worst:?} over {pings} pings");
-    assert!(
-        worst < Duration::from_millis(500),
-        "an unrelated echo waited {worst:?}"
-    );
+    assert!(worst < STALL, "an unrelated echo waited {worst:?}");
 }
 
 /// Under `policy` with `--max-backpressure 65536`: a `/chat` member that never reads is
@@ -368,7 +352,7 @@ fn slow_member_cost(policy: &str) -> (f64, Duration) {
     let own = spawn_reader(&publisher);
     for seq in 0..100 {
         publisher
-            .write_all(&client_frame(true, OPCODE_BINARY, &numbered(seq, 60 << 10)))
+            .write_all(&client_frame(true, op::BINARY, &numbered(seq, 60 << 10)))
             .unwrap();
         assert_eq!(
             own.recv_timeout(Duration::from_secs(60)),
@@ -384,7 +368,7 @@ fn slow_member_cost(policy: &str) -> (f64, Duration) {
 
 /// drop-oldest and latest-only cost a small multiple of drop-newest's CPU for the same
 /// 100 000 publications to a member over its limit (4× plus 0.5 s, for noise in tick-grained
-/// CPU counts), and the other client's echo never waits 500 ms. Fails if making room scans
+/// CPU counts), and the other client's echo never waits [`STALL`]. Fails if making room scans
 /// and shifts this turn's whole output once per publication (quadratic: seconds of CPU).
 #[test]
 fn dropping_old_frames_stays_linear() {
@@ -397,7 +381,7 @@ fn dropping_old_frames_stays_linear() {
             "{policy}: {cpu:.2} s of CPU, drop-newest {newest:.2} s"
         );
         assert!(
-            worst < Duration::from_millis(500),
+            worst < STALL,
             "{policy}: an unrelated echo waited {worst:?}"
         );
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    echo_rtt, free_port, raw_upgraded, read_http_head, read_to_close, rss_kib, upgrade_request,
-    ServerProcess,
+use common::http::{
+    connect, http_once, read_http_head, read_response, read_to_close, status, upgrade_request,
 };
+use common::process::rss_kib;
+use common::server::free_port;
+use common::ws::{echo_rtt, raw_upgraded};
+use common::ServerProcess;
 
 /// RSS growth allowed while clients pipeline requests and never read. The fixed server holds
 /// per connection at most one read of requests (256 KiB) and `--max-backpressure` (1 MiB) of
@@ -63,49 +66,17 @@ fn pipeline_without_reading(
         .collect()
 }
 
-/// One HTTP response: (status, body), the body read by its `Content-Length`.
-fn read_response(reader: &mut impl BufRead) -> (u16, Vec<u8>) {
-    let mut status = 0;
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        assert_ne!(
-            reader.read_line(&mut line).unwrap(),
-            0,
-            "closed mid-response"
-        );
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
-            status = code[..3].parse().unwrap();
-        } else if let Some((name, value)) = line.split_once(": ") {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, body)
-}
-
-/// Sends `request` on a fresh connection and returns everything until the server closes.
-fn answer_to(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request).unwrap();
-    String::from_utf8_lossy(&read_to_close(&mut stream)).into_owned()
-}
-
-/// The status of every response in `text`, in order.
-fn statuses(text: &str) -> Vec<&str> {
-    text.match_indices("HTTP/1.1 ")
-        .map(|(at, _)| &text[at + 9..at + 12])
-        .collect()
+/// Runs `flood` (which returns the flooding connections, still open) while an unrelated
+/// client echoes during and 500 ms after it; returns how much the server's RSS grew, in KiB.
+/// The reactor is single-threaded: an echo answered means it got past the flood's reads.
+fn served_through(server: &ServerProcess, flood: impl FnOnce() -> Vec<TcpStream>) -> u64 {
+    let idle = rss_kib(server.pid());
+    let _flooders = flood();
+    let mut other = raw_upgraded(server, "/");
+    echo_rtt(&mut other, "served during the flood");
+    thread::sleep(Duration::from_millis(500));
+    echo_rtt(&mut other, "and after it");
+    rss_kib(server.pid()).saturating_sub(idle)
 }
 
 /// Item 1: four connections each pipeline 378 KB of `GET /` (the 33 KB demo page) and never
@@ -115,14 +86,9 @@ fn statuses(text: &str) -> Vec<&str> {
 #[test]
 fn pipelined_requests_to_a_client_that_never_reads_stay_bounded() {
     let server = ServerProcess::start(&[]);
-    let idle = rss_kib(server.pid());
-    let _flooders = pipeline_without_reading(server.addr, GET_INDEX, 378_000, 4);
-    // The reactor is single-threaded: an echo answered means it got past the flood's reads.
-    let mut other = raw_upgraded(&server, "/");
-    echo_rtt(&mut other, "served during the flood");
-    thread::sleep(Duration::from_millis(500));
-    echo_rtt(&mut other, "and after it");
-    let grown = rss_kib(server.pid()).saturating_sub(idle);
+    let grown = served_through(&server, || {
+        pipeline_without_reading(server.addr, GET_INDEX, 378_000, 4)
+    });
     assert!(
         grown < RSS_GROWTH_LIMIT_KIB,
         "RSS grew by {grown} KiB for 4 connections that never read"
@@ -137,13 +103,9 @@ fn pipelined_requests_to_a_client_that_never_reads_stay_bounded() {
 fn pipelined_requests_for_a_large_file_share_one_cached_body() {
     let dir = static_dir("large", 4 << 20);
     let server = ServerProcess::start(&["--static-dir", dir.to_str().unwrap()]);
-    let idle = rss_kib(server.pid());
-    let _flooder = pipeline_without_reading(server.addr, GET_INDEX, 3_400, 1);
-    let mut other = raw_upgraded(&server, "/");
-    echo_rtt(&mut other, "served during the flood");
-    thread::sleep(Duration::from_millis(500));
-    echo_rtt(&mut other, "and after it");
-    let grown = rss_kib(server.pid()).saturating_sub(idle);
+    let grown = served_through(&server, || {
+        pipeline_without_reading(server.addr, GET_INDEX, 3_400, 1)
+    });
     assert!(
         grown < RSS_GROWTH_LIMIT_KIB,
         "RSS grew by {grown} KiB for 120 requests of a 4 MiB file"
@@ -162,7 +124,7 @@ fn held_requests_are_all_answered_once_the_client_reads() {
     let dir = static_dir("held", SIZE);
     let server = ServerProcess::start(&["--static-dir", dir.to_str().unwrap()]);
     let idle = rss_kib(server.pid());
-    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut stream = connect(server.addr);
     let writer = {
         let mut stream = stream.try_clone().unwrap();
         // Blocks while the server holds requests back; done once the reader below reads.
@@ -174,14 +136,11 @@ fn held_requests_are_all_answered_once_the_client_reads() {
     let grown = rss_kib(server.pid()).saturating_sub(idle);
     assert!(grown < RSS_GROWTH_LIMIT_KIB, "RSS grew by {grown} KiB");
 
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let last = b'a' + ((SIZE - 1) % 26) as u8;
     for i in 0..REQUESTS {
-        let (status, body) = read_response(&mut reader);
-        assert_eq!((status, body.len()), (200, SIZE), "answer {i}");
+        let (head, body) = read_response(&mut reader);
+        assert_eq!((status(&head), body.len()), (200, SIZE), "answer {i}");
         assert_eq!((body[0], body[SIZE - 1]), (b'a', last), "answer {i}");
     }
     writer.join().unwrap();
@@ -189,8 +148,8 @@ fn held_requests_are_all_answered_once_the_client_reads() {
     stream
         .write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    let (status, body) = (read_http_head(&mut stream), read_to_close(&mut stream));
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (head, body) = (read_http_head(&mut stream), read_to_close(&mut stream));
+    assert_eq!(status(&head), 200, "{head}");
     assert!(
         body.is_empty(),
         "bytes after the last answer: {}",
@@ -241,25 +200,17 @@ fn a_fifo_swapped_in_for_a_served_file_never_blocks() {
     let (mut answered, mut refused) = (0, 0);
     let mut stream: Option<BufReader<TcpStream>> = None;
     while start.elapsed() < Duration::from_secs(3) {
-        let reader = stream.get_or_insert_with(|| {
-            let s = TcpStream::connect(server.addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            BufReader::new(s)
-        });
+        let reader = stream.get_or_insert_with(|| BufReader::new(connect(server.addr)));
         reader.get_mut().write_all(request).unwrap();
-        let mut line = String::new();
-        let got = reader.read_line(&mut line);
-        assert!(
-            matches!(got, Ok(n) if n > 0),
-            "request {answered}: no answer ({got:?}): the reactor is blocked"
-        );
-        if line.starts_with("HTTP/1.1 200") {
-            let _ = read_response_rest(reader);
-            answered += 1;
-        } else {
-            assert!(line.starts_with("HTTP/1.1 404"), "{line}");
-            refused += 1;
-            stream = None; // Errors close the connection.
+        // No answer within the read timeout panics here: the reactor is blocked.
+        let (head, _) = read_response(reader);
+        match status(&head) {
+            200 => answered += 1,
+            404 => {
+                refused += 1;
+                stream = None; // Errors close the connection.
+            }
+            _ => panic!("request {answered}: {head}"),
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -273,25 +224,6 @@ fn a_fifo_swapped_in_for_a_served_file_never_blocks() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// The headers and body of a response whose status line was already read.
-fn read_response_rest(reader: &mut impl BufRead) -> Vec<u8> {
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(value) = line.strip_prefix("Content-Length: ") {
-            length = value.parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    body
-}
-
 /// Item 9: the `--metrics-addr` listener skips `--proxy-protocol required` and
 /// `--max-handshake-rate`; main upgraded WebSockets there. It serves metrics only.
 #[test]
@@ -303,14 +235,14 @@ fn the_metrics_listener_never_upgrades() {
         "--proxy-protocol",
         "required",
     ]);
-    let answer = answer_to(metrics, upgrade_request("/").as_bytes());
-    assert_eq!(statuses(&answer), ["404"], "{answer}");
-    let answer = answer_to(
+    let answer = http_once(metrics, upgrade_request("/").as_bytes());
+    assert_eq!(answer.statuses(), [404], "{answer:?}");
+    let answer = http_once(
         metrics,
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("wsloop_accepted_total"));
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert!(answer.text().contains("wsloop_accepted_total"));
     drop(server);
 }
 
@@ -341,20 +273,20 @@ fn request_bodies_are_refused_never_parsed_as_requests() {
     ];
     for (line, framing, body) in cases {
         let request = format!("{line} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{body}");
-        let answer = answer_to(server.addr, request.as_bytes());
-        assert_eq!(statuses(&answer), ["400"], "{framing}: {answer}");
+        let answer = http_once(server.addr, request.as_bytes());
+        assert_eq!(answer.statuses(), [400], "{framing}: {answer:?}");
     }
     // An upgrade with a body: its bytes would be read as the first frames.
     let upgrade = upgrade_request("/").replace("\r\n\r\n", "\r\nContent-Length: 6\r\n\r\n");
     let mut request = upgrade.into_bytes();
     request.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]); // an empty masked text frame
-    let answer = answer_to(server.addr, &request);
-    assert_eq!(statuses(&answer), ["400"], "upgrade with a body: {answer}");
+    let answer = http_once(server.addr, &request);
+    assert_eq!(answer.statuses(), [400], "upgrade with a body: {answer:?}");
     // No body: both requests answered on the kept-alive connection.
     let empty = "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
     let close = "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let answer = answer_to(server.addr, format!("{empty}{close}").as_bytes());
-    assert_eq!(statuses(&answer), ["200", "200"]);
+    let answer = http_once(server.addr, format!("{empty}{close}").as_bytes());
+    assert_eq!(answer.statuses(), [200, 200], "{answer:?}");
 }
 
 /// Item 13: a repeated `Host` (RFC 9112 §3.2) or `Sec-WebSocket-Key` (RFC 6455 §11.3.1) was
@@ -381,8 +313,8 @@ fn repeated_host_or_key_is_a_bad_request() {
         "GET /stats HTTP/1.1\r\n\r\n".to_owned(),
     ];
     for request in cases {
-        let answer = answer_to(server.addr, request.as_bytes());
-        assert_eq!(statuses(&answer), ["400"], "{request}: {answer}");
+        let answer = http_once(server.addr, request.as_bytes());
+        assert_eq!(answer.statuses(), [400], "{request}: {answer:?}");
     }
     let mut ok = raw_upgraded(&server, "/");
     echo_rtt(&mut ok, "one of each is fine");
@@ -399,10 +331,7 @@ fn a_million_keep_alive_requests_keep_one_deadline() {
     const REQUESTS: usize = 1_000_000;
     let server = ServerProcess::start(&["--handshake-timeout", "3600"]);
     let idle = rss_kib(server.pid());
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = connect(server.addr);
     let writer = {
         let mut stream = stream.try_clone().unwrap();
         let burst = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);

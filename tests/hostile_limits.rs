@@ -12,31 +12,14 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{
-    client_frame, client_frame_raw, raw_upgraded, read_http_head, read_server_frame, read_to_close,
-    stats, upgrade_request, ServerProcess,
-};
+use common::frames::{client_frame, client_frame_raw, op, read_server_frame};
+use common::http::get;
+use common::metrics::scrape;
+use common::wait_until;
+use common::ws::{raw_upgraded, upgrade_with};
+use common::ServerProcess;
 use serde_json::Value;
 use wsloop::protocol::deflate::Deflater;
-
-/// Opens a connection that asks to upgrade with `extra` header lines; returns it and the
-/// response's status code (0 when the server closed without answering).
-fn upgrade_with(server: &ServerProcess, extra: &[(&str, &str)]) -> (TcpStream, u16) {
-    let mut stream = server.raw();
-    let lines: String = extra
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    let request = upgrade_request("/").replacen("\r\n\r\n", &format!("\r\n{lines}\r\n"), 1);
-    stream.write_all(request.as_bytes()).expect("send upgrade");
-    let head = read_http_head(&mut stream);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (stream, status)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Item 3: exactly one forwarding header is believed, the one the operator names
@@ -55,18 +38,18 @@ fn a_client_written_forwarded_header_does_not_escape_the_per_ip_cap() {
         "--max-conns-per-ip",
         "1",
     ]);
-    let (_first, status) = upgrade_with(&server, &[("X-Forwarded-For", "198.51.100.1")]);
+    let (_first, status) = upgrade_with(server.addr, &[("X-Forwarded-For", "198.51.100.1")]);
     assert_eq!(status, 101);
     let spoofed = [
         ("Forwarded", "for=203.0.113.77"),
         ("X-Forwarded-For", "198.51.100.1"),
     ];
-    let (_second, status) = upgrade_with(&server, &spoofed);
+    let (_second, status) = upgrade_with(server.addr, &spoofed);
     assert_eq!(
         status, 503,
         "the client named its own address with Forwarded"
     );
-    let (_third, status) = upgrade_with(&server, &[("X-Forwarded-For", "198.51.100.2")]);
+    let (_third, status) = upgrade_with(server.addr, &[("X-Forwarded-For", "198.51.100.2")]);
     assert_eq!(status, 101, "the named header still identifies clients");
 }
 
@@ -76,14 +59,14 @@ fn a_client_written_forwarded_header_does_not_escape_the_per_ip_cap() {
 fn without_forwarded_header_no_forwarding_header_is_believed() {
     let server =
         ServerProcess::start(&["--trusted-proxy", "127.0.0.1/32", "--max-conns-per-ip", "1"]);
-    let (_first, status) = upgrade_with(&server, &[("X-Forwarded-For", "198.51.100.1")]);
+    let (_first, status) = upgrade_with(server.addr, &[("X-Forwarded-For", "198.51.100.1")]);
     assert_eq!(status, 101);
-    let (_second, status) = upgrade_with(&server, &[("Forwarded", "for=203.0.113.77")]);
+    let (_second, status) = upgrade_with(server.addr, &[("Forwarded", "for=203.0.113.77")]);
     assert_eq!(
         status, 503,
         "Forwarded was believed without --forwarded-header"
     );
-    let (_third, status) = upgrade_with(&server, &[("X-Forwarded-For", "198.51.100.2")]);
+    let (_third, status) = upgrade_with(server.addr, &[("X-Forwarded-For", "198.51.100.2")]);
     assert_eq!(
         status, 503,
         "X-Forwarded-For was believed without --forwarded-header"
@@ -129,7 +112,7 @@ fn bfinal_block_with_context_takeover_loses_no_later_message() {
     ]);
     let offer = [("Sec-WebSocket-Extensions", "permessage-deflate")];
     for first in [&HELLO_BFINAL[..], &HELLO_BFINAL[..7]] {
-        let (mut stream, status) = upgrade_with(&server, &offer);
+        let (mut stream, status) = upgrade_with(server.addr, &offer);
         assert_eq!(status, 101);
         assert_eq!(echo_compressed(&mut stream, first), "Hello");
         assert_eq!(echo_compressed(&mut stream, &HELLO_AGAIN), "Hello");
@@ -150,24 +133,13 @@ const SPREAD: usize = 40;
 /// `GET /stats` once the server admits a connection again (it may be at `--max-conns` for a
 /// moment while closed connections are removed); 10 s is far more than removal needs.
 fn stats_once_admitted(addr: SocketAddr) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let _ = stream
-            .write_all(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        let response = String::from_utf8(read_to_close(&mut stream)).unwrap();
-        if response.starts_with("HTTP/1.1 200") {
-            return stats(addr);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/stats kept refusing: {response:.100}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut last = get(addr, "/stats");
+    let admitted = wait_until(Duration::from_secs(10), || {
+        last = get(addr, "/stats");
+        last.status() == 200
+    });
+    assert!(admitted, "/stats kept refusing: {:?}", last.head);
+    serde_json::from_slice(&last.body).expect("stats JSON")
 }
 
 /// Every worker's value of counter `name` in `/stats`.
@@ -193,7 +165,9 @@ fn assert_both_workers_served(stats: &Value, name: &str) {
 #[test]
 fn max_conns_per_ip_holds_across_workers() {
     let server = ServerProcess::start(&["--workers", "2", "--max-conns-per-ip", "3"]);
-    let held: Vec<(TcpStream, u16)> = (0..SPREAD).map(|_| upgrade_with(&server, &[])).collect();
+    let held: Vec<(TcpStream, u16)> = (0..SPREAD)
+        .map(|_| upgrade_with(server.addr, &[]))
+        .collect();
     let upgraded = held.iter().filter(|(_, status)| *status == 101).count();
     let refused = held.iter().filter(|(_, status)| *status == 503).count();
     let stats = stats_once_admitted(server.addr);
@@ -208,7 +182,9 @@ fn max_conns_per_ip_holds_across_workers() {
 #[test]
 fn max_conns_holds_across_workers() {
     let server = ServerProcess::start(&["--workers", "2", "--max-conns", "4"]);
-    let held: Vec<(TcpStream, u16)> = (0..SPREAD).map(|_| upgrade_with(&server, &[])).collect();
+    let held: Vec<(TcpStream, u16)> = (0..SPREAD)
+        .map(|_| upgrade_with(server.addr, &[]))
+        .collect();
     let upgraded = held.iter().filter(|(_, status)| *status == 101).count();
     assert_eq!(upgraded, 4, "connections the process admitted");
     assert!(held.iter().all(|(_, status)| [101, 503].contains(status)));
@@ -225,7 +201,7 @@ fn deflate_holder(server: &ServerProcess) -> TcpStream {
     // Far more than a loaded machine needs to shed and take the next upgrade.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stream = loop {
-        let (stream, status) = upgrade_with(server, &offer);
+        let (stream, status) = upgrade_with(server.addr, &offer);
         if status == 101 {
             break stream;
         }
@@ -271,27 +247,6 @@ fn max_buffered_holds_across_workers() {
 // Item 12: /metrics reports the process with workers
 // ---------------------------------------------------------------------------------------------
 
-/// `GET /metrics`: every sample, keyed by name and labels as written.
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let response = String::from_utf8(read_to_close(&mut stream)).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response:.100}");
-    let body = response.split("\r\n\r\n").nth(1).expect("body");
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (key, value) = line.rsplit_once(' ').expect("name value");
-            (key.to_owned(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
 /// With `--workers 2` and load on both, every `/metrics` counter only grows from scrape to
 /// scrape, and once quiet equals the sum `/stats` reports.
 #[test]
@@ -314,7 +269,7 @@ fn metrics_report_the_process_with_workers() {
             stream
                 .write_all(&client_frame(
                     true,
-                    0x1,
+                    op::TEXT,
                     format!("round {round}").as_bytes(),
                 ))
                 .unwrap();

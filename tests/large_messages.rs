@@ -16,9 +16,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::{
-    client_frame, echo_rtt, peak_rss_kib, raw_upgraded, read_server_frame, stats, ServerProcess,
-};
+use common::frames::{client_frame, read_server_frame};
+use common::http::stats;
+use common::process::peak_rss_kib;
+use common::ws::{echo_rtt, raw_upgraded};
+use common::ServerProcess;
 
 const CONNS: usize = 64;
 const SIZE: usize = 16 << 20;

@@ -9,7 +9,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{recv_text, send_text, stats, ws_client, Client, RedisServer, ServerProcess};
+use common::http::stats;
+use common::process::fd_count;
+use common::redis::RedisServer;
+use common::server::free_port;
+use common::ws::{recv_text, send_text, ws_connect, Client};
+use common::ServerProcess;
 
 const CHANNEL: &str = "wsloop:chat";
 
@@ -23,6 +28,11 @@ fn redis() -> Option<RedisServer> {
         );
         None
     }
+}
+
+/// A client on `path` whose reads wait 50 ms, for [`recv_text`] to poll.
+fn ws_client(addr: std::net::SocketAddr, path: &str) -> Client {
+    ws_connect(addr, path, Duration::from_millis(50))
 }
 
 fn node(redis: &RedisServer, extra: &[&str]) -> ServerProcess {
@@ -241,7 +251,7 @@ fn starts_without_redis_and_joins_when_it_appears() {
         eprintln!("SKIPPED: redis-server is not installed (CI installs it)");
         return;
     }
-    let port = common::free_port();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let a = ServerProcess::start(&["--redis", &url]);
     let (mut ca, mut ca2) = (ws_client(a.addr, "/chat"), ws_client(a.addr, "/chat"));
@@ -356,10 +366,6 @@ fn pid_in(line: &str) -> u32 {
         .unwrap()
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -402,8 +408,11 @@ impl Drop for Supervised {
 #[test]
 fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     use rustix::process::{kill_process, Pid, Signal};
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-supervisor-{}.pid", std::process::id()));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
-        .args(["--addr", "127.0.0.1:0", "--processes", "2"])
+        .args(["--addr", "127.0.0.1:0", "--processes", "2", "--pid-file"])
+        .arg(&pid_file)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -414,6 +423,9 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     };
     let lines = stdout_lines(&mut sup.child);
     let head = wait_line(&lines, "supervisor on ");
+    // --pid-file names the supervisor, not a child.
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written, format!("{}\n", sup.child.id()));
     let addr: std::net::SocketAddr = head
         .split("supervisor on ")
         .nth(1)
@@ -435,9 +447,9 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     let (first, second) = (started[0], started[1]);
 
     // Both processes take connections on the one port.
-    let before = (open_fds(first), open_fds(second));
+    let before = (fd_count(first), fd_count(second));
     let held = echo_on_fresh_connections(addr, 40);
-    assert!(open_fds(first) > before.0 && open_fds(second) > before.1);
+    assert!(fd_count(first) > before.0 && fd_count(second) > before.1);
     drop(held);
 
     // A process killed outright is replaced; the port keeps serving meanwhile.
@@ -470,4 +482,5 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     };
     assert!(status.success(), "{status}");
     assert!(!alive(replacement) && !alive(second));
+    assert!(!pid_file.exists(), "the pid file is removed at exit");
 }

@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::http::{read_http_head, read_to_close, status};
 use common::tls::{tls_connect, TestCert, TlsStream};
-use common::{read_to_close, ServerProcess};
+use common::ServerProcess;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::WebSocketConfig;
@@ -303,16 +304,5 @@ fn tls_sessions_count_in_the_memory_budget() {
 /// Whether the server answers `HEAD /` on this connection (false once it closed it).
 fn answers_head(stream: &mut TlsStream) -> bool {
     let request = b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read_exact(&mut byte).is_err() {
-            return false;
-        }
-        head.push(byte[0]);
-    }
-    head.starts_with(b"HTTP/1.1 200")
+    stream.write_all(request).is_ok() && status(&read_http_head(stream)) == 200
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::ServerProcess;
 use wsload::{
     run_connect, run_echo, run_fanout, run_hold, run_latency, ConnectOptions, EchoOptions,
-    FanoutOptions, HoldOptions, LatencyOptions, Payload,
+    FanoutOptions, HoldOptions, Payload,
 };
 
 #[test]
@@ -42,11 +42,11 @@ fn echo_verifies_every_message() {
 #[test]
 fn latency_hold_connect_and_fanout_run_clean() {
     let server = ServerProcess::start(&[]);
-    let latency = run_latency(&LatencyOptions {
+    let latency = run_latency(&EchoOptions {
         url: server.ws_url("/"),
         duration: Duration::from_millis(300),
         warmup: Duration::ZERO,
-        ..LatencyOptions::default()
+        ..EchoOptions::default()
     })
     .unwrap();
     assert!(latency.ok(), "{}", latency.to_json());
@@ -157,19 +157,26 @@ fn echo_with_deflate_compresses_and_verifies() {
 }
 
 /// Declined offers and plain text: the same client, uncompressed, still verified.
-#[test]
-fn deflate_declined_and_latency_with_deflate() {
-    let plain = ServerProcess::start(&[]);
-    let report = run_echo(&EchoOptions {
-        url: plain.ws_url("/"),
-        conns: 2,
-        inflight: 2,
-        size: 2000,
+/// A short unwarmed run of `size`-byte text messages offering permessage-deflate.
+fn deflate_text(server: &ServerProcess, size: usize) -> EchoOptions {
+    EchoOptions {
+        url: server.ws_url("/"),
+        size,
         duration: Duration::from_millis(300),
         warmup: Duration::ZERO,
         deflate: true,
         payload: Payload::Text,
         ..EchoOptions::default()
+    }
+}
+
+#[test]
+fn deflate_declined_and_latency_with_deflate() {
+    let plain = ServerProcess::start(&[]);
+    let report = run_echo(&EchoOptions {
+        conns: 2,
+        inflight: 2,
+        ..deflate_text(&plain, 2000)
     })
     .unwrap();
     assert!(report.ok(), "{}", report.to_json());
@@ -177,16 +184,7 @@ fn deflate_declined_and_latency_with_deflate() {
     assert!(report.wire_ratio_recv.unwrap() > 1.0, "headers only add");
 
     let server = ServerProcess::start(&["--deflate"]);
-    let latency = run_latency(&LatencyOptions {
-        url: server.ws_url("/"),
-        size: 4096,
-        duration: Duration::from_millis(300),
-        warmup: Duration::ZERO,
-        deflate: true,
-        payload: Payload::Text,
-        ..LatencyOptions::default()
-    })
-    .unwrap();
+    let latency = run_latency(&deflate_text(&server, 4096)).unwrap();
     assert!(latency.ok(), "{}", latency.to_json());
     assert!(
         latency.wire_ratio_recv.unwrap() < 0.6,

@@ -34,8 +34,8 @@ const EMBEDDED: [(&str, &[u8]); 2] = [
     ),
 ];
 
-/// Static files from a folder, or the files compiled into the binary when the folder is
-/// absent, so a bare binary still serves its demo page.
+/// Static files from a folder; or, when there is none and the demo page is wanted, the files
+/// compiled into the library, so a bare binary still serves its demo page; or none at all.
 ///
 /// Bodies are served from memory: a file is read once, then kept as one shared buffer that
 /// every answer references ([`Response::shared_body`]), so pipelined requests for a large file
@@ -44,9 +44,9 @@ const EMBEDDED: [(&str, &[u8]); 2] = [
 /// recently served files are dropped. A cached file is compared with the disk (size and
 /// modification time) at most once per [`REVALIDATE_AFTER`], and read again when it changed.
 pub(crate) struct StaticFiles {
-    /// Canonicalized folder to serve from; `None` means the embedded files.
+    /// Canonicalized folder to serve from; `None`: the embedded files, if cached, or none.
     root: Option<PathBuf>,
-    /// Bodies by relative path (the embedded files, when there is no folder).
+    /// Bodies by relative path (the embedded files, when they are served).
     cache: HashMap<String, Cached>,
     /// Bytes of all bodies in `cache`.
     cached_bytes: usize,
@@ -80,21 +80,19 @@ impl Stamp {
 }
 
 impl StaticFiles {
-    /// `dir` is `--static-dir` (default `html/`). If it exists and is a directory, serve from it
-    /// (canonicalized once, so containment checks compare like with like); otherwise serve the
-    /// embedded files.
-    pub(crate) fn new(dir: &Path) -> StaticFiles {
-        let root = if dir.is_dir() {
-            dir.canonicalize().ok()
-        } else {
-            None
-        };
+    /// `dir` is [`Config::static_dir`](crate::Config::static_dir). If it exists and is a
+    /// directory, serve from it (canonicalized once, so containment checks compare like with
+    /// like); otherwise serve the embedded files with `demo_page`, and nothing without.
+    pub(crate) fn new(dir: Option<&Path>, demo_page: bool) -> StaticFiles {
+        let root = dir
+            .filter(|dir| dir.is_dir())
+            .and_then(|dir| dir.canonicalize().ok());
         let mut files = StaticFiles {
             root,
             cache: HashMap::new(),
             cached_bytes: 0,
         };
-        if files.root.is_none() {
+        if files.root.is_none() && demo_page {
             let now = Instant::now();
             let stamp = Stamp {
                 len: 0,
@@ -364,7 +362,7 @@ mod tests {
     #[test]
     fn traversal_and_malformed_targets_refused() {
         let (base, root) = tree();
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         assert!(files.is_on_disk());
         // Whitespace-separated so the table stays compact under rustfmt.
         let not_found = "/../secret.txt /%2e%2e/secret.txt /%2e%2E/secret.txt /..%2fsecret.txt \
@@ -399,7 +397,7 @@ mod tests {
     #[test]
     fn serves_files_with_exact_headers() {
         let (base, root) = tree();
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         let (status, head, body) = parse(&answer(&mut files, "GET", "/a%20b.txt?x=1#frag", true));
         assert_eq!((status, body.as_slice()), (200, &b"spaced"[..]));
         assert_eq!(hdr(&head, "Content-Type"), "text/plain; charset=utf-8");
@@ -431,7 +429,7 @@ mod tests {
     #[test]
     fn cached_bodies_are_shared_and_revalidated() {
         let (base, root) = tree();
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         let t0 = Instant::now();
         let body = |files: &mut StaticFiles, at| {
             let response = files.respond("GET", "/a.txt", true, at);
@@ -474,7 +472,7 @@ mod tests {
             let big = fs::File::create(root.join(format!("big{i}.bin"))).unwrap();
             big.set_len(MAX_FILE_BYTES).unwrap();
         }
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         let t0 = Instant::now();
         for i in 0..5u32 {
             let at = t0 + Duration::from_millis(u64::from(i));
@@ -508,14 +506,14 @@ mod tests {
             .unwrap();
         assert!(made.success());
         assert_eq!(read_disk(&root, "pipe.txt").err(), Some(NOT_FOUND));
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         assert_eq!(parse(&answer(&mut files, "GET", "/pipe.txt", true)).0, 404);
         fs::remove_dir_all(base).unwrap();
     }
 
     #[test]
     fn other_methods_get_405_with_allow() {
-        let mut files = StaticFiles::new(Path::new("/nonexistent/wsloop"));
+        let mut files = StaticFiles::new(Some(Path::new("/nonexistent/wsloop")), true);
         for method in ["POST", "PUT", "DELETE", "OPTIONS", "get", ""] {
             let (status, head, _) = parse(&answer(&mut files, method, "/", true));
             assert_eq!((status, hdr(&head, "Allow")), (405, "GET, HEAD"));
@@ -528,7 +526,7 @@ mod tests {
         let (base, root) = tree();
         let big = fs::File::create(root.join("big.bin")).unwrap();
         big.set_len(MAX_FILE_BYTES + 1).unwrap();
-        let mut files = StaticFiles::new(&root);
+        let mut files = StaticFiles::new(Some(&root), true);
         for target in ["/sub", "/sub/", "/nope.txt", "/sub/nope", "/big.bin"] {
             assert_eq!(
                 parse(&answer(&mut files, "GET", target, true)).0,
@@ -543,7 +541,7 @@ mod tests {
     fn embedded_fallback_when_dir_missing_or_not_a_dir() {
         let (base, root) = tree();
         for dir in [base.join("missing"), root.join("a.txt")] {
-            let mut files = StaticFiles::new(&dir);
+            let mut files = StaticFiles::new(Some(&dir), true);
             assert!(!files.is_on_disk());
             let (status, head, body) = parse(&answer(&mut files, "GET", "/", true));
             assert_eq!((status, body.as_slice()), (200, EMBEDDED[0].1));
@@ -552,6 +550,22 @@ mod tests {
             assert_eq!((status, hdr(&head, "Content-Type")), (200, "image/svg+xml"));
             for target in ["/a.txt", "/../html/index.html", "/%2e%2e/index.html"] {
                 assert_eq!(parse(&answer(&mut files, "GET", target, true)).0, 404);
+            }
+        }
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    /// Without a folder, the demo page only when asked for: a library serves no files of its
+    /// own by default.
+    #[test]
+    fn nothing_served_without_a_folder_or_the_demo_page() {
+        let (base, root) = tree();
+        for dir in [None, Some(base.join("missing")), Some(root.join("a.txt"))] {
+            let mut files = StaticFiles::new(dir.as_deref(), false);
+            assert!(!files.is_on_disk());
+            for target in ["/", "/index.html", "/favicon.svg", "/a.txt"] {
+                let (status, _, _) = parse(&answer(&mut files, "GET", target, true));
+                assert_eq!(status, 404, "{dir:?} {target}");
             }
         }
         fs::remove_dir_all(base).unwrap();

@@ -12,8 +12,9 @@ use super::Core;
 
 impl Core {
     /// After anything happened to connection `key`: our FIN once a lingering connection has
-    /// said everything, its one deadline from its connection, its protocol and TLS state
-    /// counted in the budget, and, once finished, its removal at the end of the turn.
+    /// said everything, its one deadline from its connection, its protocol and TLS state (and
+    /// its path) counted in the budget, and, once finished, its removal at the end of the
+    /// turn.
     pub(super) fn settle(&mut self, key: usize) {
         let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
             return;
@@ -22,26 +23,22 @@ impl Core {
         if entry.conn.is_finished() {
             entry.doomed = true;
             self.doomed.push(key);
-            self.timers.disarm(key, entry.serial);
+            self.timers.disarm(key);
             return;
         }
-        let state = entry.state_bytes();
+        let state = entry.state_bytes() + self.paths.len_of(entry.facts.path);
         entry.out.account_state(&mut self.budget, state);
         match entry.conn.poll_timeout(&self.shared) {
-            Some(at) => self.timers.arm(key, entry.serial, at),
-            None => self.timers.disarm(key, entry.serial),
+            Some(at) => self.timers.arm(key, at),
+            None => self.timers.disarm(key),
         }
     }
 
     /// Hands each connection whose deadline passed its time: handshake timeout, keepalive
     /// ping, idle limit, close wait, the end of a rate pause (which brings it back to be read).
     pub(super) fn fire_timers<H: Handler>(&mut self, app: &mut H) {
-        while let Some((key, serial)) = self.timers.pop_due(self.tick) {
-            let Some(entry) = self
-                .conns
-                .get_mut(key)
-                .filter(|e| e.serial == serial && !e.doomed)
-            else {
+        while let Some(key) = self.timers.pop_due(self.tick) {
+            let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
                 continue; // Gone since it was armed.
             };
             let reading = entry.conn.wants_read();
@@ -71,6 +68,16 @@ impl Core {
             }
             self.settle(key);
         }
+    }
+
+    /// Connections not done yet (see [`wsloop_proto::Connection::is_done`]): a graceful
+    /// shutdown ends when there are none, without waiting for the FINs of peers that keep
+    /// their sockets open after the close handshake.
+    pub(super) fn not_done(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, entry)| !entry.conn.is_done())
+            .count()
     }
 
     /// Ends the turn: tend the pool of message buffers (emptied first when over the memory
@@ -136,6 +143,7 @@ impl Core {
                 entry.out.release(&mut self.budget);
                 self.admission.count_out(key);
                 self.leave_rooms(key);
+                self.forget_facts(key, entry.facts);
             }
         }
     }

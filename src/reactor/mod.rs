@@ -54,10 +54,12 @@ use crate::stats::Stats;
 use crate::workers::Member;
 
 use entry::Entry;
+use facts::{Paths, Peers};
 use timers::Deadlines;
 
 mod accept;
 pub(crate) mod entry;
+mod facts;
 mod large;
 mod life;
 pub(crate) mod listen;
@@ -103,6 +105,10 @@ pub(crate) struct Core {
     /// What every connection holds, against `--max-buffered`.
     budget: Budget,
     pub(crate) rooms: Rooms,
+    /// The paths open connections asked for, each stored once.
+    paths: Paths,
+    /// Open connections' client addresses that do not fit their slab entry.
+    peers: Peers,
     /// Each connection's one deadline.
     timers: Deadlines,
     /// The protocol settings and deflate contexts every connection shares.
@@ -174,7 +180,7 @@ impl<H: Handler> Reactor<H> {
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let static_files = StaticFiles::new(&config.static_dir);
+        let static_files = StaticFiles::new(config.static_dir.as_deref(), config.demo_page);
         let now = Instant::now();
         let clock = Clock::new(now);
         let next_stats = config.stats_interval.map(|i| now + i);
@@ -185,6 +191,8 @@ impl<H: Handler> Reactor<H> {
                 outbox: Outbox::default(),
                 budget: Budget::default(),
                 rooms: Rooms::new(config.slow_consumer),
+                paths: Paths::default(),
+                peers: Peers::default(),
                 timers: Deadlines::default(),
                 shared: Shared::new(config.settings()),
                 registry: poll.registry().try_clone()?,
@@ -244,7 +252,8 @@ impl<H: Handler> Reactor<H> {
         self.handle.clone()
     }
 
-    /// Whether static files come from disk (false: the embedded page).
+    /// Whether static files come from a folder on disk (false: the embedded demo page, or
+    /// none).
     pub fn static_from_disk(&self) -> bool {
         self.core.static_files.is_on_disk()
     }
@@ -270,6 +279,7 @@ impl<H: Handler> Reactor<H> {
     /// # Errors
     /// Only when polling itself fails; connection errors never end the loop.
     pub fn run(mut self) -> io::Result<()> {
+        self.handle.running_here();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -328,11 +338,9 @@ impl<H: Handler> Reactor<H> {
                     .core
                     .shutdown_deadline
                     .is_some_and(|d| d <= self.core.now);
-                if self.core.conns.is_empty() || expired {
-                    info!(
-                        "shutdown complete ({} connections left open)",
-                        self.core.conns.len()
-                    );
+                let left = self.core.not_done();
+                if left == 0 || expired {
+                    info!("shutdown complete ({left} connections were not done)");
                     return Ok(());
                 }
             }
@@ -401,6 +409,12 @@ impl<H: Handler> Reactor<H> {
                 }
                 Command::Close(id, code, reason) => ctx.close(id, code, &reason),
                 Command::Shutdown => ctx.shutdown(),
+                Command::Rooms(reply) => {
+                    let _ = reply.send(ctx.rooms().map(str::to_owned).collect());
+                }
+                Command::Subscribers(room, reply) => {
+                    let _ = reply.send(ctx.subscribers(&room));
+                }
             }
         }
     }

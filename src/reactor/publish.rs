@@ -109,9 +109,17 @@ impl Core {
         self.spend(members.len());
         let (mut delivered, mut dropped) = (0, 0);
         for key in members {
-            let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.is_open()) else {
+            let Some(entry) = self.conns.get_mut(key) else {
                 continue;
             };
+            if !entry.conn.is_open() {
+                // A member that subscribed in `on_open` while its upgrade is decided: its
+                // connection keeps the frame for after the 101. Closing members get nothing.
+                let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+                let kept = entry.conn.send(kind, payload, &mut door, &mut self.shared);
+                delivered += usize::from(kept.is_ok());
+                continue;
+            }
             let encoding = entry.conn.encoding(payload.len(), &self.shared);
             let policed = entry.out.is_slow(self.config.max_backpressure);
             if policed {

@@ -14,12 +14,13 @@ use wsloop_proto::handshake::{
 
 use crate::admission::client_addr::client_addr;
 use crate::admission::origin::origin_allowed;
-use crate::app::{Context, Decision, Handler, Request};
+use crate::app::{split_target, Context, Decision, Handler, Request};
 use crate::http::{error_response, ok_response, Response};
 use crate::out::Door;
 use crate::stats::metrics::{self, RoomFigures};
 use crate::stats::RejectReason;
 
+use super::facts::Facts;
 use super::{Core, MAX_HEADERS};
 
 impl Core {
@@ -62,7 +63,7 @@ impl Core {
 
     fn plain_http(&mut self, key: usize, req: &RequestHead<'_, '_>, keep_alive: bool) -> Response {
         self.stats.http_requests += 1;
-        let path = req.target.split('?').next().unwrap_or_default();
+        let (path, _) = split_target(req.target);
         let head_only = req.method == "HEAD";
         let metrics_only = self.conns.get(key).is_some_and(|e| e.metrics_only);
         if metrics_only && req.wants_websocket() {
@@ -89,7 +90,7 @@ impl Core {
         if metrics_only {
             return Response::owned(404, error_response(404, &[]));
         }
-        if path == "/stats" && matches!(req.method, "GET" | "HEAD") {
+        if path == "/stats" && self.config.stats && matches!(req.method, "GET" | "HEAD") {
             self.fresh_stats();
             let json = match &self.member {
                 Some(member) => member.stats_json(&self.stats),
@@ -142,11 +143,7 @@ impl Core {
                 return self.reject_busy(key, RejectReason::PerIp);
             }
         }
-        let request = Request {
-            path: req.target,
-            headers: req.headers,
-            peer,
-        };
+        let request = Request::new(req.target, req.headers, peer);
         let protocol = match app.on_open(&mut Context { core: self }, id, &request) {
             Decision::Accept(protocol) => protocol,
             Decision::Reject(status) => {
@@ -163,6 +160,10 @@ impl Core {
             .accept(self.tick, req, protocol.as_deref(), &mut door, &self.shared)
             .is_ok()
         {
+            entry.facts = Facts {
+                path: self.paths.hold(request.path()),
+                peer: self.peers.keep(key, peer),
+            };
             self.stats.upgraded += 1;
             debug!("#{key}: upgraded {} from {peer}", req.target);
         }

@@ -13,11 +13,14 @@ use crate::out::Door;
 use super::{Core, READ_BUF};
 
 impl Core {
+    /// Sends `msg` to `to` if it is open, or if its upgrade is being decided (`on_open`):
+    /// then its connection keeps the frame and writes it right after the 101, or drops it if
+    /// the upgrade is refused.
     pub(crate) fn send_message(&mut self, to: ConnId, msg: Message<'_>) -> bool {
         let Some(key) = self.key_of(to) else {
             return false;
         };
-        let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.is_open()) else {
+        let Some(entry) = self.conns.get_mut(key) else {
             return false;
         };
         let mut door = Door::new(key, &mut entry.out, &mut self.outbox);

@@ -72,19 +72,14 @@ pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
         "Plain HTTP requests answered.",
         stats.http_requests,
     );
-    m.header(
+    m.counters_by(
         "wsloop_rejected_total",
         "Connections or upgrades refused, by reason.",
-        "counter",
+        "reason",
+        RejectReason::ALL
+            .iter()
+            .map(|&reason| (reason.label(), stats.rejected_for(reason))),
     );
-    for reason in RejectReason::ALL {
-        m.labeled(
-            "wsloop_rejected_total",
-            "reason",
-            reason.label(),
-            stats.rejected_for(reason),
-        );
-    }
     m.counter(
         "wsloop_messages_in_total",
         "Data messages received.",
@@ -105,30 +100,26 @@ pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
         "Bytes written to sockets.",
         stats.bytes_out,
     );
-    m.header(
+    m.counters_by(
         "wsloop_close_frames_sent_total",
         "Close frames sent, by code.",
-        "counter",
+        "code",
+        stats.close_sent.iter(),
     );
-    for (code, n) in stats.close_sent.iter() {
-        m.labeled("wsloop_close_frames_sent_total", "code", code, n);
-    }
-    m.header(
+    m.counters_by(
         "wsloop_close_frames_received_total",
         "Close frames received, by code (1005: no code).",
-        "counter",
+        "code",
+        stats.close_received.iter(),
     );
-    for (code, n) in stats.close_received.iter() {
-        m.labeled("wsloop_close_frames_received_total", "code", code, n);
-    }
-    m.header(
+    m.counters_by(
         "wsloop_protocol_errors_total",
         "Connections failed for a protocol error, by close code.",
-        "counter",
+        "code",
+        ["1002", "1007", "1009"]
+            .into_iter()
+            .zip(stats.protocol_errors),
     );
-    for (code, n) in ["1002", "1007", "1009"].iter().zip(stats.protocol_errors) {
-        m.labeled("wsloop_protocol_errors_total", "code", code, n);
-    }
     m.counter(
         "wsloop_publications_total",
         "Publications made in this process (to a room or to every connection).",
@@ -144,14 +135,15 @@ pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
         "Publications dropped for slow subscribers by a drop policy.",
         stats.dropped_messages,
     );
-    m.header(
+    m.counters_by(
         "wsloop_room_dropped_messages_total",
         "Publications dropped for slow subscribers, by room.",
-        "counter",
+        "room",
+        rooms
+            .dropped
+            .iter()
+            .map(|(name, &dropped)| (&**name, dropped)),
     );
-    for (name, &dropped) in &rooms.dropped {
-        m.labeled("wsloop_room_dropped_messages_total", "room", name, dropped);
-    }
     m.counter(
         "wsloop_idle_timeouts_total",
         "Connections dropped after going silent.",
@@ -217,6 +209,20 @@ impl Writer<'_> {
     fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.header(name, help, "counter");
         let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    /// A counter family with one sample per label value.
+    fn counters_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.header(name, help, "counter");
+        for (value, sample) in samples {
+            self.labeled(name, label, value, sample);
+        }
     }
 
     fn gauge(&mut self, name: &str, help: &str, value: u64) {

@@ -4,7 +4,9 @@
 //
 // Env: WSLOOP_URL (required) base URL of a running wsloop; WSLOOP_TLS_URL (optional) https://
 // base URL of a wsloop with --tls-cert/--tls-key (self-signed is fine: certificate errors are
-// ignored), whose page is then loaded and exercised over https:// and wss:// too; SCREENSHOT (optional) where to
+// ignored), whose page is then loaded and exercised over https:// and wss:// too;
+// WSLOOP_PROTOCOL_URL (optional) base URL of a wsloop with `--protocol chat`, where a socket
+// asking for the subprotocol "chat" must open; SCREENSHOT (optional) where to
 // save a screenshot of page 1, default <repo>/target/browser/demo.png (a "-dark" twin is
 // saved beside it); CHROMIUM (optional) browser binary, default /usr/bin/chromium.
 import { test, before, after } from "node:test";
@@ -19,6 +21,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..", "..");
 const BASE = process.env.WSLOOP_URL;
 const TLS_BASE = process.env.WSLOOP_TLS_URL;
+const PROTOCOL_BASE = process.env.WSLOOP_PROTOCOL_URL;
 const SHOT = process.env.SCREENSHOT
   ? path.resolve(process.env.SCREENSHOT)
   : path.join(repoRoot, "target", "browser", "demo.png");
@@ -112,7 +115,7 @@ async function chatViaUi(from, to, nick, text) {
 
 before(async () => {
   assert.ok(BASE, "set WSLOOP_URL to the server's base URL, e.g. http://127.0.0.1:9001/");
-  for (const base of [BASE, TLS_BASE].filter(Boolean)) {
+  for (const base of [BASE, TLS_BASE, PROTOCOL_BASE].filter(Boolean)) {
     const host = new URL(base).hostname;
     assert.ok(["127.0.0.1", "localhost", "[::1]"].includes(host), `loopback only, got ${host}`);
   }
@@ -252,6 +255,39 @@ test("origin check: Chromium's WebSocket from a cross-origin page is refused, sa
   const own = await page1.evaluate(openAndReport, target);
   assert.deepEqual(own, { opened: true, code: 1000 }, "same-origin socket opens and closes cleanly");
   assert.equal((await originRejections()) - before, 1, "no rejection for the same-origin socket");
+});
+
+/** In a page: opens `url` asking for `protocols`, sends `text`; reports the outcome. */
+function openWithProtocols([url, protocols, text]) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, protocols);
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      ws.send(text);
+    };
+    ws.onmessage = (e) => {
+      resolve({ opened, protocol: ws.protocol, echo: e.data });
+      ws.close(1000);
+    };
+    ws.onclose = (e) => resolve({ opened, protocol: ws.protocol, code: e.code });
+  });
+}
+
+test("subprotocol: new WebSocket(url, [\"chat\"]) opens and echoes with --protocol chat", { ...STEP, skip: !PROTOCOL_BASE }, async () => {
+  // Pages that are not watched: the refused socket below logs a console error.
+  const asked = await ctx1.newPage();
+  await asked.goto(new URL("/subprotocol", PROTOCOL_BASE).href); // wsloop's 404 page: any document will do
+  const url = "ws://" + new URL(PROTOCOL_BASE).host + "/";
+  const chat = await asked.evaluate(openWithProtocols, [url, ["chat"], "hello chat 你好"]);
+  await asked.close();
+  assert.deepEqual(chat, { opened: true, protocol: "chat", echo: "hello chat 你好" });
+  // Without --protocol the server selects none, and Chromium fails a socket that asked for one.
+  const plain = await ctx1.newPage();
+  await plain.goto(new URL("/subprotocol", BASE).href);
+  const refused = await plain.evaluate(openWithProtocols, ["ws://" + new URL(BASE).host + "/", ["chat"], "x"]);
+  await plain.close();
+  assert.deepEqual(refused, { opened: false, protocol: "", code: 1006 });
 });
 
 test("stats: RTT percentiles and server counters are shown", STEP, async () => {

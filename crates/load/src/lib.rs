@@ -38,7 +38,7 @@ pub mod stats;
 mod verify;
 
 pub use connect::{run_connect, ConnectOptions, ConnectReport};
-pub use echo::{run_echo, run_latency, EchoOptions, EchoReport, LatencyOptions, MAX_ECHO_SIZE};
+pub use echo::{run_echo, run_latency, EchoOptions, EchoReport, MAX_ECHO_SIZE};
 pub use fanout::{
     fanout_payload, parse_prefix, run_fanout, FanoutOptions, FanoutReport, MIN_FANOUT_SIZE,
 };

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use wsload::{ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, LatencyOptions, Payload};
+use wsload::{ConnectOptions, EchoOptions, FanoutOptions, HoldOptions, Payload};
 
 /// wsloop's load generator: echo throughput, latency, held connections, connection rate and
 /// broadcast fan-out, against a server on this machine (loopback addresses only).
@@ -33,109 +33,135 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
 
+/// What the modes that send messages and wait for their echoes (`echo`, `latency`) take.
+#[derive(Debug, clap::Args)]
+struct MessageArgs {
+    /// ws:// URL on a loopback address.
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    url: String,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Binary messages (default: text).
+    #[arg(long)]
+    binary: bool,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds before (default: 1 for echo, 0.5 for latency).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// The server's PID: report its CPU and memory too.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Offer permessage-deflate: compress messages, inflate echoes (default payload: text).
+    #[arg(long)]
+    deflate: bool,
+    /// Payload: random, or JSON-like text (default: random, or text with --deflate).
+    #[arg(long)]
+    payload: Option<Payload>,
+}
+
+impl MessageArgs {
+    /// The library's options, with the mode's connection count, messages in flight and
+    /// default warm-up.
+    fn options(self, conns: usize, inflight: usize, warmup: f64) -> EchoOptions {
+        EchoOptions {
+            url: self.url,
+            conns,
+            inflight,
+            size: self.size,
+            binary: self.binary,
+            duration: secs(self.duration),
+            warmup: secs(self.warmup.unwrap_or(warmup)),
+            server_pid: self.server_pid,
+            deflate: self.deflate,
+            payload: payload(self.payload, self.deflate),
+        }
+    }
+}
+
+/// The `hold` mode's arguments.
+#[derive(Debug, clap::Args)]
+struct HoldArgs {
+    /// ws:// URL on a loopback address.
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    url: String,
+    /// Connections.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Seconds to hold them once open.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The server's PID: report its RSS before/after and per connection.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seconds between keep-alive ping rounds.
+    #[arg(long, default_value_t = 5.0)]
+    ping_every: f64,
+    /// First source address to bind, with explicit ports from 10000 (127.x.x.x); by
+    /// default 127.0.0.1 from 4096 connections on, else the kernel's choice. A new
+    /// address every --per-source connections.
+    #[arg(long)]
+    source_base: Option<Ipv4Addr>,
+    /// Connections per source address.
+    #[arg(long, default_value_t = 20_000)]
+    per_source: usize,
+    /// Most handshakes in progress at once while opening.
+    #[arg(long, default_value_t = 256)]
+    max_pending: usize,
+    /// Offer permessage-deflate; once all are open, each connection sends one message and
+    /// reads its echo (so the server has made its deflate state), then idles.
+    #[arg(long)]
+    deflate: bool,
+    /// Payload of that message: random or JSON-like text.
+    #[arg(long, default_value = "text")]
+    payload: Payload,
+    /// Size of that message in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+}
+
+impl HoldArgs {
+    fn options(self) -> HoldOptions {
+        HoldOptions {
+            url: self.url,
+            conns: self.conns,
+            duration: secs(self.duration),
+            server_pid: self.server_pid,
+            ping_every: secs(self.ping_every),
+            source_base: self.source_base,
+            per_source: self.per_source,
+            max_pending: self.max_pending,
+            deflate: self.deflate,
+            payload: self.payload,
+            size: self.size,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// Closed-loop echo: N connections with K messages each in flight; msgs/s, MB/s, RTT.
     Echo {
-        /// ws:// URL on a loopback address.
-        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
-        url: String,
         /// Connections.
         #[arg(long, default_value_t = 64)]
         conns: usize,
         /// Messages in flight per connection.
         #[arg(long, default_value_t = 16)]
         inflight: usize,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Binary messages (default: text).
-        #[arg(long)]
-        binary: bool,
-        /// Measured seconds.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Unmeasured seconds before.
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// The server's PID: report its CPU and memory too.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Offer permessage-deflate: compress messages, inflate echoes (default payload: text).
-        #[arg(long)]
-        deflate: bool,
-        /// Payload: random, or JSON-like text (default: random, or text with --deflate).
-        #[arg(long)]
-        payload: Option<Payload>,
+        #[command(flatten)]
+        messages: MessageArgs,
     },
     /// One connection, one message at a time: round-trip time percentiles.
     Latency {
-        /// ws:// URL on a loopback address.
-        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
-        url: String,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Binary messages (default: text).
-        #[arg(long)]
-        binary: bool,
-        /// Measured seconds.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Unmeasured seconds before.
-        #[arg(long, default_value_t = 0.5)]
-        warmup: f64,
-        /// The server's PID: report its CPU and memory too.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Offer permessage-deflate: compress messages, inflate echoes (default payload: text).
-        #[arg(long)]
-        deflate: bool,
-        /// Payload: random, or JSON-like text (default: random, or text with --deflate).
-        #[arg(long)]
-        payload: Option<Payload>,
+        #[command(flatten)]
+        messages: MessageArgs,
     },
     /// Open N idle connections, keep them alive with pings, report how many stayed up and
     /// (with --server-pid) the server's memory per connection. Run `ulimit -n` high enough
     /// first: this process needs one descriptor per connection.
-    Hold {
-        /// ws:// URL on a loopback address.
-        #[arg(long, default_value = "ws://127.0.0.1:9001/")]
-        url: String,
-        /// Connections.
-        #[arg(long, default_value_t = 1000)]
-        conns: usize,
-        /// Seconds to hold them once open.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// The server's PID: report its RSS before/after and per connection.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Seconds between keep-alive ping rounds.
-        #[arg(long, default_value_t = 5.0)]
-        ping_every: f64,
-        /// First source address to bind, with explicit ports from 10000 (127.x.x.x); by
-        /// default 127.0.0.1 from 4096 connections on, else the kernel's choice. A new
-        /// address every --per-source connections.
-        #[arg(long)]
-        source_base: Option<Ipv4Addr>,
-        /// Connections per source address.
-        #[arg(long, default_value_t = 20_000)]
-        per_source: usize,
-        /// Most handshakes in progress at once while opening.
-        #[arg(long, default_value_t = 256)]
-        max_pending: usize,
-        /// Offer permessage-deflate; once all are open, each connection sends one message and
-        /// reads its echo (so the server has made its deflate state), then idles.
-        #[arg(long)]
-        deflate: bool,
-        /// Payload of that message: random or JSON-like text.
-        #[arg(long, default_value = "text")]
-        payload: Payload,
-        /// Size of that message in bytes.
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-    },
+    Hold(HoldArgs),
     /// Connection lifecycles per second: TCP connect, upgrade, close handshake, TCP close.
     Connect {
         /// ws:// URL on a loopback address.
@@ -243,72 +269,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     match Args::parse().mode {
         Mode::Echo {
-            url,
             conns,
             inflight,
-            size,
-            binary,
-            duration,
-            warmup,
-            server_pid,
-            deflate,
-            payload: asked,
-        } => emit(wsload::run_echo(&EchoOptions {
-            url,
-            conns,
-            inflight,
-            size,
-            binary,
-            duration: secs(duration),
-            warmup: secs(warmup),
-            server_pid,
-            deflate,
-            payload: payload(asked, deflate),
-        })),
-        Mode::Latency {
-            url,
-            size,
-            binary,
-            duration,
-            warmup,
-            server_pid,
-            deflate,
-            payload: asked,
-        } => emit(wsload::run_latency(&LatencyOptions {
-            url,
-            size,
-            binary,
-            duration: secs(duration),
-            warmup: secs(warmup),
-            server_pid,
-            deflate,
-            payload: payload(asked, deflate),
-        })),
-        Mode::Hold {
-            url,
-            conns,
-            duration,
-            server_pid,
-            ping_every,
-            source_base,
-            per_source,
-            max_pending,
-            deflate,
-            payload,
-            size,
-        } => emit(wsload::run_hold(&HoldOptions {
-            url,
-            conns,
-            duration: secs(duration),
-            server_pid,
-            ping_every: secs(ping_every),
-            source_base,
-            per_source,
-            max_pending,
-            deflate,
-            payload,
-            size,
-        })),
+            messages,
+        } => emit(wsload::run_echo(&messages.options(conns, inflight, 1.0))),
+        Mode::Latency { messages } => emit(wsload::run_latency(&messages.options(1, 1, 0.5))),
+        Mode::Hold(args) => emit(wsload::run_hold(&args.options())),
         Mode::Connect {
             url,
             duration,

@@ -39,11 +39,47 @@ impl CloseCode {
     pub fn is_sendable(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+
+    /// The code's name in the IANA WebSocket close code registry (§7.4.1, §11.7), in lower
+    /// case: `Some("normal closure")` for 1000; `None` for a code without one (1004, the
+    /// applications' 3000–4999, anything unassigned).
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1000 => "normal closure",
+            1001 => "going away",
+            1002 => "protocol error",
+            1003 => "unsupported data",
+            1005 => "no status received",
+            1006 => "abnormal closure",
+            1007 => "invalid frame payload data",
+            1008 => "policy violation",
+            1009 => "message too big",
+            1010 => "mandatory extension",
+            1011 => "internal error",
+            1012 => "service restart",
+            1013 => "try again later",
+            1014 => "bad gateway",
+            1015 => "TLS handshake",
+            _ => return None,
+        })
+    }
 }
 
+/// The number, then the registered name when there is one: `1000 (normal closure)`,
+/// `4001`.
+///
+/// ```
+/// use wsloop_proto::CloseCode;
+///
+/// assert_eq!(CloseCode::GOING_AWAY.to_string(), "1001 (going away)");
+/// assert_eq!(CloseCode(4001).to_string(), "4001");
+/// ```
 impl std::fmt::Display for CloseCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+        match self.name() {
+            Some(name) => write!(f, "{} ({name})", self.0),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 
@@ -113,6 +149,19 @@ mod tests {
         ] {
             assert!(!CloseCode(bad).is_sendable(), "{bad}");
         }
+    }
+
+    #[test]
+    fn display_names_registered_codes() {
+        assert_eq!(CloseCode::NORMAL.to_string(), "1000 (normal closure)");
+        assert_eq!(
+            CloseCode::MESSAGE_TOO_BIG.to_string(),
+            "1009 (message too big)"
+        );
+        assert_eq!(CloseCode(4001).to_string(), "4001");
+        assert_eq!(CloseCode(1004).name(), None);
+        let named = (1000..=1015).filter(|&c| CloseCode(c).name().is_some());
+        assert_eq!(named.count(), 15, "every code 1000-1015 but 1004");
     }
 
     #[test]

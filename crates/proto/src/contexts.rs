@@ -42,6 +42,12 @@ impl ConnDeflate {
         }
     }
 
+    /// Whether it has contexts of its own yet (created on first use, with context takeover):
+    /// their history cannot be handed to another process, so such a connection cannot move.
+    pub fn has_own_contexts(&self) -> bool {
+        self.deflater.is_some() || self.inflater.is_some()
+    }
+
     /// Heap bytes held by this connection's own contexts (the inflater's with the copy of
     /// the window it keeps for a stream that ends, see [`Inflater`]).
     pub fn memory(&self) -> usize {

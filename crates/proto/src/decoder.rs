@@ -34,6 +34,8 @@ use super::mask::apply_mask;
 use super::pool::BufferPool;
 use super::utf8::Utf8Validator;
 
+mod state;
+
 /// Size limits, checked from frame headers before any payload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -354,6 +356,11 @@ impl Decoder {
     /// (fragments, or a frame split across calls) is still validated chunk by chunk.
     pub fn defer_whole_text_validation(&mut self) {
         self.defer_whole_text = true;
+    }
+
+    /// Whether RSV1 (a compressed message) is accepted: [`Decoder::enable_compression`].
+    pub fn accepts_compressed(&self) -> bool {
+        self.allowed_rsv & RSV1 != 0
     }
 
     /// Whether a message or frame is partly received.
@@ -707,6 +714,7 @@ fn control_event(opcode: OpCode, payload: Payload, input: &[u8]) -> Result<Event
 mod tests {
     use super::*;
     use crate::frame::MAX_CONTROL_PAYLOAD;
+    use rand::{Rng as _, SeedableRng};
 
     // ---------------------------------------------------------------------------------------
     // Helpers
@@ -847,6 +855,53 @@ mod tests {
         assert_eq!(CloseCode::from(&error), CloseCode(code), "{error:?}");
     }
 
+    /// Feeds one decoder each step's bytes as one read, checking what each read decodes to;
+    /// afterwards nothing is buffered (every sequence here ends in an error or a message).
+    fn expect_reads(steps: &[(Vec<u8>, Vec<Got>)]) {
+        let mut decoder = Decoder::new();
+        for (i, (bytes, want)) in steps.iter().enumerate() {
+            let got = decode_all(&mut decoder, &Limits::default(), bytes);
+            assert_eq!(&got, want, "read {i}");
+        }
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    /// `payload` as a text message of one-byte fragments.
+    fn text_byte_by_byte(payload: &[u8]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for (i, b) in payload.iter().enumerate() {
+            let op = if i == 0 {
+                OpCode::Text
+            } else {
+                OpCode::Continuation
+            };
+            stream.extend(frame(i + 1 == payload.len(), op, &[*b]));
+        }
+        stream
+    }
+
+    /// `bytes` fail with `error` (close code `code`) from their header, and nothing of them
+    /// stays buffered.
+    fn expect_refused(
+        decoder: &mut Decoder,
+        limits: &Limits,
+        bytes: &[u8],
+        error: ProtocolError,
+        code: u16,
+    ) {
+        assert_eq!(decode_all(decoder, limits, bytes), vec![Err(error)]);
+        assert_eq!(CloseCode::from(&error), CloseCode(code), "{error:?}");
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    /// `bytes` fail with `error` however they are cut in two reads (the held-back path too).
+    fn expect_error_at_every_cut(bytes: &[u8], error: ProtocolError) {
+        for cut in 0..bytes.len() {
+            let got = decode_chunks(&mut Decoder::new(), &Limits::default(), bytes, &[cut]);
+            assert_eq!(got, vec![Err(error)], "{bytes:02x?} cut at {cut}");
+        }
+    }
+
     fn text(bytes: impl AsRef<[u8]>) -> Got {
         Ok((Kind::Text, bytes.as_ref().to_vec()))
     }
@@ -917,26 +972,8 @@ mod tests {
         (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
     }
 
-    /// xorshift64: deterministic pseudo-random numbers without a crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn chance(&mut self, one_in: usize) -> bool {
-            self.below(one_in) == 0
-        }
-        fn key(&mut self) -> [u8; 4] {
-            (self.next() as u32).to_le_bytes()
-        }
-    }
+    /// Seeded, so every run decodes the same streams.
+    type Rng = rand::rngs::SmallRng;
 
     // ---------------------------------------------------------------------------------------
     // RFC 6455 §5.7 examples
@@ -1192,7 +1229,7 @@ mod tests {
         const CHARS: [&str; 8] = ["a", "Z", " ", "é", "κ", "€", "你", "😀"];
         let mut out = String::with_capacity(len);
         while len - out.len() >= 4 {
-            out.push_str(CHARS[rng.below(CHARS.len())]);
+            out.push_str(CHARS[rng.random_range(0..CHARS.len())]);
         }
         while out.len() < len {
             out.push('x');
@@ -1206,26 +1243,36 @@ mod tests {
         const SMALL: [usize; 9] = [0, 0, 1, 2, 3, 5, 17, 125, 126];
         if *big {
             *big = false;
-            [65535, 65536][rng.below(2)]
-        } else if rng.chance(6) {
-            [127, 200, 1000, 4099][rng.below(4)]
+            [65535, 65536][rng.random_range(0..2)]
+        } else if rng.random_ratio(1, 6) {
+            [127, 200, 1000, 4099][rng.random_range(0..4)]
         } else {
-            SMALL[rng.below(SMALL.len())]
+            SMALL[rng.random_range(0..SMALL.len())]
         }
     }
 
     /// A random control frame that is valid between fragments, and its event.
     fn random_control(rng: &mut Rng, out: &mut Vec<u8>, expected: &mut Vec<Got>) {
-        let len = [0, 1, 4, 125][rng.below(4)];
+        let len = [0, 1, 4, 125][rng.random_range(0..4)];
         let mut payload = pattern(len);
         if let Some(first) = payload.first_mut() {
-            *first = rng.next() as u8;
+            *first = rng.random::<u8>();
         }
-        if rng.chance(2) {
-            out.extend(frame_with_key(true, OpCode::Ping, &payload, rng.key()));
+        if rng.random_ratio(1, 2) {
+            out.extend(frame_with_key(
+                true,
+                OpCode::Ping,
+                &payload,
+                rng.random::<[u8; 4]>(),
+            ));
             expected.push(ping(payload));
         } else {
-            out.extend(frame_with_key(true, OpCode::Pong, &payload, rng.key()));
+            out.extend(frame_with_key(
+                true,
+                OpCode::Pong,
+                &payload,
+                rng.random::<[u8; 4]>(),
+            ));
             expected.push(pong(payload));
         }
     }
@@ -1235,21 +1282,26 @@ mod tests {
     fn random_stream(rng: &mut Rng, mut big: bool) -> (Vec<u8>, Vec<Got>) {
         let mut out = Vec::new();
         let mut expected = Vec::new();
-        for _ in 0..1 + rng.below(6) {
-            match rng.below(8) {
+        for _ in 0..1 + rng.random_range(0..6) {
+            match rng.random_range(0..8) {
                 0 | 1 => random_control(rng, &mut out, &mut expected),
                 2 => {
                     let codes = [1000, 1001, 1003, 1011, 3000, 4999];
-                    let code: u16 = codes[rng.below(codes.len())];
-                    let reason_len = rng.below(124);
+                    let code: u16 = codes[rng.random_range(0..codes.len())];
+                    let reason_len = rng.random_range(0..124);
                     let reason = random_text(rng, reason_len);
                     let mut payload = code.to_be_bytes().to_vec();
                     payload.extend_from_slice(&reason);
-                    out.extend(frame_with_key(true, OpCode::Close, &payload, rng.key()));
+                    out.extend(frame_with_key(
+                        true,
+                        OpCode::Close,
+                        &payload,
+                        rng.random::<[u8; 4]>(),
+                    ));
                     expected.push(close(Some(code), payload));
                 }
                 _ => {
-                    let is_text = rng.chance(2);
+                    let is_text = rng.random_ratio(1, 2);
                     let len = random_len(rng, &mut big);
                     let payload = if is_text {
                         random_text(rng, len)
@@ -1262,17 +1314,23 @@ mod tests {
                         (OpCode::Binary, Kind::Binary)
                     };
                     // 1 to 5 fragments cut at random bytes (code points may be split).
-                    let mut cuts: Vec<usize> =
-                        (0..rng.below(5)).map(|_| rng.below(len + 1)).collect();
+                    let mut cuts: Vec<usize> = (0..rng.random_range(0..5))
+                        .map(|_| rng.random_range(0..len + 1))
+                        .collect();
                     cuts.sort_unstable();
                     cuts.push(len);
                     let mut start = 0;
                     for (i, &end) in cuts.iter().enumerate() {
                         let op = if i == 0 { opcode } else { OpCode::Continuation };
                         let fin = i + 1 == cuts.len();
-                        out.extend(frame_with_key(fin, op, &payload[start..end], rng.key()));
+                        out.extend(frame_with_key(
+                            fin,
+                            op,
+                            &payload[start..end],
+                            rng.random::<[u8; 4]>(),
+                        ));
                         start = end;
-                        while !fin && rng.chance(3) {
+                        while !fin && rng.random_ratio(1, 3) {
                             random_control(rng, &mut out, &mut expected);
                         }
                     }
@@ -1286,7 +1344,7 @@ mod tests {
     #[test]
     fn differential_random_cuts_match_one_shot() {
         let limits = Limits::default();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
         let mut iterations = 0;
         let mut direct_reads = 0;
         for round in 0..600 {
@@ -1297,13 +1355,15 @@ mod tests {
                 "one-shot decoding disagrees with the model"
             );
             for _ in 0..6 {
-                let n = match rng.below(4) {
+                let n = match rng.random_range(0..4) {
                     0 => 1,
-                    1 => 1 + rng.below(4),
-                    2 => 1 + rng.below(16),
-                    _ => 1 + rng.below(64),
+                    1 => 1 + rng.random_range(0..4),
+                    2 => 1 + rng.random_range(0..16),
+                    _ => 1 + rng.random_range(0..64),
                 };
-                let mut cuts: Vec<usize> = (0..n).map(|_| rng.below(bytes.len() + 1)).collect();
+                let mut cuts: Vec<usize> = (0..n)
+                    .map(|_| rng.random_range(0..bytes.len() + 1))
+                    .collect();
                 cuts.sort_unstable();
                 let mut decoder = Decoder::new();
                 let got = decode_chunks(&mut decoder, &limits, &bytes, &cuts);
@@ -1463,14 +1523,7 @@ mod tests {
         assert_eq!(one_shot(&bytes), vec![Err(ProtocolError::LengthOverflow)]);
         // The header split across reads.
         let header = [0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
-        for cut in 0..header.len() {
-            let got = decode_chunks(&mut Decoder::new(), &Limits::default(), &header, &[cut]);
-            assert_eq!(
-                got,
-                vec![Err(ProtocolError::LengthOverflow)],
-                "cut at {cut}"
-            );
-        }
+        expect_error_at_every_cut(&header, ProtocolError::LengthOverflow);
     }
 
     #[test]
@@ -1487,34 +1540,40 @@ mod tests {
                 1002,
             );
         }
-        // After a complete fragmented message.
-        let bytes = concat(&[
-            frame(false, OpCode::Text, b"a"),
-            frame(true, OpCode::Continuation, b"b"),
-            frame(true, OpCode::Continuation, b"c"),
-        ]);
-        assert_eq!(
-            one_shot(&bytes),
-            vec![text("ab"), Err(ProtocolError::UnexpectedContinuation)]
-        );
-        // After a single-frame message.
-        let bytes = concat(&[
-            frame(true, OpCode::Binary, b"a"),
-            frame(false, OpCode::Continuation, b"b"),
-        ]);
-        assert_eq!(
-            one_shot(&bytes),
-            vec![binary("a"), Err(ProtocolError::UnexpectedContinuation)]
-        );
-        // After a control frame.
-        let bytes = concat(&[
-            frame(true, OpCode::Ping, b""),
-            frame(true, OpCode::Continuation, b""),
-        ]);
-        assert_eq!(
-            one_shot(&bytes),
-            vec![ping(""), Err(ProtocolError::UnexpectedContinuation)]
-        );
+        // After what came before it ended: (frames, what they decode to).
+        let cases = [
+            // A complete fragmented message.
+            (
+                vec![
+                    frame(false, OpCode::Text, b"a"),
+                    frame(true, OpCode::Continuation, b"b"),
+                    frame(true, OpCode::Continuation, b"c"),
+                ],
+                text("ab"),
+            ),
+            // A single-frame message.
+            (
+                vec![
+                    frame(true, OpCode::Binary, b"a"),
+                    frame(false, OpCode::Continuation, b"b"),
+                ],
+                binary("a"),
+            ),
+            // A control frame.
+            (
+                vec![
+                    frame(true, OpCode::Ping, b""),
+                    frame(true, OpCode::Continuation, b""),
+                ],
+                ping(""),
+            ),
+        ];
+        for (frames, first) in cases {
+            assert_eq!(
+                one_shot(&concat(&frames)),
+                vec![first, Err(ProtocolError::UnexpectedContinuation)]
+            );
+        }
     }
 
     #[test]
@@ -1555,14 +1614,7 @@ mod tests {
         );
         // Split across reads: the Owned path validates too.
         let bytes = frame(true, OpCode::Close, &[0x03]);
-        for cut in 0..bytes.len() {
-            let got = decode_chunks(&mut Decoder::new(), &Limits::default(), &bytes, &[cut]);
-            assert_eq!(
-                got,
-                vec![Err(ProtocolError::InvalidClosePayload)],
-                "cut at {cut}"
-            );
-        }
+        expect_error_at_every_cut(&bytes, ProtocolError::InvalidClosePayload);
     }
 
     #[test]
@@ -1640,14 +1692,7 @@ mod tests {
         ] {
             let bytes = close_frame(1000, reason);
             expect_error(&bytes, ProtocolError::InvalidUtf8, 1007);
-            for cut in 0..bytes.len() {
-                let got = decode_chunks(&mut Decoder::new(), &Limits::default(), &bytes, &[cut]);
-                assert_eq!(
-                    got,
-                    vec![Err(ProtocolError::InvalidUtf8)],
-                    "{reason:02x?} cut {cut}"
-                );
-            }
+            expect_error_at_every_cut(&bytes, ProtocolError::InvalidUtf8);
         }
     }
 
@@ -1680,15 +1725,7 @@ mod tests {
             let got = decode_chunks(&mut Decoder::new(), &Limits::default(), &whole, &cuts);
             assert_eq!(got, vec![Err(ProtocolError::InvalidUtf8)], "{bytes:02x?}");
             // As fragments of one byte each.
-            let mut stream = Vec::new();
-            for (i, b) in bytes.iter().enumerate() {
-                let op = if i == 0 {
-                    OpCode::Text
-                } else {
-                    OpCode::Continuation
-                };
-                stream.extend(frame(i + 1 == bytes.len(), op, &[*b]));
-            }
+            let stream = text_byte_by_byte(bytes);
             assert_eq!(
                 one_shot(&stream),
                 vec![Err(ProtocolError::InvalidUtf8)],
@@ -1746,64 +1783,23 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_on_the_fragment_that_carries_it() {
-        let limits = Limits::default();
-        let mut decoder = Decoder::new();
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Text, "κόσμε".as_bytes())
-            ),
-            vec![]
-        );
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Continuation, b"ok")
-            ),
-            vec![]
-        );
+        let bad = || vec![Err(ProtocolError::InvalidUtf8)];
         // The bad fragment is not final; no later fragment is needed to see the error.
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Continuation, &[b'a', 0xff, b'b'])
+        expect_reads(&[
+            (frame(false, OpCode::Text, "κόσμε".as_bytes()), vec![]),
+            (frame(false, OpCode::Continuation, b"ok"), vec![]),
+            (
+                frame(false, OpCode::Continuation, &[b'a', 0xff, b'b']),
+                bad(),
             ),
-            vec![Err(ProtocolError::InvalidUtf8)]
-        );
-        assert_eq!(decoder.buffered(), 0);
-
+        ]);
         // A code point made invalid by the first byte of the next fragment: F4 | 90.
-        let mut decoder = Decoder::new();
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Text, &[b'a', 0xf4])
-            ),
-            vec![]
-        );
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Continuation, &[0x90])
-            ),
-            vec![Err(ProtocolError::InvalidUtf8)]
-        );
-
+        expect_reads(&[
+            (frame(false, OpCode::Text, &[b'a', 0xf4]), vec![]),
+            (frame(false, OpCode::Continuation, &[0x90]), bad()),
+        ]);
         // An invalid first fragment fails by itself.
-        let mut decoder = Decoder::new();
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Text, &[0xed, 0xa0])
-            ),
-            vec![Err(ProtocolError::InvalidUtf8)]
-        );
+        expect_reads(&[(frame(false, OpCode::Text, &[0xed, 0xa0]), bad())]);
     }
 
     #[test]
@@ -1877,15 +1873,7 @@ mod tests {
         }
         // One byte per fragment, for several multi-byte characters, and every read split.
         let word = "é€😀κ".as_bytes();
-        let mut bytes = Vec::new();
-        for (i, b) in word.iter().enumerate() {
-            let op = if i == 0 {
-                OpCode::Text
-            } else {
-                OpCode::Continuation
-            };
-            bytes.extend(frame(i + 1 == word.len(), op, &[*b]));
-        }
+        let bytes = text_byte_by_byte(word);
         for cut in 0..=bytes.len() {
             let got = decode_chunks(&mut Decoder::new(), &Limits::default(), &bytes, &[cut]);
             assert_eq!(got, vec![text(word)], "cut {cut}");
@@ -1895,42 +1883,21 @@ mod tests {
     #[test]
     fn message_ending_mid_code_point_fails_at_its_final_fragment() {
         let limits = Limits::default();
+        let bad = || vec![Err(ProtocolError::InvalidUtf8)];
         // The incomplete code point is valid so far: nothing until the final fragment.
-        let mut decoder = Decoder::new();
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(false, OpCode::Text, &[b'a', 0xe2, 0x82])
-            ),
-            vec![]
-        );
-        assert_eq!(
-            decode_all(&mut decoder, &limits, &frame(true, OpCode::Ping, b"")),
-            vec![ping("")]
-        );
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(true, OpCode::Continuation, b"")
-            ),
-            vec![Err(ProtocolError::InvalidUtf8)]
-        );
+        expect_reads(&[
+            (frame(false, OpCode::Text, &[b'a', 0xe2, 0x82]), vec![]),
+            (frame(true, OpCode::Ping, b""), vec![ping("")]),
+            (frame(true, OpCode::Continuation, b""), bad()),
+        ]);
         // Final fragment carrying the truncated start.
-        let mut decoder = Decoder::new();
-        assert_eq!(
-            decode_all(&mut decoder, &limits, &frame(false, OpCode::Text, b"ab")),
-            vec![]
-        );
-        assert_eq!(
-            decode_all(
-                &mut decoder,
-                &limits,
-                &frame(true, OpCode::Continuation, &[0xf0, 0x9f, 0x98])
+        expect_reads(&[
+            (frame(false, OpCode::Text, b"ab"), vec![]),
+            (
+                frame(true, OpCode::Continuation, &[0xf0, 0x9f, 0x98]),
+                bad(),
             ),
-            vec![Err(ProtocolError::InvalidUtf8)]
-        );
+        ]);
         // An unfragmented frame ending mid-code-point: whole, and split at every position.
         let bytes = frame(true, OpCode::Text, &[b'a', 0xf0, 0x9f]);
         expect_error(&bytes, ProtocolError::InvalidUtf8, 1007);
@@ -1963,15 +1930,13 @@ mod tests {
             for len in [1001u64, 65536, 1 << 32] {
                 let mut decoder = Decoder::new();
                 let bytes = header(true, opcode, len, [9, 8, 7, 6]);
-                assert_eq!(
-                    decode_all(&mut decoder, &limits, &bytes),
-                    vec![Err(ProtocolError::FrameTooBig)]
+                expect_refused(
+                    &mut decoder,
+                    &limits,
+                    &bytes,
+                    ProtocolError::FrameTooBig,
+                    1009,
                 );
-                assert_eq!(
-                    CloseCode::from(&ProtocolError::FrameTooBig),
-                    CloseCode(1009)
-                );
-                assert_eq!(decoder.buffered(), 0);
             }
             // Exactly the limit is fine.
             let payload = vec![b'a'; 1000];
@@ -2050,15 +2015,13 @@ mod tests {
         );
         // 80 + 21 > 100: refused at the header, before its payload arrives.
         let offending = header(true, OpCode::Continuation, 21, [3, 1, 4, 1]);
-        assert_eq!(
-            decode_all(&mut decoder, &limits, &offending),
-            vec![Err(ProtocolError::MessageTooBig)]
+        expect_refused(
+            &mut decoder,
+            &limits,
+            &offending,
+            ProtocolError::MessageTooBig,
+            1009,
         );
-        assert_eq!(
-            CloseCode::from(&ProtocolError::MessageTooBig),
-            CloseCode(1009)
-        );
-        assert_eq!(decoder.buffered(), 0);
 
         // 80 + 20 == 100 is fine.
         let bytes = concat(&[

@@ -68,6 +68,23 @@ pub struct DeflateParams {
 }
 
 impl DeflateParams {
+    /// Parameters negotiated earlier (by another process, which handed the connection
+    /// over): what [`negotiate`] would have returned for them.
+    pub fn from_parts(
+        server_no_context_takeover: bool,
+        client_no_context_takeover: bool,
+        server_max_window_bits: u8,
+        client_max_window_bits: Option<u8>,
+    ) -> DeflateParams {
+        DeflateParams {
+            server_no_context_takeover,
+            client_no_context_takeover,
+            server_max_window_bits,
+            client_max_window_bits,
+            server_bits_requested: false,
+        }
+    }
+
     /// The `Sec-WebSocket-Extensions` value that accepts this configuration.
     pub fn response_value(&self) -> String {
         let mut value = String::from("permessage-deflate");

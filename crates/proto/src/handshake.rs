@@ -181,12 +181,18 @@ impl<'a, 'h> RequestHead<'a, 'h> {
             .map(|h| h.value)
     }
 
-    /// How many header lines are named `name` (case-insensitive).
-    pub fn count(&self, name: &str) -> usize {
+    /// The values of every header line named `name` (case-insensitive), in order: for the
+    /// headers that may repeat, such as `Sec-WebSocket-Extensions` (§9.1).
+    pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'h, 'n> {
         self.headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// How many header lines are named `name` (case-insensitive).
+    pub fn count(&self, name: &str) -> usize {
+        self.values(name).count()
     }
 
     /// Every value of the headers named `name`, as comma-separated tokens, trimmed.

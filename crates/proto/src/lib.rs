@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod close;
+pub mod codec;
 pub mod conn;
 pub mod contexts;
 pub mod decoder;

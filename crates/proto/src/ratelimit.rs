@@ -90,6 +90,24 @@ impl TokenBucket {
         Duration::from_micros(micros)
     }
 
+    /// The bucket as plain numbers at `now`: (micro-tokens held, below zero in debt; rate;
+    /// burst), to hand it to another process, which [`restore`](TokenBucket::restore)s it.
+    pub fn snapshot(&self, now: Tick) -> (i64, u64, u64) {
+        (
+            self.level_at(now),
+            u64::from(self.rate),
+            u64::from(self.burst),
+        )
+    }
+
+    /// A bucket holding `level` micro-tokens at `now` (kept within its range), as
+    /// [`snapshot`](TokenBucket::snapshot) described it.
+    pub fn restore(rate_per_sec: u64, burst: u64, level: i64, now: Tick) -> TokenBucket {
+        let mut bucket = TokenBucket::new(rate_per_sec, burst, now);
+        bucket.level = level.clamp(-MAX_DEBT, i64::from(bucket.burst) * MICRO);
+        bucket
+    }
+
     /// The most tokens the bucket holds (after saturation to `u32`).
     pub fn burst(&self) -> u64 {
         u64::from(self.burst)
@@ -142,6 +160,19 @@ mod tests {
         // A refused take takes nothing.
         assert!(!bucket.try_take(at(99), 1));
         assert!(bucket.try_take(at(100), 1));
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_bucket() {
+        let mut bucket = TokenBucket::new(1000, 100, at(0));
+        bucket.charge(at(0), 150);
+        let (level, rate, burst) = bucket.snapshot(at(20));
+        let restored = TokenBucket::restore(rate, burst, level, at(20));
+        for ms in [20, 40, 70, 500] {
+            assert_eq!(restored.wait(at(ms), 1), bucket.wait(at(ms), 1), "{ms} ms");
+        }
+        let clamped = TokenBucket::restore(10, 10, i64::MAX, at(0));
+        assert_eq!(clamped.snapshot(at(0)).0, 10 * MICRO);
     }
 
     #[test]

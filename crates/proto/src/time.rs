@@ -37,6 +37,14 @@ impl Tick {
         )
     }
 
+    /// This tick minus `d`, never earlier than the first tick a [`Clock`] makes (for a past
+    /// moment known as "this long ago", such as a connection's last traffic when it is handed
+    /// over from another process).
+    pub fn before(self, d: Duration) -> Tick {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Tick(self.0.saturating_sub(micros).max(1))
+    }
+
     /// Time from `earlier` to this tick (zero if `earlier` is later).
     pub fn since(self, earlier: Tick) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
@@ -86,6 +94,12 @@ mod tests {
         );
         assert_eq!(t.since(t.after(Duration::from_secs(1))), Duration::ZERO);
         assert_eq!(Tick::from_micros(7).as_micros(), 7);
+        assert_eq!(t.before(Duration::from_secs(1)).since(t), Duration::ZERO);
+        assert_eq!(
+            t.since(t.before(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(t.before(Duration::MAX), Tick::from_micros(1), "never NONE");
     }
 
     #[test]

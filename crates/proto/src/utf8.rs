@@ -103,6 +103,26 @@ impl Utf8Validator {
         }
     }
 
+    /// The bytes of an incomplete code point carried to the next chunk (for moving a
+    /// connection's state, see `decoder::state`).
+    pub(crate) fn carried(&self) -> &[u8] {
+        self.partial
+            .get(..usize::from(self.partial_len))
+            .unwrap_or_default()
+    }
+
+    /// A validator carrying `bytes`: `None` unless they are empty or the start of a code
+    /// point that is not complete yet (what [`Utf8Validator::carried`] can return).
+    pub(crate) fn with_carried(bytes: &[u8]) -> Option<Utf8Validator> {
+        let incomplete = match from_utf8(bytes) {
+            Ok(_) => bytes.is_empty(),
+            Err(e) => e.error_len().is_none() && e.valid_up_to() == 0,
+        };
+        let mut validator = Utf8Validator::new();
+        validator.carry(bytes);
+        (incomplete && bytes.len() <= 3).then_some(validator)
+    }
+
     fn carry(&mut self, tail: &[u8]) {
         let len = tail.len().min(3);
         self.partial = [0; 4];

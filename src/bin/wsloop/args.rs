@@ -107,6 +107,10 @@ pub struct Args {
     /// Put every connection in the chat room (default: only connections on /chat).
     #[arg(long)]
     pub chat: bool,
+    /// A subprotocol the server speaks (repeatable): the first of the client's
+    /// Sec-WebSocket-Protocol offers listed here is selected; none listed, none is.
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Vec<String>,
     /// Seconds between stats log lines (0 disables).
     #[arg(long, default_value_t = 0.0)]
     pub stats_interval: f64,
@@ -149,6 +153,10 @@ pub struct Args {
     /// Publications waiting to go to Redis; beyond it they are dropped and counted.
     #[arg(long, default_value_t = 65_536)]
     pub redis_queue: usize,
+    /// Write the serving process's id (the supervisor's under --processes) to this file at
+    /// start; it is removed at exit.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
     /// PEM certificate chain (leaf first): the port then speaks only TLS (wss://, https://).
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -199,7 +207,10 @@ impl Args {
             idle_timeout: seconds(self.idle_timeout),
             close_timeout: seconds(self.close_timeout).unwrap_or(Duration::from_secs(5)),
             drain_timeout: seconds(self.drain_timeout).unwrap_or(Duration::from_secs(10)),
-            static_dir: self.static_dir.clone(),
+            // The binary is the demo: its page, files, /stats and /metrics are on.
+            static_dir: Some(self.static_dir.clone()),
+            demo_page: true,
+            stats: true,
             allow_origins: self.allow_origin.clone(),
             max_handshake_rate: self.max_handshake_rate,
             max_conns_per_ip: self.max_conns_per_ip,

@@ -5,11 +5,14 @@ use std::collections::HashSet;
 use wsloop::{CloseCode, ConnId, Context, Decision, Handler, Message, Request};
 
 /// The default application: echo every message on any path; on `/chat` (or every path when
-/// `chat_everywhere`), relay each message to every chat member instead (the sender too).
+/// `chat_everywhere`), relay each message, text or binary, to every chat member instead (the
+/// sender too). Selects the first subprotocol the client offers that `protocols` lists.
 #[derive(Debug, Default)]
 pub struct EchoChat {
     /// Put every connection in the chat room.
     pub chat_everywhere: bool,
+    /// The subprotocols it speaks (`--protocol`).
+    pub protocols: Vec<String>,
     chat_members: HashSet<ConnId>,
 }
 
@@ -18,9 +21,10 @@ impl EchoChat {
     pub const ROOM: &'static str = "chat";
 
     /// Echo by default, chat on `/chat`; with `chat_everywhere`, chat on every path.
-    pub fn new(chat_everywhere: bool) -> EchoChat {
+    pub fn new(chat_everywhere: bool, protocols: Vec<String>) -> EchoChat {
         EchoChat {
             chat_everywhere,
+            protocols,
             chat_members: HashSet::new(),
         }
     }
@@ -28,12 +32,11 @@ impl EchoChat {
 
 impl Handler for EchoChat {
     fn on_open(&mut self, ctx: &mut Context<'_>, id: ConnId, req: &Request<'_>) -> Decision {
-        let path = req.path.split('?').next().unwrap_or_default();
-        if self.chat_everywhere || path == "/chat" {
+        if self.chat_everywhere || req.path() == "/chat" {
             ctx.subscribe(id, Self::ROOM);
             self.chat_members.insert(id);
         }
-        Decision::Accept(None)
+        Decision::Accept(req.select_protocol(&self.protocols).map(str::to_owned))
     }
 
     fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>) {

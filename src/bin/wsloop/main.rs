@@ -4,6 +4,7 @@
 
 mod args;
 mod echo_chat;
+mod pid_file;
 mod supervisor;
 
 use std::io::Write;
@@ -17,6 +18,7 @@ use wsloop::Workers;
 
 use args::Args;
 use echo_chat::EchoChat;
+use pid_file::PidFile;
 use supervisor::{Supervisor, SUPERVISED_ADDR};
 
 fn main() -> ExitCode {
@@ -52,7 +54,14 @@ fn main() -> ExitCode {
     } else {
         "http"
     };
+    // Not in a child of `--processes`: the supervisor's file names the supervisor.
+    let supervised = std::env::var_os(SUPERVISED_ADDR).is_some();
+    let _pid_file = match write_pid_file(args.pid_file.as_deref().filter(|_| !supervised)) {
+        Ok(file) => file,
+        Err(code) => return code,
+    };
     let chat = args.chat;
+    let protocols = args.protocol.clone();
     let workers = Workers::new(config)
         .count(usize::from(args.workers))
         .redis(args.redis());
@@ -70,7 +79,10 @@ fn main() -> ExitCode {
         println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
         let _ = std::io::stdout().flush();
     };
-    match workers.run(move |_| EchoChat::new(chat), on_listening) {
+    match workers.run(
+        move |_| EchoChat::new(chat, protocols.clone()),
+        on_listening,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsloop: {}: {e}", args.addr);
@@ -93,6 +105,10 @@ fn supervise(args: &Args) -> ExitCode {
             eprintln!("wsloop: cannot find this program to start it again: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let _pid_file = match write_pid_file(args.pid_file.as_deref()) {
+        Ok(file) => file,
+        Err(code) => return code,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -120,4 +136,16 @@ fn supervise(args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--pid-file`: written before serving, so that a server that runs can be signalled. The
+/// exit code (after saying why) when it cannot be written.
+fn write_pid_file(path: Option<&std::path::Path>) -> Result<Option<PidFile>, ExitCode> {
+    path.map(|path| {
+        PidFile::write(path).map_err(|e| {
+            eprintln!("wsloop: --pid-file {}: {e}", path.display());
+            ExitCode::FAILURE
+        })
+    })
+    .transpose()
 }

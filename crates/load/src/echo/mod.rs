@@ -65,42 +65,6 @@ impl Default for EchoOptions {
     }
 }
 
-/// Options of [`run_latency`]: one connection, one message at a time.
-#[derive(Debug, Clone)]
-pub struct LatencyOptions {
-    /// `ws://` URL on a loopback address.
-    pub url: String,
-    /// Payload bytes per message.
-    pub size: usize,
-    /// Binary messages (text otherwise).
-    pub binary: bool,
-    /// Measured window.
-    pub duration: Duration,
-    /// Unmeasured load before the window.
-    pub warmup: Duration,
-    /// The server's PID, to report its CPU and memory.
-    pub server_pid: Option<u32>,
-    /// Offer permessage-deflate; compress messages and inflate echoes when accepted.
-    pub deflate: bool,
-    /// What the messages contain.
-    pub payload: Payload,
-}
-
-impl Default for LatencyOptions {
-    fn default() -> Self {
-        LatencyOptions {
-            url: "ws://127.0.0.1:9001/".into(),
-            size: 32,
-            binary: false,
-            duration: Duration::from_secs(5),
-            warmup: Duration::from_millis(500),
-            server_pid: None,
-            deflate: false,
-            payload: Payload::Random,
-        }
-    }
-}
-
 /// Runs the echo benchmark.
 ///
 /// # Errors
@@ -110,22 +74,16 @@ pub fn run_echo(opts: &EchoOptions) -> io::Result<EchoReport> {
     run(opts, "echo")
 }
 
-/// Runs the latency benchmark: [`run_echo`] with one connection and one message in flight.
+/// Runs the latency benchmark: [`run_echo`] with one connection and one message in flight
+/// (`conns` and `inflight` are ignored).
 ///
 /// # Errors
 /// As [`run_echo`].
-pub fn run_latency(opts: &LatencyOptions) -> io::Result<EchoReport> {
+pub fn run_latency(opts: &EchoOptions) -> io::Result<EchoReport> {
     let echo = EchoOptions {
-        url: opts.url.clone(),
         conns: 1,
         inflight: 1,
-        size: opts.size,
-        binary: opts.binary,
-        duration: opts.duration,
-        warmup: opts.warmup,
-        server_pid: opts.server_pid,
-        deflate: opts.deflate,
-        payload: opts.payload,
+        ..opts.clone()
     };
     run(&echo, "latency")
 }

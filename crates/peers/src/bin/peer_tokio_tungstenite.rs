@@ -3,18 +3,15 @@
 //! `echo-server` example is — `accept_async`, `split()`, then `read.forward(write)` of text
 //! and binary messages (`forward` batches writes and flushes when the read side is pending).
 //!
-//! Changes from the documentation's example: message and frame limits set to 16 MiB each
-//! (explicitly, so the bench's 4 MiB point never depends on a library default), and
-//! `TCP_NODELAY` on, as wsloop sets it on every connection.
+//! Changes from the documentation's example: message and frame limits set explicitly
+//! (`wsloop_peers::MAX_MESSAGE`), and `TCP_NODELAY` on, as wsloop sets it on every connection.
 //!
 //! ```sh
 //! cargo run --release -p wsloop-peers --bin peer_tokio_tungstenite -- 127.0.0.1:9002
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use futures_util::{future, StreamExt, TryStreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 fn main() {
     let addr = std::env::args()
@@ -38,16 +35,5 @@ fn main() {
 
 async fn accept_connection(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(64 << 20));
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
-        return;
-    };
-    let (write, read) = ws.split();
-    // Only text and binary messages are echoed; tungstenite answers pings and closes itself.
-    let _ = read
-        .try_filter(|msg| future::ready(msg.is_text() || msg.is_binary()))
-        .forward(write)
-        .await;
+    wsloop_peers::tungstenite_echo(stream).await;
 }

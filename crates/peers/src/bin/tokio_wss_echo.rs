@@ -9,8 +9,7 @@
 
 use std::net::SocketAddr;
 
-use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use wsloop::TlsConfig;
 
@@ -56,29 +55,12 @@ fn main() {
                 match acceptor {
                     Some(acceptor) => {
                         if let Ok(tls) = acceptor.accept(tcp).await {
-                            echo(tls).await;
+                            wsloop_peers::tungstenite_echo(tls).await;
                         }
                     }
-                    None => echo::<TcpStream>(tcp).await,
+                    None => wsloop_peers::tungstenite_echo(tcp).await,
                 }
             });
         }
     });
-}
-
-async fn echo<S>(stream: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(16 << 20))
-        .max_frame_size(Some(16 << 20));
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
-        return;
-    };
-    let (write, read) = ws.split();
-    let _ = read
-        .filter(|m| std::future::ready(m.as_ref().is_ok_and(|m| m.is_binary() || m.is_text())))
-        .forward(write)
-        .await;
 }

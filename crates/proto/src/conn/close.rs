@@ -121,6 +121,19 @@ impl Connection {
         true
     }
 
+    /// Whether nothing is left to do but wait for the peer's FIN: the connection lingers
+    /// (its close handshake is over, or it failed) and our FIN went out after everything it
+    /// had to say, or it is finished. A server shutting down need not wait for that FIN: the
+    /// server closes TCP first (§7.1.1), and a peer that keeps its socket open after the
+    /// handshake gets nothing more by waiting.
+    pub fn is_done(&self) -> bool {
+        match self.phase {
+            Phase::Lingering { .. } => self.fin_sent,
+            Phase::Finished => true,
+            _ => false,
+        }
+    }
+
     /// A close frame from the peer, already validated by the decoder (`payload`: code and
     /// reason). Open: §5.5.1, answer with a close frame echoing its code; after our own close
     /// it is the answer. Either way the handshake is complete and the server closes TCP first
@@ -238,13 +251,53 @@ mod tests {
         );
         assert!(!h.conn.is_open());
         // §7.1.1: the server closes TCP first, once the echo is written.
+        assert!(!h.conn.is_done(), "the echo is not written yet");
         assert!(!h.conn.poll_fin(false));
         assert!(h.conn.poll_fin(true));
         assert!(!h.conn.poll_fin(true), "FIN once");
+        assert!(h.conn.is_done(), "only the peer's FIN is awaited");
         assert!(h.conn.wants_read(), "reads until the peer's FIN");
         h.conn.handle_eof(h.now, true, &h.shared);
         assert!(h.conn.is_finished());
         assert_eq!(h.events(), vec![]);
+    }
+
+    /// §5.5.1: whatever valid code the peer sends — registered, library or private — the
+    /// answer carries it back.
+    #[test]
+    fn every_valid_peer_code_is_echoed() {
+        for code in [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let mut h = Harness::open(Settings::default());
+            h.feed(&client_close(code, b""));
+            assert_eq!(h.close_frame(), (code, String::new()), "{code}");
+            assert_eq!(
+                h.events(),
+                vec![closed(code, "", Initiator::Peer, Some(code), Some(code))]
+            );
+        }
+    }
+
+    /// A close frame may come between the fragments of a message (§5.4: control frames may
+    /// be injected): it is answered, and the unfinished message is never delivered.
+    #[test]
+    fn a_close_inside_a_fragmented_message_is_answered() {
+        let mut h = Harness::open(Settings::default());
+        let mut bytes =
+            super::super::testkit::client_frame_rsv(false, 0, OpCode::Text, b"never finished");
+        bytes.extend(client_close(1000, b""));
+        h.feed(&bytes);
+        assert_eq!(h.close_frame(), (1000, String::new()));
+        assert_eq!(
+            h.take_seen(),
+            vec![Seen::Event(closed(
+                1000,
+                "",
+                Initiator::Peer,
+                Some(1000),
+                Some(1000)
+            ))]
+        );
+        assert!(h.conn.poll_fin(true));
     }
 
     #[test]

@@ -172,6 +172,10 @@ impl Events {
         self.0.get_or_insert_with(Box::default).push_back(event);
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
     pub(super) fn pop(&mut self) -> Option<Event> {
         let queue = self.0.as_mut()?;
         let event = queue.pop_front();

@@ -27,19 +27,19 @@ use super::{Connection, Phase};
 /// limit, or while input is held).
 #[derive(Debug, Default)]
 pub(super) struct Flow {
-    rate: Option<Rate>,
+    pub(super) rate: Option<Rate>,
     /// Held-back input starts at `start`.
-    backlog: Vec<u8>,
-    start: usize,
+    pub(super) backlog: Vec<u8>,
+    pub(super) start: usize,
 }
 
 /// A connection's budgets.
 #[derive(Debug)]
-struct Rate {
-    messages: Option<TokenBucket>,
-    bytes: Option<TokenBucket>,
+pub(super) struct Rate {
+    pub(super) messages: Option<TokenBucket>,
+    pub(super) bytes: Option<TokenBucket>,
     /// While paused: when reading resumes.
-    resume: Option<Tick>,
+    pub(super) resume: Option<Tick>,
 }
 
 impl Rate {
@@ -71,7 +71,7 @@ impl Flow {
         self.backlog.capacity()
     }
 
-    fn held(&self) -> &[u8] {
+    pub(super) fn held(&self) -> &[u8] {
         self.backlog.get(self.start..).unwrap_or_default()
     }
 }

@@ -22,20 +22,20 @@ use super::{ActionError, Connection, Phase};
 #[derive(Debug)]
 pub(super) struct Head {
     /// Bytes received and not handed out yet start at `start`.
-    buf: Vec<u8>,
-    start: usize,
+    pub(super) buf: Vec<u8>,
+    pub(super) start: usize,
     /// Where the search for the end of the head resumes.
     scanner: HeadScanner,
     /// Still expected before the request, if a PROXY header is.
-    proxy: Option<ProxyPolicy>,
+    pub(super) proxy: Option<ProxyPolicy>,
     /// The client address a trusted PROXY header gave.
-    client: Option<SocketAddr>,
+    pub(super) client: Option<SocketAddr>,
     /// When the request (or the next keep-alive request) must be complete.
     pub(super) deadline: Tick,
     /// What was handed out and is not answered yet.
     waiting: Waiting,
     /// Frames the application sent while deciding the upgrade.
-    sent: Vec<u8>,
+    pub(super) sent: Vec<u8>,
 }
 
 /// What a request-phase connection waits for.
@@ -223,14 +223,11 @@ impl Connection {
         else {
             return Err(ActionError::NoRequest);
         };
-        let deflate = shared.settings.deflate.as_ref().and_then(|config| {
-            let offers = request
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-                .map(|h| h.value);
-            negotiate(offers, config)
-        });
+        let deflate = shared
+            .settings
+            .deflate
+            .as_ref()
+            .and_then(|config| negotiate(request.values("sec-websocket-extensions"), config));
         let extensions = deflate.map(|params| params.response_value());
         let key = request.header("sec-websocket-key").unwrap_or_default();
         let mut response = Vec::with_capacity(256);

@@ -306,11 +306,14 @@ mod tests {
     };
     use super::super::{Closed, Event, Initiator, Settings};
     use crate::deflate::{DeflateConfig, Deflater};
+    use crate::frame::FrameHeader;
     use crate::{CloseCode, Limits, OpCode, ProtocolError};
 
     /// Sends `bytes` to an open connection (after a good message) and checks that it fails
     /// with exactly one close frame carrying `error`'s code and reason, reports it, and
-    /// ignores what follows.
+    /// ignores what follows: twice, once with `bytes` ending the read (the failure must come
+    /// from them alone, e.g. from a header whose payload never arrives) and once with more
+    /// frames behind them in the same read.
     fn expect_failure(
         settings: Settings,
         extra: &str,
@@ -318,42 +321,51 @@ mod tests {
         error: ProtocolError,
         code: u16,
     ) {
-        let mut h = Harness::open_with(settings, extra);
-        h.echo = true;
-        let mut input = client_frame(OpCode::Text, b"before");
-        input.extend_from_slice(bytes);
-        input.extend(client_frame(OpCode::Text, b"after"));
-        input.extend(client_frame(OpCode::Ping, b"p"));
-        h.feed(&input);
-        let frames = h.frames();
-        assert_eq!(frames.len(), 2, "{error:?}: {frames:?}");
-        assert_eq!(frames[0].payload, b"before");
-        assert_eq!(
-            frames[1].close(),
-            (code, error.as_str().to_owned()),
-            "{error:?}"
-        );
-        assert_eq!(
-            h.take_seen(),
-            vec![
-                text("before"),
-                Seen::Event(Event::Closed(Closed {
-                    code: CloseCode(code),
-                    reason: String::new(),
-                    initiator: Initiator::Error(error),
-                    sent: Some(CloseCode(code)),
-                    received: None,
-                }))
-            ],
-            "{error:?}"
-        );
-        assert!(
-            h.conn.poll_fin(true),
-            "{error:?}: TCP closes after the close frame"
-        );
-        // Sticky: nothing more is decoded or answered.
-        h.feed(&client_frame(OpCode::Ping, b"p"));
-        assert_eq!(h.frames(), vec![]);
+        let after = [
+            client_frame(OpCode::Text, b"after"),
+            client_frame(OpCode::Ping, b"p"),
+        ]
+        .concat();
+        for same_read in [false, true] {
+            let mut h = Harness::open_with(settings.clone(), extra);
+            h.echo = true;
+            let mut input = client_frame(OpCode::Text, b"before");
+            input.extend_from_slice(bytes);
+            if same_read {
+                input.extend_from_slice(&after);
+            }
+            h.feed(&input);
+            let frames = h.frames();
+            assert_eq!(frames.len(), 2, "{error:?}: {frames:?}");
+            assert_eq!(frames[0].payload, b"before");
+            assert_eq!(
+                frames[1].close(),
+                (code, error.as_str().to_owned()),
+                "{error:?}"
+            );
+            assert_eq!(
+                h.take_seen(),
+                vec![
+                    text("before"),
+                    Seen::Event(Event::Closed(Closed {
+                        code: CloseCode(code),
+                        reason: String::new(),
+                        initiator: Initiator::Error(error),
+                        sent: Some(CloseCode(code)),
+                        received: None,
+                    }))
+                ],
+                "{error:?}"
+            );
+            assert!(
+                h.conn.poll_fin(true),
+                "{error:?}: TCP closes after the close frame"
+            );
+            // Sticky: nothing more is decoded or answered.
+            h.feed(&after);
+            assert_eq!(h.frames(), vec![]);
+            assert_eq!(h.take_seen(), vec![]);
+        }
     }
 
     /// Each call answers at most one ping, so a caller that bounds its calls per turn bounds
@@ -371,86 +383,104 @@ mod tests {
         assert_eq!(h.frames().len(), 1);
     }
 
+    /// Every protocol error, from every kind of input that causes it: one close frame with
+    /// its code (§7.4.1) and reason, then TCP closes (see `expect_failure`).
     #[test]
     fn each_protocol_failure_closes_with_its_code_and_reason() {
+        use OpCode::{Binary, Close, Continuation, Ping, Pong, Text};
         let fragment = |op| client_frame_rsv(false, 0, op, b"ab");
-        let cases: Vec<(Vec<u8>, ProtocolError, u16)> = vec![
-            (vec![0x81, 0x01, b'x'], ProtocolError::UnmaskedFrame, 1002),
+        let with_first_byte = |first: u8| {
+            let mut frame = client_frame(Binary, b"x");
+            frame[0] = first;
+            frame
+        };
+        let table: Vec<(ProtocolError, u16, Vec<Vec<u8>>)> = vec![
             (
-                client_frame_rsv(true, 0b010, OpCode::Text, b"x"),
+                ProtocolError::UnmaskedFrame,
+                1002,
+                vec![vec![0x81, 0x01, b'x']],
+            ),
+            // RSV2, RSV3, and RSV1 without permessage-deflate.
+            (
                 ProtocolError::ReservedBits,
                 1002,
-            ),
-            // RSV1 without permessage-deflate.
-            (
-                client_frame_rsv(true, 0b100, OpCode::Binary, b"x"),
-                ProtocolError::ReservedBits,
-                1002,
+                [(0b010, Text), (0b001, Text), (0b100, Binary), (0b100, Text)]
+                    .map(|(rsv, op)| client_frame_rsv(true, rsv, op, b"x"))
+                    .to_vec(),
             ),
             (
-                vec![0x83, 0x80, 0, 0, 0, 0],
                 ProtocolError::ReservedOpcode,
                 1002,
+                [0x83, 0x87, 0x8b, 0x8f].map(with_first_byte).to_vec(),
             ),
             (
-                client_frame(OpCode::Ping, &[0; 126]),
                 ProtocolError::ControlFrameTooLong,
                 1002,
+                vec![client_frame(Ping, &[0; 126])],
             ),
             (
-                client_frame_rsv(false, 0, OpCode::Ping, b""),
                 ProtocolError::FragmentedControlFrame,
                 1002,
+                [Ping, Pong, Close]
+                    .map(|op| client_frame_rsv(false, 0, op, b""))
+                    .to_vec(),
             ),
             (
-                vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
                 ProtocolError::LengthOverflow,
                 1002,
+                vec![vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]],
             ),
             (
-                client_frame(OpCode::Continuation, b"x"),
                 ProtocolError::UnexpectedContinuation,
                 1002,
+                vec![client_frame(Continuation, b"x"), fragment(Continuation)],
             ),
             (
-                [fragment(OpCode::Text), client_frame(OpCode::Text, b"c")].concat(),
                 ProtocolError::ExpectedContinuation,
                 1002,
+                vec![
+                    [fragment(Text), client_frame(Text, b"c")].concat(),
+                    [fragment(Binary), fragment(Text)].concat(),
+                ],
             ),
+            // One byte; codes that are not to be received, or outside every range.
             (
-                client_frame(OpCode::Close, &[3]),
                 ProtocolError::InvalidClosePayload,
                 1002,
+                std::iter::once(client_frame(Close, &[3]))
+                    .chain(
+                        [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]
+                            .map(|code| client_close(code, b"")),
+                    )
+                    .collect(),
             ),
             (
-                client_close(1005, b""),
-                ProtocolError::InvalidClosePayload,
-                1002,
-            ),
-            (
-                client_close(1000, &[0xff]),
                 ProtocolError::InvalidUtf8,
                 1007,
-            ),
-            // Whole text frame: validated once, when the connection makes its `&str`.
-            (
-                client_frame(OpCode::Text, &[b'a', 0xc3, 0x28]),
-                ProtocolError::InvalidUtf8,
-                1007,
-            ),
-            // Streamed text: fails at the fragment that carries the bad byte.
-            (
-                [
-                    fragment(OpCode::Text),
-                    client_frame_rsv(false, 0, OpCode::Continuation, &[0xff]),
-                ]
-                .concat(),
-                ProtocolError::InvalidUtf8,
-                1007,
+                vec![
+                    client_close(1000, &[0xff]),
+                    client_close(1000, b"bad \xc3\x28"),
+                    // Whole text frames: validated once, when the connection makes its
+                    // `&str`; overlong encodings and UTF-16 surrogates are invalid too.
+                    client_frame(Text, b"a\xc3\x28"),
+                    client_frame(Text, b"abc\xff"),
+                    client_frame(Text, b"\xc0\xaf"),
+                    client_frame(Text, b"\xed\xa0\x80"),
+                    // Streamed text: fails at the fragment that carries the bad byte.
+                    [
+                        fragment(Text),
+                        client_frame_rsv(false, 0, Continuation, &[0xff]),
+                    ]
+                    .concat(),
+                    // A message that ends inside a code point.
+                    [fragment(Text), client_frame(Continuation, &[0xe2, 0x82])].concat(),
+                ],
             ),
         ];
-        for (bytes, error, code) in cases {
-            expect_failure(Settings::default(), "", &bytes, error, code);
+        for (error, code, inputs) in table {
+            for bytes in inputs {
+                expect_failure(Settings::default(), "", &bytes, error, code);
+            }
         }
     }
 
@@ -478,6 +508,84 @@ mod tests {
         expect_failure(settings, "", &fragments, ProtocolError::MessageTooBig, 1009);
     }
 
+    /// A masked frame header announcing `len` payload bytes, without the payload.
+    fn header_only(fin: bool, opcode: OpCode, len: u64) -> Vec<u8> {
+        let header = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask: Some([9, 8, 7, 6]),
+            payload_len: len,
+        };
+        let mut head = [0u8; crate::frame::MAX_HEADER_LEN];
+        let n = header.encode(&mut head);
+        head[..n].to_vec()
+    }
+
+    /// §10.4: a frame or message over the limits is refused from the header that announces
+    /// it, before its payload arrives (none is sent here: the close must come anyway); at the
+    /// limits, frames and messages pass.
+    #[test]
+    fn size_limits_are_judged_from_the_header_alone() {
+        let settings = Settings {
+            limits: Limits {
+                max_frame: 1000,
+                max_message: 1500,
+            },
+            ..Settings::default()
+        };
+        let mut h = Harness::open(settings.clone());
+        let mut at_limits = client_frame(OpCode::Binary, &[5; 1000]);
+        at_limits.extend(client_frame_rsv(false, 0, OpCode::Binary, &[1; 1000]));
+        at_limits.extend(client_frame(OpCode::Continuation, &[2; 500]));
+        h.feed(&at_limits);
+        let sizes: Vec<usize> = h
+            .take_seen()
+            .iter()
+            .map(|seen| match seen {
+                Seen::Binary(bytes, _) => bytes.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [1000, 1500]);
+        let oversized: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (
+                header_only(true, OpCode::Binary, 1001),
+                ProtocolError::FrameTooBig,
+            ),
+            (
+                header_only(true, OpCode::Text, 1 << 40),
+                ProtocolError::FrameTooBig,
+            ),
+            // The second fragment's header alone takes the message over.
+            (
+                [
+                    client_frame_rsv(false, 0, OpCode::Text, &[b'a'; 1000]),
+                    header_only(true, OpCode::Continuation, 501),
+                ]
+                .concat(),
+                ProtocolError::MessageTooBig,
+            ),
+            // Many small fragments.
+            (
+                (0..16)
+                    .flat_map(|i| {
+                        let op = if i == 0 {
+                            OpCode::Binary
+                        } else {
+                            OpCode::Continuation
+                        };
+                        client_frame_rsv(false, 0, op, &[0; 100])
+                    })
+                    .collect(),
+                ProtocolError::MessageTooBig,
+            ),
+        ];
+        for (bytes, error) in oversized {
+            expect_failure(settings.clone(), "", &bytes, error, 1009);
+        }
+    }
+
     #[test]
     fn fragments_and_control_frames_between_them() {
         let mut h = Harness::open(Settings::default());
@@ -494,6 +602,73 @@ mod tests {
             (0xA, &b"in between"[..])
         );
         assert_eq!(h.conn.memory(), 0, "nothing kept once the message is out");
+        // Binary fragments, one of them empty.
+        let mut bytes = client_frame_rsv(false, 0, OpCode::Binary, &[1, 2]);
+        bytes.extend(client_frame_rsv(false, 0, OpCode::Continuation, &[]));
+        bytes.extend(client_frame(OpCode::Continuation, &[3]));
+        h.feed(&bytes);
+        assert_eq!(h.take_seen(), vec![Seen::Binary(vec![1, 2, 3], false)]);
+    }
+
+    /// §5.6: text is UTF-8 as a whole message, so a code point may be split between
+    /// fragments: "a€b" with € cut 2/1, then 🦀 over three fragments.
+    #[test]
+    fn a_code_point_may_span_fragments() {
+        let mut h = Harness::open(Settings::default());
+        let mut bytes = client_frame_rsv(false, 0, OpCode::Text, b"a\xe2\x82");
+        bytes.extend(client_frame(OpCode::Continuation, b"\xacb"));
+        bytes.extend(client_frame_rsv(false, 0, OpCode::Text, b"\xf0"));
+        bytes.extend(client_frame_rsv(
+            false,
+            0,
+            OpCode::Continuation,
+            b"\x9f\xa6",
+        ));
+        bytes.extend(client_frame(OpCode::Continuation, b"\x80"));
+        h.feed(&bytes);
+        assert_eq!(
+            h.take_seen(),
+            vec![
+                Seen::Text("a€b".to_owned(), false),
+                Seen::Text("🦀".to_owned(), false)
+            ]
+        );
+    }
+
+    /// Whatever the reads (header, mask, code points and a control frame cut anywhere),
+    /// the same messages and pongs come out as from one read.
+    #[test]
+    fn frames_split_across_reads_decode_as_one_read() {
+        let text: String = "aé€🦀".chars().cycle().take(150).collect();
+        let mut bytes = client_frame(OpCode::Text, text.as_bytes());
+        bytes.extend(client_frame(OpCode::Ping, b"split ping"));
+        bytes.extend(client_frame(OpCode::Binary, &[7; 300]));
+        let run = |cuts: &mut dyn Iterator<Item = usize>| {
+            let mut h = Harness::open(Settings::default());
+            let mut at = 0;
+            for cut in cuts.chain([bytes.len()]) {
+                h.feed(&bytes[at..cut]);
+                at = cut;
+            }
+            let seen: Vec<Seen> = h
+                .take_seen()
+                .into_iter()
+                .map(|seen| match seen {
+                    Seen::Text(t, _) => Seen::Text(t, false),
+                    Seen::Binary(b, _) => Seen::Binary(b, false),
+                    other => other,
+                })
+                .collect();
+            (seen, h.frames())
+        };
+        let whole = run(&mut std::iter::empty());
+        assert_eq!(whole.0.len(), 2);
+        assert_eq!(whole.1.len(), 1, "the pong");
+        for cut in 1..bytes.len() {
+            assert_eq!(run(&mut std::iter::once(cut)), whole, "cut at {cut}");
+        }
+        assert_eq!(run(&mut (1..bytes.len())), whole, "one byte at a time");
+        assert_eq!(run(&mut (1..bytes.len()).step_by(7)), whole, "7 at a time");
     }
 
     #[test]
@@ -534,6 +709,9 @@ mod tests {
             (0xA, &b"abc"[..])
         );
         assert!(frames[1].payload.is_empty());
+        // The largest control payload (§5.5) is answered in full.
+        h.feed(&client_frame(OpCode::Ping, &[7; 125]));
+        assert_eq!(h.frames()[0].payload, [7; 125]);
         // Unsolicited pongs are ignored (§5.5.3).
         h.feed(&client_frame(OpCode::Pong, b"hello"));
         assert_eq!(h.take_seen(), vec![]);

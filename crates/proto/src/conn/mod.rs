@@ -77,6 +77,7 @@ use crate::CloseCode;
 
 mod close;
 mod event;
+mod export;
 mod flow;
 mod head;
 mod inbound;
@@ -85,9 +86,10 @@ mod outbound;
 mod output;
 mod shared;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub use event::{Closed, Event, Initiator, Input, Message, Request};
+pub use export::{NotMovable, STATE_VERSION};
 pub use outbound::Encoding;
 pub use output::Output;
 pub use shared::{ProxyPolicy, RatePolicy, Settings, Shared};

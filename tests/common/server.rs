@@ -1,0 +1,111 @@
+//! The server under test: a real `wsloop` process on a free loopback port, stopped by PID when
+//! the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+use super::http::connect;
+
+/// A `wsloop` server process started for one test; killed on drop.
+pub struct ServerProcess {
+    /// The address it listens on (127.0.0.1 and a port the OS picked).
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
+    pub fn start(args: &[&str]) -> ServerProcess {
+        ServerProcess::start_at("127.0.0.1:0", args)
+    }
+
+    /// Starts `wsloop --addr ADDR ARGS...` and waits for its `listening on` line.
+    #[cfg(feature = "cli")]
+    pub fn start_at(addr: &str, args: &[&str]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsloop"));
+        command.args(["--addr", addr]).args(args);
+        ServerProcess::spawn(command)
+    }
+
+    /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` through `sh -c 'ulimit -n LIMIT; exec ...'`,
+    /// so the server runs with at most `fd_limit` open files; waits for `listening on`.
+    /// `pid()` is the server's own PID (the shell `exec`s it).
+    #[cfg(feature = "cli")]
+    pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> ServerProcess {
+        let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_wsloop"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args);
+        ServerProcess::spawn(command)
+    }
+
+    /// Runs `command` (which starts wsloop) and waits for its `listening on` line.
+    fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wsloop");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("wsloop exited before listening")
+                .expect("read wsloop stdout");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                break addr.parse().expect("socket address");
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { addr, child }
+    }
+
+    /// The server's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://ADDR/PATH`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A raw TCP connection to it (see [`connect`]), for malformed-input tests.
+    pub fn raw(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
