@@ -88,7 +88,7 @@ impl Server {
 }
 
 /// What one point asks of `wsload`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Load {
     Latency,
     Echo {
@@ -97,6 +97,9 @@ enum Load {
         size: usize,
     },
     Hold,
+    /// [`Load::Hold`] on a server that first echoed large messages for a while: what the burst
+    /// leaves behind counts against the idle connections.
+    HoldAfterBurst,
     Connect,
 }
 
@@ -107,7 +110,7 @@ struct Point {
     load: Load,
 }
 
-const POINTS: [Point; 8] = [
+const POINTS: [Point; 10] = [
     Point {
         key: 'a',
         label: "1 conn x 32 B ping-pong",
@@ -150,9 +153,23 @@ const POINTS: [Point; 8] = [
         },
     },
     Point {
+        key: 'i',
+        label: "2 conns x 16 MiB, 2 in flight",
+        load: Load::Echo {
+            conns: 2,
+            inflight: 2,
+            size: 16 << 20,
+        },
+    },
+    Point {
         key: 'f',
         label: "idle connections",
         load: Load::Hold,
+    },
+    Point {
+        key: 'j',
+        label: "idle connections after a burst of 16 MiB messages",
+        load: Load::HoldAfterBurst,
     },
     Point {
         key: 'g',
@@ -207,6 +224,8 @@ const MBS: Metric = Metric::higher("MB/s each way");
 const CPU_MSG: Metric = Metric::lower("server CPU us/msg");
 const CLIENT_CPU: Metric = Metric::lower("wsload CPU %");
 const RSS_CONN: Metric = Metric::lower("server RSS B/conn");
+const PEAK_RSS: Metric = Metric::lower("server peak RSS MiB");
+const RSS_CONN_FRESH: Metric = Metric::lower("server RSS B/conn over a fresh server");
 const HELD: Metric = Metric::higher("connections held");
 const HS: Metric = Metric::higher("handshakes/s");
 const CPU_HS: Metric = Metric::lower("server CPU us/handshake");
@@ -215,8 +234,9 @@ impl Load {
     fn metrics(self) -> &'static [Metric] {
         match self {
             Load::Latency => &[P50, P99, CPU_MSG, CLIENT_CPU],
-            Load::Echo { .. } => &[MSGS, MBS, CPU_MSG, CLIENT_CPU],
+            Load::Echo { .. } => &[MSGS, MBS, CPU_MSG, CLIENT_CPU, PEAK_RSS],
             Load::Hold => &[RSS_CONN, HELD],
+            Load::HoldAfterBurst => &[RSS_CONN_FRESH, RSS_CONN, HELD],
             Load::Connect => &[HS, CPU_HS, CLIENT_CPU],
         }
     }
@@ -394,10 +414,16 @@ fn others_at_rt_priority(when: &str) {
     }
 }
 
-/// A fresh `server` on a free loopback port, pinned to CPU 0, its output discarded.
-fn start_server(settings: &Settings, server: Server) -> Running {
+/// A fresh `server` on a free loopback port, pinned to CPU 0, its output discarded; with its
+/// message size limit raised to [`LARGE_LIMIT`] for the points that need it (the peers have
+/// theirs there always).
+fn start_server(settings: &Settings, server: Server, point: &Point) -> Running {
     let addr = support::free_addr();
-    let mut command = settings.launch.command(0, &server.command(settings, addr));
+    let mut program = server.command(settings, addr);
+    if point.load.large() && matches!(server, Server::Wsloop | Server::Before) {
+        program.extend(["--max-message".to_owned(), LARGE_LIMIT.to_string()]);
+    }
+    let mut command = settings.launch.command(0, &program);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -405,47 +431,80 @@ fn start_server(settings: &Settings, server: Server) -> Running {
     Running::start(server.name(), command, addr)
 }
 
+/// The message size limit of the servers at the points over 4 MiB (the peers' limit too).
+const LARGE_LIMIT: usize = 64 << 20;
+
+impl Load {
+    /// Whether its messages need the raised limit.
+    fn large(self) -> bool {
+        match self {
+            Load::Echo { size, .. } => size > 4 << 20,
+            Load::HoldAfterBurst => true,
+            _ => false,
+        }
+    }
+}
+
+/// The `wsload` arguments of an echo run.
+fn echo_args(conns: usize, inflight: usize, size: usize, warmup: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["echo", "--warmup", warmup, "--conns"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend([
+        conns.to_string(),
+        "--inflight".into(),
+        inflight.to_string(),
+        "--size".into(),
+        size.to_string(),
+    ]);
+    // 32 B messages are text (chat-like, UTF-8 checked); the larger ones binary.
+    if size > 32 {
+        args.push("--binary".into());
+    }
+    args
+}
+
 /// Runs one point against a fresh `server` and returns its metrics.
 fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'static str, f64)> {
-    let running = start_server(settings, server);
+    let running = start_server(settings, server, point);
     let pid = running.pid().to_string();
     let secs = settings.secs.to_string();
     let warmup = settings.warmup.to_string();
-    let mut args: Vec<String> = vec![path(&settings.bins.join("wsload"))];
-    let mut push = |list: &[&str]| args.extend(list.iter().map(|s| (*s).to_owned()));
+    let wsload = path(&settings.bins.join("wsload"));
+    let url = format!("ws://{}/", running.addr());
+    let fresh_kib = status_kib(running.pid(), "VmRSS:");
+    let mut args: Vec<String> = vec![wsload.clone()];
     match point.load {
-        Load::Latency => push(&["latency", "--size", "32", "--warmup", &warmup]),
+        Load::Latency => {
+            args.extend(["latency", "--size", "32", "--warmup", &warmup].map(str::to_owned))
+        }
         Load::Echo {
             conns,
             inflight,
             size,
-        } => {
-            push(&["echo", "--warmup", &warmup]);
-            push(&[
-                "--conns",
-                &conns.to_string(),
-                "--inflight",
-                &inflight.to_string(),
-            ]);
-            push(&["--size", &size.to_string()]);
-            // 32 B messages are text (chat-like, UTF-8 checked); the larger ones binary.
-            if size > 32 {
-                push(&["--binary"]);
+        } => args.extend(echo_args(conns, inflight, size, &warmup)),
+        Load::Hold | Load::HoldAfterBurst => {
+            if point.load == Load::HoldAfterBurst {
+                // The burst: 2 connections echoing 16 MiB messages for 2 s; then the pool's
+                // idle time (1 s) and some.
+                let mut burst = vec![wsload.clone()];
+                burst.extend(echo_args(2, 2, 16 << 20, "0"));
+                burst.extend(["--url".into(), url.clone(), "--duration".into(), "2".into()]);
+                run_wsload(settings, &burst);
+                std::thread::sleep(std::time::Duration::from_millis(2500));
             }
-        }
-        Load::Hold => {
             let conns = settings.idle_conns.to_string();
-            push(&["hold", "--conns", &conns, "--ping-every", &secs]);
+            args.extend(["hold", "--conns", &conns, "--ping-every", &secs].map(str::to_owned));
         }
-        Load::Connect => push(&["connect"]),
+        Load::Connect => args.push("connect".into()),
     }
-    push(&[
-        "--url",
-        &format!("ws://{}/", running.addr()),
-        "--duration",
-        &secs,
-        "--server-pid",
-        &pid,
+    args.extend([
+        "--url".into(),
+        url,
+        "--duration".into(),
+        secs,
+        "--server-pid".into(),
+        pid,
     ]);
     let perf = settings
         .perf
@@ -454,8 +513,33 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     if let Some(mut perf) = perf {
         let _ = perf.wait();
     }
+    let peak_kib = status_kib(running.pid(), "VmHWM:");
     drop(running);
-    extract(point.load, &json)
+    let mut values = extract(point.load, &json);
+    match point.load {
+        Load::Echo { .. } => values.push((PEAK_RSS.name, peak_kib / 1024.0)),
+        Load::HoldAfterBurst => {
+            let held = field(&json, "established").max(1.0);
+            let over_fresh = (field(&json, "server_rss_after_kib") - fresh_kib) * 1024.0 / held;
+            values.push((RSS_CONN_FRESH.name, over_fresh));
+        }
+        _ => {}
+    }
+    values
+}
+
+/// A figure of `/proc/PID/status` given in KiB, by its label (`NaN` when unreadable).
+fn status_kib(pid: u32, label: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(label))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// `perf record -g` of the server for the length of the point (warm-up included).
@@ -530,7 +614,7 @@ fn extract(load: Load, json: &Value) -> Vec<(&'static str, f64)> {
             }
             out
         }
-        Load::Hold => vec![
+        Load::Hold | Load::HoldAfterBurst => vec![
             (RSS_CONN.name, field(json, "server_rss_per_conn_bytes")),
             (HELD.name, field(json, "stayed_up")),
         ],
@@ -615,7 +699,9 @@ fn print_table(settings: &Settings, medians: &Medians) {
     println!("{header}\n{rule}");
     for point in POINTS.iter().filter(|p| settings.wants(p)) {
         let label = match point.load {
-            Load::Hold => format!("{} {}", fmt(settings.idle_conns as f64), point.label),
+            Load::Hold | Load::HoldAfterBurst => {
+                format!("{} {}", fmt(settings.idle_conns as f64), point.label)
+            }
             _ => point.label.to_owned(),
         };
         for metric in point.load.metrics() {
@@ -639,6 +725,11 @@ fn print_table(settings: &Settings, medians: &Medians) {
     }
 }
 
+/// The point with this key.
+fn point(key: char) -> &'static Point {
+    POINTS.iter().find(|p| p.key == key).expect("a point")
+}
+
 /// Issue 9's targets, judged from the medians.
 fn print_targets(settings: &Settings, medians: &Medians) {
     let m = |key, server, metric| get(medians, key, server, metric);
@@ -654,7 +745,7 @@ fn print_targets(settings: &Settings, medians: &Medians) {
             verdict(ratio >= need)
         );
     }
-    for key in ['d', 'e'] {
+    for key in ['d', 'e', 'i'] {
         if settings.only.as_ref().is_some_and(|o| !o.contains(key)) {
             continue;
         }
@@ -683,7 +774,7 @@ fn print_targets(settings: &Settings, medians: &Medians) {
             Better::Higher => t.max(f),
         }
     };
-    if settings.wants(&POINTS[0]) {
+    if settings.wants(point('a')) {
         let ours = m('a', Server::Wsloop, P50);
         println!(
             "- (a) RTT p50 {} us vs best peer {} us — {}",
@@ -692,7 +783,7 @@ fn print_targets(settings: &Settings, medians: &Medians) {
             verdict(ours <= best('a', P50))
         );
     }
-    if settings.wants(&POINTS[5]) {
+    if settings.wants(point('f')) {
         let ours = m('f', Server::Wsloop, RSS_CONN);
         println!(
             "- (f) ≤ 200 B server RSS per idle connection at {} connections: {} B — {}",
@@ -701,7 +792,16 @@ fn print_targets(settings: &Settings, medians: &Medians) {
             verdict(ours <= 200.0)
         );
     }
-    if settings.wants(&POINTS[6]) {
+    if settings.wants(point('j')) {
+        let ours = m('j', Server::Wsloop, RSS_CONN_FRESH);
+        println!(
+            "- (j) ≤ 200 B server RSS per idle connection after a burst of 16 MiB messages \
+             (over a fresh server): {} B — {}",
+            fmt(ours),
+            verdict(ours <= 200.0)
+        );
+    }
+    if settings.wants(point('g')) {
         let (ours, theirs) = (m('g', Server::Wsloop, HS), m('g', Server::Tungstenite, HS));
         println!(
             "- (g) handshakes/s {} vs tokio-tungstenite {} — {}",

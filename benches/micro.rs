@@ -9,6 +9,12 @@
 //!   is used up, and each message taken as the connection hands it out (text validated once
 //!   more, to give the application a `&str`). By payload size, plus a message sent in
 //!   fragments.
+//! - `decode_large`: one 4 MiB or 16 MiB binary message (and 16 MiB text) decoded as the
+//!   reactor reads a payload larger than its read buffer: the header from a read into the read
+//!   buffer, then every later read straight into the message buffer
+//!   ([`Decoder::read_target`], one `copy_from_slice` standing for the kernel's copy), unmasked
+//!   in place ([`Decoder::decode_target`]), the buffer back to a pool kept across messages.
+//!   Set beside `memcpy` of the same size: the ideal is one copy.
 //! - `encode`: server frame header and payload appended to an [`Outbox`] as a connection's
 //!   `send` does through the reactor's door, the outbox then cleared as the reactor's
 //!   end-of-turn flush does.
@@ -46,7 +52,9 @@ use wsloop::protocol::handshake::{
 };
 use wsloop::protocol::mask::{apply_mask, apply_mask_bytewise};
 use wsloop::protocol::utf8::{self, Utf8Validator};
-use wsloop::protocol::{Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome};
+use wsloop::protocol::{
+    BufferPool, Decoder, Event, FrameHeader, Limits, MessageKind, OpCode, Outcome, Payload,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -125,6 +133,7 @@ struct Seen {
 /// Decodes `wire` as a connection does: read by read, `decode` until each read is used up,
 /// each message's bytes taken as the connection hands them out.
 fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
+    let mut pool = BufferPool::default();
     let mut seen = Seen {
         messages: 0,
         bytes: 0,
@@ -133,7 +142,7 @@ fn decode_all(decoder: &mut Decoder, limits: &Limits, wire: &mut [u8]) -> Seen {
         let mut pos = 0;
         while pos < read.len() {
             let rest = &mut read[pos..];
-            let decoded = decoder.decode(limits, rest);
+            let decoded = decoder.decode(limits, &mut pool, rest);
             pos += decoded.consumed;
             match decoded.outcome {
                 Outcome::NeedMore => break,
@@ -238,6 +247,102 @@ fn decode(c: &mut Criterion) {
     };
     let id = BenchmarkId::new("fragmented", "64KiB_text_in_16");
     bench_decode(&mut group, id, &wire, expect);
+    group.finish();
+}
+
+/// Decodes `wire` (one or more large messages) as the reactor reads a large payload: a read
+/// into `read_buf` while the decoder has no read target, else straight into the target (the
+/// `copy_from_slice` stands for the kernel's copy). Message buffers go back to `pool`.
+fn decode_direct(
+    decoder: &mut Decoder,
+    limits: &Limits,
+    pool: &mut BufferPool,
+    read_buf: &mut [u8],
+    wire: &[u8],
+) -> Seen {
+    let mut seen = Seen {
+        messages: 0,
+        bytes: 0,
+    };
+    let take = |seen: &mut Seen, kind: MessageKind, data: &[u8]| {
+        if kind == MessageKind::Text {
+            utf8::validate(data).unwrap();
+        }
+        seen.bytes += black_box(data).len();
+        seen.messages += 1;
+    };
+    let mut pos = 0;
+    while pos < wire.len() {
+        if let Some(target) = decoder.read_target(READ) {
+            let n = target.len().min(wire.len() - pos);
+            target[..n].copy_from_slice(&wire[pos..pos + n]);
+            pos += n;
+            match decoder.decode_target(n) {
+                Outcome::NeedMore => {}
+                Outcome::Event(Event::Message(kind, Payload::Owned(buf))) => {
+                    take(&mut seen, kind, &buf);
+                    pool.give(buf);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            continue;
+        }
+        let n = READ.min(wire.len() - pos);
+        let read = &mut read_buf[..n];
+        read.copy_from_slice(&wire[pos..pos + n]);
+        pos += n;
+        let mut at = 0;
+        while at < n {
+            let rest = &mut read[at..];
+            let decoded = decoder.decode(limits, pool, rest);
+            at += decoded.consumed;
+            match decoded.outcome {
+                Outcome::NeedMore => break,
+                Outcome::Event(Event::Message(kind, payload)) => {
+                    take(&mut seen, kind, payload.bytes(rest));
+                    if let Payload::Owned(buf) = payload {
+                        pool.give(buf);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    seen
+}
+
+fn decode_large(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_large");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(8));
+    let mut rng = rng(0x5DEE_CE66_D1CE_4E5B);
+    let limits = Limits {
+        max_frame: 64 << 20,
+        max_message: 64 << 20,
+    };
+    for (size, label, opcode) in [
+        (4 * MIB, "4MiB", OpCode::Binary),
+        (16 * MIB, "16MiB", OpCode::Binary),
+        (16 * MIB, "16MiB_text", OpCode::Text),
+    ] {
+        let payload = match opcode {
+            OpCode::Text => ascii_text(size),
+            _ => random_bytes(&mut rng, size),
+        };
+        let mut wire = Vec::new();
+        client_frame(&mut wire, true, opcode, &payload, rng.random::<[u8; 4]>());
+        let mut decoder = Decoder::new();
+        let mut pool = BufferPool::new(READ, 64 << 20);
+        let mut read_buf = vec![0u8; READ];
+        let expect = Seen {
+            messages: 1,
+            bytes: size,
+        };
+        let mut run = || decode_direct(&mut decoder, &limits, &mut pool, &mut read_buf, &wire);
+        assert_eq!(run(), expect);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::new("direct", label), |b| b.iter(&mut run));
+    }
     group.finish();
 }
 
@@ -394,7 +499,13 @@ fn handshake(c: &mut Criterion) {
 
 fn memcpy(c: &mut Criterion) {
     let mut group = c.benchmark_group("memcpy");
-    for (size, label) in [(64 * KIB, "64KiB"), (MIB, "1MiB"), (64 * MIB, "64MiB")] {
+    for (size, label) in [
+        (64 * KIB, "64KiB"),
+        (MIB, "1MiB"),
+        (4 * MIB, "4MiB"),
+        (16 * MIB, "16MiB"),
+        (64 * MIB, "64MiB"),
+    ] {
         let src = random_bytes(&mut rng(11), size);
         let mut dst = vec![0u8; size];
         if size > MIB {
@@ -421,7 +532,16 @@ fn memcpy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, unmask, utf8, handshake, memcpy);
+criterion_group!(
+    benches,
+    decode,
+    decode_large,
+    encode,
+    unmask,
+    utf8,
+    handshake,
+    memcpy
+);
 
 fn main() {
     // Not a timing: the per-connection state every open connection costs (with the features

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::protocol::conn::Settings;
 use crate::protocol::deflate::DeflateConfig;
+use crate::protocol::pool;
 use crate::protocol::Limits;
 
 use wsloop_proto::conn::RatePolicy;
@@ -165,6 +166,10 @@ impl Config {
             max_bytes_rate: self.max_bytes_rate,
             rate_policy: self.rate_policy,
             deflate: self.deflate,
+            // The reactor's read buffer: a payload that large is never whole in one read.
+            large_payload: pool::LARGE,
+            // Idle pooled buffers count in the budget: let them take a quarter of it at most.
+            pool_cap: pool::CAP.min(self.max_buffered / 4),
         }
     }
 }

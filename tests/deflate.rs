@@ -109,6 +109,43 @@ fn compressed_echo_whole_and_fragmented() {
     );
 }
 
+/// Large compressed messages (beyond the server's read buffer, compressed too) take the large
+/// path both ways: read into a pooled buffer, inflated into another, the echo compressed and
+/// queued by move; whole and fragmented, as text and binary.
+#[test]
+fn large_compressed_messages_echo_whole_and_fragmented() {
+    let server = ServerProcess::start(&["--deflate"]);
+    let (mut stream, _) = upgrade(&server, "permessage-deflate");
+    let mut deflater = Deflater::new(15, 6);
+    let mut inflater = Inflater::new();
+    // Letters from a small generator: about 5 bits each once compressed, so a 4 MiB message
+    // stays megabytes on the wire.
+    let mut seed = 17u32;
+    let letters: String = (0..4 << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            char::from(b'a' + (seed >> 16) as u8 % 26)
+        })
+        .collect();
+    let repeated = text_of_size(3 << 20);
+    for (opcode, message, pieces) in [
+        (0x1, letters.as_bytes(), 1),
+        (0x2, letters.as_bytes(), 9),
+        (0x1, repeated.as_bytes(), 3),
+    ] {
+        let mut packed = Vec::new();
+        deflater.compress(message, &mut packed, true);
+        stream
+            .write_all(&compressed_frames(opcode, &packed, pieces))
+            .unwrap();
+        let (first, payload) = read_server_frame(&mut stream).unwrap();
+        assert_eq!(first, 0x80 | 0x40 | opcode, "FIN + RSV1");
+        let mut out = Vec::new();
+        inflater.inflate(&payload, &mut out, 1 << 24, true).unwrap();
+        assert!(out == message, "{} bytes in {pieces} frames", message.len());
+    }
+}
+
 #[test]
 fn context_takeover_when_enabled() {
     let server = ServerProcess::start(&["--deflate", "--deflate-context-takeover"]);

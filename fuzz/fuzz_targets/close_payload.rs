@@ -9,7 +9,7 @@ mod common;
 use common::{ref_close, ref_sendable, Got};
 use libfuzzer_sys::fuzz_target;
 use wsloop_proto::close::{parse_close_payload, truncate_reason, MAX_REASON_LEN};
-use wsloop_proto::{CloseCode, Decoder, Event, Limits, Outcome};
+use wsloop_proto::{BufferPool, CloseCode, Decoder, Event, Limits, Outcome};
 
 fuzz_target!(|data: &[u8]| {
     let got = parse_close_payload(data);
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         let mut frame = vec![0x88, 0x80 | data.len() as u8];
         frame.extend_from_slice(&key);
         frame.extend(data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        let d = Decoder::new().decode(&Limits::default(), &mut frame);
+        let d = Decoder::new().decode(&Limits::default(), &mut BufferPool::default(), &mut frame);
         assert_eq!(d.consumed, frame.len());
         let from_decoder = match d.outcome {
             Outcome::Event(Event::Close { code, payload }) => {

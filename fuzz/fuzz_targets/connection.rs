@@ -17,9 +17,12 @@
 //! `head_sel & 0x80`: the default 8 KiB `max_head` (else `(head_sel & 0x0f) * 32`);
 //! `& 0x40`: permessage-deflate enabled; `& 0x20`: with context takeover; `& 0x10`: scripted.
 //! - Differential (bit 0x10 clear): `[plan.., data..]` (`common::take_plan`). An echo
-//!   application; the data arrives in one read, and again cut per the plan: both runs must
-//!   write the same bytes and see the same messages and events.
-//! - Scripted: `[opts, ops..]`. `opts`: 0x01 ping after 1 s of silence, 0x02 idle limit 3 s,
+//!   application; the data arrives in one read, again cut per the plan, and a third time cut
+//!   per the plan by a reader with direct reads (payloads from [`DIRECT_LARGE`] bytes on are
+//!   reserved from their header and each read lands in the connection's read target when it
+//!   lends one): all runs must write the same bytes and see the same messages and events.
+//! - Scripted: `[opts, ops..]`, read with direct reads as above. `opts`: 0x01 ping after 1 s
+//!   of silence, 0x02 idle limit 3 s,
 //!   0x04 5 messages/s, 0x08 1000 bytes/s, 0x10 rate policy close, 0x20 a PROXY header is
 //!   expected, 0x40 required, 0x80 from a trusted peer. `ops`: see [`Script::step`].
 #![no_main]
@@ -47,6 +50,9 @@ const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r
 const FORBIDDEN: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n";
 const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
+
+/// The large size of the runs with direct reads: small enough for fuzz inputs to reach.
+const DIRECT_LARGE: usize = 64;
 
 /// The caller's output queue: whole pushes, flushed to the wire whole.
 #[derive(Debug, Default)]
@@ -97,6 +103,8 @@ struct Driver {
     done_at: Option<usize>,
     /// The reactor's scratch buffer for messages not borrowed from the input.
     scratch: Vec<u8>,
+    /// Reads land in the connection's read target when it lends one.
+    direct: bool,
 }
 
 impl Driver {
@@ -117,18 +125,38 @@ impl Driver {
             sent_deciding: 0,
             done_at: None,
             scratch: Vec::new(),
+            direct: false,
+        }
+    }
+
+    /// A driver that reads with direct reads (see the module docs).
+    fn direct(mut settings: Settings, proxy: Option<ProxyPolicy>) -> Driver {
+        settings.large_payload = DIRECT_LARGE;
+        Driver {
+            direct: true,
+            ..Driver::new(settings, proxy)
         }
     }
 
     /// One read of `data` (only when the connection wants to read, as a reactor obeys),
     /// each message and event taken before the next call; with `defer`, the reader stops
     /// after the first call and hands the rest back (its work bound).
-    fn feed(&mut self, data: &[u8], defer: bool, script: &mut Script) {
+    fn feed(&mut self, mut data: &[u8], defer: bool, script: &mut Script) {
         self.resume(script);
         if data.is_empty() || !self.conn.wants_read() {
             return;
         }
         self.max_read = self.max_read.max(data.len());
+        while self.direct && !data.is_empty() {
+            let Some(n) = self.read_into_place(data, script) else {
+                break;
+            };
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return;
+        }
+        // The rest of the arrival (held back if the connection stopped wanting it).
         let mut buf = data.to_vec();
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut pos = 0;
@@ -155,7 +183,38 @@ impl Driver {
             }
         }
         self.scratch = scratch;
+        self.give_back_scratch();
         self.resume(script);
+    }
+
+    /// One read of the start of `data` into the connection's read target, if it lends one:
+    /// returns how many bytes it took.
+    fn read_into_place(&mut self, data: &[u8], script: &mut Script) -> Option<usize> {
+        let target = self.conn.read_target(&self.shared)?;
+        assert!(!target.is_empty(), "an empty read target");
+        let n = target.len().min(data.len());
+        target[..n].copy_from_slice(&data[..n]);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let got =
+            self.conn
+                .handle_direct(self.now, n, &mut scratch, &mut self.out, &mut self.shared);
+        assert_eq!(got.consumed, n, "a direct read not taken whole");
+        if let Some(message) = got.message {
+            self.on_message(message);
+        }
+        self.scratch = scratch;
+        self.give_back_scratch();
+        self.poll_events(script);
+        Some(n)
+    }
+
+    /// A large message's buffer back to the pool after the read, as the reactor does: later
+    /// messages reuse it, this one's bytes still in it.
+    fn give_back_scratch(&mut self) {
+        if self.scratch.capacity() >= self.shared.settings.large_payload {
+            let buffer = std::mem::take(&mut self.scratch);
+            self.shared.pool.give(buffer);
+        }
     }
 
     /// Decodes held-back input, as a reactor does before reading again.
@@ -292,9 +351,16 @@ impl Driver {
     fn check(&mut self) {
         let settings = &self.shared.settings;
         let max_message = usize::try_from(settings.limits.max_message).unwrap_or(usize::MAX);
-        // The decoder holds one partial message (capacity at most the limit, or what the
-        // bytes needed) and one partial control frame.
-        let decoder = max_message.min(4 * self.max_read + (64 << 10)) + 256;
+        // The decoder holds one partial message and one partial control frame. A small
+        // message holds what arrived (capacity at most the limit, or what the bytes needed); a
+        // large one is reserved from its header, within the limit.
+        let small = max_message.min(4 * self.max_read + (64 << 10));
+        let large = if settings.large_payload <= max_message {
+            max_message
+        } else {
+            0
+        };
+        let decoder = small.max(large) + 256;
         let deflate = DEFLATER_BYTES + INFLATER_BYTES;
         // The head buffer and the input held back: each at most the head limit and a read,
         // twice over for vector growth; events hold at most one request head.
@@ -445,8 +511,7 @@ fn settings(limits: Limits, head_sel: u8) -> Settings {
 /// Differential mode: one read vs the plan's reads.
 fn differential(settings: Settings, rest: &[u8]) {
     let (plan, data) = take_plan(rest);
-    let run = |ranges: &[std::ops::Range<usize>]| {
-        let mut driver = Driver::new(settings.clone(), None);
+    let run = |ranges: &[std::ops::Range<usize>], mut driver: Driver| {
         for range in ranges {
             driver.feed(&data[range.clone()], false, &mut Script { bytes: &[] });
             driver.check();
@@ -456,11 +521,22 @@ fn differential(settings: Settings, rest: &[u8]) {
         (driver.out.wire, driver.seen)
     };
     let one_read = 0..data.len();
-    let whole = run(std::slice::from_ref(&one_read));
-    let split = run(&plan.ranges(data.len()));
+    let whole = run(
+        std::slice::from_ref(&one_read),
+        Driver::new(settings.clone(), None),
+    );
+    let split = run(
+        &plan.ranges(data.len()),
+        Driver::new(settings.clone(), None),
+    );
     assert_eq!(
         whole, split,
         "the split {plan:?} changed what was written or seen"
+    );
+    let direct = run(&plan.ranges(data.len()), Driver::direct(settings, None));
+    assert_eq!(
+        whole, direct,
+        "direct reads, split {plan:?}, changed what was written or seen"
     );
 }
 
@@ -597,7 +673,7 @@ fn scripted(mut settings: Settings, rest: &[u8]) {
         required: opts & 0x40 != 0,
         trusted: opts & 0x80 != 0,
     });
-    let mut driver = Driver::new(settings, proxy);
+    let mut driver = Driver::direct(settings, proxy);
     let mut script = Script { bytes: ops };
     let mut steps = 0;
     while !script.bytes.is_empty() && steps < 4096 {

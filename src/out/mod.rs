@@ -10,9 +10,14 @@
 //! slices than one `writev` takes or the socket takes part and then more; what the socket
 //! refuses stays in the connection's [`OutQueue`].
 //!
+//! Large payloads go in by move, not copied ([`lent`]): a message the application sends back
+//! while it is being handed that message, and a payload the protocol connection gives away
+//! ([`Output::push_owned`]).
+//!
 //! The memory budget (`--max-buffered`, [`Budget`]) counts what each connection holds: its
-//! queue and its protocol and TLS state. Every change to a queue happens in a method of this
-//! module, which brings the count up to date as it goes; the state is counted by
+//! queue and its protocol and TLS state; and what the reactor itself holds: its idle pooled
+//! message buffers ([`Budget::account_pool`]). Every change to a queue happens in a method of
+//! this module, which brings the count up to date as it goes; the state is counted by
 //! [`ConnOut::account_state`], which the reactor calls once after each piece of work on a
 //! connection (see `reactor::life`). Nothing else touches either.
 //!
@@ -27,10 +32,14 @@ use wsloop_proto::conn::Output;
 use crate::admission::counts::ProcessCounts;
 use crate::tls::TlsSession;
 
+mod lent;
 mod policy;
 mod queue;
 
+pub(crate) use lent::{Lent, Returns};
 pub(crate) use policy::Verdict;
+#[cfg(test)]
+pub(crate) use queue::EntryData;
 pub use queue::Outbox;
 pub(crate) use queue::{OutEntry, OutQueue};
 
@@ -121,10 +130,30 @@ impl ConnOut {
         budget.change(before, self.queue.footprint());
     }
 
-    /// Drops the queue (the memory budget sheds it, or the connection is gone).
+    /// Drops the queue (the connection is gone).
     pub(crate) fn clear(&mut self, budget: &mut Budget) {
         budget.change(self.queue.footprint(), 0);
         self.queue.clear();
+    }
+
+    /// Memory shedding this connection would free: its queue but for the frame being
+    /// written (see [`ConnOut::drop_unsent`]), and its protocol and TLS state.
+    pub(crate) fn sheddable(&self) -> u64 {
+        self.held()
+            .saturating_sub(self.queue.kept_when_dropped() as u64)
+    }
+
+    /// The memory budget sheds this connection (connection `key`): everything unsent is
+    /// dropped, in the queue and in this turn's `outbox`, but the rest of a frame already
+    /// partly written, which must go out whole before the close frame.
+    pub(crate) fn drop_unsent(&mut self, budget: &mut Budget, outbox: &mut Outbox, key: usize) {
+        let before = self.queue.footprint();
+        self.queue.drop_unsent();
+        budget.change(before, self.queue.footprint());
+        let dropped = outbox.drop_entries(key);
+        self.corked = self
+            .corked
+            .saturating_sub(u32::try_from(dropped).unwrap_or(u32::MAX));
     }
 
     /// The connection leaves: nothing it held counts any more.
@@ -178,23 +207,49 @@ impl<'a> Door<'a> {
 }
 
 impl Output for Door<'_> {
+    /// Copies `parts` into the outbox, except the message being delivered when it is one of
+    /// them: that goes by move ([`Outbox::begin_lending`]).
     fn push(&mut self, parts: &[&[u8]]) {
         self.out.cork(parts.iter().map(|p| p.len()).sum());
-        self.outbox.push_bytes(self.key, parts);
+        self.outbox.push_parts(self.key, parts);
+    }
+
+    /// Keeps `payload` by move behind a copy of `header`.
+    fn push_owned(&mut self, header: &[u8], payload: Vec<u8>) {
+        self.out.cork(header.len() + payload.len());
+        self.outbox.push_bytes(self.key, &[header]);
+        let range = 0..payload.len();
+        self.outbox
+            .push_lent(self.key, &Lent::new(payload, None), range);
     }
 }
 
-/// The process-wide memory budget's count: what this reactor's connections hold and, with
-/// several workers, what the whole process holds.
+/// The process-wide memory budget's count: what this reactor's connections hold, with its
+/// idle pooled message buffers, and, with several workers, what the whole process holds.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
-    /// Bytes this reactor's connections hold (its `buffered_bytes`).
+    /// Bytes this reactor's connections and pool hold (its `buffered_bytes`).
     held: u64,
+    /// Bytes of idle pooled message buffers counted in `held`.
+    pool: usize,
     /// The process's counts, shared by every worker (`None`: a lone reactor).
     process: Option<Arc<ProcessCounts>>,
+    /// Lent message buffers written and on their way back to the pool.
+    returns: Returns,
 }
 
 impl Budget {
+    /// Counts the reactor's idle pooled message buffers as `bytes` instead of what was.
+    pub(crate) fn account_pool(&mut self, bytes: usize) {
+        self.change(self.pool, bytes);
+        self.pool = bytes;
+    }
+
+    /// Where lent message buffers go once written, on their way back to the pool.
+    pub(crate) fn returns(&self) -> &Returns {
+        &self.returns
+    }
+
     /// Counts into the process's shared figure too, from now on (a worker).
     pub(crate) fn share(&mut self, process: Arc<ProcessCounts>) {
         process.rebuffer(0, self.held);
@@ -213,7 +268,13 @@ impl Budget {
 
     /// Whether the process holds more than `max` bytes.
     pub(crate) fn over(&self, max: usize) -> bool {
-        self.process_held() > max as u64
+        self.over_with(0, max)
+    }
+
+    /// Whether the process holds more than `max` bytes, with `extra` bytes this reactor holds
+    /// that are not counted yet.
+    pub(crate) fn over_with(&self, extra: usize, max: usize) -> bool {
+        self.process_held().saturating_add(extra as u64) > max as u64
     }
 
     /// Whether shedding here helps bring the process under `target`: it holds more, and this
@@ -276,5 +337,98 @@ mod tests {
         out.release(&mut budget);
         assert_eq!(budget.held(), 0);
         assert!(out.is_empty());
+    }
+
+    /// A socket that takes at most `room` bytes, then would block.
+    struct Socket {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Socket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[io::IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.room - n);
+                self.got.extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_lent_message_sent_back_is_queued_by_move_and_goes_home_once_written() {
+        let mut budget = Budget::default();
+        let mut outbox = Outbox::default();
+        let mut out = ConnOut::default();
+        let mut scratch = vec![9u8; 100_000];
+        let message_at = scratch.as_ptr();
+        // The application echoes the message it is handed, and sends another copy of it.
+        outbox.begin_lending(&scratch);
+        {
+            let mut door = Door::new(3, &mut out, &mut outbox);
+            door.push(&[b"HDR", &scratch]);
+            door.push(&[b"H2", &scratch[..10]]);
+        }
+        assert_eq!(out.buffered_amount(), 100_000 + 3 + 2 + 10);
+        assert!(outbox.bytes.len() < 100, "the message was not copied");
+        let sent = outbox.lent_and_sent().expect("sent");
+        assert_eq!((sent.addr, sent.len), (message_at as usize, 100_000));
+        let lent = Lent::new(std::mem::take(&mut scratch), Some(budget.returns()));
+        outbox.end_lending(Some((&lent, 0..100_000)));
+        drop(lent);
+        // Half of it is written; the rest waits in the queue, the buffer itself, counted.
+        let mut socket = Socket {
+            got: Vec::new(),
+            room: 50_000,
+        };
+        out.write(
+            &mut budget,
+            &mut socket,
+            None,
+            &outbox.bytes,
+            &outbox.entries,
+        )
+        .unwrap();
+        outbox.clear(usize::MAX);
+        assert_eq!(out.queued(), 100_015 - 50_000);
+        assert!(budget.held() >= 100_000, "the whole buffer is held");
+        assert!(budget.returns().drain().is_empty(), "still queued");
+        socket.room = usize::MAX;
+        out.write(&mut budget, &mut socket, None, &[], &[]).unwrap();
+        let mut expect = b"HDR".to_vec();
+        expect.extend_from_slice(&[9; 100_000]);
+        expect.extend_from_slice(b"H2");
+        expect.extend_from_slice(&[9; 10]);
+        assert!(socket.got == expect);
+        let back = budget.returns().drain();
+        assert_eq!(back.len(), 1, "back for the pool");
+        assert_eq!(back[0].as_ptr(), message_at);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_payload_given_away_is_queued_without_a_copy() {
+        let mut outbox = Outbox::default();
+        let mut out = ConnOut::default();
+        let payload = vec![4u8; 70_000];
+        let at = payload.as_ptr();
+        Door::new(1, &mut out, &mut outbox).push_owned(b"HEAD", payload);
+        assert_eq!(out.buffered_amount(), 70_004);
+        let EntryData::Lent(lent, range) = &outbox.entries[1].data else {
+            panic!("not kept by move: {:?}", outbox.entries);
+        };
+        assert_eq!((lent.bytes().as_ptr(), range.clone()), (at, 0..70_000));
     }
 }

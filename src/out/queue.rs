@@ -11,14 +11,19 @@
 //!
 //! A queue knows what it costs in memory, not only what it has to send: a small shared frame
 //! is copied into its owned tail (a few bytes instead of a slot and a reference count each),
-//! and [`OutQueue::footprint`] counts owned capacity, the shared frames it keeps alive and its
-//! slots — the figure the process-wide memory budget adds up.
+//! and [`OutQueue::footprint`] counts owned capacity, the shared frames and lent buffers it
+//! keeps alive and its slots — the figure the process-wide memory budget adds up.
+//!
+//! Large payloads travel by move ([`super::lent`]): a message buffer lent to the output is
+//! queued as it is, by reference count, beside its frame header.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
 use std::mem::size_of;
 use std::ops::Range;
 use std::rc::Rc;
+
+use super::lent::Lent;
 
 /// Most slices passed to one `writev` (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 256;
@@ -40,6 +45,8 @@ enum Chunk {
     Owned(Vec<u8>),
     /// A shared frame, tagged with the room whose slow-consumer policy may drop it (0: none).
     Shared(Rc<[u8]>, u32),
+    /// These bytes of a lent payload buffer (a frame's payload, its header queued before it).
+    Lent(Rc<Lent>, Range<usize>),
 }
 
 impl Chunk {
@@ -47,21 +54,24 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(s, _) => s,
+            Chunk::Lent(lent, range) => lent.bytes().get(range.clone()).unwrap_or_default(),
         }
     }
 
-    /// Memory the chunk keeps allocated, besides its slot.
+    /// Memory the chunk keeps allocated, besides its slot (a lent buffer counted whole, as if
+    /// this queue were its only holder, like a shared frame).
     fn held(&self) -> usize {
         match self {
             Chunk::Owned(v) => v.capacity(),
             Chunk::Shared(s, _) => s.len() + RC_COUNTS,
+            Chunk::Lent(lent, _) => lent.held(),
         }
     }
 
     /// The room that may drop it (0: none).
     fn room(&self) -> u32 {
         match self {
-            Chunk::Owned(_) => 0,
+            Chunk::Owned(_) | Chunk::Lent(..) => 0,
             Chunk::Shared(_, room) => *room,
         }
     }
@@ -80,6 +90,10 @@ struct Chunks {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
+    /// The front chunk is the rest of this turn's output the socket took part of (copied
+    /// without the part written): a frame in it is on the wire already though none of the
+    /// chunk is.
+    front_started: bool,
     /// Unsent bytes in all chunks.
     len: usize,
     /// What the chunks keep allocated ([`Chunk::held`] summed).
@@ -162,6 +176,39 @@ impl OutQueue {
         self.inner = None;
     }
 
+    /// Drops everything unsent but the rest of a frame already partly written, which must
+    /// still go out whole or the peer would read what follows as its payload (the memory
+    /// budget sheds the connection, and its close frame follows).
+    pub(crate) fn drop_unsent(&mut self) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        let keep = inner.in_progress();
+        if keep == 0 {
+            self.inner = None;
+            return;
+        }
+        while inner.chunks.len() > keep {
+            if let Some(chunk) = inner.chunks.pop_back() {
+                inner.forget(&chunk);
+            }
+        }
+        inner.len = inner.front_left()
+            + inner
+                .chunks
+                .iter()
+                .skip(1)
+                .map(|c| c.bytes().len())
+                .sum::<usize>();
+    }
+
+    /// Memory [`OutQueue::drop_unsent`] would keep: the frame being written, if partly.
+    pub(crate) fn kept_when_dropped(&self) -> usize {
+        self.inner.as_ref().map_or(0, |c| {
+            c.chunks.iter().take(c.in_progress()).map(Chunk::held).sum()
+        })
+    }
+
     #[cfg(test)]
     /// Writes the queue to `socket` until it is empty or the socket would block.
     ///
@@ -197,6 +244,21 @@ impl OutQueue {
 }
 
 impl Chunks {
+    /// How many chunks from the front hold the rest of a frame already partly written: none
+    /// when nothing of the front chunk went out; else the front chunk (a chunk holds whole
+    /// frames, or the rest of one), and the lent payload behind it when the front chunk ends
+    /// with that payload's header. (A lent payload at the front had its header written
+    /// already: chunks only leave the front once written.)
+    fn in_progress(&self) -> usize {
+        match self.chunks.front() {
+            Some(Chunk::Lent(..)) => 1,
+            Some(_) if self.front_written > 0 || self.front_started => {
+                1 + usize::from(matches!(self.chunks.get(1), Some(Chunk::Lent(..))))
+            }
+            _ => 0,
+        }
+    }
+
     /// Unsent bytes of the front chunk.
     fn front_left(&self) -> usize {
         self.chunks
@@ -233,6 +295,17 @@ impl Chunks {
         }
         self.len += rest.len();
         self.push_chunk(Chunk::Shared(Rc::clone(frame), room));
+    }
+
+    /// Appends bytes `range` of a lent buffer, from byte `from` of the range on (the rest of a
+    /// partly written one).
+    fn push_lent(&mut self, lent: &Rc<Lent>, range: &Range<usize>, from: usize) {
+        let rest = range.start.saturating_add(from)..range.end;
+        if rest.is_empty() {
+            return;
+        }
+        self.len += rest.len();
+        self.push_chunk(Chunk::Lent(Rc::clone(lent), rest));
     }
 
     fn push_chunk(&mut self, chunk: Chunk) {
@@ -345,6 +418,7 @@ impl Chunks {
                     self.forget(&front);
                 }
                 self.front_written = 0;
+                self.front_started = false;
             } else {
                 self.front_written += n;
                 taken += n;
@@ -410,13 +484,21 @@ impl Chunks {
         for (i, entry) in entries.iter().enumerate().skip(next.0) {
             let skip = if i == next.0 { next.1 } else { 0 };
             match &entry.data {
-                EntryData::Bytes(range) => self.push_bytes(
-                    outbox_bytes
-                        .get(range.clone())
-                        .and_then(|b| b.get(skip..))
-                        .unwrap_or_default(),
-                ),
+                EntryData::Bytes(range) => {
+                    // The rest of an entry the socket took part of: the queue was written
+                    // out before it, so it is the front chunk.
+                    self.front_started |= skip > 0 && self.chunks.is_empty();
+                    self.push_bytes(
+                        outbox_bytes
+                            .get(range.clone())
+                            .and_then(|b| b.get(skip..))
+                            .unwrap_or_default(),
+                    );
+                }
                 EntryData::Shared(frame, room) => self.push_shared(frame, *room, skip),
+                EntryData::Lent(lent, range) => self.push_lent(lent, range, skip),
+                // Resolved when the delivery that lent it ended, before any write.
+                EntryData::Pending(_) => {}
             }
         }
         Ok((written_total, blocked))
@@ -430,6 +512,12 @@ pub(crate) enum EntryData {
     Bytes(Range<usize>),
     /// A frame shared with other receivers, and its room (0: none).
     Shared(Rc<[u8]>, u32),
+    /// A range of a lent payload buffer.
+    Lent(Rc<Lent>, Range<usize>),
+    /// This many bytes of the message being delivered, which the application sent while it
+    /// held it: they become a [`EntryData::Lent`] when the delivery ends
+    /// ([`Outbox::end_lending`]), before anything is written.
+    Pending(usize),
 }
 
 /// Output for one connection produced during this loop turn.
@@ -446,12 +534,17 @@ impl OutEntry {
         match &self.data {
             EntryData::Bytes(range) => outbox_bytes.get(range.clone()).unwrap_or_default(),
             EntryData::Shared(frame, _) => frame,
+            EntryData::Lent(lent, range) => lent.bytes().get(range.clone()).unwrap_or_default(),
+            EntryData::Pending(_) => &[],
         }
     }
 
     /// How many bytes it sends.
     pub(crate) fn byte_count(&self, outbox_bytes: &[u8]) -> usize {
-        self.bytes(outbox_bytes).len()
+        match &self.data {
+            EntryData::Pending(len) => *len,
+            _ => self.bytes(outbox_bytes).len(),
+        }
     }
 }
 
@@ -466,9 +559,114 @@ pub struct Outbox {
     /// (receiver, room), oldest first: a room policy that drops old frames takes them out in
     /// O(1) each, however long the turn.
     policed: HashMap<(usize, u32), VecDeque<usize>>,
+    /// The large message being handed to the application, while it is.
+    lending: Option<Lending>,
+    /// Memory held by the lent buffers in `entries` (each counted once): like all output of
+    /// the turn it is in no queue yet, but unlike copied bytes it is a message's worth each.
+    lent_bytes: usize,
+}
+
+/// A message being delivered whose bytes go out by move if the application sends them.
+#[derive(Debug)]
+pub struct Lending {
+    /// Where its bytes are (an address, only compared, never followed) and how many.
+    pub addr: usize,
+    /// Its length.
+    pub len: usize,
+    /// The [`EntryData::Pending`] entries waiting for its buffer.
+    pending: Vec<usize>,
+}
+
+impl Lending {
+    /// Whether `part` is exactly the message's bytes.
+    fn is(&self, part: &[u8]) -> bool {
+        part.len() == self.len && part.as_ptr() as usize == self.addr
+    }
 }
 
 impl Outbox {
+    /// A large message is about to be handed to the application: a send of exactly these
+    /// bytes (the same address and length) is queued by reference to its buffer, which the
+    /// caller hands over when the delivery ends ([`Outbox::end_lending`]).
+    pub fn begin_lending(&mut self, message: &[u8]) {
+        self.lending = Some(Lending {
+            addr: message.as_ptr() as usize,
+            len: message.len(),
+            pending: Vec::new(),
+        });
+    }
+
+    /// The message being lent, if the application sent it (its buffer is wanted).
+    pub fn lent_and_sent(&self) -> Option<&Lending> {
+        self.lending.as_ref().filter(|l| !l.pending.is_empty())
+    }
+
+    /// The delivery ended: the sends of the message become `range` of `lent` (its buffer,
+    /// moved). `None` — the buffer was not found, which cannot be: a message not borrowed from
+    /// the input is the scratch buffer's — keeps the frames whole with zeroes, not the bytes.
+    pub fn end_lending(&mut self, lent: Option<(&Rc<Lent>, Range<usize>)>) {
+        let Some(lending) = self.lending.take() else {
+            return;
+        };
+        if let Some((lent, _)) = &lent {
+            self.lent_bytes += lent.held();
+        }
+        for at in lending.pending {
+            let data = match &lent {
+                Some((lent, range)) => EntryData::Lent(Rc::clone(lent), range.clone()),
+                None => {
+                    let start = self.bytes.len();
+                    self.bytes.resize(start + lending.len, 0);
+                    EntryData::Bytes(start..self.bytes.len())
+                }
+            };
+            if let Some(entry) = self.entries.get_mut(at) {
+                entry.data = data;
+            }
+        }
+    }
+
+    /// Appends `parts` (one frame) for connection `key`: copied, except a part that is the
+    /// message being lent, which waits for its buffer.
+    pub fn push_parts(&mut self, key: usize, parts: &[&[u8]]) {
+        let lent_at = self
+            .lending
+            .as_ref()
+            .and_then(|l| parts.iter().position(|part| l.is(part)));
+        let Some(at) = lent_at else {
+            return self.push_bytes(key, parts);
+        };
+        let (before, from_lent) = parts.split_at(at);
+        if !before.is_empty() {
+            self.push_bytes(key, before);
+        }
+        if let Some(lending) = self.lending.as_mut() {
+            lending.pending.push(self.entries.len());
+            self.entries.push(OutEntry {
+                key,
+                data: EntryData::Pending(lending.len),
+            });
+        }
+        let after = from_lent.get(1..).unwrap_or_default();
+        if after.iter().any(|part| !part.is_empty()) {
+            self.push_bytes(key, after);
+        }
+    }
+
+    /// Memory held by this turn's lent buffers (see [`Outbox::end_lending`]).
+    pub fn lent_bytes(&self) -> usize {
+        self.lent_bytes
+    }
+
+    /// Appends bytes `range` of a lent buffer for connection `key` (its only use).
+    pub fn push_lent(&mut self, key: usize, lent: &Rc<Lent>, range: Range<usize>) {
+        self.lent_bytes += lent.held();
+        self.entries.push(OutEntry {
+            key,
+            data: EntryData::Lent(Rc::clone(lent), range),
+        });
+    }
+
     /// Appends owned bytes for connection `key`, merging with its previous entry when adjacent
     /// (an echo of sixteen pipelined messages becomes one slice).
     pub fn push_bytes(&mut self, key: usize, parts: &[&[u8]]) {
@@ -537,6 +735,17 @@ impl Outbox {
         (frames, freed)
     }
 
+    /// Empties this turn's entries for connection `key` where they stand (the connection is
+    /// shed: none was written yet); returns the bytes they held.
+    pub fn drop_entries(&mut self, key: usize) -> usize {
+        let mut dropped = 0;
+        for entry in self.entries.iter_mut().filter(|e| e.key == key) {
+            dropped += entry.byte_count(&self.bytes);
+            entry.data = EntryData::Bytes(0..0);
+        }
+        dropped
+    }
+
     /// Whether nothing was produced this turn.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -551,6 +760,7 @@ impl Outbox {
             self.bytes = Vec::new();
         }
         self.policed.clear();
+        self.lent_bytes = 0;
     }
 }
 
@@ -731,6 +941,79 @@ mod tests {
             sock.calls, 1,
             "one vectored write when the socket takes it all"
         );
+    }
+
+    #[test]
+    fn shedding_keeps_only_the_rest_of_a_partly_written_frame() {
+        let big: Rc<[u8]> = Rc::from(vec![1u8; 10_000]);
+        let mut q = OutQueue::default();
+        q.push_shared(&big, 0, 0);
+        q.push_bytes(b"after");
+        q.push_shared(&big, 0, 0);
+        // Nothing written yet: everything goes.
+        assert!(q.kept_when_dropped() == 0);
+        let mut unwritten = OutQueue::default();
+        unwritten.push_shared(&big, 0, 0);
+        unwritten.drop_unsent();
+        assert!(unwritten.is_empty());
+        // The first frame partly written: its rest stays, the rest goes.
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 1000,
+            calls: 0,
+        };
+        q.write_to(&mut sock).unwrap();
+        assert!(q.kept_when_dropped() >= 10_000);
+        q.drop_unsent();
+        assert_eq!(q.len(), 9000);
+        assert!(q.footprint() < 10_000 + 1024, "{}", q.footprint());
+        sock.room = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert!(
+            sock.got[..] == big[..],
+            "one whole frame and nothing after it"
+        );
+        // The same when the socket took part of this turn's output, not of the queue.
+        let mut outbox = Outbox::default();
+        outbox.push_bytes(1, &[b"frame one", b"frame two"]);
+        let mut q = OutQueue::default();
+        sock.room = 4;
+        q.write_with(&mut sock, &outbox.bytes, &outbox.entries)
+            .unwrap();
+        assert!(q.kept_when_dropped() > 0);
+        q.drop_unsent();
+        assert_eq!(q.len(), 14);
+    }
+
+    #[test]
+    fn shedding_keeps_a_lent_payload_whose_header_went_out() {
+        let lent = Lent::new(vec![2u8; 10_000], None);
+        let mut outbox = Outbox::default();
+        outbox.push_bytes(1, &[b"HEADER"]);
+        outbox.push_lent(1, &lent, 0..10_000);
+        outbox.push_bytes(1, &[b"next frame"]);
+        // The header alone went out: the payload must follow it whole.
+        let mut q = OutQueue::default();
+        let mut sock = Limited {
+            got: Vec::new(),
+            room: 6,
+            calls: 0,
+        };
+        q.write_with(&mut sock, &outbox.bytes, &outbox.entries)
+            .unwrap();
+        assert!(q.kept_when_dropped() >= 10_000);
+        q.drop_unsent();
+        assert_eq!(q.len(), 10_000);
+        // Part of the header went out: the header's rest and the payload stay.
+        let mut q = OutQueue::default();
+        sock.room = 3;
+        q.write_with(&mut sock, &outbox.bytes, &outbox.entries)
+            .unwrap();
+        q.drop_unsent();
+        assert_eq!(q.len(), 3 + 10_000);
+        sock.room = usize::MAX;
+        q.write_to(&mut sock).unwrap();
+        assert_eq!(&sock.got[..9], b"HEADERHEA");
     }
 
     #[test]

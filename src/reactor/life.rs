@@ -80,9 +80,12 @@ impl Core {
             .count()
     }
 
-    /// Ends the turn: shed over the memory budget, remove finished connections (telling the
-    /// application), then write every connection's output, until neither produces more work.
+    /// Ends the turn: tend the pool of message buffers (emptied first when over the memory
+    /// budget), shed over the budget, remove finished connections (telling the application),
+    /// then write every connection's output, until neither produces more work; the buffers
+    /// written go back to the pool.
     pub(super) fn finish_turn<H: Handler>(&mut self, app: &mut H) {
+        self.tend_pool();
         if self.budget.over(self.config.max_buffered) {
             self.shed(app);
         }
@@ -93,20 +96,24 @@ impl Core {
             }
             self.flush_outbox(app);
         }
+        self.reclaim_buffers();
+        self.account_pool();
         self.fresh_stats();
     }
 
-    /// Over the budget: close the connections holding the most bytes with 1013 ("try again
-    /// later"), dropping what they had queued, until the process's total is back under 90 %
-    /// of it.
+    /// Over the budget: close the connections that shedding frees the most bytes of with
+    /// 1013 ("try again later"), dropping what they had queued (but the rest of a frame being
+    /// written), until the process's total is back under 90 % of it. A lingering connection
+    /// (shed already, or closed) is left alone: what it holds is its last words, the close
+    /// frame among them, and it goes at its close timeout.
     fn shed<H: Handler>(&mut self, app: &mut H) {
         let budget = self.config.max_buffered as u64;
         let target = budget - budget / 10;
         let mut holders: Vec<(u64, usize)> = self
             .conns
             .iter()
-            .filter(|(_, e)| !e.doomed && e.out.held() > 0)
-            .map(|(k, e)| (e.out.held(), k))
+            .filter(|(_, e)| !e.doomed && !e.conn.is_lingering() && e.out.sheddable() > 0)
+            .map(|(k, e)| (e.out.sheddable(), k))
             .collect();
         holders.sort_unstable_by(|a, b| b.cmp(a));
         for (bytes, key) in holders {
@@ -116,7 +123,9 @@ impl Core {
             warn!("#{key}: holds {bytes} bytes, over --max-buffered {budget}: shedding with 1013");
             self.stats.shed += 1;
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.out.clear(&mut self.budget);
+                entry
+                    .out
+                    .drop_unsent(&mut self.budget, &mut self.outbox, key);
                 let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
                 entry.conn.shed(self.tick, &mut door, &self.shared);
             }

@@ -60,6 +60,7 @@ use timers::Deadlines;
 mod accept;
 pub(crate) mod entry;
 mod facts;
+mod large;
 mod life;
 pub(crate) mod listen;
 mod publish;
@@ -354,6 +355,9 @@ impl<H: Handler> Reactor<H> {
             self.core
                 .timers
                 .next_deadline()
+                .map(|t| self.core.clock.instant(t)),
+            self.core
+                .pool_deadline()
                 .map(|t| self.core.clock.instant(t)),
             self.accept_paused_until,
             self.next_stats,

@@ -1,6 +1,12 @@
 //! Input: reading a connection's socket into the one shared buffer (decrypting TLS), feeding
 //! the bytes to its protocol connection, and handing what comes out — messages, requests,
 //! events — to the application, within the connection's share of work per turn.
+//!
+//! A large frame's payload is read straight into its message buffer instead (plaintext
+//! decrypted into it, with TLS): whenever the connection lends a read target
+//! (`Connection::read_target`), the next read lands there and goes to `handle_direct`. A large
+//! message the application sends back while it holds it leaves by move: see
+//! [`Core::deliver`] and `super::large`.
 
 use std::io::{self, Read};
 
@@ -27,12 +33,15 @@ impl<H: Handler> Reactor<H> {
             return; // On the ready list: its backlog goes first, in its turn.
         }
         self.core.work_left = WORK_PER_TURN;
+        self.core.reclaim_buffers();
         self.read_from(key, visit);
         self.core.settle(key);
         if self.scratch.capacity() > READ_BUF {
-            // A large message was assembled or inflated there: do not keep it for everyone.
-            self.scratch = Vec::new();
+            // A large message was assembled or inflated there: back to the pool with it.
+            let buffer = std::mem::take(&mut self.scratch);
+            self.core.shared.pool.give(buffer);
         }
+        self.core.account_pool();
     }
 
     fn read_from(&mut self, key: usize, visit: Visit) {
@@ -58,12 +67,28 @@ impl<H: Handler> Reactor<H> {
                 entry.read_paused = true;
                 return;
             }
-            // TLS: ciphertext into the upper half, plaintext drained into the lower half.
+            if self.core.over_budget() {
+                // Nothing more comes in until the end of the turn sheds (large messages
+                // reserve their size from the header: it adds up fast).
+                return self.core.ready.push(key);
+            }
+            let Some(entry) = self.core.conns.get_mut(key) else {
+                return;
+            };
+
+            // A large frame's payload straight into its message buffer; otherwise the shared
+            // buffer (TLS: ciphertext into the upper half, plaintext drained into the lower
+            // half, or into the payload).
             let tls = entry.tls.is_some();
-            let buf = if tls {
-                self.read_buf.get_mut(PLAIN_LEN..).unwrap_or_default()
-            } else {
-                self.read_buf.as_mut_slice()
+            let target = match tls {
+                false => entry.conn.read_target(&self.core.shared),
+                true => None,
+            };
+            let direct = target.is_some();
+            let buf = match target {
+                Some(target) => target,
+                None if tls => self.read_buf.get_mut(PLAIN_LEN..).unwrap_or_default(),
+                None => self.read_buf.as_mut_slice(),
             };
             let full = buf.len();
             let n = match entry.socket.read(buf) {
@@ -74,7 +99,10 @@ impl<H: Handler> Reactor<H> {
                 Err(e) => return self.core.on_transport_error(&mut self.app, key, &e),
             };
             self.core.stats.bytes_in += n as u64;
-            let fed = if tls {
+            let fed = if direct {
+                self.core
+                    .feed_direct(&mut self.app, key, n, &mut self.scratch)
+            } else if tls {
                 self.on_ciphertext(key, n)
             } else {
                 let input = self.read_buf.get_mut(..n).unwrap_or_default();
@@ -109,7 +137,15 @@ impl<H: Handler> Reactor<H> {
             let Some(tls) = entry.tls.as_deref_mut() else {
                 return false;
             };
-            let step = match tls.decrypt(&mut cipher, plain) {
+            // Plaintext of a large frame's payload goes straight into its message buffer.
+            let target = entry.conn.read_target(&self.core.shared);
+            let direct = target.is_some();
+            let dest = match target {
+                Some(target) => target,
+                None => &mut *plain,
+            };
+            let room = dest.len();
+            let step = match tls.decrypt(&mut cipher, dest) {
                 Ok(step) => step,
                 Err(e) => {
                     let during = if tls.is_handshaking() {
@@ -123,7 +159,11 @@ impl<H: Handler> Reactor<H> {
                     return false;
                 }
             };
-            if step.len > 0 {
+            if step.len > 0 && direct {
+                let _ = self
+                    .core
+                    .feed_direct(&mut self.app, key, step.len, &mut self.scratch);
+            } else if step.len > 0 {
                 let input = plain.get_mut(..step.len).unwrap_or_default();
                 // Out of work, the rest of the plaintext joins the deferred input.
                 let _ = self.core.feed(&mut self.app, key, input, &mut self.scratch);
@@ -132,7 +172,7 @@ impl<H: Handler> Reactor<H> {
                 self.core.on_eof(&mut self.app, key);
                 return false;
             }
-            if cipher.is_empty() && step.len < plain.len() {
+            if cipher.is_empty() && step.len < room {
                 break;
             }
         }
@@ -172,6 +212,7 @@ impl Core {
                 return false;
             }
             self.work_left -= 1;
+            let input = rest.as_ptr_range();
             let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
             let got =
                 entry
@@ -179,9 +220,39 @@ impl Core {
                     .handle_input(self.tick, rest, scratch, &mut door, &mut self.shared);
             pos += got.consumed;
             if let Some(message) = got.message {
-                self.deliver(app, key, message);
+                let in_scratch = !input.contains(&message.as_bytes().as_ptr());
+                if self.deliver(app, key, message, in_scratch) {
+                    self.end_lending(scratch);
+                }
             }
         }
+    }
+
+    /// Feeds the `n` bytes just read into connection `key`'s read target (the rest of a large
+    /// frame's payload), as [`Core::feed`] feeds bytes read into the shared buffer, then what
+    /// the connection holds back. The bytes are already in place: they are decoded whatever
+    /// work is left (one step, at most one message). False when reading stops here.
+    pub(super) fn feed_direct<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        n: usize,
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        let Some(entry) = self.conns.get_mut(key).filter(|e| !e.doomed) else {
+            return false;
+        };
+        self.work_left = self.work_left.saturating_sub(1);
+        let mut door = Door::new(key, &mut entry.out, &mut self.outbox);
+        let got = entry
+            .conn
+            .handle_direct(self.tick, n, scratch, &mut door, &mut self.shared);
+        if let Some(message) = got.message {
+            if self.deliver(app, key, message, true) {
+                self.end_lending(scratch);
+            }
+        }
+        self.feed(app, key, &mut [], scratch)
     }
 
     /// After its share of work: a connection holding input back that it can decode now comes
@@ -196,9 +267,24 @@ impl Core {
         }
     }
 
-    /// Hands a complete message to the application.
-    fn deliver<H: Handler>(&mut self, app: &mut H, key: usize, message: conn::Message<'_>) {
+    /// Hands a complete message to the application. A large one in the scratch buffer
+    /// (`in_scratch`; else it is in the read buffer) is lent: what the application sends of it
+    /// is queued by reference, and the caller ends the lending with
+    /// [`end_lending`](Core::end_lending) (see `super::large`) once the message is no longer
+    /// borrowed. Returns whether it was lent.
+    fn deliver<H: Handler>(
+        &mut self,
+        app: &mut H,
+        key: usize,
+        message: conn::Message<'_>,
+        in_scratch: bool,
+    ) -> bool {
         self.stats.messages_in += 1;
+        let bytes = message.as_bytes();
+        let lend = in_scratch && bytes.len() >= self.shared.settings.large_payload;
+        if lend {
+            self.outbox.begin_lending(bytes);
+        }
         let msg = match message {
             conn::Message::Text(text) => Message::Text(text),
             conn::Message::Binary(bytes) => Message::Binary(bytes),
@@ -206,6 +292,7 @@ impl Core {
         if let Some(id) = self.id_of(key) {
             app.on_message(&mut Context { core: self }, id, msg);
         }
+        lend
     }
 
     /// The peer's FIN (a read of 0 bytes, or TLS `close_notify`).

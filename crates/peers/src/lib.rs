@@ -7,9 +7,9 @@ use futures_util::{future, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// The message and frame limit of every peer: set explicitly, so the bench's large points
+/// The message and frame limit of every peer (64 MiB, for the 16 MiB point): set explicitly, so the bench's large points
 /// never depend on a library default.
-pub const MAX_MESSAGE: usize = 16 << 20;
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Accepts the WebSocket upgrade on `stream` and echoes text and binary messages until the
 /// connection ends: `accept_async`, `split()`, then `read.forward(write)` (`forward` batches

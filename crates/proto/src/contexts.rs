@@ -4,6 +4,7 @@
 
 use super::deflate::{DeflateParams, Deflater, Inflater};
 use super::error::ProtocolError;
+use super::pool::BufferPool;
 
 /// Heap cost of one compressor context once it has been used, for the memory budget and the
 /// docs. zlib-rs with a 32 KiB window allocates, in one block, the window twice over
@@ -107,7 +108,8 @@ impl SharedContexts {
         }
     }
 
-    /// Inflates a message from `conn` into `out` (which must be empty), at most `max` bytes.
+    /// Inflates a message from `conn` into `out` (which must be empty), at most `max` bytes;
+    /// output that grows large moves into a buffer from `pool`.
     ///
     /// # Errors
     /// See [`Inflater::inflate`].
@@ -117,6 +119,7 @@ impl SharedContexts {
         payload: &[u8],
         out: &mut Vec<u8>,
         max: usize,
+        pool: &mut BufferPool,
     ) -> Result<(), ProtocolError> {
         let reset = conn.params.client_no_context_takeover;
         let inflater = if reset {
@@ -127,7 +130,7 @@ impl SharedContexts {
             conn.inflater
                 .get_or_insert_with(|| Inflater::with_window_bits(bits))
         };
-        inflater.inflate(payload, out, max, reset)
+        inflater.inflate_pooled(payload, out, max, reset, Some(pool))
     }
 }
 
@@ -152,7 +155,13 @@ mod tests {
         shared.compress(&mut conn, b"hello hello hello", &mut packed);
         let mut plain = Vec::new();
         shared
-            .inflate(&mut conn, &packed, &mut plain, 1024)
+            .inflate(
+                &mut conn,
+                &packed,
+                &mut plain,
+                1024,
+                &mut BufferPool::default(),
+            )
             .unwrap();
         assert_eq!(plain, b"hello hello hello");
         assert_eq!(conn.memory(), 0);
@@ -170,7 +179,15 @@ mod tests {
         assert!(second.len() < first.len());
         assert_eq!(conn.memory(), DEFLATER_BYTES);
         let mut plain = Vec::new();
-        shared.inflate(&mut conn, &first, &mut plain, 1024).unwrap();
+        shared
+            .inflate(
+                &mut conn,
+                &first,
+                &mut plain,
+                1024,
+                &mut BufferPool::default(),
+            )
+            .unwrap();
         // Plus the copy of the window the inflater keeps (at least the message just inflated).
         let kept = conn.memory() - DEFLATER_BYTES - INFLATER_BYTES;
         assert!((plain.len()..=32 * 1024).contains(&kept), "kept {kept}");

@@ -9,6 +9,16 @@
 //! of a partial control frame. A complete single-frame message is returned as a range of the
 //! caller's slice — no copy.
 //!
+//! # Large messages
+//! A message that reaches the [`BufferPool`]'s large size is assembled in a pooled buffer, and
+//! a frame that takes it there has its whole payload reserved from its header (after the size
+//! limits are checked). While such a frame is arriving, [`Decoder::read_target`] lends the
+//! unfilled part of its payload, so a caller can read the next bytes straight into it instead
+//! of into its own buffer, then hand the count to [`Decoder::decode_target`], which unmasks
+//! them in place and validates text as [`Decoder::decode`] does: each payload byte is then
+//! copied by the kernel only. The two ways in may alternate at will; bytes go in the order
+//! they arrived either way.
+//!
 //! # Errors
 //! The first protocol error is returned as [`Outcome::Error`] and is sticky: later calls
 //! consume and ignore all input. Size limits are checked from the header, before a byte of the
@@ -21,6 +31,7 @@ use super::close::{parse_close_payload, CloseCode};
 use super::error::ProtocolError;
 use super::frame::{FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
+use super::pool::BufferPool;
 use super::utf8::Utf8Validator;
 
 mod state;
@@ -156,7 +167,7 @@ struct Partial {
     message: Option<MessageKind>,
     utf8: Utf8Validator,
     /// Assembled payload of the message in progress.
-    data: Vec<u8>,
+    data: Assembly,
     /// Payload of a control frame split across reads (at most 125 bytes).
     control: Vec<u8>,
 }
@@ -165,8 +176,158 @@ impl Partial {
     fn is_idle(&self) -> bool {
         self.frame.is_none()
             && self.message.is_none()
-            && self.data.capacity() == 0
+            && self.data.held() == 0
             && self.control.capacity() == 0
+    }
+}
+
+/// The payload of the data message in progress.
+#[derive(Debug)]
+enum Assembly {
+    /// Under the pool's large size: a `Vec` holding exactly the bytes so far, grown as they
+    /// arrive.
+    Small(Vec<u8>),
+    /// From the large size on: a pooled buffer, `buf[..filled]` the bytes so far and
+    /// `buf[filled..]` initialized room, reserved from the frame header for the rest of the
+    /// frame, that a caller may read into ([`Decoder::read_target`]).
+    Large { buf: Vec<u8>, filled: usize },
+}
+
+impl Default for Assembly {
+    fn default() -> Self {
+        Assembly::Small(Vec::new())
+    }
+}
+
+impl Assembly {
+    /// Payload bytes so far.
+    fn len(&self) -> usize {
+        match self {
+            Assembly::Small(bytes) => bytes.len(),
+            Assembly::Large { filled, .. } => *filled,
+        }
+    }
+
+    /// Heap bytes held.
+    fn held(&self) -> usize {
+        match self {
+            Assembly::Small(bytes) => bytes.capacity(),
+            Assembly::Large { buf, .. } => buf.capacity(),
+        }
+    }
+
+    /// The payload so far.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Assembly::Small(bytes) => bytes,
+            Assembly::Large { buf, filled } => buf.get(..*filled).unwrap_or_default(),
+        }
+    }
+
+    /// Makes room for `more` bytes, growing geometrically but never past `cap` (unless the
+    /// bytes themselves need more), so a message at the size limit never holds twice the
+    /// limit. From the pool's large size on, the room is a pooled buffer's initialized bytes,
+    /// which a read can land in.
+    fn reserve(&mut self, more: usize, cap: usize, pool: &mut BufferPool) {
+        let len = self.len();
+        let need = len.saturating_add(more);
+        let room = match self {
+            Assembly::Small(bytes) => bytes.capacity(),
+            Assembly::Large { buf, .. } => buf.len(),
+        };
+        if room >= need {
+            return;
+        }
+        let target = need.max(room.saturating_mul(2)).min(cap.max(need));
+        match self {
+            Assembly::Small(bytes) if target < pool.large() => {
+                bytes.reserve_exact(target - len);
+            }
+            Assembly::Large { buf, .. } if buf.capacity() >= target => buf.resize(target, 0),
+            _ => {
+                let mut bigger = pool.take(target);
+                if let Some(dst) = bigger.get_mut(..len) {
+                    dst.copy_from_slice(self.bytes());
+                }
+                let old = std::mem::replace(
+                    self,
+                    Assembly::Large {
+                        buf: bigger,
+                        filled: len,
+                    },
+                );
+                pool.give(old.into_vec());
+            }
+        }
+    }
+
+    /// Appends `chunk` (after making room for it).
+    fn append(&mut self, chunk: &[u8], cap: usize, pool: &mut BufferPool) {
+        self.reserve(chunk.len(), cap, pool);
+        match self {
+            Assembly::Small(bytes) => bytes.extend_from_slice(chunk),
+            Assembly::Large { buf, filled } => {
+                match buf.get_mut(*filled..*filled + chunk.len()) {
+                    Some(room) => room.copy_from_slice(chunk),
+                    None => {
+                        buf.truncate(*filled);
+                        buf.extend_from_slice(chunk);
+                    }
+                }
+                *filled += chunk.len();
+            }
+        }
+    }
+
+    /// The first `len` bytes of the room, for a read to land in (none for a small message).
+    fn room(&mut self, len: usize) -> Option<&mut [u8]> {
+        match self {
+            Assembly::Small(_) => None,
+            Assembly::Large { buf, filled } => buf.get_mut(*filled..filled.checked_add(len)?),
+        }
+    }
+
+    /// Counts the first `n` bytes of the room (a read landed there) as payload; returns how
+    /// many it could (at most the room there is).
+    fn commit(&mut self, n: usize) -> usize {
+        match self {
+            Assembly::Small(_) => 0,
+            Assembly::Large { buf, filled } => {
+                let n = n.min(buf.len() - *filled);
+                *filled += n;
+                n
+            }
+        }
+    }
+
+    /// The last `n` payload bytes, to unmask and validate in place.
+    fn tail_mut(&mut self, n: usize) -> &mut [u8] {
+        let (bytes, len) = match self {
+            Assembly::Small(bytes) => {
+                let len = bytes.len();
+                (bytes.as_mut_slice(), len)
+            }
+            Assembly::Large { buf, filled } => (buf.as_mut_slice(), *filled),
+        };
+        bytes
+            .get_mut(len.saturating_sub(n)..len)
+            .unwrap_or_default()
+    }
+
+    /// The whole message, leaving nothing held.
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(self).into_vec()
+    }
+
+    /// The payload as a `Vec` of exactly its bytes.
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Assembly::Small(bytes) => bytes,
+            Assembly::Large { mut buf, filled } => {
+                buf.truncate(filled);
+                buf
+            }
+        }
     }
 }
 
@@ -180,7 +341,7 @@ impl Decoder {
     pub fn buffered(&self) -> usize {
         self.partial
             .as_ref()
-            .map_or(0, |p| p.data.capacity() + p.control.capacity())
+            .map_or(0, |p| p.data.held() + p.control.capacity())
     }
 
     /// Accepts RSV1 on the first frame of a data message: permessage-deflate was negotiated.
@@ -226,8 +387,9 @@ impl Decoder {
         }
     }
 
-    /// Decodes from `input` (see the module docs for the contract).
-    pub fn decode(&mut self, limits: &Limits, input: &mut [u8]) -> Decoded {
+    /// Decodes from `input` (see the module docs for the contract); a large message is
+    /// assembled in a buffer from `pool`.
+    pub fn decode(&mut self, limits: &Limits, pool: &mut BufferPool, input: &mut [u8]) -> Decoded {
         if self.failed {
             return Decoded {
                 consumed: input.len(),
@@ -237,8 +399,8 @@ impl Decoder {
         let mut pos = 0;
         loop {
             let step = match self.frame() {
-                None => self.start_frame(limits, input, &mut pos),
-                Some(frame) => self.continue_frame(limits, frame, input, &mut pos),
+                None => self.start_frame(limits, pool, input, &mut pos),
+                Some(frame) => self.continue_frame(limits, pool, frame, input, &mut pos),
             };
             match step {
                 // Go on while input remains, or when a zero-length frame can complete now.
@@ -258,15 +420,61 @@ impl Decoder {
                     }
                 }
                 Err(error) => {
-                    self.failed = true;
-                    self.partial = None;
                     return Decoded {
                         consumed: input.len(),
-                        outcome: Outcome::Error(error),
+                        outcome: self.fail(error),
                     };
                 }
             }
         }
+    }
+
+    /// Where the next bytes of a large frame's payload may be read: the unfilled part of it,
+    /// reserved in its message buffer, when at least `min` bytes of it are still to come.
+    /// `None`: read into the caller's buffer and [`decode`](Decoder::decode) as usual.
+    ///
+    /// Why a minimum: a read into the caller's buffer takes the rest of the frame and whatever
+    /// follows it in one call, so reading a short rest directly would cost an extra read.
+    pub fn read_target(&mut self, min: usize) -> Option<&mut [u8]> {
+        if self.failed {
+            return None;
+        }
+        let partial = self.partial.as_deref_mut()?;
+        let frame = partial.frame.filter(|f| !f.opcode.is_control())?;
+        let left = usize::try_from(frame.len - frame.done).ok()?;
+        if left == 0 || left < min {
+            return None;
+        }
+        partial.data.room(left)
+    }
+
+    /// Decodes the first `n` bytes of the slice [`read_target`](Decoder::read_target) lent,
+    /// which a read has filled: unmasks them in place, validates text, and completes the
+    /// frame (and the message) when they are its last. `n` beyond that slice is cut to it.
+    pub fn decode_target(&mut self, n: usize) -> Outcome {
+        if self.failed {
+            return Outcome::NeedMore;
+        }
+        let Some(frame) = self.frame().filter(|f| !f.opcode.is_control()) else {
+            return Outcome::NeedMore;
+        };
+        let left = usize::try_from(frame.len - frame.done).unwrap_or(usize::MAX);
+        let n = self.partial_mut().data.commit(n.min(left));
+        if n == 0 {
+            return Outcome::NeedMore;
+        }
+        match self.absorb(frame, n) {
+            Ok(None) => Outcome::NeedMore,
+            Ok(Some(event)) => Outcome::Event(event),
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// The first protocol error: sticky, and nothing partial is kept.
+    fn fail(&mut self, error: ProtocolError) -> Outcome {
+        self.failed = true;
+        self.partial = None;
+        Outcome::Error(error)
     }
 
     /// Reads a header (possibly completing a stored partial one) and either returns a whole
@@ -274,6 +482,7 @@ impl Decoder {
     fn start_frame(
         &mut self,
         limits: &Limits,
+        pool: &mut BufferPool,
         input: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event>, ProtocolError> {
@@ -345,6 +554,14 @@ impl Decoder {
             partial.message = Some(kind);
             partial.compressed = compressed;
         }
+        let payload_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+        if !header.opcode.is_control()
+            && partial.data.len().saturating_add(payload_len) >= pool.large()
+        {
+            // A large message: its frame's whole payload is reserved now (the limits allowed
+            // it above), so that it can be read straight into place.
+            partial.data.reserve(payload_len, max_message(limits), pool);
+        }
         partial.frame = Some(FrameInProgress {
             opcode: header.opcode,
             fin: header.fin,
@@ -380,42 +597,64 @@ impl Decoder {
     fn continue_frame(
         &mut self,
         limits: &Limits,
-        mut frame: FrameInProgress,
+        pool: &mut BufferPool,
+        frame: FrameInProgress,
         input: &mut [u8],
         pos: &mut usize,
     ) -> Result<Option<Event>, ProtocolError> {
         let available = (input.len() - *pos) as u64;
         let take = (frame.len - frame.done).min(available) as usize;
-        let chunk = input.get_mut(*pos..*pos + take).unwrap_or_default();
+        let range = *pos..*pos + take;
         *pos += take;
+        if !frame.opcode.is_control() {
+            let chunk = input.get(range).unwrap_or_default();
+            self.partial_mut()
+                .data
+                .append(chunk, max_message(limits), pool);
+            return self.absorb(frame, take);
+        }
+        let chunk = input.get_mut(range).unwrap_or_default();
         apply_mask(chunk, frame.mask, (frame.done % 4) as usize);
+        let mut frame = frame;
         frame.done += take as u64;
         let complete = frame.done == frame.len;
         let partial = self.partial_mut();
         partial.frame = (!complete).then_some(frame);
-        if frame.opcode.is_control() {
-            append_bounded(&mut partial.control, chunk, MAX_CONTROL_PAYLOAD);
-            if !complete {
-                return Ok(None);
-            }
-            let payload = Payload::Owned(std::mem::take(&mut partial.control));
-            self.release_if_idle();
-            return control_event(frame.opcode, payload, input).map(Some);
+        append_bounded(&mut partial.control, chunk, MAX_CONTROL_PAYLOAD);
+        if !complete {
+            return Ok(None);
         }
+        let payload = Payload::Owned(std::mem::take(&mut partial.control));
+        self.release_if_idle();
+        control_event(frame.opcode, payload, input).map(Some)
+    }
+
+    /// Takes in the last `n` bytes of the message buffer, the next (still masked) payload of
+    /// data frame `frame`: unmasks them in place, validates text (§8.1, fail-fast), and ends
+    /// the frame, and with its last frame the message, when they complete it.
+    fn absorb(
+        &mut self,
+        mut frame: FrameInProgress,
+        n: usize,
+    ) -> Result<Option<Event>, ProtocolError> {
+        let partial = self.partial_mut();
+        let fresh = partial.data.tail_mut(n);
+        apply_mask(fresh, frame.mask, (frame.done % 4) as usize);
         if partial.message == Some(MessageKind::Text) && !partial.compressed {
             partial
                 .utf8
-                .feed(chunk)
+                .feed(fresh)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        let cap = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
-        append_bounded(&mut partial.data, chunk, cap);
+        frame.done += n as u64;
+        let complete = frame.done == frame.len;
+        partial.frame = (!complete).then_some(frame);
         if !complete || !frame.fin {
             return Ok(None);
         }
         let kind = partial.message.take().unwrap_or(MessageKind::Binary);
         if std::mem::take(&mut partial.compressed) {
-            let data = std::mem::take(&mut partial.data);
+            let data = partial.data.take();
             self.release_if_idle();
             return Ok(Some(Event::Compressed(kind, Payload::Owned(data))));
         }
@@ -425,7 +664,7 @@ impl Decoder {
                 .finish()
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
-        let data = std::mem::take(&mut partial.data);
+        let data = partial.data.take();
         self.release_if_idle();
         Ok(Some(Event::Message(kind, Payload::Owned(data))))
     }
@@ -439,8 +678,13 @@ impl Decoder {
     }
 }
 
+/// The message limit as a buffer size.
+fn max_message(limits: &Limits) -> usize {
+    usize::try_from(limits.max_message).unwrap_or(usize::MAX)
+}
+
 /// Appends `chunk`, growing capacity geometrically but never past `cap` (unless the bytes
-/// themselves need more), so a message at the size limit never holds twice the limit.
+/// themselves need more), so a control payload never holds more than its limit.
 fn append_bounded(buf: &mut Vec<u8>, chunk: &[u8], cap: usize) {
     let needed = buf.len() + chunk.len();
     if needed > buf.capacity() {
@@ -507,12 +751,22 @@ mod tests {
     /// Feeds `bytes` as ONE read: calls `decode` until `NeedMore`, checking the contract on
     /// every call, and stops after the first error.
     fn decode_all(decoder: &mut Decoder, limits: &Limits, bytes: &[u8]) -> Vec<Got> {
+        decode_all_in(decoder, limits, &mut BufferPool::default(), bytes)
+    }
+
+    /// [`decode_all`] with large messages in `pool`.
+    fn decode_all_in(
+        decoder: &mut Decoder,
+        limits: &Limits,
+        pool: &mut BufferPool,
+        bytes: &[u8],
+    ) -> Vec<Got> {
         let mut buf = bytes.to_vec();
         let mut out = Vec::new();
         let mut pos = 0;
         loop {
             let remaining = buf.len() - pos;
-            let decoded = decoder.decode(limits, &mut buf[pos..]);
+            let decoded = decoder.decode(limits, pool, &mut buf[pos..]);
             assert!(decoded.consumed <= remaining, "consumed past the input");
             match decoded.outcome {
                 Outcome::NeedMore => {
@@ -550,6 +804,44 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Feeds `bytes` as a reactor with direct reads does: the stream arrives in the pieces
+    /// cut at `cuts`, and each read lands in the decoder's read target (at most its length,
+    /// the rest of the piece left for the next read) when it offers one, else in a buffer of
+    /// its own decoded as usual. Returns the events and how many reads went into a target.
+    fn decode_reads(
+        decoder: &mut Decoder,
+        limits: &Limits,
+        pool: &mut BufferPool,
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<Got>, usize) {
+        let mut out = Vec::new();
+        let mut direct = 0;
+        let mut pos = 0;
+        for &end in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            while pos < end {
+                let Some(target) = decoder.read_target(pool.large()) else {
+                    out.extend(decode_all_in(decoder, limits, pool, &bytes[pos..end]));
+                    pos = end;
+                    break;
+                };
+                let n = target.len().min(end - pos);
+                target[..n].copy_from_slice(&bytes[pos..pos + n]);
+                pos += n;
+                direct += 1;
+                match decoder.decode_target(n) {
+                    Outcome::NeedMore => {}
+                    Outcome::Event(event) => out.push(Ok(resolve(&event, &[]))),
+                    Outcome::Error(error) => out.push(Err(error)),
+                }
+            }
+            if matches!(out.last(), Some(Err(_))) {
+                break;
+            }
+        }
+        (out, direct)
     }
 
     fn one_shot(bytes: &[u8]) -> Vec<Got> {
@@ -693,7 +985,7 @@ mod tests {
             0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
         let mut decoder = Decoder::new();
-        let decoded = decoder.decode(&Limits::default(), &mut bytes);
+        let decoded = decoder.decode(&Limits::default(), &mut BufferPool::default(), &mut bytes);
         assert_eq!(
             decoded,
             Decoded {
@@ -776,7 +1068,8 @@ mod tests {
         assert_eq!(bytes[..8], [0x82, 0xfe, 0x01, 0x00, 1, 2, 3, 4]);
         assert_eq!(bytes.len(), 8 + 256);
         let mut buf = bytes.clone();
-        let decoded = Decoder::new().decode(&Limits::default(), &mut buf);
+        let decoded =
+            Decoder::new().decode(&Limits::default(), &mut BufferPool::default(), &mut buf);
         assert_eq!(decoded.consumed, bytes.len());
         assert_eq!(
             decoded.outcome,
@@ -906,7 +1199,7 @@ mod tests {
     #[test]
     fn empty_input_is_a_no_op() {
         let mut decoder = Decoder::new();
-        let decoded = decoder.decode(&Limits::default(), &mut []);
+        let decoded = decoder.decode(&Limits::default(), &mut BufferPool::default(), &mut []);
         assert_eq!(
             decoded,
             Decoded {
@@ -1053,6 +1346,7 @@ mod tests {
         let limits = Limits::default();
         let mut rng = Rng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
         let mut iterations = 0;
+        let mut direct_reads = 0;
         for round in 0..600 {
             let (bytes, expected) = random_stream(&mut rng, round % 24 == 0);
             let whole = decode_all(&mut Decoder::new(), &limits, &bytes);
@@ -1081,10 +1375,22 @@ mod tests {
                 );
                 assert_eq!(decoder.buffered(), 0);
                 assert!(!decoder.is_mid_message());
+                // The same reads with direct reads into place, messages of 64 bytes and more
+                // being large (the pool lends them, and takes them back once delivered).
+                let mut pool = BufferPool::new(64, 1 << 20);
+                let mut decoder = Decoder::new();
+                let (got, direct) = decode_reads(&mut decoder, &limits, &mut pool, &bytes, &cuts);
+                assert_eq!(got, whole, "direct reads, cut at {cuts:?}");
+                direct_reads += direct;
+                assert_eq!(decoder.buffered(), 0);
                 iterations += 1;
             }
         }
         assert_eq!(iterations, 3600);
+        assert!(
+            direct_reads > 1000,
+            "only {direct_reads} reads went into place"
+        );
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1360,7 +1666,8 @@ mod tests {
         // The longest reason, delivered zero copy.
         let reason = "r".repeat(123);
         let mut buf = close_frame(1000, reason.as_bytes());
-        let decoded = Decoder::new().decode(&Limits::default(), &mut buf);
+        let decoded =
+            Decoder::new().decode(&Limits::default(), &mut BufferPool::default(), &mut buf);
         assert_eq!(decoded.consumed, buf.len());
         match decoded.outcome {
             Outcome::Event(Event::Close {
@@ -1444,7 +1751,9 @@ mod tests {
         let bad = frame(true, OpCode::Text, &[b'a', 0xff]);
         let mut buf = bad.clone();
         assert_eq!(
-            deferring().decode(&limits, &mut buf).outcome,
+            deferring()
+                .decode(&limits, &mut BufferPool::default(), &mut buf)
+                .outcome,
             Outcome::Event(Event::Message(MessageKind::Text, Payload::Input(6..8)))
         );
         // Streamed text still fails fast: split across reads, and fragmented.
@@ -1855,7 +2164,7 @@ mod tests {
             let mut bytes = breaker.clone();
             bytes.extend(&valid);
             let mut buf = bytes.clone();
-            let decoded = decoder.decode(&limits, &mut buf);
+            let decoded = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
             assert_eq!(decoded.consumed, bytes.len());
             assert!(
                 matches!(decoded.outcome, Outcome::Error(_)),
@@ -1864,7 +2173,7 @@ mod tests {
             // Later reads: consumed, NeedMore, no event, whatever they hold.
             for _ in 0..3 {
                 let mut buf = valid.clone();
-                let decoded = decoder.decode(&limits, &mut buf);
+                let decoded = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
                 assert_eq!(
                     decoded,
                     Decoded {
@@ -1944,7 +2253,7 @@ mod tests {
         assert_eq!(decode_all(&mut decoder, &limits, &control[..10]), vec![]);
         assert!(decoder.is_mid_message());
         let mut rest = control[10..].to_vec();
-        let decoded = decoder.decode(&limits, &mut rest);
+        let decoded = decoder.decode(&limits, &mut BufferPool::default(), &mut rest);
         assert_eq!(decoded.consumed, rest.len());
         assert_eq!(
             decoded.outcome,
@@ -1968,27 +2277,31 @@ mod tests {
             frame(true, OpCode::Binary, &pattern(200)),
             frame(true, OpCode::Pong, b"pg"),
         ]);
-        let d1 = decoder.decode(&limits, &mut buf);
+        let d1 = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
         assert_eq!(d1.consumed, 9);
         assert_eq!(
             d1.outcome,
             Outcome::Event(Event::Message(MessageKind::Text, Payload::Input(6..9)))
         );
-        let d2 = decoder.decode(&limits, &mut buf[9..]);
+        let d2 = decoder.decode(&limits, &mut BufferPool::default(), &mut buf[9..]);
         assert_eq!(d2.consumed, 8 + 200);
         assert_eq!(
             d2.outcome,
             Outcome::Event(Event::Message(MessageKind::Binary, Payload::Input(8..208)))
         );
         assert_eq!(buf[9 + 8..9 + 208], pattern(200)[..]);
-        let d3 = decoder.decode(&limits, &mut buf[217..]);
+        let d3 = decoder.decode(&limits, &mut BufferPool::default(), &mut buf[217..]);
         assert_eq!(
             d3.outcome,
             Outcome::Event(Event::Pong(Payload::Input(6..8)))
         );
         assert_eq!(
             decoder
-                .decode(&limits, &mut buf[217 + d3.consumed..])
+                .decode(
+                    &limits,
+                    &mut BufferPool::default(),
+                    &mut buf[217 + d3.consumed..]
+                )
                 .outcome,
             Outcome::NeedMore
         );
@@ -2000,7 +2313,7 @@ mod tests {
         let mut decoder = Decoder::new();
         assert_eq!(decode_all(&mut decoder, &limits, &bytes[..3]), vec![]);
         let mut rest = bytes[3..].to_vec();
-        let decoded = decoder.decode(&limits, &mut rest);
+        let decoded = decoder.decode(&limits, &mut BufferPool::default(), &mut rest);
         assert_eq!(decoded.consumed, rest.len());
         assert_eq!(
             decoded.outcome,
@@ -2019,7 +2332,7 @@ mod tests {
             frame(true, OpCode::Text, b"next"),
         ]);
         let mut decoder = Decoder::new();
-        let d = decoder.decode(&limits, &mut buf);
+        let d = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
         assert_eq!(d.consumed, 8 + 8);
         assert_eq!(
             d.outcome,
@@ -2029,7 +2342,7 @@ mod tests {
             ))
         );
         assert_eq!(decoder.buffered(), 0);
-        let d = decoder.decode(&limits, &mut buf[16..]);
+        let d = decoder.decode(&limits, &mut BufferPool::default(), &mut buf[16..]);
         assert_eq!(
             d.outcome,
             Outcome::Event(Event::Message(MessageKind::Text, Payload::Input(6..10)))
@@ -2043,7 +2356,7 @@ mod tests {
         assert!(decoder.buffered() >= 500 - 8);
         assert!(decoder.is_mid_message());
         let mut rest = bytes[500..].to_vec();
-        let d = decoder.decode(&limits, &mut rest);
+        let d = decoder.decode(&limits, &mut BufferPool::default(), &mut rest);
         assert_eq!(d.consumed, rest.len());
         assert_eq!(
             d.outcome,
@@ -2074,7 +2387,7 @@ mod tests {
 
         // Last bytes of the input, in one read with the first fragment.
         let mut buf = concat(&[first.clone(), last.clone()]);
-        let d = Decoder::new().decode(&limits, &mut buf);
+        let d = Decoder::new().decode(&limits, &mut BufferPool::default(), &mut buf);
         assert_eq!(d.consumed, buf.len());
         assert_eq!(
             d.outcome,
@@ -2088,7 +2401,7 @@ mod tests {
         let mut decoder = Decoder::new();
         assert_eq!(decode_all(&mut decoder, &limits, &first), vec![]);
         let mut buf = last.clone();
-        let d = decoder.decode(&limits, &mut buf);
+        let d = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
         assert_eq!(d.consumed, 6);
         assert_eq!(
             d.outcome,
@@ -2105,7 +2418,7 @@ mod tests {
             assert_eq!(decode_all(&mut decoder, &limits, &first), vec![]);
             assert_eq!(decode_all(&mut decoder, &limits, &last[..cut]), vec![]);
             let mut buf = last[cut..].to_vec();
-            let d = decoder.decode(&limits, &mut buf);
+            let d = decoder.decode(&limits, &mut BufferPool::default(), &mut buf);
             assert_eq!(d.consumed, buf.len(), "cut {cut}");
             assert_eq!(
                 d.outcome,
@@ -2149,7 +2462,7 @@ mod tests {
         );
         // Literal: a masked empty text frame is zero copy with an empty range at its end.
         let mut buf = [0x81, 0x80, 0x12, 0x34, 0x56, 0x78];
-        let d = Decoder::new().decode(&Limits::default(), &mut buf);
+        let d = Decoder::new().decode(&Limits::default(), &mut BufferPool::default(), &mut buf);
         assert_eq!(
             d,
             Decoded {
@@ -2273,5 +2586,157 @@ mod tests {
         assert!(most <= 1000 + MAX_CONTROL_PAYLOAD, "held {most} bytes");
         let got = decode_all(&mut decoder, &limits, &stream[stream.len() - 1..]);
         assert_eq!(got.len(), 1);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Large messages: reserved from the header, read into place, pooled
+    // ---------------------------------------------------------------------------------------
+
+    const LARGE: usize = 1 << 20;
+
+    #[test]
+    fn a_large_frame_is_reserved_from_its_header_and_read_into_place() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::default();
+        let payload = pattern(LARGE);
+        let wire = frame(true, OpCode::Binary, &payload);
+        let mut decoder = Decoder::new();
+        // The header and 100 payload bytes arrive in the caller's buffer.
+        let first = 10 + 4 + 100;
+        assert_eq!(
+            decode_all_in(&mut decoder, &limits, &mut pool, &wire[..first]),
+            vec![]
+        );
+        assert!(decoder.buffered() >= LARGE, "reserved from the header");
+        let target = decoder.read_target(pool.large()).expect("a read target");
+        assert_eq!(target.len(), LARGE - 100, "the rest of the payload");
+        let base = target.as_ptr() as usize - 100;
+        // The rest in two reads straight into place.
+        let half = (wire.len() - first) / 2;
+        target[..half].copy_from_slice(&wire[first..first + half]);
+        assert_eq!(decoder.decode_target(half), Outcome::NeedMore);
+        let target = decoder.read_target(0).expect("the rest");
+        let rest = &wire[first + half..];
+        target.copy_from_slice(rest);
+        let Outcome::Event(Event::Message(MessageKind::Binary, Payload::Owned(got))) =
+            decoder.decode_target(rest.len())
+        else {
+            panic!("no message");
+        };
+        assert!(got == payload, "payload differs");
+        assert_eq!(
+            got.as_ptr() as usize,
+            base,
+            "delivered from the buffer read into"
+        );
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(decoder.read_target(0), None);
+    }
+
+    #[test]
+    fn read_targets_only_for_the_payload_of_large_data_frames() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::default();
+        let mut decoder = Decoder::new();
+        // A small frame (under the large size) is assembled as before: no target.
+        let small = frame(true, OpCode::Binary, &pattern(1000));
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &small[..20]);
+        assert_eq!(decoder.read_target(0), None);
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &small[20..]);
+        // A partial header of a large frame: nothing to read into yet.
+        let large = frame(true, OpCode::Text, &vec![b'a'; LARGE]);
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &large[..5]);
+        assert_eq!(decoder.read_target(0), None);
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &large[5..LARGE]);
+        // Less than the minimum still to come: read it into the caller's buffer.
+        assert_eq!(decoder.read_target(pool.large()), None);
+        assert_eq!(decoder.read_target(14).map(|t| t.len()), Some(14));
+        // Control frames between fragments never get one.
+        let ping = frame(true, OpCode::Ping, b"p");
+        let mut decoder = Decoder::new();
+        let first = frame(false, OpCode::Binary, &pattern(LARGE));
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &first);
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &ping[..3]);
+        assert_eq!(decoder.read_target(0), None);
+    }
+
+    #[test]
+    fn invalid_text_read_into_place_fails_at_the_read_that_carries_it() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::default();
+        let mut text = vec![b'a'; LARGE];
+        text[LARGE / 2] = 0xff;
+        let wire = frame(true, OpCode::Text, &text);
+        let mut decoder = Decoder::new();
+        let _ = decode_all_in(&mut decoder, &limits, &mut pool, &wire[..14]);
+        let target = decoder.read_target(0).unwrap();
+        let first = LARGE / 4;
+        target[..first].copy_from_slice(&wire[14..14 + first]);
+        assert_eq!(decoder.decode_target(first), Outcome::NeedMore);
+        let target = decoder.read_target(0).unwrap();
+        target[..first * 2].copy_from_slice(&wire[14 + first..14 + 3 * first]);
+        assert_eq!(
+            decoder.decode_target(first * 2),
+            Outcome::Error(ProtocolError::InvalidUtf8),
+            "before the frame ends"
+        );
+        assert_eq!(decoder.read_target(0), None, "sticky");
+        assert_eq!(decoder.decode_target(10), Outcome::NeedMore);
+    }
+
+    #[test]
+    fn fragments_of_a_large_message_grow_one_pooled_buffer() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::default();
+        let message = pattern(4 * LARGE);
+        let mut wire = Vec::new();
+        for (i, part) in message.chunks(LARGE).enumerate() {
+            let opcode = if i == 0 {
+                OpCode::Binary
+            } else {
+                OpCode::Continuation
+            };
+            wire.extend(frame(i == 3, opcode, part));
+        }
+        let mut decoder = Decoder::new();
+        let cuts: Vec<usize> = (1..40).map(|i| i * wire.len() / 40).collect();
+        let (got, direct) = decode_reads(&mut decoder, &limits, &mut pool, &wire, &cuts);
+        assert_eq!(got, vec![binary(&message)]);
+        assert!(direct > 4, "{direct} reads into place");
+        // A message limit below the growth target caps it.
+        let limits = Limits {
+            max_frame: 4 * LARGE as u64,
+            max_message: (3 * LARGE + LARGE / 2) as u64,
+        };
+        let mut decoder = Decoder::new();
+        let got = decode_all_in(&mut decoder, &limits, &mut pool, &wire[..wire.len() - 1]);
+        assert_eq!(got, vec![Err(ProtocolError::MessageTooBig)]);
+    }
+
+    #[test]
+    fn a_delivered_buffer_given_back_serves_the_next_large_message() {
+        let limits = Limits::default();
+        let mut pool = BufferPool::default();
+        let wire = frame(true, OpCode::Binary, &pattern(LARGE));
+        let mut decoder = Decoder::new();
+        let mut got = Vec::new();
+        let mut buffers = Vec::new();
+        for _ in 0..3 {
+            let mut buf = wire.clone();
+            let d = decoder.decode(&limits, &mut pool, &mut buf[..20]);
+            assert_eq!(d.outcome, Outcome::NeedMore);
+            let target = decoder.read_target(0).unwrap();
+            buffers.push(target.as_ptr() as usize);
+            target.copy_from_slice(&buf[20..]);
+            let Outcome::Event(Event::Message(_, Payload::Owned(message))) =
+                decoder.decode_target(wire.len() - 20)
+            else {
+                panic!("no message");
+            };
+            got.push(message.len());
+            pool.give(message);
+        }
+        assert_eq!(got, [LARGE; 3]);
+        assert!(buffers.windows(2).all(|w| w[0] == w[1]), "{buffers:x?}");
     }
 }

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::error::ProtocolError;
+use super::pool::BufferPool;
 
 /// The tail that a sync flush ends with, removed from and re-added to each message (§7.2.1).
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -347,6 +348,21 @@ impl Deflater {
     }
 }
 
+/// Makes room for `room` more bytes of output: in a buffer from `pool` once the output
+/// reaches its large size (the bytes so far copied over, as a reallocation would), else by
+/// growing `out`.
+fn grow(out: &mut Vec<u8>, room: usize, pool: Option<&mut BufferPool>) {
+    let want = out.len().saturating_add(room);
+    match pool {
+        Some(pool) if want >= pool.large() => {
+            let mut bigger = pool.take_empty(want);
+            bigger.extend_from_slice(out);
+            pool.give(std::mem::replace(out, bigger));
+        }
+        _ => out.reserve_exact(room),
+    }
+}
+
 /// A raw-deflate inflater for whole messages, bounded by the message size limit.
 ///
 /// # A block with BFINAL set
@@ -417,7 +433,23 @@ impl Inflater {
         max: usize,
         reset: bool,
     ) -> Result<(), ProtocolError> {
-        let result = self.inflate_message(message, out, max);
+        self.inflate_pooled(message, out, max, reset, None)
+    }
+
+    /// [`Inflater::inflate`], with output that grows to `pool`'s large size moved into a
+    /// buffer from `pool` (one already faulted in, when it has one idle).
+    ///
+    /// # Errors
+    /// See [`Inflater::inflate`].
+    pub fn inflate_pooled(
+        &mut self,
+        message: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+        reset: bool,
+        mut pool: Option<&mut BufferPool>,
+    ) -> Result<(), ProtocolError> {
+        let result = self.inflate_message(message, out, max, &mut pool);
         if reset || result.is_err() {
             self.decompress.reset(false);
             self.history = VecDeque::new();
@@ -434,10 +466,11 @@ impl Inflater {
         message: &[u8],
         out: &mut Vec<u8>,
         max: usize,
+        pool: &mut Option<&mut BufferPool>,
     ) -> Result<(), ProtocolError> {
         let mut rest = message;
         loop {
-            let (used, ended) = self.inflate_some(rest, out, max)?;
+            let (used, ended) = self.inflate_some(rest, out, max, pool)?;
             if !ended {
                 break;
             }
@@ -449,7 +482,7 @@ impl Inflater {
                 return Ok(());
             }
         }
-        let (_, ended) = self.inflate_some(&SYNC_TAIL, out, max)?;
+        let (_, ended) = self.inflate_some(&SYNC_TAIL, out, max, pool)?;
         if ended {
             // The tail completed a final stored block the message began.
             self.restart(out)?;
@@ -464,6 +497,7 @@ impl Inflater {
         input: &[u8],
         out: &mut Vec<u8>,
         max: usize,
+        pool: &mut Option<&mut BufferPool>,
     ) -> Result<(usize, bool), ProtocolError> {
         let start_in = self.decompress.total_in();
         loop {
@@ -473,7 +507,7 @@ impl Inflater {
                 }
                 // Grow geometrically, but never reserve past the limit (+1 to detect it).
                 let room = (max + 1 - out.len()).min(out.len().max(input.len() * 2).max(1024));
-                out.reserve_exact(room);
+                grow(out, room, pool.as_deref_mut());
             }
             let done = (self.decompress.total_in() - start_in) as usize;
             let rest = input.get(done..).unwrap_or_default();
@@ -695,6 +729,32 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, b"Hello");
+    }
+
+    #[test]
+    fn large_output_moves_into_an_idle_pooled_buffer() {
+        let message: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut packed = Vec::new();
+        Deflater::new(15, 1).compress(&message, &mut packed, true);
+        let mut pool = BufferPool::new(64 * 1024, 8 << 20);
+        pool.give(vec![0; 1 << 20]);
+        let idle = pool.take_empty(1 << 20);
+        let ptr = idle.as_ptr();
+        pool.give(idle);
+        let mut out = Vec::new();
+        Inflater::new()
+            .inflate_pooled(&packed, &mut out, 1 << 20, true, Some(&mut pool))
+            .unwrap();
+        assert!(out == message);
+        assert_eq!(out.as_ptr(), ptr, "inflated into the idle buffer");
+        // The bound holds with a pool as without.
+        let bomb = vec![0u8; 4 << 20];
+        let mut packed = Vec::new();
+        Deflater::new(15, 9).compress(&bomb, &mut packed, true);
+        let mut out = Vec::new();
+        let err = Inflater::new().inflate_pooled(&packed, &mut out, 1 << 20, true, Some(&mut pool));
+        assert_eq!(err, Err(ProtocolError::MessageTooBig));
+        assert!(out.len() <= (1 << 20) + 1);
     }
 
     #[test]

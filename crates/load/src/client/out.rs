@@ -315,6 +315,7 @@ mod tests {
     #[test]
     fn encoded_frames_pass_the_servers_decoder() {
         use wsloop_proto::decoder::{Decoder, Event, Limits, Outcome};
+        use wsloop_proto::BufferPool;
         let mut wire = Vec::new();
         let text = "hello 你好 😀".repeat(40);
         encode_frame(
@@ -333,10 +334,11 @@ mod tests {
         );
         let mut dec = Decoder::new();
         let limits = Limits::default();
+        let mut pool = BufferPool::default();
         let mut events = Vec::new();
         let mut rest: &mut [u8] = &mut wire;
         while !rest.is_empty() {
-            let decoded = dec.decode(&limits, rest);
+            let decoded = dec.decode(&limits, &mut pool, rest);
             match decoded.outcome {
                 Outcome::Event(Event::Message(_, payload)) => {
                     events.push(format!("msg {}", payload.bytes(rest).len()))

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 async fn handle_client(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
     let mut ws = fut.await?;
-    ws.set_max_message_size(16 << 20);
+    ws.set_max_message_size(wsloop_peers::MAX_MESSAGE);
     let mut ws = FragmentCollector::new(ws);
     loop {
         let frame = ws.read_frame().await?;

@@ -7,7 +7,11 @@
 //! inflated, or decoded from held-back input — is handed out from the caller's scratch buffer,
 //! which the message borrows like the input: no allocation per message, and text is validated
 //! once more by the same fast validator either way (the decoder's streaming check is what fails
-//! fast; safe Rust cannot turn its verdict into a `&str`).
+//! fast; safe Rust cannot turn its verdict into a `&str`). A large message's buffer is moved
+//! into the scratch buffer (what that held goes back to the pool), so it is never copied.
+//!
+//! Large frames can also be read straight into their message buffer: [`Connection::read_target`]
+//! lends the unfilled part of the payload, [`Connection::handle_direct`] takes the count read.
 
 use std::ops::Range;
 
@@ -73,6 +77,59 @@ impl Connection {
         }
     }
 
+    /// Where the caller may read next instead of into its own buffer: the unfilled part of
+    /// a large frame's payload in its message buffer, when at least
+    /// [`Settings::large_payload`](super::Settings::large_payload) bytes of it are still to
+    /// come. After reading `n` bytes into it, call [`handle_direct`](Connection::handle_direct)
+    /// (and nothing else first). `None` while the connection does not want to read, holds
+    /// input back (that goes first), or is not decoding frames: read into the caller's buffer
+    /// and call [`handle_input`](Connection::handle_input).
+    pub fn read_target(&mut self, shared: &Shared) -> Option<&mut [u8]> {
+        let decoding = matches!(self.phase, Phase::Open { .. } | Phase::CloseSent { .. });
+        if !decoding || !self.wants_read() || self.holds_input() {
+            return None;
+        }
+        self.decoder.read_target(shared.settings.large_payload)
+    }
+
+    /// Takes the `n` bytes just read into the slice [`read_target`](Connection::read_target)
+    /// lent (unmasked in place, text validated as it arrives), as
+    /// [`handle_input`](Connection::handle_input) takes bytes read into the caller's buffer:
+    /// when they complete the message it is returned, borrowed from `scratch` (its buffer is
+    /// moved there, not copied); events go to the event queue. `consumed` is `n`.
+    pub fn handle_direct<'a, O: Output>(
+        &mut self,
+        now: Tick,
+        n: usize,
+        scratch: &'a mut Vec<u8>,
+        out: &mut O,
+        shared: &mut Shared,
+    ) -> Input<'a> {
+        if n == 0 || !matches!(self.phase, Phase::Open { .. } | Phase::CloseSent { .. }) {
+            return Input::all(n);
+        }
+        self.handle_traffic(now);
+        let kind = match self.decoder.decode_target(n) {
+            Outcome::NeedMore => None,
+            Outcome::Error(error) => {
+                self.fail(now, error, out, shared);
+                None
+            }
+            // Only a data frame's payload is ever read into place, so what completes is a
+            // message, assembled (or inflated) in the scratch buffer.
+            Outcome::Event(frame) => match self.on_frame(now, frame, &[], scratch, out, shared) {
+                Step::Deliver(kind, Body::Scratch) => Some(kind),
+                Step::Deliver(_, Body::Input(_)) | Step::Continue | Step::Stop => None,
+            },
+        };
+        let scratch: &'a [u8] = scratch;
+        let message = kind.and_then(|kind| self.deliver(now, kind, scratch, out, shared));
+        Input {
+            consumed: n,
+            message,
+        }
+    }
+
     /// Decodes held-back input up to its first message or event; a message is copied into
     /// `scratch` (it was in the connection's own buffer).
     fn decode_backlog<'a, O: Output>(
@@ -116,7 +173,9 @@ impl Connection {
                 return (input.len(), None);
             }
             let rest = input.get_mut(pos..).unwrap_or_default();
-            let decoded = self.decoder.decode(&shared.settings.limits, rest);
+            let decoded = self
+                .decoder
+                .decode(&shared.settings.limits, &mut shared.pool, rest);
             let at = pos;
             pos += decoded.consumed;
             match decoded.outcome {
@@ -154,13 +213,18 @@ impl Connection {
         match frame {
             Frame::Message(kind, Payload::Input(range)) => Step::Deliver(kind, Body::Input(range)),
             Frame::Message(kind, Payload::Owned(bytes)) => {
-                *scratch = bytes;
+                // Moved in, not copied: what the scratch buffer held goes back to the pool.
+                shared.pool.give(std::mem::replace(scratch, bytes));
                 Step::Deliver(kind, Body::Scratch)
             }
             // After our close frame, data is not delivered: no need to inflate it.
             Frame::Compressed(..) if !self.is_open() => Step::Continue,
             Frame::Compressed(kind, payload) => {
-                match self.inflate(payload.bytes(input), scratch, shared) {
+                let inflated = self.inflate(payload.bytes(input), scratch, shared);
+                if let Payload::Owned(buffer) = payload {
+                    shared.pool.give(buffer);
+                }
+                match inflated {
                     Ok(()) => Step::Deliver(kind, Body::Scratch),
                     Err(error) => {
                         self.fail(now, error, out, shared);
@@ -726,5 +790,114 @@ mod tests {
             ProtocolError::MessageTooBig,
             1009,
         );
+    }
+
+    /// Large messages (at least the pool's large size) are read straight into place.
+    fn large_settings() -> Settings {
+        Settings {
+            large_payload: 4096,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn large_messages_are_read_into_place_and_echoed() {
+        let mut h = Harness::open(large_settings());
+        h.echo = true;
+        let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let wire = [
+            client_frame(OpCode::Binary, &payload),
+            client_frame(OpCode::Ping, b"after"),
+        ]
+        .concat();
+        h.feed(&wire[..1000]);
+        assert!(h.conn.memory() >= payload.len(), "reserved from the header");
+        let direct = h.feed_reads(&wire[1000..]);
+        assert_eq!(direct, 1, "the rest of the payload in one read");
+        assert_eq!(h.take_seen(), vec![Seen::Binary(payload.clone(), false)]);
+        let frames = h.frames();
+        assert_eq!(frames[0].payload, payload, "the echo");
+        assert_eq!(
+            (frames[1].opcode, &frames[1].payload[..]),
+            (0xA, &b"after"[..])
+        );
+        assert_eq!(h.conn.memory(), 0);
+        assert!(
+            h.shared.pool.idle_bytes() == 0,
+            "the message went to the scratch buffer"
+        );
+    }
+
+    #[test]
+    fn fragmented_and_text_large_messages_take_the_same_path() {
+        let mut h = Harness::open(large_settings());
+        let text = "héllo wörld ".repeat(3000);
+        let bytes = text.as_bytes();
+        let (a, b) = bytes.split_at(20_001); // inside a two-byte character
+        let wire = [
+            client_frame_rsv(false, 0, OpCode::Text, a),
+            client_frame(OpCode::Ping, b"p"),
+            client_frame(OpCode::Continuation, b),
+        ]
+        .concat();
+        // The header first, then the rest of the first fragment with the ping and the next
+        // header, then the rest of the message.
+        let second = wire.len() - b.len() + 20;
+        let direct = h.feed_reads(&wire[..100])
+            + h.feed_reads(&wire[100..second])
+            + h.feed_reads(&wire[second..]);
+        assert_eq!(direct, 2, "each fragment's payload read into place");
+        assert_eq!(h.take_seen(), vec![Seen::Text(text, false)]);
+        // Invalid text read into place fails the connection with 1007 at once.
+        let mut bad = vec![b'a'; 50_000];
+        bad[10_000] = 0xc3;
+        let wire = client_frame(OpCode::Text, &bad);
+        h.feed_reads(&wire[..20]);
+        h.feed_reads(&wire[20..20_000]);
+        assert_eq!(h.close_frame().0, 1007);
+        assert_eq!(h.conn.read_target(&h.shared), None);
+    }
+
+    #[test]
+    fn no_read_target_while_input_is_held_back_or_after_the_end() {
+        let mut h = Harness::open(large_settings());
+        let wire = client_frame(OpCode::Binary, &[5; 50_000]);
+        h.feed(&wire[..100]);
+        assert!(h.conn.read_target(&h.shared).is_some());
+        h.conn.defer(&wire[100..200]);
+        assert_eq!(
+            h.conn.read_target(&h.shared),
+            None,
+            "held-back input goes first"
+        );
+        h.resume();
+        // 8 header bytes and 192 payload bytes are in.
+        assert_eq!(
+            h.conn.read_target(&h.shared).map(|t| t.len()),
+            Some(50_000 - 192)
+        );
+        h.conn.handle_transport_error();
+        assert_eq!(h.conn.read_target(&h.shared), None);
+    }
+
+    #[test]
+    fn a_large_compressed_message_is_read_into_place_then_inflated() {
+        let settings = Settings {
+            large_payload: 4096,
+            ..deflate_settings(1 << 20)
+        };
+        let mut h = Harness::open_with(settings, OFFER);
+        let mut seed = 7u32;
+        let text: String = (0..40_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                char::from(b'a' + (seed >> 16) as u8 % 26)
+            })
+            .collect();
+        let wire = compressed(text.as_bytes());
+        assert!(wire.len() > 8192, "compressed to {} bytes", wire.len());
+        let direct = h.feed_reads(&wire[..50]) + h.feed_reads(&wire[50..]);
+        assert_eq!(direct, 1);
+        assert_eq!(h.take_seen(), vec![Seen::Text(text, false)]);
     }
 }

@@ -26,6 +26,14 @@
 //!    steps 2 and 3 after every call, so the application answers each message before the
 //!    next one is decoded. A peer's FIN is
 //!    [`Connection::handle_eof`], a socket or TLS error [`Connection::handle_transport_error`].
+//!
+//!    *Large frames* are read straight into place: before each read, ask
+//!    [`Connection::read_target`]; when it lends the unfilled part of a large frame's payload
+//!    (in a buffer from the [`Shared`] pool), read into that slice instead of the caller's own
+//!    buffer and pass the count to [`Connection::handle_direct`], which then stands for
+//!    `handle_input` (steps 2 and 3 follow as after it). A message that is not in `input` is
+//!    in the scratch buffer, all of it; a caller done with it gives the scratch buffer back
+//!    to [`Shared::pool`] (or keeps it, or moves it on: it is the caller's).
 //! 2. **Events.** [`Connection::poll_event`] until it returns `None`: requests to answer,
 //!    round-trip times, rate limiting, and [`Event::Closed`] once for every connection that
 //!    was accepted.
@@ -194,8 +202,10 @@ impl Connection {
     ///
     /// Returns how much of `input` was consumed (all of it unless it stopped after something
     /// to report) and the message, if that is what it stopped for: borrowed from `input`, or
-    /// from `scratch` when it could not be (assembled, inflated, or held back). `scratch` is
-    /// the caller's, shared by every connection (overwritten here; the caller may shrink it).
+    /// else it is the whole of `scratch` (assembled, inflated, or held back). `scratch` is
+    /// the caller's, shared by every connection (overwritten here: a large message's buffer is
+    /// moved in and what `scratch` held goes to the pool; the caller may shrink it, give it
+    /// back to [`Shared::pool`], or move it on).
     /// While input is held back ([`has_backlog`](Connection::has_backlog)), new bytes are
     /// appended behind it and decoding continues from the held bytes; call with an empty
     /// slice to resume them.

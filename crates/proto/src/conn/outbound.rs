@@ -4,7 +4,7 @@
 
 use crate::{MessageKind, OpCode};
 
-use super::output::{write_frame, Output};
+use super::output::{write_frame, write_frame_owned, Output};
 use super::shared::Shared;
 use super::{ActionError, Connection};
 
@@ -54,8 +54,13 @@ impl Connection {
         match deflate {
             Some(deflate) => {
                 let packed = shared.compress(deflate, payload);
-                write_frame(out, opcode, true, &[&packed]);
-                shared.done_compressing(packed);
+                if packed.len() >= shared.settings.large_payload {
+                    // A large compressed payload is given away, not copied.
+                    write_frame_owned(out, opcode, true, packed);
+                } else {
+                    write_frame(out, opcode, true, &[&packed]);
+                    shared.done_compressing(packed);
+                }
             }
             None => write_frame(out, opcode, false, &[payload]),
         }
@@ -201,6 +206,51 @@ mod tests {
                 .shared_frame(MessageKind::Text, b"x", Encoding::Own),
             None
         );
+    }
+
+    /// An output that records which pushes gave their payload away.
+    #[derive(Default)]
+    struct Recorder {
+        wire: Vec<u8>,
+        owned: Vec<usize>,
+    }
+
+    impl crate::conn::Output for Recorder {
+        fn push(&mut self, parts: &[&[u8]]) {
+            crate::conn::Output::push(&mut self.wire, parts);
+        }
+
+        fn push_owned(&mut self, header: &[u8], payload: Vec<u8>) {
+            self.owned.push(payload.len());
+            crate::conn::Output::push(&mut self.wire, &[header, &payload]);
+        }
+    }
+
+    #[test]
+    fn a_large_compressed_payload_is_given_away_not_copied() {
+        let settings = Settings {
+            large_payload: 1024,
+            ..deflate(false)
+        };
+        let mut h = Harness::open_with(settings, OFFER);
+        let mut seed = 1u32;
+        let long: Vec<u8> = (0..20_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                b'a' + (seed >> 16) as u8 % 26
+            })
+            .collect();
+        let mut out = Recorder::default();
+        for message in [&long[..], &long[..100]] {
+            h.conn
+                .send(MessageKind::Binary, message, &mut out, &mut h.shared)
+                .unwrap();
+        }
+        assert_eq!(out.owned.len(), 1, "only the large one");
+        assert!(out.owned[0] >= 1024);
+        let frames = server_frames(&out.wire);
+        assert_eq!(inflate(&frames[0].payload), long);
+        assert_eq!(inflate(&frames[1].payload), &long[..100]);
     }
 
     #[test]

@@ -36,13 +36,42 @@ pub(super) fn write_frame<O: Output + ?Sized>(
     parts: &[&[u8]],
 ) {
     let len = parts.iter().map(|p| p.len()).sum();
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let n = data_header(opcode, compressed, len, &mut header);
-    let mut all: [&[u8]; 3] = [header.get(..n).unwrap_or_default(), &[], &[]];
+    let header = Header::new(opcode, compressed, len);
+    let mut all: [&[u8]; 3] = [header.bytes(), &[], &[]];
     for (slot, part) in all.iter_mut().skip(1).zip(parts) {
         *slot = part;
     }
     out.push(&all);
+}
+
+/// Writes one server frame like [`write_frame`], giving its payload away
+/// ([`Output::push_owned`]: a queue of owned chunks keeps it instead of a copy).
+pub(super) fn write_frame_owned<O: Output + ?Sized>(
+    out: &mut O,
+    opcode: OpCode,
+    compressed: bool,
+    payload: Vec<u8>,
+) {
+    let header = Header::new(opcode, compressed, payload.len());
+    out.push_owned(header.bytes(), payload);
+}
+
+/// A server frame header.
+struct Header {
+    bytes: [u8; MAX_HEADER_LEN],
+    len: usize,
+}
+
+impl Header {
+    fn new(opcode: OpCode, compressed: bool, payload_len: usize) -> Header {
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        let len = data_header(opcode, compressed, payload_len, &mut bytes);
+        Header { bytes, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
 }
 
 /// Writes a close frame with `code` and `reason` (cut to 123 bytes on a character boundary,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::contexts::{ConnDeflate, SharedContexts};
 use crate::deflate::DeflateConfig;
+use crate::pool::{self, BufferPool};
 use crate::Limits;
 
 /// A compression scratch buffer above this capacity is not kept between messages.
@@ -36,6 +37,14 @@ pub struct Settings {
     pub rate_policy: RatePolicy,
     /// permessage-deflate (RFC 7692); `None` declines every offer.
     pub deflate: Option<DeflateConfig>,
+    /// Payloads from this size on are assembled in pooled buffers reserved from the frame
+    /// header, and read straight into them ([`Connection::read_target`]); set it to the
+    /// caller's read buffer size (see [`pool::LARGE`]).
+    ///
+    /// [`Connection::read_target`]: super::Connection::read_target
+    pub large_payload: usize,
+    /// The most bytes of idle large buffers the [`BufferPool`] keeps for reuse.
+    pub pool_cap: usize,
 }
 
 impl Default for Settings {
@@ -51,6 +60,8 @@ impl Default for Settings {
             max_bytes_rate: None,
             rate_policy: RatePolicy::Pause,
             deflate: None,
+            large_payload: pool::LARGE,
+            pool_cap: pool::CAP,
         }
     }
 }
@@ -75,8 +86,8 @@ pub struct ProxyPolicy {
     pub trusted: bool,
 }
 
-/// The settings plus the deflate contexts and compression scratch buffer every connection of a
-/// reactor shares.
+/// The settings plus what every connection of a reactor shares: the deflate contexts, the
+/// compression scratch buffer and the pool of large message buffers.
 #[derive(Debug)]
 pub struct Shared {
     /// The rules.
@@ -85,6 +96,9 @@ pub struct Shared {
     contexts: SharedContexts,
     /// Compressed payloads are built here before they are written out.
     deflate_buf: Vec<u8>,
+    /// Large message buffers for reuse (the caller gives back the ones it was handed, and
+    /// frees idle ones now and then: [`BufferPool::release_if_idle`]).
+    pub pool: BufferPool,
 }
 
 impl Shared {
@@ -92,6 +106,7 @@ impl Shared {
     pub fn new(settings: Settings) -> Shared {
         let level = settings.deflate.as_ref().map_or(1, |d| d.level);
         Shared {
+            pool: BufferPool::new(settings.large_payload, settings.pool_cap),
             settings,
             contexts: SharedContexts::new(level),
             deflate_buf: Vec::new(),
@@ -107,7 +122,8 @@ impl Shared {
     ) -> Result<(), crate::ProtocolError> {
         out.clear();
         let max = usize::try_from(self.settings.limits.max_message).unwrap_or(usize::MAX);
-        self.contexts.inflate(conn, payload, out, max)
+        self.contexts
+            .inflate(conn, payload, out, max, &mut self.pool)
     }
 
     /// `payload` compressed for `conn` (its own context, or the shared one), in the scratch

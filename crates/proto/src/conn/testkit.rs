@@ -189,6 +189,36 @@ impl Harness {
         self.resume();
     }
 
+    /// One arrival of `bytes`, read as a reactor with direct reads reads it: each read lands
+    /// in the connection's read target when it lends one (at most its length; the rest is
+    /// left for the next read), else the rest of the arrival is fed as one read. Returns how
+    /// many reads went into place.
+    pub fn feed_reads(&mut self, bytes: &[u8]) -> usize {
+        let mut direct = 0;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(target) = self.conn.read_target(&self.shared) else {
+                self.feed(&bytes[pos..]);
+                return direct;
+            };
+            let n = target.len().min(bytes.len() - pos);
+            target[..n].copy_from_slice(&bytes[pos..pos + n]);
+            pos += n;
+            direct += 1;
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let got =
+                self.conn
+                    .handle_direct(self.now, n, &mut scratch, &mut self.out, &mut self.shared);
+            assert_eq!(got.consumed, n);
+            if let Some(message) = got.message {
+                self.on_message(message, false);
+            }
+            self.drain_events();
+            self.scratch = scratch;
+        }
+        direct
+    }
+
     /// Decodes held-back input while the connection says there is some to decode.
     pub fn resume(&mut self) {
         let mut scratch = std::mem::take(&mut self.scratch);

@@ -14,7 +14,7 @@ use crate::codec::{CodecError, Reader, Writer};
 use crate::frame::{OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::utf8::Utf8Validator;
 
-use super::{Decoder, FrameInProgress, MessageKind, Partial, RSV1};
+use super::{Assembly, Decoder, FrameInProgress, MessageKind, Partial, RSV1};
 
 /// Message kinds on the wire.
 const NO_MESSAGE: u8 = 0;
@@ -51,7 +51,7 @@ impl Decoder {
             Some(MessageKind::Binary) => BINARY,
         });
         w.bytes(partial.utf8.carried());
-        w.bytes(&partial.data);
+        w.bytes(partial.data.bytes());
         w.bytes(&partial.control);
     }
 
@@ -130,7 +130,8 @@ fn import_partial(r: &mut Reader<'_>) -> Result<Partial, CodecError> {
         compressed,
         message,
         utf8,
-        data,
+        // Moved as plain bytes; it grows as before (a pooled buffer is this process's).
+        data: Assembly::Small(data),
         control,
     })
 }
@@ -140,14 +141,16 @@ mod tests {
     use super::super::{Decoded, Event, Limits, Outcome, Payload};
     use super::*;
     use crate::conn::testkit::{client_frame, client_frame_rsv};
+    use crate::pool::BufferPool;
 
     /// Feeds `bytes` to `decoder` and collects every outcome but `NeedMore`.
     fn run(decoder: &mut Decoder, bytes: &[u8]) -> Vec<Outcome> {
         let mut input = bytes.to_vec();
         let mut rest = &mut input[..];
         let mut seen = Vec::new();
+        let mut pool = BufferPool::default();
         loop {
-            let Decoded { consumed, outcome } = decoder.decode(&Limits::default(), rest);
+            let Decoded { consumed, outcome } = decoder.decode(&Limits::default(), &mut pool, rest);
             // Payloads that borrow the input are copied out so the outcomes can be compared.
             let outcome = match outcome {
                 Outcome::NeedMore => {

@@ -1,0 +1,191 @@
+//! Large messages in the reactor: the pool of message buffers (the protocol's
+//! [`BufferPool`](wsloop_proto::pool::BufferPool) in [`Core::shared`]) kept in the memory
+//! budget, refilled by the buffers the output queues have finished with, and emptied when idle;
+//! and the end of a lent delivery, when a message the application sent back moves into the
+//! output.
+//!
+//! A message buffer's life: the connection takes it from the pool when a frame header declares
+//! a large payload, the payload is read into it, the finished message is moved into the
+//! reactor's scratch buffer and handed to the application. If the application sends it (an
+//! echo), the buffer moves into the output queues ([`Lent`]) and comes back through
+//! [`Returns`](crate::out::Returns) once written; otherwise the scratch buffer goes back
+//! to the pool after the read. At every step one holder counts it in the budget: the
+//! connection's state, a queue's footprint, or the pool's idle bytes.
+
+use wsloop_proto::time::Tick;
+
+use crate::out::Lent;
+
+use super::Core;
+
+impl Core {
+    /// Moves the buffers the output queues have finished with back into the pool.
+    pub(super) fn reclaim_buffers(&mut self) {
+        for buffer in self.budget.returns().drain() {
+            self.shared.pool.give(buffer);
+        }
+    }
+
+    /// Brings the pool's idle bytes up to date in the budget.
+    pub(super) fn account_pool(&mut self) {
+        self.budget.account_pool(self.shared.pool.idle_bytes());
+    }
+
+    /// At the end of a turn: the returned buffers into the pool, the pool emptied if it went
+    /// unused for a while (or at once when the process is over its memory budget: idle
+    /// buffers go before any connection is shed), and the budget told.
+    pub(super) fn tend_pool(&mut self) {
+        self.reclaim_buffers();
+        if self.budget.over(self.config.max_buffered) {
+            self.shared.pool.release();
+        } else {
+            self.shared.pool.release_if_idle(self.tick);
+        }
+        self.account_pool();
+    }
+
+    /// Whether the process is over its memory budget, counting this turn's lent message
+    /// buffers too (in no queue yet): then nothing more is read until the end of the turn
+    /// has shed connections, so one turn's reads never take the process past the budget by
+    /// more than what one connection's visit reads.
+    pub(super) fn over_budget(&self) -> bool {
+        self.budget
+            .over_with(self.outbox.lent_bytes(), self.config.max_buffered)
+    }
+
+    /// When the pool's idle buffers are due to be freed (the poll timeout wakes for it).
+    pub(super) fn pool_deadline(&self) -> Option<Tick> {
+        self.shared.pool.next_release()
+    }
+
+    /// A lent delivery ended (the message is no longer borrowed): if the application sent it,
+    /// the scratch buffer holding it moves into the output, shared by every send of it, and
+    /// comes back to the pool once written; otherwise nothing happens.
+    pub(super) fn end_lending(&mut self, scratch: &mut Vec<u8>) {
+        let Some(lending) = self.outbox.lent_and_sent() else {
+            return self.outbox.end_lending(None);
+        };
+        let start = lending.addr.wrapping_sub(scratch.as_ptr() as usize);
+        let range = start..start.saturating_add(lending.len);
+        let lent = scratch
+            .get(range.clone())
+            .is_some()
+            .then(|| Lent::new(std::mem::take(scratch), Some(self.budget.returns())));
+        self.outbox
+            .end_lending(lent.as_ref().map(|lent| (lent, range)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::super::{Reactor, Visit};
+    use crate::app::{ConnId, Context, Handler, Message};
+    use crate::config::Config;
+    use crate::out::EntryData;
+
+    const MIB: usize = 1 << 20;
+
+    /// Sends every message back.
+    #[derive(Default)]
+    struct Echo;
+
+    impl Handler for Echo {
+        fn on_message(&mut self, ctx: &mut Context<'_>, id: ConnId, msg: Message<'_>) {
+            ctx.send(id, msg);
+        }
+    }
+
+    /// A masked binary frame of `payload` (key 0: the bytes stay as they are).
+    fn client_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    /// Payloads from the pool's large size on are reserved whole: the reactor's read buffer,
+    /// whose size it stands for ([`crate::config::Config::settings`]).
+    #[test]
+    fn the_large_size_is_the_read_buffer() {
+        assert_eq!(wsloop_proto::pool::LARGE, super::super::READ_BUF);
+    }
+
+    /// One turn of the loop for every connection: accept, read, end the turn.
+    fn turn(reactor: &mut Reactor<Echo>) {
+        reactor.accept_all(false);
+        let keys: Vec<usize> = reactor.core.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            reactor.core.on_writable(&mut reactor.app, key);
+            reactor.on_readable(key, Visit::Ready);
+        }
+    }
+
+    /// The echo of a large message is queued by move (the very buffer the message was read
+    /// into), and that buffer is back in the pool once written, counted in the budget; the
+    /// pool lets it go once idle.
+    #[test]
+    fn a_large_echo_leaves_by_move_and_its_buffer_returns_to_the_pool() {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        let payload: Vec<u8> = (0..2 * MIB).map(|i| (i % 253) as u8).collect();
+        let sent = payload.clone();
+        let client = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+            s.write_all(&client_frame(&sent)).unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0; 1 << 16];
+            // The 101's head, then the echo: a 10-byte header and the payload.
+            let complete = |got: &[u8]| {
+                got.windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .is_some_and(|end| got.len() >= end + 4 + 10 + sent.len())
+            };
+            while !complete(&got) {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lent_seen = false;
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "no echo");
+            turn(&mut reactor);
+            lent_seen |= reactor.core.outbox.entries.iter().any(
+                |e| matches!(&e.data, EntryData::Lent(lent, _) if lent.bytes().len() == 2 * MIB),
+            );
+            reactor.core.finish_turn(&mut reactor.app);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = client.join().unwrap();
+        assert!(got.ends_with(&payload), "the echo differs");
+        assert!(lent_seen, "the echo was copied, not moved");
+        assert_eq!(
+            reactor.core.shared.pool.idle_bytes(),
+            2 * MIB,
+            "back in the pool"
+        );
+        assert!(reactor.core.budget.held() >= 2 * MIB as u64, "and counted");
+        // Idle for a while: let go.
+        reactor.core.tick = reactor.core.tick.after(Duration::from_secs(2));
+        reactor.core.finish_turn(&mut reactor.app);
+        assert_eq!(reactor.core.shared.pool.idle_bytes(), 0);
+        assert!(reactor.core.budget.held() < MIB as u64);
+    }
+}
