@@ -77,6 +77,16 @@ struct Slot {
 }
 
 impl Deadlines {
+    /// Room for `conns` connections (see `table_capacity`).
+    pub(super) fn with_capacity(conns: usize) -> Deadlines {
+        Deadlines {
+            heap: Timers {
+                heap: BinaryHeap::with_capacity(conns),
+            },
+            slots: Vec::with_capacity(conns),
+        }
+    }
+
     /// Sets the deadline of the connection at slab key `key` to `at`. Pushes a heap entry
     /// only when none is queued at or before `at`, so a deadline pushed back on every
     /// keep-alive request costs no memory.
