@@ -472,7 +472,7 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     let warmup = settings.warmup.to_string();
     let wsload = path(&settings.bins.join("wsload"));
     let url = format!("ws://{}/", running.addr());
-    let fresh_kib = status_kib(running.pid(), "VmRSS:");
+    let fresh_kib = status_kib(running.pid(), "VmRSS");
     let mut args: Vec<String> = vec![wsload.clone()];
     match point.load {
         Load::Latency => {
@@ -513,7 +513,7 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     if let Some(mut perf) = perf {
         let _ = perf.wait();
     }
-    let peak_kib = status_kib(running.pid(), "VmHWM:");
+    let peak_kib = status_kib(running.pid(), "VmHWM");
     drop(running);
     let mut values = extract(point.load, &json);
     match point.load {
@@ -528,18 +528,9 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     values
 }
 
-/// A figure of `/proc/PID/status` given in KiB, by its label (`NaN` when unreadable).
-fn status_kib(pid: u32, label: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(label))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(f64::NAN)
+/// A `kB` field of `/proc/PID/status` by its name (`NaN` when unreadable).
+fn status_kib(pid: u32, field: &str) -> f64 {
+    wsload::stats::status_kib(pid, field).map_or(f64::NAN, |kib| kib as f64)
 }
 
 /// `perf record -g` of the server for the length of the point (warm-up included).

@@ -86,14 +86,9 @@ impl Measure {
 }
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes; `None` once the process
-/// has exited.
+/// is gone.
 fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
+    wsload::stats::status_kib(pid, field).map(|kib| kib << 10)
 }
 
 /// Lowers the process's `VmHWM` to its present RSS (Linux's `clear_refs` value 5), so the

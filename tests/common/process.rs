@@ -36,11 +36,5 @@ pub fn context_switches(pid: u32) -> u64 {
 
 /// `VmHWM` of process `pid`, in KiB: the most `VmRSS` has been since it started.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+    wsload::stats::peak_rss_kib(pid).expect("VmHWM of the server")
 }

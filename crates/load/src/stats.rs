@@ -197,12 +197,25 @@ fn parse_stat_cpu(stat: &str) -> Option<f64> {
 
 /// Resident memory (`VmRSS`) of process `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
+    status_kib(pid, "VmRSS")
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// The most resident memory process `pid` has had (`VmHWM`, its high-water mark) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...) by its name; `None` once the
+/// process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -309,7 +322,9 @@ mod tests {
         let stat = "1234 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
         let status = "Name:\twsloop\nVmPeak:\t  9000 kB\nVmRSS:\t    4321 kB\n";
-        assert_eq!(parse_vm_rss(status), Some(4321));
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(4321));
+        assert_eq!(parse_status_kib(status, "VmPeak"), Some(9000));
+        assert_eq!(parse_status_kib(status, "VmHWM"), None);
         assert!(cpu_seconds(None).is_some());
         assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
         assert!(open_files_limit().is_some_and(|n| n > 0));
