@@ -242,6 +242,24 @@ pub trait Handler {
     fn on_drain(&mut self, ctx: &mut Context<'_>, id: ConnId) {
         let _ = (ctx, id);
     }
+
+    /// Connection `id` moves to a new process (a `SIGUSR2` upgrade, see [`crate::upgrade`]):
+    /// return what the new process's application needs to carry on with it (its
+    /// [`Handler::import`] gets these bytes) and forget it here — [`Handler::on_close`] is
+    /// not called for a connection that moved. Its path, peer and rooms still answer during
+    /// the call. The default keeps nothing.
+    fn export(&mut self, ctx: &mut Context<'_>, id: ConnId) -> Vec<u8> {
+        let _ = (ctx, id);
+        Vec::new()
+    }
+
+    /// Connection `id` arrived from an old process, open and in its rooms already, with what
+    /// that process's application exported for it (`state`). Also called in the old process,
+    /// with its own export, when the new process did not take the connection after all. The
+    /// default ignores `state`.
+    fn import(&mut self, ctx: &mut Context<'_>, id: ConnId, state: &[u8]) {
+        let _ = (ctx, id, state);
+    }
 }
 
 /// What a callback can do: send, close, publish, inspect.

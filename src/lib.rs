@@ -255,7 +255,7 @@ mod tls;
 #[path = "no_tls.rs"]
 mod tls;
 mod tls_error;
-mod upgrade;
+pub mod upgrade;
 mod workers;
 
 pub use admission::client_addr::{Cidr, CidrError, ForwardedHeader};
@@ -270,6 +270,7 @@ pub use pubsub::rooms::RoomPolicy;
 pub use reactor::Reactor;
 pub use stats::{CloseCounts, RejectReason, RttHistogram, Stats};
 pub use tls::{TlsConfig, TlsError};
+pub use upgrade::Upgrades;
 pub use workers::Workers;
 
 /// The insides the benchmarks measure (`benches/micro.rs`, `benches/load.rs`). Not part of

@@ -306,3 +306,38 @@ fn answers_head(stream: &mut TlsStream) -> bool {
     let request = b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n";
     stream.write_all(request).is_ok() && status(&read_http_head(stream)) == 200
 }
+
+/// A `SIGUSR2` upgrade cannot move a TLS session (rustls cannot export one): the TLS
+/// connection is closed with 1001 as a shutdown would, and the new process serves wss on
+/// the same port.
+#[test]
+fn an_upgrade_drains_tls_connections_with_1001() {
+    let dir = std::env::temp_dir().join(format!("wsloop-tls-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("wsloop.pid");
+    let (mut old, cert) = tls_server(&["--pid-file", pid_file.to_str().unwrap()]);
+    let mut ws = wss(&old, &cert, "/");
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before"));
+    old.signal("USR2");
+    match ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let _ = ws.close(None);
+    let _ = ws.flush();
+    drop(ws);
+    let exited = old.exit_within(Duration::from_secs(20));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let new: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new, old.pid());
+    let mut ws = wss(&old, &cert, "/");
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("after"));
+    common::server::signal_pid(new, "TERM");
+    let _ = std::fs::remove_dir_all(&dir);
+}

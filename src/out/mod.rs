@@ -156,6 +156,30 @@ impl ConnOut {
             .saturating_sub(u32::try_from(dropped).unwrap_or(u32::MAX));
     }
 
+    /// Takes everything the socket has not taken yet out of the queue, in order (the rest
+    /// of a frame being written first): the connection moves to another process, which
+    /// sends it. Call it only when this turn's outbox holds nothing for it.
+    pub(crate) fn take_unsent(&mut self, budget: &mut Budget) -> Vec<u8> {
+        let before = self.queue.footprint();
+        let mut unsent = Vec::with_capacity(self.queue.len());
+        while !self.queue.is_empty() {
+            match self.queue.write_to(&mut unsent) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        budget.change(before, self.queue.footprint());
+        unsent
+    }
+
+    /// Queues `unsent`: bytes another process (or a handoff that failed) had not sent yet,
+    /// ahead of anything produced from now on.
+    pub(crate) fn restore(&mut self, budget: &mut Budget, unsent: &[u8]) {
+        let before = self.queue.footprint();
+        self.queue.push_bytes(unsent);
+        budget.change(before, self.queue.footprint());
+    }
+
     /// The connection leaves: nothing it held counts any more.
     pub(crate) fn release(&mut self, budget: &mut Budget) {
         self.clear(budget);

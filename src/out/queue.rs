@@ -133,7 +133,6 @@ impl OutQueue {
         })
     }
 
-    #[cfg(test)]
     /// Appends a copy of `bytes`, extending the last owned chunk where it has room.
     pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
@@ -209,7 +208,6 @@ impl OutQueue {
         })
     }
 
-    #[cfg(test)]
     /// Writes the queue to `socket` until it is empty or the socket would block.
     ///
     /// Returns the bytes written. `WouldBlock` is not an error here: it only means the rest

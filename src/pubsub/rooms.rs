@@ -157,6 +157,11 @@ impl Rooms {
         true
     }
 
+    /// The rooms connection `key` is a member of.
+    pub(crate) fn topics_of(&self, key: usize) -> &[Box<str>] {
+        self.by_conn.get(&key).map_or(&[], Vec::as_slice)
+    }
+
     /// The room named `topic`, if it has members.
     pub(crate) fn get(&self, topic: &str) -> Option<&Room> {
         self.topics.get(topic)

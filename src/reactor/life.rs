@@ -138,13 +138,21 @@ impl Core {
     fn remove_doomed<H: Handler>(&mut self, app: &mut H) {
         while let Some(key) = self.doomed.pop() {
             self.dispatch_last_events(app, key);
-            if let Some(mut entry) = self.conns.try_remove(key) {
-                self.stats.open -= 1;
-                entry.out.release(&mut self.budget);
-                self.admission.count_out(key);
-                self.leave_rooms(key);
-                self.forget_facts(key, entry.facts);
-            }
+            self.forget(key);
         }
+    }
+
+    /// Takes connection `key` out of the slab and out of everything that counts it: open
+    /// connections, the budget, admission, rooms, facts, its deadline. Returns it (its socket
+    /// still open).
+    pub(super) fn forget(&mut self, key: usize) -> Option<super::entry::Entry> {
+        let mut entry = self.conns.try_remove(key)?;
+        self.stats.open -= 1;
+        entry.out.release(&mut self.budget);
+        self.admission.count_out(key);
+        self.leave_rooms(key);
+        self.forget_facts(key, entry.facts);
+        self.timers.disarm(key);
+        Some(entry)
     }
 }

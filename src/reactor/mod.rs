@@ -51,15 +51,18 @@ use crate::out::{Budget, Outbox};
 use crate::pubsub::rooms::Rooms;
 use crate::pubsub::Inbox;
 use crate::stats::Stats;
+use crate::upgrade::Upgrades;
 use crate::workers::Member;
 
 use entry::Entry;
 use facts::{Paths, Peers};
+use handoff::Handoff;
 use timers::Deadlines;
 
 mod accept;
 pub(crate) mod entry;
 mod facts;
+mod handoff;
 mod large;
 mod life;
 pub(crate) mod listen;
@@ -156,6 +159,10 @@ pub struct Reactor<H: Handler> {
     next_stats: Option<Instant>,
     /// Publications from the broker (other workers, other processes).
     inbox: Option<Inbox>,
+    /// How to upgrade on `SIGUSR2` (`None`: this server does not).
+    upgrades: Option<Upgrades>,
+    /// Where an upgrade stands.
+    handoff: Handoff,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -164,20 +171,29 @@ impl<H: Handler> Reactor<H> {
     /// # Errors
     /// When the address cannot be bound or the poller cannot be created.
     pub fn bind(config: Config, app: H) -> io::Result<Reactor<H>> {
+        let listener = listen::bind(config.addr, config.reuse_port)?;
+        let metrics_listener = match config.metrics_addr.filter(|_| config.metrics) {
+            Some(addr) => Some(TcpListener::bind(addr)?),
+            None => None,
+        };
+        Reactor::with_listeners(config, app, listener, metrics_listener)
+    }
+
+    /// Prepares the loop on listeners bound already (here, or by an old process).
+    fn with_listeners(
+        config: Config,
+        app: H,
+        mut listener: TcpListener,
+        mut metrics_listener: Option<TcpListener>,
+    ) -> io::Result<Reactor<H>> {
         let poll = Poll::new()?;
-        let mut listener = listen::bind(config.addr, config.reuse_port)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
-        let metrics_listener = match config.metrics_addr.filter(|_| config.metrics) {
-            Some(addr) => {
-                let mut listener = TcpListener::bind(addr)?;
-                poll.registry()
-                    .register(&mut listener, METRICS, Interest::READABLE)?;
-                Some(listener)
-            }
-            None => None,
-        };
+        if let Some(listener) = &mut metrics_listener {
+            poll.registry()
+                .register(listener, METRICS, Interest::READABLE)?;
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let static_files = StaticFiles::new(config.static_dir.as_deref(), config.demo_page);
@@ -224,7 +240,15 @@ impl<H: Handler> Reactor<H> {
             emfile_logged: false,
             next_stats,
             inbox: None,
+            upgrades: None,
+            handoff: Handoff::Idle,
         })
+    }
+
+    /// Upgrades in place on `SIGUSR2` as `upgrades` says (see [`crate::upgrade`]). Only a
+    /// single reactor can: not one of several workers, not one with a broker.
+    pub fn upgrade_on_sigusr2(&mut self, upgrades: Upgrades) {
+        self.upgrades = Some(upgrades);
     }
 
     /// Makes this reactor worker `member.index` of a process: its counters go to the shared
@@ -258,7 +282,7 @@ impl<H: Handler> Reactor<H> {
         self.core.static_files.is_on_disk()
     }
 
-    /// Shuts down gracefully on SIGINT and SIGTERM.
+    /// Shuts down gracefully on SIGINT and SIGTERM; upgrades on SIGUSR2 (or says why not).
     ///
     /// # Errors
     /// When the signal handlers cannot be installed.
@@ -266,6 +290,7 @@ impl<H: Handler> Reactor<H> {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGUSR2,
         ])?;
         self.poll
             .registry()
@@ -303,6 +328,7 @@ impl<H: Handler> Reactor<H> {
                         self.drain_inbox();
                     }
                     SIGNALS => self.check_signals(),
+                    handoff::UPGRADE => self.on_channel(),
                     Token(key) => {
                         if event.is_writable() {
                             self.core.on_writable(&mut self.app, key);
@@ -330,6 +356,9 @@ impl<H: Handler> Reactor<H> {
             self.log_stats();
             if let Some(member) = &mut self.core.member {
                 member.end_turn(&self.core.stats, &self.core.rooms, self.core.now);
+            }
+            if self.tend_handoff() {
+                return Ok(());
             }
             if self.core.shutting_down {
                 self.listener = None;
@@ -362,6 +391,7 @@ impl<H: Handler> Reactor<H> {
             self.accept_paused_until,
             self.next_stats,
             self.core.shutdown_deadline,
+            self.handoff.deadline(),
         ];
         let now = Instant::now();
         deadlines
@@ -382,13 +412,17 @@ impl<H: Handler> Reactor<H> {
     }
 
     fn check_signals(&mut self) {
-        let received = self
-            .signals
-            .as_mut()
-            .is_some_and(|s| s.pending().next().is_some());
-        if received {
-            info!("signal received: shutting down gracefully");
-            self.core.begin_shutdown();
+        let received: Vec<i32> = match self.signals.as_mut() {
+            Some(signals) => signals.pending().collect(),
+            None => return,
+        };
+        for signal in received {
+            if signal == signal_hook::consts::SIGUSR2 {
+                self.start_upgrade();
+            } else {
+                info!("signal received: shutting down gracefully");
+                self.core.begin_shutdown();
+            }
         }
     }
 

@@ -159,6 +159,26 @@ pub(crate) fn render(stats: &Stats, rooms: &RoomFigures) -> String {
         "Connections paused or closed for --max-msg-rate.",
         stats.rate_limited,
     );
+    m.counter(
+        "wsloop_process_upgrades_total",
+        "SIGUSR2 upgrades that handed every connection to the new process.",
+        stats.process_upgrades,
+    );
+    m.counter(
+        "wsloop_process_upgrades_failed_total",
+        "SIGUSR2 upgrades that failed; the old process kept what it had not handed over.",
+        stats.process_upgrades_failed,
+    );
+    m.counter(
+        "wsloop_connections_handed_over_total",
+        "Connections handed to a new process during an upgrade, confirmed by it.",
+        stats.handed_over,
+    );
+    m.counter(
+        "wsloop_connections_adopted_total",
+        "Connections taken over from an old process during an upgrade.",
+        stats.adopted,
+    );
     m.gauge(
         "wsloop_buffered_bytes",
         "Bytes held in send queues, partial messages, compressor contexts and TLS sessions.",

@@ -201,10 +201,19 @@ pub struct Stats {
     /// Publications that arrived from the broker (other workers or processes) and were
     /// delivered to this reactor's subscribers.
     pub broker_in: u64,
+    /// `SIGUSR2` upgrades that ended with this process handing everything over.
+    pub process_upgrades: u64,
+    /// `SIGUSR2` upgrades that failed (the new binary did not start, refused, crashed or
+    /// did not confirm in time); this process kept serving what it had not handed over.
+    pub process_upgrades_failed: u64,
+    /// Connections handed to a new process, confirmed by it.
+    pub handed_over: u64,
+    /// Connections taken over from an old process.
+    pub adopted: u64,
 }
 
 /// How many `u64` counters [`Stats::to_fields`] yields.
-pub(crate) const STATS_FIELDS: usize = 70;
+pub(crate) const STATS_FIELDS: usize = 74;
 
 impl Stats {
     /// Counts a refusal.
@@ -266,6 +275,10 @@ impl Stats {
             &mut self.buffered_bytes,
             &mut self.broker_in,
             &mut self.ping_rtt.sum_us,
+            &mut self.process_upgrades,
+            &mut self.process_upgrades_failed,
+            &mut self.handed_over,
+            &mut self.adopted,
         ];
         fields.extend(self.rejected_by.iter_mut());
         fields.extend(self.protocol_errors.iter_mut());
@@ -317,7 +330,8 @@ impl Stats {
              \"protocol_errors_by_code\":{{\"1002\":{e1002},\"1007\":{e1007},\"1009\":{e1009}}},\
              \"publications\":{},\"backpressure_closes\":{},\"dropped_messages\":{},\
              \"idle_timeouts\":{},\"shed\":{},\"rate_limited\":{},\"buffered_bytes\":{},\
-             \"broker_in\":{}{extra}}}",
+             \"broker_in\":{},\"process_upgrades\":{},\"process_upgrades_failed\":{},\"handed_over\":{},\
+             \"adopted\":{}{extra}}}",
             self.open,
             self.accepted,
             self.rejected,
@@ -335,6 +349,10 @@ impl Stats {
             self.rate_limited,
             self.buffered_bytes,
             self.broker_in,
+            self.process_upgrades,
+            self.process_upgrades_failed,
+            self.handed_over,
+            self.adopted,
         )
     }
 }

@@ -1,18 +1,103 @@
-//! Handing live connections to a new process on `SIGUSR2` (issue 18): the first pieces, NOT
-//! wired into the reactor or the binary yet. Nothing calls them outside their tests, and no
-//! signal starts an upgrade.
+//! Handing live connections to a new process on `SIGUSR2`: a deploy that closes nothing.
 //!
-//! - [`wire`]: framed messages, each with the descriptors it carries (`SCM_RIGHTS`), over a
-//!   Unix stream socket — one end of the socketpair the new process will inherit, so that no
-//!   path exists that another local user could connect to.
-//! - [`protocol`]: the versioned hello both processes exchange before any descriptor moves.
+//! # How an upgrade goes
+//! 1. `SIGUSR2` reaches the running server (the *old* process). It starts the program at the
+//!    path it was started from, with the same arguments, and gives it one end of a fresh
+//!    socketpair as its standard input ([`INHERIT_ENV`] tells it so): no path exists that
+//!    another local user could connect to.
+//! 2. The new process says hello ([`protocol`]): the handoff protocol and the
+//!    connection-state format must match, or the old process refuses before a descriptor
+//!    moves.
+//! 3. The old process sends its listening sockets ([`LISTENERS`]) and stops accepting: the
+//!    new process accepts from then on, on the very same sockets.
+//! 4. At the end of each loop turn the old process sends a batch ([`CONNS`]) of up to
+//!    [`wire::MAX_FDS`] connections: each socket (`SCM_RIGHTS`) with its [`record`] — the
+//!    protocol connection's whole state, path, client address, rooms, output not yet written
+//!    and the application's own bytes ([`crate::Handler::export`]). It waits for the new
+//!    process to confirm the batch ([`ADOPTED`]) before it forgets those connections; until
+//!    then they are untouched, so a batch that is not confirmed is served on here as if
+//!    nothing happened.
+//! 5. What cannot move is drained as a shutdown drains it (1001): TLS connections (rustls
+//!    cannot export a live session) and connections with deflate contexts of their own
+//!    (context takeover: zlib's history cannot be exported). A request being answered or
+//!    events not handed to the application yet wait for the next turn.
+//! 6. Once nothing is left, the old process sends its counters ([`DONE`]); the new one adds
+//!    them to its own, runs the takeover hook (the binary rewrites `--pid-file` there) and
+//!    answers [`TAKEN`]; the old process exits.
 //!
-//! What a moving connection carries is `wsloop_proto::conn::export` plus the server's own
-//! state for it (path, subprotocol, client address, rooms, unwritten output): that record is
-//! not written yet.
+//! If the new program does not start, refuses, closes the channel or does not answer in
+//! time, the old process kills it (by its pid), resumes accepting and serves on what it has
+//! not handed over; `wsloop_upgrades_failed_total` counts it.
+//!
+//! Only a single reactor upgrades (one worker, no Redis): with `--workers` or `--redis`
+//! `SIGUSR2` is ignored with a log line.
 
-// Not wired yet: only the tests use these.
-#![allow(dead_code)]
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+pub(crate) mod process;
 pub(crate) mod protocol;
+pub(crate) mod record;
 pub(crate) mod wire;
+
+/// Set (to `1`) in the environment of the new process: its standard input is the handoff
+/// channel.
+pub const INHERIT_ENV: &str = "WSLOOP_UPGRADE";
+
+/// Old → new: the listening sockets (body: a bit per listener, 1 the main one, 2 `/metrics`).
+pub(crate) const LISTENERS: u8 = 3;
+/// Old → new: a batch of connections ([`record::encode_batch`]) with their sockets.
+pub(crate) const CONNS: u8 = 4;
+/// New → old: the batch was taken (body: its count as a `u32`).
+pub(crate) const ADOPTED: u8 = 5;
+/// New → old: the batch was not taken (body: why); the old process serves it on.
+pub(crate) const NOT_ADOPTED: u8 = 6;
+/// Old → new: everything moved (body: the old process's counters).
+pub(crate) const DONE: u8 = 7;
+/// New → old: the new process serves everything now.
+pub(crate) const TAKEN: u8 = 8;
+
+/// Whether this process was started by an upgrade (see [`INHERIT_ENV`]).
+pub fn inheriting() -> bool {
+    std::env::var_os(INHERIT_ENV).is_some()
+}
+
+/// How this server upgrades on `SIGUSR2`: the program to start and its arguments, and what
+/// the new process does once it has taken over.
+#[derive(Clone)]
+pub struct Upgrades {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) on_takeover: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Upgrades {
+    /// Upgrades start `program` with `args`. Give the path the server was started from
+    /// (resolved at start: a deploy replaces the file at that path).
+    pub fn new(program: PathBuf, args: Vec<OsString>) -> Upgrades {
+        Upgrades {
+            program,
+            args,
+            on_takeover: None,
+        }
+    }
+
+    /// Runs `hook` in the new process once the old one has handed everything over (e.g. to
+    /// rewrite a pid file).
+    pub fn on_takeover(mut self, hook: impl Fn() + Send + Sync + 'static) -> Upgrades {
+        self.on_takeover = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl fmt::Debug for Upgrades {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrades")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("on_takeover", &self.on_takeover.is_some())
+            .finish()
+    }
+}

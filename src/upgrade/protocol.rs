@@ -106,6 +106,8 @@ impl std::fmt::Display for HelloError {
     }
 }
 
+impl std::error::Error for HelloError {}
+
 impl From<io::Error> for HelloError {
     fn from(e: io::Error) -> HelloError {
         HelloError::Io(e)

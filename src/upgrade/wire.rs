@@ -88,6 +88,7 @@ impl<S: AsFd> Channel<S> {
     }
 
     /// Whether messages wait for the socket.
+    #[cfg(test)]
     pub(crate) fn has_queued(&self) -> bool {
         !self.queue.is_empty()
     }
@@ -163,6 +164,8 @@ impl<S: AsFd> Channel<S> {
     /// # Errors
     /// A socket error, a malformed header, or descriptors missing for a message.
     pub(crate) fn receive(&mut self, out: &mut Vec<Msg>, blocking: bool) -> io::Result<()> {
+        // Messages an earlier `recv_one` read past the one it returned come first.
+        out.extend(self.ready.drain(..));
         loop {
             let start = self.input.len();
             self.input.resize(start + READ_CHUNK, 0);

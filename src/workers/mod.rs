@@ -23,6 +23,7 @@ use crate::pubsub::redis::RedisBridge;
 use crate::pubsub::{BrokerStats, Hub, Mailbox, Upstream};
 use crate::reactor::Reactor;
 use crate::stats::board::StatsBoard;
+use crate::upgrade::{process, Upgrades};
 
 pub(crate) use member::Member;
 
@@ -35,6 +36,7 @@ pub struct Workers {
     config: Config,
     count: usize,
     redis: Option<RedisConfig>,
+    upgrades: Option<Upgrades>,
 }
 
 /// What a worker thread reports once its listener is bound.
@@ -47,6 +49,7 @@ impl Workers {
             config,
             count: 1,
             redis: None,
+            upgrades: None,
         }
     }
 
@@ -59,6 +62,14 @@ impl Workers {
     /// Shares rooms with other processes through Redis.
     pub fn redis(mut self, redis: Option<RedisConfig>) -> Workers {
         self.redis = redis;
+        self
+    }
+
+    /// Upgrades in place on `SIGUSR2` ([`crate::upgrade`]): only one worker without Redis
+    /// does; otherwise the signal is ignored with a log line. A process that an upgrade
+    /// started takes its listeners and connections from the old one instead of binding.
+    pub fn upgrades(mut self, upgrades: Upgrades) -> Workers {
+        self.upgrades = Some(upgrades);
         self
     }
 
@@ -85,10 +96,21 @@ impl Workers {
             ));
         }
         if self.count == 1 && self.redis.is_none() {
-            let mut reactor = Reactor::bind(self.config, make_app(0))?;
+            let mut reactor = match process::inherited()? {
+                Some(channel) => Reactor::inherit(self.config, make_app(0), channel)?,
+                None => Reactor::bind(self.config, make_app(0))?,
+            };
             reactor.handle_signals()?;
+            if let Some(upgrades) = self.upgrades {
+                reactor.upgrade_on_sigusr2(upgrades);
+            }
             on_listening(reactor.local_addr(), reactor.static_from_disk());
             return reactor.run();
+        }
+        if crate::upgrade::inheriting() {
+            return Err(io::Error::other(
+                "an upgrade started this process, but only a single worker without Redis upgrades",
+            ));
         }
         let mut config = self.config;
         config.reuse_port |= self.count > 1;

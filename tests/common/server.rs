@@ -29,6 +29,14 @@ impl ServerProcess {
         ServerProcess::spawn(command)
     }
 
+    /// Starts `PROGRAM --addr 127.0.0.1:0 ARGS...` (a copy of wsloop, e.g. one a test
+    /// replaces to upgrade it) and waits for its `listening on` line.
+    pub fn start_program(program: &std::path::Path, args: &[&str]) -> ServerProcess {
+        let mut command = Command::new(program);
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        ServerProcess::spawn(command)
+    }
+
     /// Starts `wsloop --addr 127.0.0.1:0 ARGS...` through `sh -c 'ulimit -n LIMIT; exec ...'`,
     /// so the server runs with at most `fd_limit` open files; waits for `listening on`.
     /// `pid()` is the server's own PID (the shell `exec`s it).
@@ -84,6 +92,25 @@ impl ServerProcess {
         connect(self.addr)
     }
 
+    /// Sends `signal` (a `kill` name: `USR2`, `TERM`...) to the process.
+    pub fn signal(&self, signal: &str) {
+        signal_pid(self.child.id(), signal);
+    }
+
+    /// Its exit status once it has exited, waiting at most `within`.
+    pub fn exit_within(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -100,6 +127,15 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` (a `kill` name) to process `pid`.
+pub fn signal_pid(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid}");
 }
 
 /// A loopback port that was free a moment ago.

@@ -50,4 +50,15 @@ impl Handler for EchoChat {
     fn on_close(&mut self, _ctx: &mut Context<'_>, id: ConnId, _code: CloseCode, _reason: &str) {
         self.chat_members.remove(&id);
     }
+
+    /// Whether it is a chat member: one byte.
+    fn export(&mut self, _ctx: &mut Context<'_>, id: ConnId) -> Vec<u8> {
+        vec![u8::from(self.chat_members.remove(&id))]
+    }
+
+    fn import(&mut self, _ctx: &mut Context<'_>, id: ConnId, state: &[u8]) {
+        if state == [1] {
+            self.chat_members.insert(id);
+        }
+    }
 }

@@ -9,12 +9,13 @@ mod supervisor;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use wsloop::Workers;
+use wsloop::{Upgrades, Workers};
 
 use args::Args;
 use echo_chat::EchoChat;
@@ -54,17 +55,27 @@ fn main() -> ExitCode {
     } else {
         "http"
     };
-    // Not in a child of `--processes`: the supervisor's file names the supervisor.
+    // Not in a child of `--processes`: the supervisor's file names the supervisor. A process
+    // an upgrade started writes it once it has taken over (until then the old one serves).
     let supervised = std::env::var_os(SUPERVISED_ADDR).is_some();
-    let _pid_file = match write_pid_file(args.pid_file.as_deref().filter(|_| !supervised)) {
-        Ok(file) => file,
+    let pid_path = args.pid_file.clone().filter(|_| !supervised);
+    let pid_file = match write_pid_file(
+        pid_path
+            .as_deref()
+            .filter(|_| !wsloop::upgrade::inheriting()),
+    ) {
+        Ok(file) => Arc::new(Mutex::new(file)),
         Err(code) => return code,
     };
     let chat = args.chat;
     let protocols = args.protocol.clone();
-    let workers = Workers::new(config)
+    let mut workers = Workers::new(config)
         .count(usize::from(args.workers))
         .redis(args.redis());
+    match upgrades(pid_path, &pid_file) {
+        Ok(upgrades) => workers = workers.upgrades(upgrades),
+        Err(e) => log::warn!("SIGUSR2 upgrades disabled: cannot find this program: {e}"),
+    }
     let on_listening = |addr: SocketAddr, from_disk: bool| {
         let page = if from_disk {
             format!("files from {}", args.static_dir.display())
@@ -136,6 +147,30 @@ fn supervise(args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `SIGUSR2` starts this program again, from the path it was started from (a deploy
+/// replaces the file there) with the same arguments; the new process rewrites the pid file
+/// once it has taken over.
+fn upgrades(
+    pid_path: Option<PathBuf>,
+    pid_file: &Arc<Mutex<Option<PidFile>>>,
+) -> std::io::Result<Upgrades> {
+    let program = std::env::current_exe()?;
+    let slot = Arc::clone(pid_file);
+    Ok(
+        Upgrades::new(program, std::env::args_os().skip(1).collect()).on_takeover(move || {
+            let Some(path) = &pid_path else { return };
+            match PidFile::write(path) {
+                Ok(file) => {
+                    if let Ok(mut slot) = slot.lock() {
+                        *slot = Some(file);
+                    }
+                }
+                Err(e) => log::warn!("--pid-file {}: {e}", path.display()),
+            }
+        }),
+    )
 }
 
 /// `--pid-file`: written before serving, so that a server that runs can be signalled. The

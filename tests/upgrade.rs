@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! `SIGUSR2` upgrades in place, against the real binary: 200 live connections — echoing, in
+//! `/chat`, in the middle of a fragmented message, in the middle of the close handshake, with
+//! permessage-deflate — through a failing upgrade (the program at the server's path replaced
+//! by one that exits 1) and then a good one. (The TLS connection that must get 1001 is in
+//! `tests/tls.rs`, beside its helpers.)
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::frames::{
+    client_close, client_frame, close_code, next_frame, op, read_server_frame, Next,
+};
+use common::http::{exchange, stat, stats, upgrade_request_with};
+use common::server::signal_pid;
+use common::ws::raw_upgraded;
+use common::{wait_until, ServerProcess};
+
+const ECHO: usize = 120;
+const CHAT: usize = 40;
+const FRAGMENTED: usize = 20;
+const CLOSING: usize = 10;
+const DEFLATE: usize = 10;
+
+/// A folder with a copy of the binary that the test may replace, removed on drop.
+struct Deploy {
+    dir: PathBuf,
+}
+
+impl Deploy {
+    fn new(name: &str) -> Deploy {
+        let dir = std::env::temp_dir().join(format!("wsloop-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let deploy = Deploy { dir };
+        deploy.install(Path::new(env!("CARGO_BIN_EXE_wsloop")));
+        deploy
+    }
+
+    fn program(&self) -> PathBuf {
+        self.dir.join("wsloop")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("wsloop.pid")
+    }
+
+    /// Puts `source` at the program's path as a deploy does: written aside, renamed over.
+    fn install(&self, source: &Path) {
+        let aside = self.dir.join("wsloop.new");
+        std::fs::copy(source, &aside).unwrap();
+        std::fs::rename(&aside, self.program()).unwrap();
+    }
+
+    /// A program that fails at once in place of the server's.
+    fn install_failing(&self) {
+        let script = self.dir.join("fails");
+        std::fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
+        std::process::Command::new("chmod")
+            .args(["755", script.to_str().unwrap()])
+            .status()
+            .unwrap();
+        self.install(&script);
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Deploy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends one masked text message.
+fn send(stream: &mut TcpStream, text: &str) {
+    stream
+        .write_all(&client_frame(true, op::TEXT, text.as_bytes()))
+        .unwrap();
+}
+
+/// The next text frame's payload (no ping or other frame expected here).
+fn text(stream: &mut TcpStream, what: &str) -> String {
+    match read_server_frame(stream) {
+        Some((0x81, payload)) => String::from_utf8(payload).unwrap(),
+        other => panic!("{what}: expected a text frame, got {other:?}"),
+    }
+}
+
+/// Nothing more arrives within a moment (no duplicate).
+fn silent(stream: &mut TcpStream, what: &str) {
+    match next_frame(stream, Duration::from_millis(50)) {
+        Next::Timeout => {}
+        other => panic!("{what}: unexpected {other:?}"),
+    }
+}
+
+/// Every connection kind the test moves.
+struct Clients {
+    echo: Vec<TcpStream>,
+    chat: Vec<TcpStream>,
+    fragmented: Vec<TcpStream>,
+    closing: Vec<TcpStream>,
+    deflate: Vec<TcpStream>,
+}
+
+impl Clients {
+    fn open(server: &ServerProcess) -> Clients {
+        let deflated = |_| {
+            let request = upgrade_request_with(
+                "/deflate",
+                "127.0.0.1",
+                &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+            );
+            let (stream, head) = exchange(server.addr, b"", &request);
+            assert!(head.contains("permessage-deflate"), "{head}");
+            stream
+        };
+        let mut clients = Clients {
+            echo: (0..ECHO).map(|_| raw_upgraded(server, "/echo")).collect(),
+            chat: (0..CHAT).map(|_| raw_upgraded(server, "/chat")).collect(),
+            fragmented: (0..FRAGMENTED)
+                .map(|_| raw_upgraded(server, "/fragments"))
+                .collect(),
+            closing: (0..CLOSING)
+                .map(|_| raw_upgraded(server, "/closing"))
+                .collect(),
+            deflate: (0..DEFLATE).map(deflated).collect(),
+        };
+        for stream in &mut clients.fragmented {
+            stream
+                .write_all(&client_frame(false, op::TEXT, b"first half, "))
+                .unwrap();
+        }
+        clients
+    }
+
+    /// Every echo and deflate connection sends message `n`, and one chat member publishes.
+    fn say(&mut self, n: usize) {
+        for (i, stream) in self.echo.iter_mut().chain(&mut self.deflate).enumerate() {
+            send(stream, &format!("{i}:{n}"));
+        }
+        send(&mut self.chat[n % CHAT], &format!("chat {n}"));
+    }
+
+    /// Every echo of message `n` arrived exactly once and in order, and the publication
+    /// reached every member.
+    fn heard(&mut self, n: usize) {
+        for (i, stream) in self.echo.iter_mut().chain(&mut self.deflate).enumerate() {
+            assert_eq!(text(stream, "echo"), format!("{i}:{n}"), "connection {i}");
+        }
+        for (i, stream) in self.chat.iter_mut().enumerate() {
+            assert_eq!(text(stream, "chat"), format!("chat {n}"), "member {i}");
+        }
+    }
+
+    fn all_quiet(&mut self) {
+        for stream in self
+            .echo
+            .iter_mut()
+            .chain(&mut self.deflate)
+            .chain(&mut self.chat)
+        {
+            silent(stream, "after the echoes");
+        }
+    }
+}
+
+fn total() -> usize {
+    ECHO + CHAT + FRAGMENTED + CLOSING + DEFLATE
+}
+
+#[test]
+fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
+    let deploy = Deploy::new("upgrade");
+    let pid_file = deploy.pid_file();
+    let mut old = ServerProcess::start_program(
+        &deploy.program(),
+        &["--deflate", "--pid-file", pid_file.to_str().unwrap()],
+    );
+    assert_eq!(deploy.pid(), Some(old.pid()));
+    let mut clients = Clients::open(&old);
+    assert_eq!(stat(&stats(old.addr), "open"), total() as u64 + 1);
+    clients.say(0);
+    clients.heard(0);
+
+    // A new binary that exits at once: the old process serves all 200 on.
+    deploy.install_failing();
+    old.signal("USR2");
+    assert!(
+        wait_until(Duration::from_secs(10), || stat(
+            &stats(old.addr),
+            "process_upgrades_failed"
+        ) == 1),
+        "the failed upgrade was not counted"
+    );
+    assert_eq!(deploy.pid(), Some(old.pid()));
+    clients.say(1);
+    clients.heard(1);
+    assert_eq!(stat(&stats(old.addr), "open"), total() as u64 + 1);
+
+    // The real binary again. Messages in flight as the signal arrives: answered once.
+    deploy.install(Path::new(env!("CARGO_BIN_EXE_wsloop")));
+    clients.say(2);
+    for stream in &mut clients.closing {
+        stream.write_all(&client_close(1000, b"bye")).unwrap();
+    }
+    old.signal("USR2");
+    let exited = old.exit_within(Duration::from_secs(20));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the old process did not exit: {exited:?}"
+    );
+    let new = deploy.pid().expect("the pid file names the new process");
+    assert_ne!(new, old.pid());
+    let _stop = Stop(new);
+
+    clients.heard(2);
+    clients.say(3);
+    clients.heard(3);
+    clients.all_quiet();
+    for (i, stream) in clients.fragmented.iter_mut().enumerate() {
+        stream
+            .write_all(&client_frame(true, op::CONT, b"second half"))
+            .unwrap();
+        assert_eq!(text(stream, "fragments"), "first half, second half", "{i}");
+    }
+    for (i, stream) in clients.closing.iter_mut().enumerate() {
+        match read_server_frame(stream) {
+            Some((0x88, payload)) => assert_eq!(close_code(&payload), 1000, "{i}"),
+            other => panic!("closing {i}: {other:?}"),
+        }
+    }
+    let after = stats(old.addr);
+    assert!(
+        stat(&after, "adopted") >= (ECHO + CHAT + FRAGMENTED + DEFLATE) as u64,
+        "{after}"
+    );
+    // Counters carried on: the old process's upgrade and failure, its messages.
+    assert_eq!(stat(&after, "process_upgrades"), 1, "{after}");
+    assert_eq!(stat(&after, "process_upgrades_failed"), 1, "{after}");
+    assert!(
+        stat(&after, "messages_in") >= (4 * (ECHO + DEFLATE)) as u64,
+        "{after}"
+    );
+    // And new connections are served by the new process.
+    let mut fresh = raw_upgraded(&old, "/");
+    send(&mut fresh, "fresh");
+    assert_eq!(text(&mut fresh, "fresh"), "fresh");
+}
+
+/// Stops the new process (not this test's child) by its pid.
+struct Stop(u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        signal_pid(self.0, "TERM");
+    }
+}
