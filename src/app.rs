@@ -344,7 +344,9 @@ impl Context<'_> {
     /// Publishes to every subscriber of `topic`: the frame is encoded once per encoding and
     /// shared (plain, or compressed per window size); a subscriber whose permessage-deflate
     /// keeps its context (`--deflate-context-takeover`) gets its own compressed frame.
-    /// Returns how many subscribers it was queued for.
+    /// Returns how many subscribers it was queued for (0 in a process taking over from an
+    /// old one during a `SIGUSR2` upgrade: there it goes through the old process first, see
+    /// [`crate::upgrade`]).
     pub fn publish(&mut self, topic: &str, msg: Message<'_>) -> usize {
         self.core.publish(Some(topic), msg)
     }

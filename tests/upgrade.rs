@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
-//! `SIGUSR2` upgrades in place, against the real binary: 200 live connections — echoing, in
+//! `SIGUSR2` upgrades in place, against the real binary: 300 live connections — echoing, in
 //! `/chat`, in the middle of a fragmented message, in the middle of the close handshake, with
 //! permessage-deflate — through a failing upgrade (the program at the server's path replaced
 //! by one that exits 1) and then a good one. (The TLS connection that must get 1001 is in
@@ -10,6 +10,8 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::frames::{
@@ -20,7 +22,9 @@ use common::server::signal_pid;
 use common::ws::raw_upgraded;
 use common::{wait_until, ServerProcess};
 
-const ECHO: usize = 120;
+/// More than one batch (253 connections): the chat room is split between the processes
+/// while it moves.
+const ECHO: usize = 220;
 const CHAT: usize = 40;
 const FRAGMENTED: usize = 20;
 const CLOSING: usize = 10;
@@ -156,11 +160,15 @@ impl Clients {
     /// Every echo of message `n` arrived exactly once and in order, and the publication
     /// reached every member.
     fn heard(&mut self, n: usize) {
-        for (i, stream) in self.echo.iter_mut().chain(&mut self.deflate).enumerate() {
-            assert_eq!(text(stream, "echo"), format!("{i}:{n}"), "connection {i}");
-        }
+        self.echoed(n);
         for (i, stream) in self.chat.iter_mut().enumerate() {
             assert_eq!(text(stream, "chat"), format!("chat {n}"), "member {i}");
+        }
+    }
+
+    fn echoed(&mut self, n: usize) {
+        for (i, stream) in self.echo.iter_mut().chain(&mut self.deflate).enumerate() {
+            assert_eq!(text(stream, "echo"), format!("{i}:{n}"), "connection {i}");
         }
     }
 
@@ -194,7 +202,7 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     clients.say(0);
     clients.heard(0);
 
-    // A new binary that exits at once: the old process serves all 200 on.
+    // A new binary that exits at once: the old process serves all 300 on.
     deploy.install_failing();
     old.signal("USR2");
     assert!(
@@ -215,8 +223,27 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     for stream in &mut clients.closing {
         stream.write_all(&client_close(1000, b"bye")).unwrap();
     }
+    // One member publishes all through the upgrade.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let mut member = clients.chat[0].try_clone().unwrap();
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || sent < 20 {
+                send(&mut member, &format!("live {sent}"));
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
+    old.signal("USR2");
+    // A second signal during the upgrade is ignored.
     old.signal("USR2");
     let exited = old.exit_within(Duration::from_secs(20));
+    stop.store(true, Ordering::Relaxed);
+    let live = publisher.join().unwrap();
     assert!(
         exited.is_some_and(|s| s.success()),
         "the old process did not exit: {exited:?}"
@@ -225,7 +252,21 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     assert_ne!(new, old.pid());
     let _stop = Stop(new);
 
-    clients.heard(2);
+    clients.echoed(2);
+    // Every member got "chat 2" and every live publication once, each sender's in order.
+    for (i, stream) in clients.chat.iter_mut().enumerate() {
+        let (mut next_live, mut chat2) = (0, 0);
+        while next_live < live || chat2 == 0 {
+            let got = text(stream, "chat");
+            if got == "chat 2" {
+                chat2 += 1;
+            } else {
+                assert_eq!(got, format!("live {next_live}"), "member {i}");
+                next_live += 1;
+            }
+        }
+        assert_eq!(chat2, 1, "member {i}");
+    }
     clients.say(3);
     clients.heard(3);
     clients.all_quiet();

@@ -26,10 +26,12 @@ use wsloop_proto::Connection;
 use crate::app::{Context, Handler};
 use crate::config::Config;
 use crate::out::Door;
+use crate::stats::Stats;
 use crate::upgrade::protocol::{self, Hello};
 use crate::upgrade::record::{self, ConnRecord};
+use crate::upgrade::relay::{self, Relay};
 use crate::upgrade::wire::{Channel, Msg, MAX_FDS};
-use crate::upgrade::{process, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, TAKEN};
+use crate::upgrade::{process, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, TAKEN};
 
 use super::entry::Entry;
 use super::facts::Facts;
@@ -72,8 +74,12 @@ pub(super) enum Handoff {
         channel: Channel<UnixStream>,
         until: Instant,
     },
-    /// New process: connections arrive until [`DONE`].
-    Adopting { channel: Channel<UnixStream> },
+    /// New process: connections arrive until [`DONE`] (the old process's counters, kept
+    /// here until every publication relayed has come back).
+    Adopting {
+        channel: Channel<UnixStream>,
+        done: Option<Box<Stats>>,
+    },
     /// Old process: the new one has taken over; the loop ends.
     HandedOver,
 }
@@ -93,7 +99,7 @@ impl Handoff {
             Handoff::Greeting { channel, .. }
             | Handoff::Moving { channel, .. }
             | Handoff::Done { channel, .. }
-            | Handoff::Adopting { channel } => Some(channel),
+            | Handoff::Adopting { channel, .. } => Some(channel),
             Handoff::Idle | Handoff::HandedOver => None,
         }
     }
@@ -142,7 +148,14 @@ impl<H: Handler> Reactor<H> {
         let mut reactor = Reactor::with_listeners(config, app, listener, metrics)?;
         channel.socket_mut().set_nonblocking(true)?;
         reactor.register_channel(&mut channel)?;
-        reactor.handoff = Handoff::Adopting { channel };
+        reactor.handoff = Handoff::Adopting {
+            channel,
+            done: None,
+        };
+        reactor.core.relay = Some(Box::new(Relay {
+            forwarding: true,
+            ..Relay::default()
+        }));
         info!("upgrade: listening on the old process's sockets; taking its connections");
         // A batch that arrived with the listeners raises no readiness event of its own.
         reactor.on_channel();
@@ -185,6 +198,7 @@ impl<H: Handler> Reactor<H> {
                         &e.to_string(),
                     );
                 }
+                self.moved = 0;
                 self.handoff = Handoff::Greeting {
                     child,
                     channel,
@@ -215,6 +229,7 @@ impl<H: Handler> Reactor<H> {
                     Ok(()) => {
                         info!("upgrade: the new process agreed; moving connections");
                         self.pause_accepting();
+                        self.core.relay = Some(Box::default());
                         self.handoff = Handoff::Moving {
                             child,
                             channel,
@@ -231,13 +246,14 @@ impl<H: Handler> Reactor<H> {
                     ),
                 }
             }
-            Handoff::Adopting { mut channel } => {
+            Handoff::Adopting { mut channel, done } => {
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
-                self.handoff = Handoff::Adopting { channel };
+                self.handoff = Handoff::Adopting { channel, done };
                 for msg in msgs {
                     self.on_adopting(msg);
                 }
+                self.take_over_when_done();
                 if let Err(e) = received {
                     self.end_adopting(&format!("the channel failed: {e}"));
                 } else if self.handoff.channel().is_some_and(|c| c.is_eof()) {
@@ -251,7 +267,11 @@ impl<H: Handler> Reactor<H> {
             } => {
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
-                if msgs.iter().any(|m| m.kind == TAKEN) || channel.is_eof() || received.is_err() {
+                let taken = msgs.iter().any(|m| m.kind == TAKEN);
+                for msg in msgs {
+                    self.sequence(msg);
+                }
+                if taken || channel.is_eof() || received.is_err() {
                     self.handed_over(child, channel);
                 } else {
                     self.handoff = Handoff::Done {
@@ -269,10 +289,14 @@ impl<H: Handler> Reactor<H> {
                 // Nothing is due between batches: the peer went away, or broke the protocol.
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
+                let out_of_turn = msgs.iter().any(|m| m.kind != RELAY);
+                for msg in msgs {
+                    self.sequence(msg);
+                }
                 let why = match received {
                     Err(e) => Some(e.to_string()),
                     Ok(()) if channel.is_eof() => Some("the new process went away".to_owned()),
-                    Ok(()) if !msgs.is_empty() => Some("a message out of turn".to_owned()),
+                    Ok(()) if out_of_turn => Some("a message out of turn".to_owned()),
                     Ok(()) => None,
                 };
                 let state = Handoff::Moving {
@@ -294,6 +318,7 @@ impl<H: Handler> Reactor<H> {
     /// a takeover not confirmed in time ends this process all the same (everything moved).
     /// Returns whether this process has handed everything over (the loop ends).
     pub(super) fn tend_handoff(&mut self) -> bool {
+        self.send_relay();
         match std::mem::take(&mut self.handoff) {
             Handoff::Greeting {
                 until,
@@ -326,6 +351,7 @@ impl<H: Handler> Reactor<H> {
             }
             other => self.handoff = other,
         }
+        self.take_over_when_done();
         matches!(self.handoff, Handoff::HandedOver)
     }
 
@@ -385,9 +411,17 @@ impl<H: Handler> Reactor<H> {
         }
         let body = record::encode_batch(&records);
         let count = moving.len();
+        let mut relayed = Vec::new();
         let answer = blocking(&mut channel, |c| {
             c.send(CONNS, &body, fds)?;
-            c.recv_one()
+            loop {
+                // Publications the new process relayed meanwhile are sequenced once this
+                // batch's fate is known (see `crate::upgrade::relay`).
+                match c.recv_one()? {
+                    msg if msg.kind == RELAY => relayed.push(msg),
+                    answer => return Ok(answer),
+                }
+            }
         });
         match answer {
             Ok(Msg {
@@ -400,6 +434,10 @@ impl<H: Handler> Reactor<H> {
                     self.core.hand_over(m.key);
                 }
                 self.core.stats.handed_over += count as u64;
+                self.moved += count;
+                for msg in relayed {
+                    self.sequence(msg);
+                }
                 // More may be waiting: the next batch after one turn for everyone else.
                 self.handoff = Handoff::Moving {
                     child,
@@ -418,6 +456,9 @@ impl<H: Handler> Reactor<H> {
                     Err(e) => format!("no answer to a batch: {e}"),
                 };
                 self.put_back(moving);
+                for msg in relayed {
+                    self.sequence(msg);
+                }
                 let state = Handoff::Moving {
                     child,
                     channel,
@@ -496,6 +537,7 @@ impl<H: Handler> Reactor<H> {
     /// connection not handed over yet is served on.
     fn fail_upgrade(&mut self, state: Handoff, why: &str) {
         warn!("upgrade failed: {why}; this process serves on");
+        self.core.relay = None;
         self.core.stats.process_upgrades_failed += 1;
         let was_moving = matches!(state, Handoff::Moving { .. } | Handoff::Done { .. });
         match state {
@@ -516,9 +558,19 @@ impl<H: Handler> Reactor<H> {
             } => {
                 self.deregister_channel(&mut channel);
                 drop(channel);
-                // Ours to stop: it must not serve the sockets it may have been sent.
-                let _ = child.kill();
-                let _ = child.wait();
+                if self.moved == 0 {
+                    // Ours to stop: it must not serve the sockets it may have been sent.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                } else {
+                    // It serves the connections it confirmed: stopping it would drop them.
+                    warn!(
+                        "upgrade: process {} keeps the {} connections it took; this one \
+                         serves the rest",
+                        child.id(),
+                        self.moved
+                    );
+                }
             }
             _ => {}
         }
@@ -535,6 +587,7 @@ impl<H: Handler> Reactor<H> {
             child.id()
         );
         self.deregister_channel(&mut channel);
+        self.core.relay = None;
         self.handoff = Handoff::HandedOver;
     }
 
@@ -592,6 +645,92 @@ impl<H: Handler> Reactor<H> {
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
 
+    /// Sends the publications this turn made (or, in the old process, sequenced) to the
+    /// other process, and what the channel still holds.
+    fn send_relay(&mut self) {
+        let items = match self.core.relay.as_deref_mut() {
+            Some(relay) if !relay.out.is_empty() => std::mem::take(&mut relay.out),
+            _ => Vec::new(),
+        };
+        let Some(channel) = self.handoff.channel() else {
+            return;
+        };
+        let sent = match items.is_empty() {
+            true => channel.flush().map(drop),
+            false => channel.send(RELAY, &relay::encode(&items), Vec::new()),
+        };
+        if let Err(e) = sent {
+            warn!("upgrade: relaying publications: {e}");
+        }
+    }
+
+    /// Old process: publications the new one made, sequenced: delivered to the members here
+    /// and relayed back for those there.
+    fn sequence(&mut self, msg: Msg) {
+        if msg.kind != RELAY {
+            return;
+        }
+        let items = match relay::decode(&msg.body) {
+            Ok(items) => items,
+            Err(e) => return warn!("upgrade: relayed publications: {e}"),
+        };
+        debug!(
+            "upgrade: sequencing {} publications of the new process",
+            items.len()
+        );
+        for item in items {
+            if let Some(msg) = item.message() {
+                self.core.publish_local(item.topic.as_deref(), msg);
+            }
+            if let Some(relay) = self.core.relay.as_deref_mut() {
+                relay.out.push(item);
+            }
+        }
+    }
+
+    /// New process: publications the old one sequenced, for the members adopted so far.
+    fn deliver_relayed(&mut self, body: &[u8]) {
+        let items = match relay::decode(body) {
+            Ok(items) => items,
+            Err(e) => return warn!("upgrade: relayed publications: {e}"),
+        };
+        for item in items {
+            if let Some(msg) = item.message() {
+                self.core.publish_local(item.topic.as_deref(), msg);
+            }
+            if let Some(relay) = self.core.relay.as_deref_mut().filter(|_| item.from_new) {
+                relay.pending = relay.pending.saturating_sub(1);
+            }
+        }
+    }
+
+    /// New process: once the old one has said [`DONE`] and every publication relayed has
+    /// come back, its counters join ours, the takeover hook runs and [`TAKEN`] goes back.
+    fn take_over_when_done(&mut self) {
+        let relaying = self.core.relay.as_deref().is_some_and(|r| r.pending > 0);
+        let Handoff::Adopting { done, .. } = &mut self.handoff else {
+            return;
+        };
+        if relaying || done.is_none() {
+            return;
+        }
+        if let Some(mut theirs) = done.take() {
+            // Gauges are this process's own.
+            theirs.open = 0;
+            theirs.buffered_bytes = 0;
+            self.core.stats.add(&theirs);
+        }
+        if let Some(hook) = self.upgrades.as_ref().and_then(|u| u.on_takeover.clone()) {
+            hook();
+        }
+        if let Some(channel) = self.handoff.channel() {
+            if let Err(e) = channel.send(TAKEN, &[], Vec::new()) {
+                warn!("upgrade: cannot confirm the takeover: {e}");
+            }
+        }
+        self.end_adopting("");
+    }
+
     /// New process: one message from the old one.
     fn on_adopting(&mut self, msg: Msg) {
         match msg.kind {
@@ -609,24 +748,15 @@ impl<H: Handler> Reactor<H> {
                     }
                 }
             }
-            DONE => {
-                match record::decode_stats(&msg.body) {
-                    Ok(mut theirs) => {
-                        // Gauges are this process's own.
-                        theirs.open = 0;
-                        theirs.buffered_bytes = 0;
-                        self.core.stats.add(&theirs);
+            DONE => match record::decode_stats(&msg.body) {
+                Ok(theirs) => {
+                    if let Handoff::Adopting { done, .. } = &mut self.handoff {
+                        *done = Some(Box::new(theirs));
                     }
-                    Err(e) => warn!("upgrade: the old process's counters: {e}"),
                 }
-                if let Some(hook) = self.upgrades.as_ref().and_then(|u| u.on_takeover.clone()) {
-                    hook();
-                }
-                if let Some(channel) = self.handoff.channel() {
-                    let _ = channel.send(TAKEN, &[], Vec::new());
-                }
-                self.end_adopting("");
-            }
+                Err(e) => self.end_adopting(&format!("the old process's counters: {e}")),
+            },
+            RELAY => self.deliver_relayed(&msg.body),
             other => warn!("upgrade: unexpected message {other} from the old process"),
         }
     }
@@ -666,9 +796,10 @@ impl<H: Handler> Reactor<H> {
     /// New process: the handoff is over (done, or the old process went away: what it
     /// had not sent stays with it).
     fn end_adopting(&mut self, why: &str) {
-        if let Handoff::Adopting { mut channel } = std::mem::take(&mut self.handoff) {
+        if let Handoff::Adopting { mut channel, .. } = std::mem::take(&mut self.handoff) {
             self.deregister_channel(&mut channel);
         }
+        self.core.relay = None;
         if why.is_empty() {
             info!(
                 "upgrade: took over ({} connections adopted)",

@@ -51,6 +51,7 @@ use crate::out::{Budget, Outbox};
 use crate::pubsub::rooms::Rooms;
 use crate::pubsub::Inbox;
 use crate::stats::Stats;
+use crate::upgrade::relay::Relay;
 use crate::upgrade::Upgrades;
 use crate::workers::Member;
 
@@ -137,6 +138,8 @@ pub(crate) struct Core {
     /// Set only when this reactor is one of several or has a broker; `None` keeps the single
     /// reactor's hot path free of any broker work.
     member: Option<Box<Member>>,
+    /// Room publications between the two processes while connections move.
+    relay: Option<Box<Relay>>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
@@ -163,6 +166,8 @@ pub struct Reactor<H: Handler> {
     upgrades: Option<Upgrades>,
     /// Where an upgrade stands.
     handoff: Handoff,
+    /// Connections the new process confirmed in the upgrade under way.
+    moved: usize,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -224,6 +229,7 @@ impl<H: Handler> Reactor<H> {
                 shutdown_deadline: None,
                 admission: Admission::new(&config, clock.tick(now)),
                 member: None,
+                relay: None,
                 config,
             },
             poll,
@@ -242,6 +248,7 @@ impl<H: Handler> Reactor<H> {
             inbox: None,
             upgrades: None,
             handoff: Handoff::Idle,
+            moved: 0,
         })
     }
 

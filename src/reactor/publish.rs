@@ -74,6 +74,11 @@ impl Core {
     /// reactor): local subscribers first, then the broker when this reactor has one.
     pub(crate) fn publish(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
         self.stats.publications += 1;
+        if let Some(relay) = self.relay.as_deref_mut() {
+            if !relay.publish(topic, msg) {
+                return 0; // Delivered when the old process relays it back.
+            }
+        }
         let delivered = self.publish_local(topic, msg);
         if let (Some(member), Some(topic)) = (&self.member, topic) {
             member.publish(topic, &msg);

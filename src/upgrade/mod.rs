@@ -17,6 +17,8 @@
 //!    process to confirm the batch ([`ADOPTED`]) before it forgets those connections; until
 //!    then they are untouched, so a batch that is not confirmed is served on here as if
 //!    nothing happened.
+//!    Room publications made meanwhile reach the members on both sides once and in order:
+//!    the old process sequences them all ([`relay`]).
 //! 5. What cannot move is drained as a shutdown drains it (1001): TLS connections (rustls
 //!    cannot export a live session) and connections with deflate contexts of their own
 //!    (context takeover: zlib's history cannot be exported). A request being answered or
@@ -40,6 +42,7 @@ use std::sync::Arc;
 pub(crate) mod process;
 pub(crate) mod protocol;
 pub(crate) mod record;
+pub(crate) mod relay;
 pub(crate) mod wire;
 
 /// Set (to `1`) in the environment of the new process: its standard input is the handoff
@@ -58,6 +61,8 @@ pub(crate) const NOT_ADOPTED: u8 = 6;
 pub(crate) const DONE: u8 = 7;
 /// New → old: the new process serves everything now.
 pub(crate) const TAKEN: u8 = 8;
+/// Either way: room publications ([`relay`]).
+pub(crate) const RELAY: u8 = 9;
 
 /// Whether this process was started by an upgrade (see [`INHERIT_ENV`]).
 pub fn inheriting() -> bool {
