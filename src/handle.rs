@@ -24,6 +24,8 @@ pub(crate) enum Command {
     Rooms(Sender<Vec<String>>),
     /// Answer with a room's subscriber count.
     Subscribers(String, Sender<usize>),
+    /// A `SIGUSR2` upgrade: this worker's channel to its counterpart in the new process.
+    Upgrade(std::os::unix::net::UnixStream),
 }
 
 /// A cloneable, thread-safe handle to a running server (`Send + Sync`): what a thread other
@@ -42,6 +44,14 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Gives the reactor its channel to the new process of an upgrade (worker 0 to the
+    /// others).
+    pub(crate) fn take_upgrade_channel(&self, stream: std::os::unix::net::UnixStream) {
+        if self.tx.send(Command::Upgrade(stream)).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
     pub(crate) fn new(tx: Sender<Command>, waker: Arc<Waker>) -> ServerHandle {
         ServerHandle {
             tx,

@@ -22,18 +22,40 @@ use common::server::signal_pid;
 use common::ws::raw_upgraded;
 use common::{wait_until, ServerProcess};
 
-/// More than one batch (253 connections): the chat room is split between the processes
-/// while it moves.
-const ECHO: usize = 220;
-const CHAT: usize = 40;
-const FRAGMENTED: usize = 20;
-const CLOSING: usize = 10;
-const DEFLATE: usize = 10;
+/// How many connections of each kind a test opens.
+#[derive(Clone, Copy)]
+struct Sizes {
+    echo: usize,
+    chat: usize,
+    fragmented: usize,
+    closing: usize,
+    deflate: usize,
+}
+
+impl Sizes {
+    fn total(self) -> usize {
+        self.echo + self.chat + self.fragmented + self.closing + self.deflate
+    }
+}
+
+/// 300 connections: more than one batch (253), so the chat room is split between the
+/// processes while it moves.
+const SINGLE: Sizes = Sizes {
+    echo: 220,
+    chat: 40,
+    fragmented: 20,
+    closing: 10,
+    deflate: 10,
+};
 
 /// A folder with a copy of the binary that the test may replace, removed on drop.
 struct Deploy {
     dir: PathBuf,
 }
+
+/// The tests here take turns: a binary being copied while another test starts a process
+/// could be inherited open for writing by it, and could then not be run ("text file busy").
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Deploy {
     fn new(name: &str) -> Deploy {
@@ -119,7 +141,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn open(server: &ServerProcess) -> Clients {
+    fn open(server: &ServerProcess, sizes: Sizes) -> Clients {
         let deflated = |_| {
             let request = upgrade_request_with(
                 "/deflate",
@@ -131,15 +153,19 @@ impl Clients {
             stream
         };
         let mut clients = Clients {
-            echo: (0..ECHO).map(|_| raw_upgraded(server, "/echo")).collect(),
-            chat: (0..CHAT).map(|_| raw_upgraded(server, "/chat")).collect(),
-            fragmented: (0..FRAGMENTED)
+            echo: (0..sizes.echo)
+                .map(|_| raw_upgraded(server, "/echo"))
+                .collect(),
+            chat: (0..sizes.chat)
+                .map(|_| raw_upgraded(server, "/chat"))
+                .collect(),
+            fragmented: (0..sizes.fragmented)
                 .map(|_| raw_upgraded(server, "/fragments"))
                 .collect(),
-            closing: (0..CLOSING)
+            closing: (0..sizes.closing)
                 .map(|_| raw_upgraded(server, "/closing"))
                 .collect(),
-            deflate: (0..DEFLATE).map(deflated).collect(),
+            deflate: (0..sizes.deflate).map(deflated).collect(),
         };
         for stream in &mut clients.fragmented {
             stream
@@ -154,7 +180,8 @@ impl Clients {
         for (i, stream) in self.echo.iter_mut().chain(&mut self.deflate).enumerate() {
             send(stream, &format!("{i}:{n}"));
         }
-        send(&mut self.chat[n % CHAT], &format!("chat {n}"));
+        let at = n % self.chat.len();
+        send(&mut self.chat[at], &format!("chat {n}"));
     }
 
     /// Every echo of message `n` arrived exactly once and in order, and the publication
@@ -184,12 +211,9 @@ impl Clients {
     }
 }
 
-fn total() -> usize {
-    ECHO + CHAT + FRAGMENTED + CLOSING + DEFLATE
-}
-
 #[test]
 fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let deploy = Deploy::new("upgrade");
     let pid_file = deploy.pid_file();
     let mut old = ServerProcess::start_program(
@@ -197,8 +221,8 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
         &["--deflate", "--pid-file", pid_file.to_str().unwrap()],
     );
     assert_eq!(deploy.pid(), Some(old.pid()));
-    let mut clients = Clients::open(&old);
-    assert_eq!(stat(&stats(old.addr), "open"), total() as u64 + 1);
+    let mut clients = Clients::open(&old, SINGLE);
+    assert_eq!(stat(&stats(old.addr), "open"), SINGLE.total() as u64 + 1);
     clients.say(0);
     clients.heard(0);
 
@@ -215,10 +239,62 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     assert_eq!(deploy.pid(), Some(old.pid()));
     clients.say(1);
     clients.heard(1);
-    assert_eq!(stat(&stats(old.addr), "open"), total() as u64 + 1);
+    assert_eq!(stat(&stats(old.addr), "open"), SINGLE.total() as u64 + 1);
 
-    // The real binary again. Messages in flight as the signal arrives: answered once.
+    // The real binary again.
     deploy.install(Path::new(env!("CARGO_BIN_EXE_wsloop")));
+    let _stop = upgrade_and_check(&deploy, &mut old, &mut clients, SINGLE);
+    let after = stats(old.addr);
+    // Counters carried on: the old process's upgrade and failure, its messages.
+    assert_eq!(stat(&after, "process_upgrades"), 1, "{after}");
+    assert_eq!(stat(&after, "process_upgrades_failed"), 1, "{after}");
+    assert!(
+        stat(&after, "messages_in") >= (4 * (SINGLE.echo + SINGLE.deflate)) as u64,
+        "{after}"
+    );
+}
+
+/// With `--workers 2`, each worker's connections move to its counterpart; the chat room
+/// spans both workers in each process.
+#[test]
+fn sigusr2_moves_every_workers_connections() {
+    const SIZES: Sizes = Sizes {
+        echo: 60,
+        chat: 30,
+        fragmented: 4,
+        closing: 4,
+        deflate: 4,
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let deploy = Deploy::new("upgrade-workers");
+    let pid_file = deploy.pid_file();
+    let mut old = ServerProcess::start_program(
+        &deploy.program(),
+        &[
+            "--workers",
+            "2",
+            "--deflate",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    let mut clients = Clients::open(&old, SIZES);
+    clients.say(0);
+    clients.heard(0);
+    clients.say(1);
+    clients.heard(1);
+    let _stop = upgrade_and_check(&deploy, &mut old, &mut clients, SIZES);
+}
+
+/// Messages in flight as SIGUSR2 arrives (twice: the second is ignored), a member
+/// publishing all through the upgrade, connections mid-message and mid-close: the old
+/// process exits, the new one (named by the pid file) answers everything once and in order.
+fn upgrade_and_check(
+    deploy: &Deploy,
+    old: &mut ServerProcess,
+    clients: &mut Clients,
+    sizes: Sizes,
+) -> Stop {
     clients.say(2);
     for stream in &mut clients.closing {
         stream.write_all(&client_close(1000, b"bye")).unwrap();
@@ -250,7 +326,7 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     );
     let new = deploy.pid().expect("the pid file names the new process");
     assert_ne!(new, old.pid());
-    let _stop = Stop(new);
+    let stop = Stop(new);
 
     clients.echoed(2);
     // Every member got "chat 2" and every live publication once, each sender's in order.
@@ -283,21 +359,13 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
         }
     }
     let after = stats(old.addr);
-    assert!(
-        stat(&after, "adopted") >= (ECHO + CHAT + FRAGMENTED + DEFLATE) as u64,
-        "{after}"
-    );
-    // Counters carried on: the old process's upgrade and failure, its messages.
-    assert_eq!(stat(&after, "process_upgrades"), 1, "{after}");
-    assert_eq!(stat(&after, "process_upgrades_failed"), 1, "{after}");
-    assert!(
-        stat(&after, "messages_in") >= (4 * (ECHO + DEFLATE)) as u64,
-        "{after}"
-    );
+    let moved = sizes.echo + sizes.chat + sizes.fragmented + sizes.deflate;
+    assert!(stat(&after, "adopted") >= moved as u64, "{after}");
     // And new connections are served by the new process.
-    let mut fresh = raw_upgraded(&old, "/");
+    let mut fresh = raw_upgraded(old, "/");
     send(&mut fresh, "fresh");
     assert_eq!(text(&mut fresh, "fresh"), "fresh");
+    stop
 }
 
 /// Stops the new process (not this test's child) by its pid.

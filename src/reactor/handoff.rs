@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -31,7 +32,9 @@ use crate::upgrade::protocol::{self, Hello};
 use crate::upgrade::record::{self, ConnRecord};
 use crate::upgrade::relay::{self, Relay};
 use crate::upgrade::wire::{Channel, Msg, MAX_FDS};
-use crate::upgrade::{process, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, TAKEN};
+use crate::upgrade::{
+    process, Takeover, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, TAKEN,
+};
 
 use super::entry::Entry;
 use super::facts::Facts;
@@ -57,20 +60,20 @@ pub(super) enum Handoff {
     Idle,
     /// Old process: the new program started; its hello is awaited until `until`.
     Greeting {
-        child: Child,
+        child: Option<Child>,
         channel: Channel<UnixStream>,
         until: Instant,
     },
     /// Old process: the new one has the listeners; connections move at the end of turns,
     /// the next batch at `next`.
     Moving {
-        child: Child,
+        child: Option<Child>,
         channel: Channel<UnixStream>,
         next: Instant,
     },
     /// Old process: all moved; the new one's [`TAKEN`] is awaited until `until`.
     Done {
-        child: Child,
+        child: Option<Child>,
         channel: Channel<UnixStream>,
         until: Instant,
     },
@@ -79,6 +82,10 @@ pub(super) enum Handoff {
     Adopting {
         channel: Channel<UnixStream>,
         done: Option<Box<Stats>>,
+        /// What the new process's workers share to take over together.
+        takeover: Arc<Takeover>,
+        /// This worker's old counterpart is done (counted in `takeover`).
+        arrived: bool,
     },
     /// Old process: the new one has taken over; the loop ends.
     HandedOver,
@@ -90,6 +97,8 @@ impl Handoff {
         match self {
             Handoff::Greeting { until, .. } | Handoff::Done { until, .. } => Some(*until),
             Handoff::Moving { next, .. } => Some(*next),
+            // Waiting for the other workers' old counterparts: look again shortly.
+            Handoff::Adopting { arrived: true, .. } => Some(Instant::now() + RETRY),
             _ => None,
         }
     }
@@ -122,9 +131,11 @@ impl<H: Handler> Reactor<H> {
         config: Config,
         app: H,
         mut channel: Channel<UnixStream>,
+        takeover: Arc<Takeover>,
     ) -> io::Result<Reactor<H>> {
         channel.socket_mut().set_read_timeout(Some(HELLO_TIMEOUT))?;
-        protocol::greet(&mut channel, Hello::ours(1)).map_err(io::Error::other)?;
+        let workers = takeover.workers();
+        protocol::greet(&mut channel, Hello::ours(workers)).map_err(io::Error::other)?;
         let msg = channel.recv_one()?;
         if msg.kind != LISTENERS {
             return Err(io::Error::other("handoff: expected the listeners"));
@@ -148,17 +159,18 @@ impl<H: Handler> Reactor<H> {
         let mut reactor = Reactor::with_listeners(config, app, listener, metrics)?;
         channel.socket_mut().set_nonblocking(true)?;
         reactor.register_channel(&mut channel)?;
+        reactor.workers = workers;
         reactor.handoff = Handoff::Adopting {
             channel,
             done: None,
+            takeover,
+            arrived: false,
         };
         reactor.core.relay = Some(Box::new(Relay {
             forwarding: true,
             ..Relay::default()
         }));
         info!("upgrade: listening on the old process's sockets; taking its connections");
-        // A batch that arrived with the listeners raises no readiness event of its own.
-        reactor.on_channel();
         Ok(reactor)
     }
 
@@ -173,42 +185,59 @@ impl<H: Handler> Reactor<H> {
             info!("SIGUSR2: shutting down: ignored");
             return;
         }
+        if self.core.member.as_ref().is_some_and(|m| m.index != 0) {
+            return; // Worker 0 starts it, and hands this worker its channel.
+        }
         let Some(upgrades) = &self.upgrades else {
-            warn!("SIGUSR2: this server does not upgrade in place (--workers or --redis): ignored");
+            warn!("SIGUSR2: this server does not upgrade in place (--redis): ignored");
             return;
         };
-        let started = process::spawn(upgrades).and_then(|(child, mut channel)| {
-            channel.socket_mut().set_nonblocking(true)?;
-            Ok((child, channel))
+        let program = upgrades.program.display().to_string();
+        let started = process::spawn(upgrades).map(|(child, mut channel)| {
+            let siblings = process::hand_out_channels(upgrades, &mut channel);
+            (child, channel, siblings)
         });
         match started {
-            Ok((child, mut channel)) => {
-                info!(
-                    "SIGUSR2: upgrading: started {} (pid {})",
-                    upgrades.program.display(),
-                    child.id()
-                );
-                if let Err(e) = self.register_channel(&mut channel) {
-                    return self.fail_upgrade(
-                        Handoff::Greeting {
-                            child,
-                            channel,
-                            until: self.core.now,
-                        },
-                        &e.to_string(),
-                    );
-                }
-                self.moved = 0;
-                self.handoff = Handoff::Greeting {
-                    child,
-                    channel,
-                    until: self.core.now + HELLO_TIMEOUT,
-                };
+            Ok((child, channel, Ok(()))) => {
+                info!("SIGUSR2: upgrading: started {program} (pid {})", child.id());
+                self.greet_new_process(Some(child), channel);
             }
-            Err(e) => {
-                let why = format!("cannot start {}: {e}", upgrades.program.display());
-                self.fail_upgrade(Handoff::Idle, &why);
+            Ok((mut child, _, Err(e))) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.fail_upgrade(Handoff::Idle, &format!("the workers' channels: {e}"));
             }
+            Err(e) => self.fail_upgrade(Handoff::Idle, &format!("cannot start {program}: {e}")),
+        }
+    }
+
+    /// Waits for the new process's hello on `channel` (this worker's, or the process's).
+    pub(super) fn greet_new_process(
+        &mut self,
+        child: Option<Child>,
+        mut channel: Channel<UnixStream>,
+    ) {
+        let registered = channel
+            .socket_mut()
+            .set_nonblocking(true)
+            .and_then(|()| self.register_channel(&mut channel));
+        let state = Handoff::Greeting {
+            child,
+            channel,
+            until: self.core.now + HELLO_TIMEOUT,
+        };
+        self.moved = 0;
+        match registered {
+            Ok(()) => self.handoff = state,
+            Err(e) => self.fail_upgrade(state, &e.to_string()),
+        }
+    }
+
+    /// Before the first turn: what arrived with the listeners (a batch, even the end) raises
+    /// no readiness event of its own.
+    pub(super) fn adopt_what_waits(&mut self) {
+        if matches!(self.handoff, Handoff::Adopting { .. }) {
+            self.on_channel();
         }
     }
 
@@ -222,7 +251,7 @@ impl<H: Handler> Reactor<H> {
                 until,
             } => {
                 let agreed = blocking(&mut channel, |c| {
-                    protocol::answer(c, Hello::ours(1)).map_err(io::Error::other)?;
+                    protocol::answer(c, Hello::ours(self.workers)).map_err(io::Error::other)?;
                     self.send_listeners(c)
                 });
                 match agreed {
@@ -246,10 +275,20 @@ impl<H: Handler> Reactor<H> {
                     ),
                 }
             }
-            Handoff::Adopting { mut channel, done } => {
+            Handoff::Adopting {
+                mut channel,
+                done,
+                takeover,
+                arrived,
+            } => {
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
-                self.handoff = Handoff::Adopting { channel, done };
+                self.handoff = Handoff::Adopting {
+                    channel,
+                    done,
+                    takeover,
+                    arrived,
+                };
                 for msg in msgs {
                     self.on_adopting(msg);
                 }
@@ -357,7 +396,7 @@ impl<H: Handler> Reactor<H> {
 
     /// Moves the next batch of movable connections, drains those that can never move, and
     /// once none is left sends [`DONE`].
-    fn move_batch(&mut self, child: Child, mut channel: Channel<UnixStream>) {
+    fn move_batch(&mut self, child: Option<Child>, mut channel: Channel<UnixStream>) {
         let (batch, drain) = self.core.pick_batch();
         for key in drain {
             self.core.drain_for_upgrade(key);
@@ -558,18 +597,19 @@ impl<H: Handler> Reactor<H> {
             } => {
                 self.deregister_channel(&mut channel);
                 drop(channel);
-                if self.moved == 0 {
+                match child.as_mut() {
                     // Ours to stop: it must not serve the sockets it may have been sent.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                } else {
+                    Some(child) if self.moved == 0 => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
                     // It serves the connections it confirmed: stopping it would drop them.
-                    warn!(
-                        "upgrade: process {} keeps the {} connections it took; this one \
-                         serves the rest",
-                        child.id(),
+                    _ if self.moved > 0 => warn!(
+                        "upgrade: the new process keeps the {} connections it took; this \
+                         one serves the rest",
                         self.moved
-                    );
+                    ),
+                    _ => {}
                 }
             }
             _ => {}
@@ -581,11 +621,14 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// The new process serves everything: this one's loop ends.
-    fn handed_over(&mut self, child: Child, mut channel: Channel<UnixStream>) {
-        info!(
-            "upgrade complete: process {} serves every connection now",
-            child.id()
-        );
+    fn handed_over(&mut self, child: Option<Child>, mut channel: Channel<UnixStream>) {
+        match child {
+            Some(child) => info!(
+                "upgrade complete: process {} serves every connection now",
+                child.id()
+            ),
+            None => info!("upgrade complete: the new process serves this worker's connections"),
+        }
         self.deregister_channel(&mut channel);
         self.core.relay = None;
         self.handoff = Handoff::HandedOver;
@@ -679,11 +722,18 @@ impl<H: Handler> Reactor<H> {
             items.len()
         );
         for item in items {
-            if let Some(msg) = item.message() {
-                self.core.publish_local(item.topic.as_deref(), msg);
-            }
-            if let Some(relay) = self.core.relay.as_deref_mut() {
-                relay.out.push(item);
+            match item.message() {
+                // As if made here: local members, the other workers, and back (marked).
+                Some(msg) => {
+                    self.core.publish_from(item.topic.as_deref(), msg, true);
+                }
+                // Not deliverable (a new process that broke the protocol): back all the
+                // same, for its count.
+                None => {
+                    if let Some(relay) = self.core.relay.as_deref_mut() {
+                        relay.out.push(item);
+                    }
+                }
             }
         }
     }
@@ -707,11 +757,40 @@ impl<H: Handler> Reactor<H> {
     /// New process: once the old one has said [`DONE`] and every publication relayed has
     /// come back, its counters join ours, the takeover hook runs and [`TAKEN`] goes back.
     fn take_over_when_done(&mut self) {
-        let relaying = self.core.relay.as_deref().is_some_and(|r| r.pending > 0);
-        let Handoff::Adopting { done, .. } = &mut self.handoff else {
+        let Handoff::Adopting {
+            done,
+            takeover,
+            arrived,
+            ..
+        } = &mut self.handoff
+        else {
             return;
         };
-        if relaying || done.is_none() {
+        if done.is_none() {
+            return;
+        }
+        if !*arrived {
+            *arrived = true;
+            if takeover.arrive() {
+                // The last worker: the whole process serves everything now.
+                if let Some(hook) = self.upgrades.as_ref().and_then(|u| u.on_takeover.clone()) {
+                    hook();
+                }
+            }
+        }
+        // Publications go on through the old process until every worker's counterpart is
+        // done and this worker's last relayed publication is back (a sender's messages
+        // stay in order); then through this process's hub. The old workers stay until no
+        // worker here relays: they pass on what the others still send them.
+        if self.core.relay.is_some() {
+            let pending = self.core.relay.as_deref().map_or(0, |r| r.pending);
+            if !takeover.all_arrived() || pending > 0 {
+                return;
+            }
+            self.core.relay = None;
+            takeover.stop_relaying();
+        }
+        if !takeover.none_relaying() {
             return;
         }
         if let Some(mut theirs) = done.take() {
@@ -719,9 +798,6 @@ impl<H: Handler> Reactor<H> {
             theirs.open = 0;
             theirs.buffered_bytes = 0;
             self.core.stats.add(&theirs);
-        }
-        if let Some(hook) = self.upgrades.as_ref().and_then(|u| u.on_takeover.clone()) {
-            hook();
         }
         if let Some(channel) = self.handoff.channel() {
             if let Err(e) = channel.send(TAKEN, &[], Vec::new()) {
@@ -893,7 +969,7 @@ impl Core {
             let _ = self.admission.count_per_ip(key, peer.ip(), usize::MAX);
         }
         for room in &record.rooms {
-            self.rooms.subscribe(key, room);
+            self.subscribe_key(key, room);
         }
         self.stats.open += 1;
         self.stats.adopted += 1;

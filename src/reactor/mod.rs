@@ -52,6 +52,7 @@ use crate::pubsub::rooms::Rooms;
 use crate::pubsub::Inbox;
 use crate::stats::Stats;
 use crate::upgrade::relay::Relay;
+use crate::upgrade::wire::Channel;
 use crate::upgrade::Upgrades;
 use crate::workers::Member;
 
@@ -168,6 +169,8 @@ pub struct Reactor<H: Handler> {
     handoff: Handoff,
     /// Connections the new process confirmed in the upgrade under way.
     moved: usize,
+    /// Workers in this process (a handoff needs the same number on both sides).
+    workers: usize,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -249,12 +252,14 @@ impl<H: Handler> Reactor<H> {
             upgrades: None,
             handoff: Handoff::Idle,
             moved: 0,
+            workers: 1,
         })
     }
 
     /// Upgrades in place on `SIGUSR2` as `upgrades` says (see [`crate::upgrade`]). Only a
     /// single reactor can: not one of several workers, not one with a broker.
     pub fn upgrade_on_sigusr2(&mut self, upgrades: Upgrades) {
+        self.workers = upgrades.workers;
         self.upgrades = Some(upgrades);
     }
 
@@ -266,6 +271,16 @@ impl<H: Handler> Reactor<H> {
         self.core.admission.share(Arc::clone(&member.counts));
         self.core.member = Some(Box::new(member));
         self.inbox = inbox;
+        // Rooms of connections adopted from an old process before joining.
+        let topics: Vec<Box<str>> = self
+            .core
+            .rooms
+            .iter()
+            .map(|(name, _)| name.into())
+            .collect();
+        for topic in topics {
+            self.core.interest(&topic, true);
+        }
     }
 
     /// The waker that interrupts this reactor's `poll` (for a broker mailbox).
@@ -312,6 +327,7 @@ impl<H: Handler> Reactor<H> {
     /// Only when polling itself fails; connection errors never end the loop.
     pub fn run(mut self) -> io::Result<()> {
         self.handle.running_here();
+        self.adopt_what_waits();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -455,6 +471,10 @@ impl<H: Handler> Reactor<H> {
                 }
                 Command::Subscribers(room, reply) => {
                     let _ = reply.send(ctx.subscribers(&room));
+                }
+                Command::Upgrade(stream) => {
+                    info!("upgrade: worker 0 started the new process; moving this worker's connections");
+                    self.greet_new_process(None, Channel::new(stream));
                 }
             }
         }

@@ -14,12 +14,18 @@ use crate::pubsub::{Delivery, Kind};
 
 use super::write::kind_of;
 use super::Core;
+use crate::upgrade::relay::Relayed;
 
 impl Core {
     pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> bool {
-        let added = self
-            .key_of(id)
-            .is_some_and(|key| self.rooms.subscribe(key, topic));
+        self.key_of(id)
+            .is_some_and(|key| self.subscribe_key(key, topic))
+    }
+
+    /// Adds connection `key` to `topic`, telling the hub when it is this reactor's first
+    /// member there.
+    pub(super) fn subscribe_key(&mut self, key: usize, topic: &str) -> bool {
+        let added = self.rooms.subscribe(key, topic);
         if added && self.member.is_some() && self.rooms.members(topic).len() == 1 {
             self.interest(topic, true);
         }
@@ -45,8 +51,10 @@ impl Core {
     }
 
     /// Removes a connection from every room, telling the hub about rooms it left empty.
+    /// During an upgrade the old worker keeps its interest in rooms it emptied: what the hub
+    /// brings it goes on to their members in the new process ([`crate::upgrade::relay`]).
     pub(super) fn leave_rooms(&mut self, key: usize) {
-        let member = self.member.as_deref();
+        let member = self.member.as_deref().filter(|_| self.relay.is_none());
         self.rooms.remove_conn(key, |topic| {
             if let Some(member) = member {
                 member.interest(topic, false);
@@ -67,6 +75,12 @@ impl Core {
             },
         };
         self.stats.broker_in += 1;
+        if let Some(relay) = self.relay.as_deref_mut().filter(|r| !r.forwarding) {
+            // An old worker during an upgrade: its members in the new process get it too.
+            relay
+                .out
+                .push(Relayed::new(Some(&delivery.topic), msg, false));
+        }
         self.publish_local(Some(&delivery.topic), msg);
     }
 
@@ -74,8 +88,20 @@ impl Core {
     /// reactor): local subscribers first, then the broker when this reactor has one.
     pub(crate) fn publish(&mut self, topic: Option<&str>, msg: Message<'_>) -> usize {
         self.stats.publications += 1;
+        self.publish_from(topic, msg, false)
+    }
+
+    /// [`Core::publish`]; `from_new`: during an upgrade, a publication the new process made,
+    /// sequenced here (see [`crate::upgrade::relay`]). While the new process relays, its own
+    /// publications go to the old process instead.
+    pub(super) fn publish_from(
+        &mut self,
+        topic: Option<&str>,
+        msg: Message<'_>,
+        from_new: bool,
+    ) -> usize {
         if let Some(relay) = self.relay.as_deref_mut() {
-            if !relay.publish(topic, msg) {
+            if !relay.publish(topic, msg, from_new) {
                 return 0; // Delivered when the old process relays it back.
             }
         }

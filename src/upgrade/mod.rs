@@ -31,13 +31,19 @@
 //! time, the old process kills it (by its pid), resumes accepting and serves on what it has
 //! not handed over; `wsloop_upgrades_failed_total` counts it.
 //!
-//! Only a single reactor upgrades (one worker, no Redis): with `--workers` or `--redis`
-//! `SIGUSR2` is ignored with a log line.
+//! With `--workers N` the old process's worker 0 starts the new process and hands it, first
+//! thing on the inherited channel, one more channel per other worker ([`WORKER_CHANNELS`]);
+//! each worker then moves its own listener and connections to its counterpart, and the new
+//! process's workers take over together ([`Takeover`]). With `--redis`, `SIGUSR2` is
+//! ignored with a log line.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::handle::ServerHandle;
 
 pub(crate) mod process;
 pub(crate) mod protocol;
@@ -63,6 +69,9 @@ pub(crate) const DONE: u8 = 7;
 pub(crate) const TAKEN: u8 = 8;
 /// Either way: room publications ([`relay`]).
 pub(crate) const RELAY: u8 = 9;
+/// Old → new, first on the inherited channel with `--workers N`: the channels of workers 1
+/// to N-1 (worker 0 keeps the inherited one).
+pub(crate) const WORKER_CHANNELS: u8 = 10;
 
 /// Whether this process was started by an upgrade (see [`INHERIT_ENV`]).
 pub fn inheriting() -> bool {
@@ -76,6 +85,10 @@ pub struct Upgrades {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) on_takeover: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The process's workers (set by [`crate::Workers`]).
+    pub(crate) workers: usize,
+    /// Worker 0's way to hand the other workers their channels.
+    pub(crate) siblings: Vec<ServerHandle>,
 }
 
 impl Upgrades {
@@ -86,6 +99,8 @@ impl Upgrades {
             program,
             args,
             on_takeover: None,
+            workers: 1,
+            siblings: Vec::new(),
         }
     }
 
@@ -97,12 +112,59 @@ impl Upgrades {
     }
 }
 
+/// What the new process's workers share to take over together: each says when its old
+/// counterpart is done, and none stops relaying publications before all have (see
+/// [`relay`]).
+#[derive(Debug)]
+pub(crate) struct Takeover {
+    workers: usize,
+    /// Workers whose old counterpart is not done yet.
+    left: AtomicUsize,
+    /// Workers still relaying their publications through the old process.
+    relaying: AtomicUsize,
+}
+
+impl Takeover {
+    pub(crate) fn new(workers: usize) -> Takeover {
+        Takeover {
+            workers,
+            left: AtomicUsize::new(workers),
+            relaying: AtomicUsize::new(workers),
+        }
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// One worker's counterpart is done; true for the last.
+    pub(crate) fn arrive(&self) -> bool {
+        self.left.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    pub(crate) fn all_arrived(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0
+    }
+
+    /// One worker stopped relaying (its publications go to the new process's hub now).
+    pub(crate) fn stop_relaying(&self) {
+        self.relaying.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// No worker relays any more: the old process's workers may go (until then they relay
+    /// what the others still send them to their counterparts here).
+    pub(crate) fn none_relaying(&self) -> bool {
+        self.relaying.load(Ordering::Acquire) == 0
+    }
+}
+
 impl fmt::Debug for Upgrades {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upgrades")
             .field("program", &self.program)
             .field("args", &self.args)
             .field("on_takeover", &self.on_takeover.is_some())
+            .field("workers", &self.workers)
             .finish()
     }
 }

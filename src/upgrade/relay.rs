@@ -65,10 +65,17 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// This process made a publication. Returns whether it is also delivered here now (not
-    /// in the new process: it comes back from the sequencer).
-    pub(crate) fn publish(&mut self, topic: Option<&str>, msg: Message<'_>) -> bool {
-        self.out.push(Relayed::new(topic, msg, self.forwarding));
+    /// A publication: made here, or (`from_new`) sequenced here for the new process. Returns
+    /// whether it is delivered here now (not in the new process while it relays: it comes
+    /// back from the sequencer).
+    pub(crate) fn publish(
+        &mut self,
+        topic: Option<&str>,
+        msg: Message<'_>,
+        from_new: bool,
+    ) -> bool {
+        let from_new = from_new || self.forwarding;
+        self.out.push(Relayed::new(topic, msg, from_new));
         self.pending += usize::from(self.forwarding);
         !self.forwarding
     }

@@ -17,13 +17,16 @@ use std::sync::Arc;
 use crate::admission::counts::ProcessCounts;
 use crate::app::Handler;
 use crate::config::{Config, RedisConfig};
+use crate::handle::ServerHandle;
 use crate::pubsub::hub::MAX_WORKERS;
 use crate::pubsub::mailbox::mailbox;
 use crate::pubsub::redis::RedisBridge;
 use crate::pubsub::{BrokerStats, Hub, Mailbox, Upstream};
 use crate::reactor::Reactor;
 use crate::stats::board::StatsBoard;
-use crate::upgrade::{process, Upgrades};
+use crate::upgrade::wire::Channel;
+use crate::upgrade::{process, Takeover, Upgrades};
+use std::os::unix::net::UnixStream;
 
 pub(crate) use member::Member;
 
@@ -40,7 +43,15 @@ pub struct Workers {
 }
 
 /// What a worker thread reports once its listener is bound.
-type Ready = io::Result<(SocketAddr, bool, Mailbox)>;
+type Ready = io::Result<(SocketAddr, bool, Mailbox, ServerHandle)>;
+
+/// How a worker starts: its index, and in a process an upgrade started, its channel to its
+/// counterpart in the old process.
+struct Start {
+    index: usize,
+    channel: Option<Channel<UnixStream>>,
+    takeover: Arc<Takeover>,
+}
 
 impl Workers {
     /// One worker, no Redis.
@@ -96,8 +107,12 @@ impl Workers {
             ));
         }
         if self.count == 1 && self.redis.is_none() {
-            let mut reactor = match process::inherited()? {
-                Some(channel) => Reactor::inherit(self.config, make_app(0), channel)?,
+            let inherited = process::inherited_channels(1)?.and_then(|c| c.into_iter().next());
+            let mut reactor = match inherited {
+                Some(channel) => {
+                    let takeover = Arc::new(Takeover::new(1));
+                    Reactor::inherit(self.config, make_app(0), channel, takeover)?
+                }
                 None => Reactor::bind(self.config, make_app(0))?,
             };
             reactor.handle_signals()?;
@@ -107,30 +122,43 @@ impl Workers {
             on_listening(reactor.local_addr(), reactor.static_from_disk());
             return reactor.run();
         }
-        if crate::upgrade::inheriting() {
+        if crate::upgrade::inheriting() && self.redis.is_some() {
             return Err(io::Error::other(
-                "an upgrade started this process, but only a single worker without Redis upgrades",
+                "an upgrade started this process, but servers with --redis do not upgrade",
             ));
         }
+        // Started by an upgrade: each worker takes its listener and connections from its
+        // counterpart in the old process, and all take over together.
+        let mut inherited = process::inherited_channels(self.count)?
+            .map(|channels| channels.into_iter().map(Some).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let takeover = Arc::new(Takeover::new(self.count));
         let mut config = self.config;
         config.reuse_port |= self.count > 1;
         let make_app = Arc::new(make_app);
         let mut threads = Vec::with_capacity(self.count);
         let mut mailboxes = Vec::with_capacity(self.count);
         let mut joins = Vec::with_capacity(self.count);
+        let mut handles = Vec::with_capacity(self.count);
         let mut from_disk = false;
         for index in 0..self.count {
             let (ready_tx, ready_rx) = channel();
             let (join_tx, join_rx) = channel();
             let (own_config, make_app) = (config.clone(), Arc::clone(&make_app));
+            let start = Start {
+                index,
+                channel: inherited.get_mut(index).and_then(Option::take),
+                takeover: Arc::clone(&takeover),
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("wsloop-worker-{index}"))
-                    .spawn(move || worker(index, own_config, &*make_app, &ready_tx, &join_rx))?,
+                    .spawn(move || worker(start, own_config, &*make_app, &ready_tx, &join_rx))?,
             );
-            let (addr, disk, mailbox) = ready_rx
+            let (addr, disk, mailbox, handle) = ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("a worker thread died while binding"))??;
+            handles.push(handle);
             // Port 0 picks a port once; the other workers share it.
             config.addr = addr;
             from_disk = disk;
@@ -156,13 +184,26 @@ impl Workers {
         }
         let board = Arc::new(StatsBoard::new(self.count));
         let counts = Arc::new(ProcessCounts::new(self.count));
+        // Worker 0 starts an upgrade and hands the others their channels; with Redis,
+        // none upgrades (SIGUSR2 is ignored with a log line).
+        let upgrades = self.upgrades.filter(|_| self.redis.is_none()).map(|mut u| {
+            u.workers = self.count;
+            u
+        });
         for (index, join) in joins.into_iter().enumerate() {
-            let _ = join.send(Member::new(
+            let member = Member::new(
                 index,
                 Arc::clone(&board),
                 Arc::clone(&hub),
                 Arc::clone(&counts),
-            ));
+            );
+            let own_upgrades = upgrades.clone().map(|mut u| {
+                if index == 0 {
+                    u.siblings = handles.iter().skip(1).cloned().collect();
+                }
+                u
+            });
+            let _ = join.send((member, own_upgrades));
         }
         drop(hub);
         on_listening(config.addr, from_disk);
@@ -179,15 +220,21 @@ impl Workers {
     }
 }
 
-/// One worker thread: bind, report, wait to join the hub, run.
+/// One worker thread: bind (or take its listener from the old process), report, wait to
+/// join the hub, run.
 fn worker<H: Handler>(
-    index: usize,
+    start: Start,
     config: Config,
     make_app: &dyn Fn(usize) -> H,
     ready: &Sender<Ready>,
-    join: &Receiver<Member>,
+    join: &Receiver<(Member, Option<Upgrades>)>,
 ) -> io::Result<()> {
-    let bound = Reactor::bind(config, make_app(index)).and_then(|mut reactor| {
+    let app = make_app(start.index);
+    let bound = match start.channel {
+        Some(channel) => Reactor::inherit(config, app, channel, start.takeover),
+        None => Reactor::bind(config, app),
+    }
+    .and_then(|mut reactor| {
         reactor.handle_signals()?;
         Ok(reactor)
     });
@@ -203,10 +250,14 @@ fn worker<H: Handler>(
         reactor.local_addr(),
         reactor.static_from_disk(),
         mailbox,
+        reactor.handle(),
     )));
-    let Ok(member) = join.recv() else {
+    let Ok((member, upgrades)) = join.recv() else {
         return Ok(()); // Another worker failed to start: the process is giving up.
     };
     reactor.join(member, Some(inbox));
+    if let Some(upgrades) = upgrades {
+        reactor.upgrade_on_sigusr2(upgrades);
+    }
     reactor.run()
 }
