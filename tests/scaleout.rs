@@ -405,14 +405,19 @@ impl Drop for Supervised {
     }
 }
 
-#[test]
-fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
-    use rustix::process::{kill_process, Pid, Signal};
-    let pid_file =
-        std::env::temp_dir().join(format!("wsloop-supervisor-{}.pid", std::process::id()));
+/// A supervisor of 2 processes with `--pid-file pid_file`, once both listen: it, its lines,
+/// its address, the children's pids.
+fn supervise_two(
+    pid_file: &std::path::Path,
+) -> (
+    Supervised,
+    std::sync::mpsc::Receiver<String>,
+    std::net::SocketAddr,
+    Vec<u32>,
+) {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
         .args(["--addr", "127.0.0.1:0", "--processes", "2", "--pid-file"])
-        .arg(&pid_file)
+        .arg(pid_file)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -424,7 +429,7 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     let lines = stdout_lines(&mut sup.child);
     let head = wait_line(&lines, "supervisor on ");
     // --pid-file names the supervisor, not a child.
-    let written = std::fs::read_to_string(&pid_file).unwrap();
+    let written = std::fs::read_to_string(pid_file).unwrap();
     assert_eq!(written, format!("{}\n", sup.child.id()));
     let addr: std::net::SocketAddr = head
         .split("supervisor on ")
@@ -444,6 +449,29 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
         }
     }
     sup.pids.clone_from(&started);
+    (sup, lines, addr, started)
+}
+
+/// SIGTERM to the supervisor stops every process, then the supervisor.
+fn stop_supervisor(sup: &mut Supervised) -> std::process::ExitStatus {
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_raw(sup.child.id() as i32).unwrap(), Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = sup.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "supervisor did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-supervisor-{}.pid", std::process::id()));
+    let (mut sup, lines, addr, started) = supervise_two(&pid_file);
     let (first, second) = (started[0], started[1]);
 
     // Both processes take connections on the one port.
@@ -470,17 +498,39 @@ fn supervisor_restarts_a_killed_process_and_stops_all_on_sigterm() {
     assert!(alive(replacement) && alive(second));
     drop(held);
 
-    // SIGTERM to the supervisor stops every process, then the supervisor.
-    kill_process(Pid::from_raw(sup.child.id() as i32).unwrap(), Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = sup.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "supervisor did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop_supervisor(&mut sup);
     assert!(status.success(), "{status}");
     assert!(!alive(replacement) && !alive(second));
     assert!(!pid_file.exists(), "the pid file is removed at exit");
+}
+
+/// SIGUSR2 to the supervisor upgrades its processes one at a time: every connection stays
+/// open and echoing, the new processes are supervised in their place (and stopped with it).
+#[test]
+fn supervisor_upgrades_its_processes_one_at_a_time() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-supervisor-up-{}.pid", std::process::id()));
+    let (mut sup, lines, addr, started) = supervise_two(&pid_file);
+    let mut held = echo_on_fresh_connections(addr, 40);
+    assert!(started.iter().all(|&pid| fd_count(pid) > 20));
+    kill_process(Pid::from_raw(sup.child.id() as i32).unwrap(), Signal::USR2).unwrap();
+    let mut upgraded = Vec::new();
+    while upgraded.len() < 2 {
+        let line = wait_line(&lines, "upgraded (pid");
+        let new = line.rsplit("pid ").next().unwrap();
+        upgraded.push(new.trim_end_matches(')').parse::<u32>().unwrap());
+    }
+    sup.pids.extend(&upgraded);
+    assert!(started.iter().all(|&pid| !alive(pid)), "{started:?}");
+    for (i, ws) in held.iter_mut().enumerate() {
+        send_text(ws, &format!("after {i}"));
+        assert_eq!(
+            recv_text(ws, Duration::from_secs(5)).as_deref(),
+            Some(format!("after {i}").as_str())
+        );
+    }
+    let status = stop_supervisor(&mut sup);
+    assert!(status.success(), "{status}");
+    assert!(upgraded.iter().all(|&pid| !alive(pid)), "{upgraded:?}");
 }

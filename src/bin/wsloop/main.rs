@@ -20,7 +20,7 @@ use wsloop::{Upgrades, Workers};
 use args::Args;
 use echo_chat::EchoChat;
 use pid_file::PidFile;
-use supervisor::{Supervisor, SUPERVISED_ADDR};
+use supervisor::{Supervisor, SUPERVISED_ADDR, SUPERVISED_PID_FILE};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -55,10 +55,13 @@ fn main() -> ExitCode {
     } else {
         "http"
     };
-    // Not in a child of `--processes`: the supervisor's file names the supervisor. A process
-    // an upgrade started writes it once it has taken over (until then the old one serves).
-    let supervised = std::env::var_os(SUPERVISED_ADDR).is_some();
-    let pid_path = args.pid_file.clone().filter(|_| !supervised);
+    // A child of `--processes` keeps the file the supervisor names (the supervisor's own
+    // file names the supervisor). A process an upgrade started writes it once it has taken
+    // over (until then the old one serves).
+    let pid_path = match std::env::var_os(SUPERVISED_ADDR) {
+        Some(_) => std::env::var_os(SUPERVISED_PID_FILE).map(PathBuf::from),
+        None => args.pid_file.clone(),
+    };
     let pid_file = match write_pid_file(
         pid_path
             .as_deref()
@@ -128,13 +131,20 @@ fn supervise(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let upgrade = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&upgrade))
+    {
+        eprintln!("wsloop: cannot handle SIGUSR2: {e}");
+        return ExitCode::FAILURE;
+    }
     let supervisor = Supervisor {
         program,
         args: std::env::args_os().skip(1).collect(),
         processes: usize::from(args.processes),
         addr: args.addr,
+        pid_dir: std::env::temp_dir().join(format!("wsloop-supervisor-{}", std::process::id())),
     };
-    let result = supervisor.run(&stop, |event| {
+    let result = supervisor.run(&stop, &upgrade, |event| {
         // Not println!: a closed stdout must not take the supervisor (and its duty to stop
         // the children) down.
         let mut out = std::io::stdout().lock();
