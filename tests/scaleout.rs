@@ -534,3 +534,56 @@ fn supervisor_upgrades_its_processes_one_at_a_time() {
     assert!(status.success(), "{status}");
     assert!(upgraded.iter().all(|&pid| !alive(pid)), "{upgraded:?}");
 }
+
+/// `--redis`: SIGUSR2 moves a process's room members to the new process, which has
+/// subscribed to their rooms first; publications from another process reach them there, in
+/// order and once, and theirs reach it.
+#[test]
+fn an_upgrade_keeps_a_processs_members_in_the_shared_room() {
+    let Some(redis) = redis() else { return };
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-redis-upgrade-{}.pid", std::process::id()));
+    let mut a = node(&redis, &["--pid-file", pid_file.to_str().unwrap()]);
+    let b = node(&redis, &[]);
+    let mut members: Vec<Client> = (0..20).map(|_| ws_client(a.addr, "/chat")).collect();
+    let mut other = ws_client(b.addr, "/chat");
+    redis.wait_numsub(CHANNEL, 2);
+    until_delivered(&mut other, &mut members[0], "warm ");
+    for ws in &mut members[1..] {
+        while recv_text(ws, Duration::from_millis(200)).is_some() {}
+    }
+    a.signal("USR2");
+    let exited = a.exit_within(Duration::from_secs(20));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    let new: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new, a.pid());
+    let _stop = StopPid(new);
+    const N: usize = 50;
+    for i in 0..N {
+        send_text(&mut other, &format!("b{i}"));
+    }
+    for (m, ws) in members.iter_mut().enumerate() {
+        let got = collect(ws, N);
+        assert_eq!(from_publisher(&got, "b").len(), N, "member {m}: {got:?}");
+    }
+    send_text(&mut members[3], "from a");
+    let heard = std::iter::from_fn(|| recv_text(&mut other, Duration::from_secs(5)))
+        .any(|text| text == "from a");
+    assert!(
+        heard,
+        "the other process never got the moved member's message"
+    );
+}
+
+/// Stops a process that is not this test's child (one an upgrade started) by its pid.
+struct StopPid(u32);
+
+impl Drop for StopPid {
+    fn drop(&mut self) {
+        common::server::signal_pid(self.0, "TERM");
+    }
+}

@@ -99,6 +99,12 @@ impl Hub {
         }
     }
 
+    /// Whether publications to `topic` from other processes reach this one (always, without
+    /// an upstream).
+    pub(crate) fn subscribed(&self, topic: &str) -> bool {
+        self.upstream.as_ref().is_none_or(|u| u.subscribed(topic))
+    }
+
     /// Topics with a subscriber on any worker: the process's rooms.
     pub(crate) fn topics(&self) -> usize {
         self.lock().len()
@@ -145,6 +151,9 @@ mod tests {
         }
         fn interest(&self, topic: &str, subscribed: bool) {
             self.0.lock().unwrap().push(format!("{topic} {subscribed}"));
+        }
+        fn subscribed(&self, _topic: &str) -> bool {
+            true
         }
     }
 

@@ -57,6 +57,9 @@ pub(crate) trait Upstream: Send + Sync {
     /// The process gained its first (`true`) or lost its last (`false`) subscriber to
     /// `topic`. Called in order, under the hub's interest lock.
     fn interest(&self, topic: &str, subscribed: bool);
+    /// Whether other processes' publications to `topic` reach this one now (Redis confirmed
+    /// the SUBSCRIBE): an upgrade waits for it before moving a room's members.
+    fn subscribed(&self, topic: &str) -> bool;
 }
 
 /// Counters of the broker side of a process, bumped by the hub and the upstream threads.

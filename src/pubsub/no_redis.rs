@@ -34,6 +34,10 @@ impl Upstream for RedisBridge {
     fn interest(&self, _topic: &str, _subscribed: bool) {
         match *self {}
     }
+
+    fn subscribed(&self, _topic: &str) -> bool {
+        match *self {}
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ use crate::upgrade::record::{self, ConnRecord};
 use crate::upgrade::relay::{self, Relay};
 use crate::upgrade::wire::{Channel, Msg, MAX_FDS};
 use crate::upgrade::{
-    process, Takeover, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, TAKEN,
+    process, Takeover, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, ROOMS, ROOMS_READY,
+    TAKEN,
 };
 
 use super::entry::Entry;
@@ -86,6 +87,8 @@ pub(super) enum Handoff {
         takeover: Arc<Takeover>,
         /// This worker's old counterpart is done (counted in `takeover`).
         arrived: bool,
+        /// Its publications still go through the old process (counted in `takeover`).
+        relaying: bool,
     },
     /// Old process: the new one has taken over; the loop ends.
     HandedOver,
@@ -93,7 +96,7 @@ pub(super) enum Handoff {
 
 impl Handoff {
     /// The deadline the poll must wake up for, if any.
-    pub(super) fn deadline(&self) -> Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
         match self {
             Handoff::Greeting { until, .. } | Handoff::Done { until, .. } => Some(*until),
             Handoff::Moving { next, .. } => Some(*next),
@@ -135,6 +138,7 @@ impl<H: Handler> Reactor<H> {
     ) -> io::Result<Reactor<H>> {
         channel.socket_mut().set_read_timeout(Some(HELLO_TIMEOUT))?;
         let workers = takeover.workers();
+        let via_redis = takeover.via_redis;
         protocol::greet(&mut channel, Hello::ours(workers)).map_err(io::Error::other)?;
         let msg = channel.recv_one()?;
         if msg.kind != LISTENERS {
@@ -165,11 +169,14 @@ impl<H: Handler> Reactor<H> {
             done: None,
             takeover,
             arrived: false,
+            relaying: true,
         };
-        reactor.core.relay = Some(Box::new(Relay {
-            forwarding: true,
-            ..Relay::default()
-        }));
+        if !via_redis {
+            reactor.core.relay = Some(Box::new(Relay {
+                forwarding: true,
+                ..Relay::default()
+            }));
+        }
         info!("upgrade: listening on the old process's sockets; taking its connections");
         Ok(reactor)
     }
@@ -233,6 +240,15 @@ impl<H: Handler> Reactor<H> {
         }
     }
 
+    /// When the loop must wake up for the upgrade: its state's deadline, or shortly while
+    /// waiting for Redis to confirm the rooms (which raises no event here).
+    pub(super) fn handoff_deadline(&self) -> Option<Instant> {
+        match self.rooms_awaited {
+            true => Some(Instant::now() + RETRY),
+            false => self.handoff.deadline(),
+        }
+    }
+
     /// Before the first turn: what arrived with the listeners (a batch, even the end) raises
     /// no readiness event of its own.
     pub(super) fn adopt_what_waits(&mut self) {
@@ -250,15 +266,22 @@ impl<H: Handler> Reactor<H> {
                 mut channel,
                 until,
             } => {
+                let via_redis = self.upgrades.as_ref().is_some_and(|u| u.via_redis);
                 let agreed = blocking(&mut channel, |c| {
                     protocol::answer(c, Hello::ours(self.workers)).map_err(io::Error::other)?;
-                    self.send_listeners(c)
+                    self.send_listeners(c)?;
+                    match via_redis {
+                        true => self.send_rooms(c),
+                        false => Ok(()),
+                    }
                 });
                 match agreed {
                     Ok(()) => {
                         info!("upgrade: the new process agreed; moving connections");
                         self.pause_accepting();
-                        self.core.relay = Some(Box::default());
+                        // Through Redis, rooms span both processes already.
+                        self.core.relay = (!via_redis).then(Box::default);
+                        self.rooms_pending = via_redis.then(|| self.core.now + HELLO_TIMEOUT);
                         self.handoff = Handoff::Moving {
                             child,
                             channel,
@@ -280,6 +303,7 @@ impl<H: Handler> Reactor<H> {
                 done,
                 takeover,
                 arrived,
+                relaying,
             } => {
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
@@ -288,6 +312,7 @@ impl<H: Handler> Reactor<H> {
                     done,
                     takeover,
                     arrived,
+                    relaying,
                 };
                 for msg in msgs {
                     self.on_adopting(msg);
@@ -328,7 +353,12 @@ impl<H: Handler> Reactor<H> {
                 // Nothing is due between batches: the peer went away, or broke the protocol.
                 let mut msgs = Vec::new();
                 let received = channel.receive(&mut msgs, false);
-                let out_of_turn = msgs.iter().any(|m| m.kind != RELAY);
+                let out_of_turn = msgs
+                    .iter()
+                    .any(|m| m.kind != RELAY && m.kind != ROOMS_READY);
+                if msgs.iter().any(|m| m.kind == ROOMS_READY) {
+                    self.rooms_pending = None;
+                }
                 for msg in msgs {
                     self.sequence(msg);
                 }
@@ -377,6 +407,32 @@ impl<H: Handler> Reactor<H> {
                 child,
                 channel,
                 next,
+            } if self
+                .rooms_pending
+                .is_some_and(|until| until <= self.core.now) =>
+            {
+                let state = Handoff::Moving {
+                    child,
+                    channel,
+                    next,
+                };
+                self.fail_upgrade(
+                    state,
+                    "Redis did not confirm the rooms' subscriptions in time",
+                );
+            }
+            Handoff::Moving { child, channel, .. } if self.rooms_pending.is_some() => {
+                // Waiting for ROOMS_READY: look again shortly.
+                self.handoff = Handoff::Moving {
+                    child,
+                    channel,
+                    next: self.core.now + RETRY,
+                };
+            }
+            Handoff::Moving {
+                child,
+                channel,
+                next,
             } if next <= self.core.now => {
                 self.move_batch(child, channel);
             }
@@ -390,6 +446,7 @@ impl<H: Handler> Reactor<H> {
             }
             other => self.handoff = other,
         }
+        self.answer_rooms_when_subscribed();
         self.take_over_when_done();
         matches!(self.handoff, Handoff::HandedOver)
     }
@@ -577,6 +634,7 @@ impl<H: Handler> Reactor<H> {
     fn fail_upgrade(&mut self, state: Handoff, why: &str) {
         warn!("upgrade failed: {why}; this process serves on");
         self.core.relay = None;
+        self.rooms_pending = None;
         self.core.stats.process_upgrades_failed += 1;
         let was_moving = matches!(state, Handoff::Moving { .. } | Handoff::Done { .. });
         match state {
@@ -761,6 +819,7 @@ impl<H: Handler> Reactor<H> {
             done,
             takeover,
             arrived,
+            relaying,
             ..
         } = &mut self.handoff
         else {
@@ -782,12 +841,13 @@ impl<H: Handler> Reactor<H> {
         // done and this worker's last relayed publication is back (a sender's messages
         // stay in order); then through this process's hub. The old workers stay until no
         // worker here relays: they pass on what the others still send them.
-        if self.core.relay.is_some() {
+        if *relaying {
             let pending = self.core.relay.as_deref().map_or(0, |r| r.pending);
             if !takeover.all_arrived() || pending > 0 {
                 return;
             }
             self.core.relay = None;
+            *relaying = false;
             takeover.stop_relaying();
         }
         if !takeover.none_relaying() {
@@ -805,6 +865,38 @@ impl<H: Handler> Reactor<H> {
             }
         }
         self.end_adopting("");
+    }
+
+    /// Old process, with `--redis`: its rooms, for the new process to subscribe to first.
+    fn send_rooms(&self, channel: &mut Channel<UnixStream>) -> io::Result<()> {
+        let topics: Vec<&str> = self.core.rooms.iter().map(|(name, _)| name).collect();
+        channel.send(
+            ROOMS,
+            &record::encode_topics(topics.into_iter()),
+            Vec::new(),
+        )
+    }
+
+    /// New process, with `--redis`: once Redis has confirmed every room the old process
+    /// named, it may send their members.
+    fn answer_rooms_when_subscribed(&mut self) {
+        if !self.rooms_awaited {
+            return;
+        }
+        let member = self.core.member.as_deref();
+        if !self
+            .pinned
+            .iter()
+            .all(|t| member.is_none_or(|m| m.subscribed(t)))
+        {
+            return;
+        }
+        self.rooms_awaited = false;
+        if let Some(channel) = self.handoff.channel() {
+            if let Err(e) = channel.send(ROOMS_READY, &[], Vec::new()) {
+                warn!("upgrade: cannot say the rooms are subscribed: {e}");
+            }
+        }
     }
 
     /// New process: one message from the old one.
@@ -833,6 +925,20 @@ impl<H: Handler> Reactor<H> {
                 Err(e) => self.end_adopting(&format!("the old process's counters: {e}")),
             },
             RELAY => self.deliver_relayed(&msg.body),
+            ROOMS => match record::decode_topics(&msg.body) {
+                Ok(topics) => {
+                    for topic in topics {
+                        // Held until the takeover: its members are on their way.
+                        if self.core.rooms.members(&topic).is_empty() {
+                            self.core.interest(&topic, true);
+                        }
+                        self.pinned.push(topic);
+                    }
+                    self.rooms_awaited = true;
+                    self.answer_rooms_when_subscribed();
+                }
+                Err(e) => self.end_adopting(&format!("the old process's rooms: {e}")),
+            },
             other => warn!("upgrade: unexpected message {other} from the old process"),
         }
     }
@@ -876,6 +982,12 @@ impl<H: Handler> Reactor<H> {
             self.deregister_channel(&mut channel);
         }
         self.core.relay = None;
+        self.rooms_awaited = false;
+        for topic in std::mem::take(&mut self.pinned) {
+            if self.core.rooms.members(&topic).is_empty() {
+                self.core.interest(&topic, false);
+            }
+        }
         if why.is_empty() {
             info!(
                 "upgrade: took over ({} connections adopted)",

@@ -171,6 +171,13 @@ pub struct Reactor<H: Handler> {
     moved: usize,
     /// Workers in this process (a handoff needs the same number on both sides).
     workers: usize,
+    /// Old process, with `--redis`: until when the new one may take to subscribe to the
+    /// rooms (no connection moves before).
+    rooms_pending: Option<Instant>,
+    /// New process, with `--redis`: the old process's rooms, held subscribed until the
+    /// takeover, and whether it still waits to hear they are.
+    pinned: Vec<String>,
+    rooms_awaited: bool,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -253,6 +260,9 @@ impl<H: Handler> Reactor<H> {
             handoff: Handoff::Idle,
             moved: 0,
             workers: 1,
+            rooms_pending: None,
+            pinned: Vec::new(),
+            rooms_awaited: false,
         })
     }
 
@@ -414,7 +424,7 @@ impl<H: Handler> Reactor<H> {
             self.accept_paused_until,
             self.next_stats,
             self.core.shutdown_deadline,
-            self.handoff.deadline(),
+            self.handoff_deadline(),
         ];
         let now = Instant::now();
         deadlines

@@ -34,8 +34,14 @@
 //! With `--workers N` the old process's worker 0 starts the new process and hands it, first
 //! thing on the inherited channel, one more channel per other worker ([`WORKER_CHANNELS`]);
 //! each worker then moves its own listener and connections to its counterpart, and the new
-//! process's workers take over together ([`Takeover`]). With `--redis`, `SIGUSR2` is
-//! ignored with a log line.
+//! process's workers take over together ([`Takeover`]).
+//!
+//! With `--redis`, rooms span the two processes through Redis already, so nothing is relayed;
+//! instead, before any connection moves, the old process names its rooms ([`ROOMS`]) and the
+//! new one answers once Redis has confirmed its SUBSCRIBE to each ([`ROOMS_READY`]). What
+//! is NOT guaranteed there: a publication from another process that Redis is delivering at
+//! the very moment a member moves may reach that member twice or not at all (the window is
+//! one Redis delivery, well under a millisecond on a LAN).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -72,6 +78,12 @@ pub(crate) const RELAY: u8 = 9;
 /// Old → new, first on the inherited channel with `--workers N`: the channels of workers 1
 /// to N-1 (worker 0 keeps the inherited one).
 pub(crate) const WORKER_CHANNELS: u8 = 10;
+/// Old → new, with `--redis`, before any connection: the rooms the connections to come are
+/// in ([`record::encode_topics`]).
+pub(crate) const ROOMS: u8 = 11;
+/// New → old: Redis has confirmed a SUBSCRIBE to each of those rooms: their members may move
+/// without a publication from another process falling between the two.
+pub(crate) const ROOMS_READY: u8 = 12;
 
 /// Whether this process was started by an upgrade (see [`INHERIT_ENV`]).
 pub fn inheriting() -> bool {
@@ -89,6 +101,9 @@ pub struct Upgrades {
     pub(crate) workers: usize,
     /// Worker 0's way to hand the other workers their channels.
     pub(crate) siblings: Vec<ServerHandle>,
+    /// Rooms span processes through Redis (set by [`crate::Workers`]): no relay, and the new
+    /// process subscribes before members move.
+    pub(crate) via_redis: bool,
 }
 
 impl Upgrades {
@@ -101,6 +116,7 @@ impl Upgrades {
             on_takeover: None,
             workers: 1,
             siblings: Vec::new(),
+            via_redis: false,
         }
     }
 
@@ -118,6 +134,8 @@ impl Upgrades {
 #[derive(Debug)]
 pub(crate) struct Takeover {
     workers: usize,
+    /// Rooms span processes through Redis: publications need no relay.
+    pub(crate) via_redis: bool,
     /// Workers whose old counterpart is not done yet.
     left: AtomicUsize,
     /// Workers still relaying their publications through the old process.
@@ -125,9 +143,10 @@ pub(crate) struct Takeover {
 }
 
 impl Takeover {
-    pub(crate) fn new(workers: usize) -> Takeover {
+    pub(crate) fn new(workers: usize, via_redis: bool) -> Takeover {
         Takeover {
             workers,
+            via_redis,
             left: AtomicUsize::new(workers),
             relaying: AtomicUsize::new(workers),
         }

@@ -111,6 +111,32 @@ pub(crate) fn decode_batch(body: &[u8]) -> Result<Vec<ConnRecord>, CodecError> {
     Ok(records)
 }
 
+/// A list of room names.
+pub(crate) fn encode_topics<'a>(topics: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = Writer::new(&mut out);
+    w.u32(topics.len() as u32);
+    for topic in topics {
+        w.bytes(topic.as_bytes());
+    }
+    out
+}
+
+/// # Errors
+/// Truncated, trailing or over-long names, or too many.
+pub(crate) fn decode_topics(body: &[u8]) -> Result<Vec<String>, CodecError> {
+    let mut r = Reader::new(body);
+    let count = r.u32()? as usize;
+    if count > MAX_ROOMS * super::wire::MAX_FDS {
+        return Err(CodecError::Invalid("room count"));
+    }
+    let topics = (0..count)
+        .map(|_| name(&mut r, "room"))
+        .collect::<Result<_, _>>()?;
+    r.finish()?;
+    Ok(topics)
+}
+
 /// The counters `/stats` and `/metrics` show, so that they carry on in the new process.
 pub(crate) fn encode_stats(stats: &Stats) -> Vec<u8> {
     let mut out = Vec::new();
@@ -174,6 +200,16 @@ mod tests {
         assert!(decode_batch(&[bytes.as_slice(), &[0]].concat()).is_err());
         // More records than descriptors a message can carry.
         assert!(decode_batch(&u32::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn room_lists_come_back_as_they_went() {
+        let rooms = ["chat", "", "news"];
+        let bytes = encode_topics(rooms.into_iter());
+        assert_eq!(decode_topics(&bytes).unwrap(), rooms);
+        for cut in 0..bytes.len() {
+            assert!(decode_topics(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -88,6 +88,11 @@ impl Member {
     }
 
     /// This worker gained its first or lost its last subscriber to `topic`.
+    /// Whether other processes' publications to `topic` reach this process now.
+    pub(crate) fn subscribed(&self, topic: &str) -> bool {
+        self.hub.subscribed(topic)
+    }
+
     pub(crate) fn interest(&self, topic: &str, subscribed: bool) {
         self.hub.interest(self.index, topic, subscribed);
     }

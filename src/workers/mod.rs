@@ -110,7 +110,7 @@ impl Workers {
             let inherited = process::inherited_channels(1)?.and_then(|c| c.into_iter().next());
             let mut reactor = match inherited {
                 Some(channel) => {
-                    let takeover = Arc::new(Takeover::new(1));
+                    let takeover = Arc::new(Takeover::new(1, false));
                     Reactor::inherit(self.config, make_app(0), channel, takeover)?
                 }
                 None => Reactor::bind(self.config, make_app(0))?,
@@ -122,17 +122,12 @@ impl Workers {
             on_listening(reactor.local_addr(), reactor.static_from_disk());
             return reactor.run();
         }
-        if crate::upgrade::inheriting() && self.redis.is_some() {
-            return Err(io::Error::other(
-                "an upgrade started this process, but servers with --redis do not upgrade",
-            ));
-        }
         // Started by an upgrade: each worker takes its listener and connections from its
         // counterpart in the old process, and all take over together.
         let mut inherited = process::inherited_channels(self.count)?
             .map(|channels| channels.into_iter().map(Some).collect::<Vec<_>>())
             .unwrap_or_default();
-        let takeover = Arc::new(Takeover::new(self.count));
+        let takeover = Arc::new(Takeover::new(self.count, self.redis.is_some()));
         let mut config = self.config;
         config.reuse_port |= self.count > 1;
         let make_app = Arc::new(make_app);
@@ -184,10 +179,10 @@ impl Workers {
         }
         let board = Arc::new(StatsBoard::new(self.count));
         let counts = Arc::new(ProcessCounts::new(self.count));
-        // Worker 0 starts an upgrade and hands the others their channels; with Redis,
-        // none upgrades (SIGUSR2 is ignored with a log line).
-        let upgrades = self.upgrades.filter(|_| self.redis.is_none()).map(|mut u| {
+        // Worker 0 starts an upgrade and hands the others their channels.
+        let upgrades = self.upgrades.map(|mut u| {
             u.workers = self.count;
+            u.via_redis = self.redis.is_some();
             u
         });
         for (index, join) in joins.into_iter().enumerate() {

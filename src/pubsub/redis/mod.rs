@@ -44,6 +44,8 @@ enum Control {
 pub(crate) struct RedisBridge {
     outgoing: SyncSender<Delivery>,
     control: Sender<Control>,
+    /// The topics the subscriber has confirmed (see [`Upstream::subscribed`]).
+    confirmed: subscriber::Confirmed,
     stats: Arc<BrokerStats>,
     dropped_logged: std::sync::atomic::AtomicBool,
     /// Set on drop, so a publisher waiting for Redis with a batch in hand stops retrying.
@@ -86,12 +88,14 @@ impl RedisBridge {
         std::thread::Builder::new()
             .name("wsloop-redis-pub".into())
             .spawn(move || publisher.run(&queue))?;
+        let confirmed = subscriber::Confirmed::default();
         let subscriber = subscriber::Subscriber::new(
             client,
             config.prefix.clone(),
             origin,
             hub,
             Arc::clone(&stats),
+            Arc::clone(&confirmed),
         );
         std::thread::Builder::new()
             .name("wsloop-redis-sub".into())
@@ -99,6 +103,7 @@ impl RedisBridge {
         Ok(RedisBridge {
             outgoing,
             control,
+            confirmed,
             stats,
             dropped_logged: Default::default(),
             closed,
@@ -120,6 +125,10 @@ impl Upstream for RedisBridge {
                 }
             }
         }
+    }
+
+    fn subscribed(&self, topic: &str) -> bool {
+        subscriber::confirmed(&self.confirmed).contains(topic)
     }
 
     fn interest(&self, topic: &str, subscribed: bool) {

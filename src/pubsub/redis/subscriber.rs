@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -27,6 +27,16 @@ enum End {
 }
 
 /// Everything the thread owns.
+/// The topics Redis confirmed, shared with the bridge ([`super::RedisBridge`]).
+pub(super) type Confirmed = Arc<Mutex<HashSet<String>>>;
+
+/// The confirmed set, locked (a panic elsewhere cannot leave it inconsistent: each change
+/// is one call).
+pub(super) fn confirmed(set: &Confirmed) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(super) struct Subscriber {
     client: redis::Client,
     prefix: String,
@@ -35,6 +45,8 @@ pub(super) struct Subscriber {
     stats: Arc<BrokerStats>,
     /// Topics with local subscribers, whether or not Redis is reachable now.
     wanted: HashSet<String>,
+    /// The topics Redis has confirmed a SUBSCRIBE to on the current connection.
+    confirmed: Confirmed,
     /// Last sequence number seen per publishing process and topic, for counting gaps.
     last_seq: HashMap<u64, HashMap<Box<str>, u64>>,
 }
@@ -46,6 +58,7 @@ impl Subscriber {
         origin: u64,
         hub: Weak<Hub>,
         stats: Arc<BrokerStats>,
+        confirmed: Confirmed,
     ) -> Subscriber {
         Subscriber {
             client,
@@ -54,6 +67,7 @@ impl Subscriber {
             hub,
             stats,
             wanted: HashSet::new(),
+            confirmed,
             last_seq: HashMap::new(),
         }
     }
@@ -87,6 +101,7 @@ impl Subscriber {
                     warn!("redis: subscriber connection lost: {e}; reconnecting");
                     BrokerStats::bump(&self.stats.connection_errors);
                     self.stats.subscribed_topics.store(0, Ordering::Relaxed);
+                    confirmed(&self.confirmed).clear();
                     down_logged = true;
                     std::thread::sleep(backoff.next_delay());
                 }
@@ -123,6 +138,7 @@ impl Subscriber {
         if let Err(e) = resubscribed {
             return End::Broken(e);
         }
+        confirmed(&self.confirmed).clone_from(&self.wanted);
         info!(
             "redis: subscriber connected; subscribed to {} topics",
             self.wanted.len()
@@ -134,12 +150,18 @@ impl Subscriber {
                 let result = match control.try_recv() {
                     Ok(Control::Subscribe(topic)) => {
                         let channel = self.channel(&topic);
-                        self.wanted.insert(topic);
-                        pubsub.subscribe(channel)
+                        self.wanted.insert(topic.clone());
+                        // Returns once Redis has confirmed it.
+                        let result = pubsub.subscribe(channel);
+                        if result.is_ok() {
+                            confirmed(&self.confirmed).insert(topic);
+                        }
+                        result
                     }
                     Ok(Control::Unsubscribe(topic)) => {
                         let channel = self.channel(&topic);
                         self.forget(&topic);
+                        confirmed(&self.confirmed).remove(&topic);
                         pubsub.unsubscribe(channel)
                     }
                     Err(TryRecvError::Empty) => break,
