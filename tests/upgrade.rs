@@ -17,10 +17,15 @@ use std::time::Duration;
 use common::frames::{
     client_close, client_frame, close_code, next_frame, op, read_server_frame, Next,
 };
-use common::http::{exchange, stat, stats, upgrade_request_with};
+use common::http::{
+    connect, exchange, read_http_head, stat, stats, upgrade_request, upgrade_request_with,
+};
 use common::server::signal_pid;
 use common::ws::raw_upgraded;
 use common::{wait_until, ServerProcess};
+
+/// Connections in the middle of their request head through an upgrade (beside the sizes).
+const HALF_REQUESTS: usize = 3;
 
 /// How many connections of each kind a test opens.
 #[derive(Clone, Copy)]
@@ -222,7 +227,8 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     );
     assert_eq!(deploy.pid(), Some(old.pid()));
     let mut clients = Clients::open(&old, SINGLE);
-    assert_eq!(stat(&stats(old.addr), "open"), SINGLE.total() as u64 + 1);
+    let open = SINGLE.total() as u64 + 1;
+    assert_eq!(stat(&stats(old.addr), "open"), open);
     clients.say(0);
     clients.heard(0);
 
@@ -239,7 +245,7 @@ fn sigusr2_moves_every_connection_and_a_failing_binary_moves_none() {
     assert_eq!(deploy.pid(), Some(old.pid()));
     clients.say(1);
     clients.heard(1);
-    assert_eq!(stat(&stats(old.addr), "open"), SINGLE.total() as u64 + 1);
+    assert_eq!(stat(&stats(old.addr), "open"), open);
 
     // The real binary again.
     deploy.install(Path::new(env!("CARGO_BIN_EXE_wsloop")));
@@ -314,6 +320,15 @@ fn upgrade_and_check(
             sent
         })
     };
+    // Connections that have sent half of their request head (well within the handshake
+    // timeout).
+    let request = upgrade_request("/late");
+    let mut half_request: Vec<TcpStream> = (0..HALF_REQUESTS).map(|_| connect(old.addr)).collect();
+    for stream in &mut half_request {
+        stream
+            .write_all(&request.as_bytes()[..request.len() / 2])
+            .unwrap();
+    }
     old.signal("USR2");
     // A second signal during the upgrade is ignored.
     old.signal("USR2");
@@ -327,6 +342,17 @@ fn upgrade_and_check(
     let new = deploy.pid().expect("the pid file names the new process");
     assert_ne!(new, old.pid());
     let stop = Stop(new);
+    // The rest of a request head that began in the old process: answered by the new one.
+    let request = upgrade_request("/late");
+    for (i, stream) in half_request.iter_mut().enumerate() {
+        stream
+            .write_all(&request.as_bytes()[request.len() / 2..])
+            .unwrap();
+        let head = read_http_head(stream);
+        assert!(head.starts_with("HTTP/1.1 101"), "{i}: {head}");
+        send(stream, "late");
+        assert_eq!(text(stream, "late"), "late");
+    }
 
     clients.echoed(2);
     // Every member got "chat 2" and every live publication once, each sender's in order.
