@@ -5,40 +5,40 @@
 //!    path it was started from, with the same arguments, and gives it one end of a fresh
 //!    socketpair as its standard input ([`INHERIT_ENV`] tells it so): no path exists that
 //!    another local user could connect to.
-//! 2. The new process says hello ([`protocol`]): the handoff protocol and the
+//! 2. The new process says hello (`protocol`): the handoff protocol and the
 //!    connection-state format must match, or the old process refuses before a descriptor
 //!    moves.
-//! 3. The old process sends its listening sockets ([`LISTENERS`]) and stops accepting: the
+//! 3. The old process sends its listening sockets (`LISTENERS`) and stops accepting: the
 //!    new process accepts from then on, on the very same sockets.
-//! 4. At the end of each loop turn the old process sends a batch ([`CONNS`]) of up to
-//!    [`wire::MAX_FDS`] connections: each socket (`SCM_RIGHTS`) with its [`record`] — the
+//! 4. At the end of each loop turn the old process sends a batch (`CONNS`) of up to
+//!    `wire::MAX_FDS` connections: each socket (`SCM_RIGHTS`) with its `record` — the
 //!    protocol connection's whole state, path, client address, rooms, output not yet written
 //!    and the application's own bytes ([`crate::Handler::export`]). It waits for the new
-//!    process to confirm the batch ([`ADOPTED`]) before it forgets those connections; until
+//!    process to confirm the batch (`ADOPTED`) before it forgets those connections; until
 //!    then they are untouched, so a batch that is not confirmed is served on here as if
 //!    nothing happened.
 //!    Room publications made meanwhile reach the members on both sides once and in order:
-//!    the old process sequences them all ([`relay`]).
+//!    the old process sequences them all (`relay`).
 //! 5. What cannot move is drained as a shutdown drains it (1001): TLS connections (rustls
 //!    cannot export a live session) and connections with deflate contexts of their own
 //!    (context takeover: zlib's history cannot be exported). A request being answered or
 //!    events not handed to the application yet wait for the next turn.
-//! 6. Once nothing is left, the old process sends its counters ([`DONE`]); the new one adds
+//! 6. Once nothing is left, the old process sends its counters (`DONE`); the new one adds
 //!    them to its own, runs the takeover hook (the binary rewrites `--pid-file` there) and
-//!    answers [`TAKEN`]; the old process exits.
+//!    answers `TAKEN`; the old process exits.
 //!
 //! If the new program does not start, refuses, closes the channel or does not answer in
 //! time, the old process kills it (by its pid), resumes accepting and serves on what it has
 //! not handed over; `wsloop_upgrades_failed_total` counts it.
 //!
 //! With `--workers N` the old process's worker 0 starts the new process and hands it, first
-//! thing on the inherited channel, one more channel per other worker ([`WORKER_CHANNELS`]);
+//! thing on the inherited channel, one more channel per other worker (`WORKER_CHANNELS`);
 //! each worker then moves its own listener and connections to its counterpart, and the new
-//! process's workers take over together ([`Takeover`]).
+//! process's workers take over together (`Takeover`).
 //!
 //! With `--redis`, rooms span the two processes through Redis already, so nothing is relayed;
-//! instead, before any connection moves, the old process names its rooms ([`ROOMS`]) and the
-//! new one answers once Redis has confirmed its SUBSCRIBE to each ([`ROOMS_READY`]). What
+//! instead, before any connection moves, the old process names its rooms (`ROOMS`) and the
+//! new one answers once Redis has confirmed its SUBSCRIBE to each (`ROOMS_READY`). What
 //! is NOT guaranteed there: a publication from another process that Redis is delivering at
 //! the very moment a member moves may reach that member twice or not at all (the window is
 //! one Redis delivery, well under a millisecond on a LAN).
