@@ -327,14 +327,7 @@ fn an_upgrade_drains_tls_connections_with_1001() {
     let _ = ws.close(None);
     let _ = ws.flush();
     drop(ws);
-    let exited = old.exit_within(Duration::from_secs(20));
-    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
-    let new: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_ne!(new, old.pid());
+    let new = old.upgraded(&pid_file);
     let mut ws = wss(&old, &cert, "/");
     ws.send(Message::text("after")).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text("after"));

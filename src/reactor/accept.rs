@@ -2,6 +2,7 @@
 //! session, or refused — 503, or a plain close when not even that can be said — when the
 //! [`crate::admission`] rules say so.
 
+use std::io;
 use std::net::SocketAddr;
 
 use log::{debug, warn};
@@ -16,6 +17,29 @@ use super::entry::Entry;
 use super::{Core, REJECT_OVERFLOW};
 
 impl Core {
+    /// Registers `socket` with the poller under the slab's next key and puts there the entry
+    /// `build` makes of it and a fresh serial; returns the key. Accepted and adopted
+    /// connections enter the same way.
+    ///
+    /// # Errors
+    /// The poller refused the socket (which is then closed).
+    pub(super) fn insert_entry(
+        &mut self,
+        mut socket: TcpStream,
+        build: impl FnOnce(TcpStream, u32) -> Entry,
+    ) -> io::Result<usize> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.registry.register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.next_serial = self.next_serial.wrapping_add(1);
+        entry.insert(build(socket, self.next_serial));
+        Ok(key)
+    }
+
     /// A connection was accepted: admit it, or answer 503 (or just close it) over a limit.
     pub(super) fn add_connection(
         &mut self,
@@ -37,7 +61,7 @@ impl Core {
     /// False when it was closed at once instead.
     fn insert_connection(
         &mut self,
-        mut socket: TcpStream,
+        socket: TcpStream,
         peer: SocketAddr,
         metrics_only: bool,
         open: usize,
@@ -75,24 +99,16 @@ impl Core {
             proxy_policy(&self.config, peer, metrics_only),
             &self.shared,
         );
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.registry.register(
-            &mut socket,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("register {peer}: {e}");
-            return false;
-        }
-        self.next_serial = self.next_serial.wrapping_add(1);
-        entry.insert(Entry::new(
-            socket,
-            self.next_serial,
-            conn,
-            tls,
-            metrics_only,
-        ));
+        let inserted = self.insert_entry(socket, |socket, serial| {
+            Entry::new(socket, serial, conn, tls, metrics_only)
+        });
+        let key = match inserted {
+            Ok(key) => key,
+            Err(e) => {
+                warn!("register {peer}: {e}");
+                return false;
+            }
+        };
         self.stats.accepted += 1;
         self.stats.open += 1;
         if let Some(reason) = refusal {

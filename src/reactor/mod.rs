@@ -49,7 +49,7 @@ use crate::handle::{Command, ServerHandle};
 use crate::http::StaticFiles;
 use crate::out::{Budget, Outbox};
 use crate::pubsub::rooms::Rooms;
-use crate::pubsub::Inbox;
+use crate::pubsub::{Delivery, Inbox};
 use crate::stats::Stats;
 use crate::upgrade::relay::Relay;
 use crate::upgrade::wire::Channel;
@@ -141,6 +141,9 @@ pub(crate) struct Core {
     member: Option<Box<Member>>,
     /// Room publications between the two processes while connections move.
     relay: Option<Box<Relay>>,
+    /// A new process's worker during an upgrade: deliveries from the other workers, held
+    /// until the old process has relayed everything (see `handoff`).
+    held_deliveries: Option<Vec<Delivery>>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
@@ -240,6 +243,7 @@ impl<H: Handler> Reactor<H> {
                 admission: Admission::new(&config, clock.tick(now)),
                 member: None,
                 relay: None,
+                held_deliveries: None,
                 config,
             },
             poll,

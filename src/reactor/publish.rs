@@ -64,6 +64,10 @@ impl Core {
 
     /// A publication from the broker: this reactor's subscribers only.
     pub(super) fn deliver_from_broker(&mut self, delivery: &Delivery) {
+        if let Some(held) = &mut self.held_deliveries {
+            held.push(delivery.clone());
+            return;
+        }
         let msg = match delivery.kind {
             Kind::Binary => Message::Binary(&delivery.payload),
             Kind::Text => match crate::protocol::utf8::validate(&delivery.payload) {

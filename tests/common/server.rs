@@ -111,6 +111,23 @@ impl ServerProcess {
         }
     }
 
+    /// After a `SIGUSR2` upgrade: waits (20 s at most) for this process to exit cleanly, and
+    /// returns the new process's pid, which `pid_file` must name now.
+    pub fn upgraded(&mut self, pid_file: &std::path::Path) -> u32 {
+        let exited = self.exit_within(std::time::Duration::from_secs(20));
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "the old process did not exit cleanly: {exited:?}"
+        );
+        let new: u32 = std::fs::read_to_string(pid_file)
+            .expect("the pid file")
+            .trim()
+            .parse()
+            .expect("a pid in the pid file");
+        assert_ne!(new, self.pid(), "the pid file still names the old process");
+        new
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -80,6 +80,9 @@ pub(super) enum Handoff {
         arrived: bool,
         /// Its publications still go through the old process (counted in `takeover`).
         relaying: bool,
+        /// [`TAKEN`] sent: what the old worker relays until it closes the channel is still
+        /// delivered here.
+        taken: bool,
     },
     /// Old process: the new one has taken over; the loop ends.
     HandedOver,

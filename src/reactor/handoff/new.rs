@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Token};
 use wsloop_proto::codec::CodecError;
 use wsloop_proto::Connection;
 
@@ -76,7 +75,11 @@ impl<H: Handler> Reactor<H> {
             takeover,
             arrived: false,
             relaying: true,
+            taken: false,
         };
+        // Deliveries from the other workers wait until the old process has relayed all it
+        // sequenced: a sender's earlier messages come that way (see `crate::upgrade::relay`).
+        reactor.core.held_deliveries = Some(Vec::new());
         if !via_redis {
             reactor.core.relay = Some(Box::new(Relay {
                 forwarding: true,
@@ -110,8 +113,14 @@ impl<H: Handler> Reactor<H> {
         self.take_over_when_done();
         if let Err(e) = received {
             self.end_adopting(&format!("the channel failed: {e}"));
-        } else if eof && matches!(self.handoff, Handoff::Adopting { .. }) {
-            self.end_adopting("the old process closed the channel");
+        } else if eof {
+            match self.handoff {
+                Handoff::Adopting { taken: true, .. } => self.end_adopting(""),
+                Handoff::Adopting { .. } => {
+                    self.end_adopting("the old process closed the channel");
+                }
+                _ => {}
+            }
         }
     }
 
@@ -139,6 +148,7 @@ impl<H: Handler> Reactor<H> {
             takeover,
             arrived,
             relaying,
+            taken,
             ..
         } = &mut self.handoff
         else {
@@ -178,12 +188,13 @@ impl<H: Handler> Reactor<H> {
             theirs.buffered_bytes = 0;
             self.core.stats.add(&theirs);
         }
+        *taken = true;
         if let Some(channel) = self.handoff.channel() {
             if let Err(e) = channel.send(TAKEN, &[], Vec::new()) {
                 warn!("upgrade: cannot confirm the takeover: {e}");
             }
         }
-        self.end_adopting("");
+        // The end comes when the old process closes the channel, after its last relays.
     }
 
     /// New process, with `--redis`: once Redis has confirmed every room the old process
@@ -297,6 +308,9 @@ impl<H: Handler> Reactor<H> {
                 self.core.interest(&topic, false);
             }
         }
+        for delivery in self.core.held_deliveries.take().unwrap_or_default() {
+            self.core.deliver_from_broker(&delivery);
+        }
         if why.is_empty() {
             info!(
                 "upgrade: took over ({} connections adopted)",
@@ -312,35 +326,36 @@ impl Core {
     /// Puts a connection from the old process in the slab, as it was there. Returns its id.
     fn adopt(
         &mut self,
-        mut socket: TcpStream,
+        socket: TcpStream,
         conn: Connection,
         record: &ConnRecord,
     ) -> Option<crate::app::ConnId> {
         self.admission.count_in(self.conns.len());
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.registry.register(
-            &mut socket,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("upgrade: register a moved connection: {e}");
-            self.admission.uncount();
-            return None;
-        }
-        self.next_serial = self.next_serial.wrapping_add(1);
-        let mut entry = Entry::new(socket, self.next_serial, conn, None, record.metrics_only);
-        if let Some(path) = &record.path {
-            entry.facts = Facts {
+        let key = self.conns.vacant_key();
+        let facts = match &record.path {
+            Some(path) => Facts {
                 path: self.paths.hold(path),
                 peer: record
                     .peer
                     .map(|peer| self.peers.keep(key, peer))
                     .unwrap_or_default(),
-            };
+            },
+            None => Facts::default(),
+        };
+        let inserted = self.insert_entry(socket, |socket, serial| {
+            let mut entry = Entry::new(socket, serial, conn, None, record.metrics_only);
+            entry.facts = facts;
+            entry
+        });
+        if let Err(e) = inserted {
+            warn!("upgrade: register a moved connection: {e}");
+            self.admission.uncount();
+            self.forget_facts(key, facts);
+            return None;
         }
-        entry.out.restore(&mut self.budget, &record.output);
-        self.conns.insert(entry);
+        if let Some(entry) = self.conns.get_mut(key) {
+            entry.out.restore(&mut self.budget, &record.output);
+        }
         if let (Some(peer), Some(_)) = (record.peer, self.config.max_conns_per_ip) {
             let _ = self.admission.count_per_ip(key, peer.ip(), usize::MAX);
         }

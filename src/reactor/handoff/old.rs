@@ -179,6 +179,15 @@ impl<H: Handler> Reactor<H> {
         for msg in msgs {
             self.sequence(msg);
         }
+        if taken {
+            // What the other workers sequenced and this one has not relayed yet goes last;
+            // closing the channel then tells the new process it has everything.
+            self.drain_inbox();
+            self.send_relay();
+            if let Err(e) = blocking(&mut channel, Channel::flush) {
+                warn!("upgrade: the last relayed publications: {e}");
+            }
+        }
         if taken || channel.is_eof() || received.is_err() {
             self.handed_over(child, channel);
         } else {
