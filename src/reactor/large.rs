@@ -101,8 +101,17 @@ mod tests {
 
     /// A masked binary frame of `payload` (key 0: the bytes stay as they are).
     fn client_frame(payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0x82, 0x80 | 127];
-        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        let mut frame = vec![0x82];
+        match u16::try_from(payload.len()) {
+            Ok(len) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&len.to_be_bytes());
+            }
+            Err(_) => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            }
+        }
         frame.extend_from_slice(&[0; 4]);
         frame.extend_from_slice(payload);
         frame
@@ -258,5 +267,58 @@ mod tests {
             2 * MIB,
             "one message buffer, reused for every message"
         );
+    }
+
+    /// Over its backpressure limit, a connection stops decoding too, not only reading: the
+    /// header of a large message read together with a small one whose echo took the output
+    /// over the limit waits, undecoded, until that echo is written; decoded at once, it would
+    /// reserve the large message's buffer beside the queued echo.
+    #[test]
+    fn a_large_header_behind_an_echo_over_the_limit_waits_for_the_drain() {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_backpressure: 1024,
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        let small = vec![3u8; 4096];
+        let large: Vec<u8> = (0..MIB).map(|i| (i % 249) as u8).collect();
+        let (small_sent, large_sent) = (small.clone(), large.clone());
+        let (wrote, written) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || {
+            let mut s = upgraded(addr);
+            let large_frame = client_frame(&large_sent);
+            let (start, rest) = large_frame.split_at(100_000);
+            s.write_all(&[client_frame(&small_sent).as_slice(), start].concat())
+                .unwrap();
+            wrote.send(()).unwrap();
+            let echo = read_after_head(&mut s, 4 + small_sent.len());
+            s.write_all(rest).unwrap();
+            let mut got = vec![0; 10 + large_sent.len()];
+            s.read_exact(&mut got).unwrap();
+            (echo, got)
+        });
+        written.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // One visit reads the request, the small message and the start of the large one.
+        turn(&mut reactor);
+        let entry = reactor.core.conns.iter().next().unwrap().1;
+        assert!(entry.read_paused, "paused by the echo");
+        assert!(
+            entry.conn.has_backlog(),
+            "the large message's start held back"
+        );
+        assert!(entry.state_bytes() < MIB, "its buffer not reserved yet");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "no echoes");
+            reactor.core.finish_turn(&mut reactor.app);
+            turn(&mut reactor);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (echo, got) = client.join().unwrap();
+        assert!(echo[4..] == small[..], "the small echo differs");
+        assert!(got[10..] == large[..], "the large echo differs");
     }
 }

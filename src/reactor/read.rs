@@ -81,7 +81,7 @@ impl<H: Handler> Reactor<H> {
             // half, or into the payload).
             let tls = entry.tls.is_some();
             let target = match tls {
-                false => entry.conn.read_target(&self.core.shared),
+                false => entry.conn.read_target(),
                 true => None,
             };
             let direct = target.is_some();
@@ -138,7 +138,7 @@ impl<H: Handler> Reactor<H> {
                 return false;
             };
             // Plaintext of a large frame's payload goes straight into its message buffer.
-            let target = entry.conn.read_target(&self.core.shared);
+            let target = entry.conn.read_target();
             let direct = target.is_some();
             let dest = match target {
                 Some(target) => target,
@@ -192,10 +192,11 @@ impl Core {
     /// over `--max-backpressure`: then the rest is deferred (and, paused, it comes back when
     /// its output drains). False when reading stops here (out of work, paused, or finished).
     ///
-    /// Why stop decoding, not only reading, over the limit: one read often holds the end of a
-    /// large message and the header of the next; decoding that header reserves the next
-    /// message's buffer while the echo of the last one still holds its own. Deferred, the
-    /// header is decoded once the echo is written, and takes that very buffer from the pool.
+    /// Why stop decoding, not only reading, over the limit: what one read brought can hold
+    /// the header of a large message behind the one just answered (small frames before it,
+    /// or a TLS record); decoding it reserves that message's buffer while the echo of the
+    /// last one still holds its own. Deferred, the header is decoded once the echo is
+    /// written, and takes that very buffer from the pool.
     pub(super) fn feed<H: Handler>(
         &mut self,
         app: &mut H,
