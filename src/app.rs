@@ -234,8 +234,10 @@ pub trait Handler {
     /// The connection's send queue went back down to its low-water mark, half of
     /// [`Config::max_backpressure`](crate::Config::max_backpressure) (`--max-backpressure`
     /// in the binary), after reading from it had stopped because the queue was over the
-    /// high-water mark, `max_backpressure` itself. Reading resumes with it; a good moment to
-    /// send what was held back ([`Context::buffered_amount`] says how much is still queued).
+    /// high-water mark, `max_backpressure` itself. Both marks are on the memory the queue
+    /// holds: a large message sent back by move counts whole until its last byte is written.
+    /// Reading resumes with it; a good moment to send what was held back
+    /// ([`Context::buffered_amount`] says how many bytes are still queued).
     ///
     /// It runs after the loop turn's writes, once every connection's output of the turn has
     /// been written: what it sends goes out with the next turn's writes.

@@ -48,7 +48,9 @@ pub struct Config {
     pub max_conns: usize,
     /// Per-connection send-queue limit: above it reading pauses and publications follow
     /// `slow_consumer` (a subscriber is judged by what its socket refused besides the frame it
-    /// is in the middle of receiving). Reading resumes below half of it.
+    /// is in the middle of receiving). Reading resumes below half of it. Reading goes by the
+    /// memory the queue holds (a large message sent back by move counts whole until written),
+    /// so a connection echoing large messages holds one message buffer, not two.
     pub max_backpressure: usize,
     /// What a publication does to a subscriber over `max_backpressure`, for rooms without a
     /// policy of their own.

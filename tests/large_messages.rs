@@ -172,3 +172,36 @@ fn fragmented_large_messages_are_echoed_whole() {
     }
     echo_rtt(&mut stream, "after");
 }
+
+/// A client that sends several large messages before reading anything gets every echo once it
+/// reads: the server stops reading (and decoding what it read) while an echo waits to be
+/// written, so each connection holds one message buffer, and it resumes as the socket takes
+/// the echo. Fails if a paused connection were never brought back (a deadlock: the client's
+/// writes block on a server that no longer reads).
+#[test]
+fn large_messages_sent_before_reading_are_all_echoed() {
+    const COUNT: usize = 4;
+    let server = ServerProcess::start(&[]);
+    let mut stream = raw_upgraded(&server, "/");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let payloads: Vec<Vec<u8>> = (0..COUNT)
+        .map(|n| (0..4 << 20).map(|i| ((i + n) % 239) as u8).collect())
+        .collect();
+    let wire: Vec<u8> = payloads
+        .iter()
+        .flat_map(|p| client_frame(true, 0x2, p))
+        .collect();
+    let mut writer = stream.try_clone().expect("clone");
+    let sender = thread::spawn(move || writer.write_all(&wire));
+    // Long enough for the server to have paused on the first echo, and the writer to block.
+    thread::sleep(Duration::from_millis(500));
+    for (n, payload) in payloads.iter().enumerate() {
+        let (first, echo) = read_server_frame(&mut stream).expect("echo");
+        assert_eq!(first, 0x82, "echo {n}");
+        assert!(echo == *payload, "echo {n} differs");
+    }
+    sender.join().expect("writer").expect("sent");
+    echo_rtt(&mut stream, "after");
+}

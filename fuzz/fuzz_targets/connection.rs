@@ -190,7 +190,7 @@ impl Driver {
     /// One read of the start of `data` into the connection's read target, if it lends one:
     /// returns how many bytes it took.
     fn read_into_place(&mut self, data: &[u8], script: &mut Script) -> Option<usize> {
-        let target = self.conn.read_target(&self.shared)?;
+        let target = self.conn.read_target()?;
         assert!(!target.is_empty(), "an empty read target");
         let n = target.len().min(data.len());
         target[..n].copy_from_slice(&data[..n]);

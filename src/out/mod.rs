@@ -73,8 +73,19 @@ impl ConnOut {
     }
 
     /// Unsent bytes in the queue.
+    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// What reading is paused and resumed on: the memory the queue holds, not the bytes it
+    /// has left to send — a large message sent back by move keeps its whole buffer alive
+    /// until its last byte is written — plus this turn's output. Pausing on bytes let a
+    /// connection start reading its next 4 MiB message, and reserve a buffer for it, while
+    /// the last half megabyte of the previous echo still held one: two message buffers per
+    /// connection instead of one.
+    pub(crate) fn pressure(&self) -> usize {
+        self.queue.footprint() + self.corked as usize
     }
 
     /// Memory counted in the budget for this connection.

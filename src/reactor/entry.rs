@@ -30,8 +30,9 @@ pub struct Entry {
     pub(crate) facts: Facts,
     /// Whether the socket accepted writes last time (edge-triggered: cleared once it refused).
     pub(crate) writable: bool,
-    /// Whether reading stopped because its output is over `--max-backpressure`; it resumes
-    /// (from the ready list) below half of it.
+    /// Whether reading (and decoding what was read) stopped because its output is over
+    /// `--max-backpressure` (by the memory it holds: `ConnOut::pressure`); it resumes (from
+    /// the ready list) below half of it.
     pub(crate) read_paused: bool,
     /// Accepted on the metrics listener: serves `/metrics` only.
     pub(crate) metrics_only: bool,

@@ -101,8 +101,17 @@ mod tests {
 
     /// A masked binary frame of `payload` (key 0: the bytes stay as they are).
     fn client_frame(payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0x82, 0x80 | 127];
-        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        let mut frame = vec![0x82];
+        match u16::try_from(payload.len()) {
+            Ok(len) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&len.to_be_bytes());
+            }
+            Err(_) => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            }
+        }
         frame.extend_from_slice(&[0; 4]);
         frame.extend_from_slice(payload);
         frame
@@ -125,6 +134,36 @@ mod tests {
         }
     }
 
+    /// Opens a connection to `addr` and upgrades it (the 101 is left unread).
+    fn upgraded(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        s
+    }
+
+    /// Reads from `s` until `len` bytes came after the 101's head.
+    fn read_after_head(s: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            let body = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|end| end + 4);
+            if let Some(body) = body.filter(|&at| got.len() >= at + len) {
+                return got.split_off(body);
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// The echo of a large message is queued by move (the very buffer the message was read
     /// into), and that buffer is back in the pool once written, counted in the budget; the
     /// pool lets it go once idle.
@@ -139,28 +178,10 @@ mod tests {
         let payload: Vec<u8> = (0..2 * MIB).map(|i| (i % 253) as u8).collect();
         let sent = payload.clone();
         let client = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(
-                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            )
-            .unwrap();
+            let mut s = upgraded(addr);
             s.write_all(&client_frame(&sent)).unwrap();
-            let mut got = Vec::new();
-            let mut buf = vec![0; 1 << 16];
-            // The 101's head, then the echo: a 10-byte header and the payload.
-            let complete = |got: &[u8]| {
-                got.windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .is_some_and(|end| got.len() >= end + 4 + 10 + sent.len())
-            };
-            while !complete(&got) {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0, "closed early");
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
+            // The echo: a 10-byte header and the payload.
+            read_after_head(&mut s, 10 + sent.len())
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut lent_seen = false;
@@ -187,5 +208,117 @@ mod tests {
         reactor.core.finish_turn(&mut reactor.app);
         assert_eq!(reactor.core.shared.pool.idle_bytes(), 0);
         assert!(reactor.core.budget.held() < MIB as u64);
+    }
+
+    /// A client sending large messages back to back, while it reads their echoes, gets each
+    /// echo written before its next message is decoded: its connection holds one message
+    /// buffer at a time, the one the last echo gives back to the pool, not one for the echo
+    /// still being written and a second for the message arriving behind it. The client sends
+    /// the end of each message with the start of the next, so the read that completes one
+    /// holds the next one's header too: decoding it at once reserved the second buffer. Each
+    /// buffer ever taken is in the pool at the end: one of them.
+    #[test]
+    fn pipelined_large_messages_take_one_buffer_at_a_time() {
+        const COUNT: usize = 3;
+        const TAIL: usize = 1000;
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        let payloads: Vec<Vec<u8>> = (0..COUNT)
+            .map(|n| (0..2 * MIB).map(|i| ((i + n) % 251) as u8).collect())
+            .collect();
+        let frames: Vec<u8> = payloads.iter().flat_map(|p| client_frame(p)).collect();
+        let frame_len = frames.len() / COUNT;
+        let client = std::thread::spawn(move || {
+            let mut s = upgraded(addr);
+            let mut writer = s.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                // Each write ends `TAIL` bytes short of a message's end: the server reads up
+                // to there, then the end of that message and the start of the next together.
+                let mut at = 0;
+                for n in 1..=COUNT {
+                    let to = (n * frame_len - TAIL).max(at);
+                    writer.write_all(&frames[at..to]).unwrap();
+                    at = to;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                writer.write_all(&frames[at..]).unwrap();
+            });
+            let got = read_after_head(&mut s, COUNT * (10 + 2 * MIB));
+            sender.join().unwrap();
+            got
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "no echoes");
+            turn(&mut reactor);
+            reactor.core.finish_turn(&mut reactor.app);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = client.join().unwrap();
+        for (n, echo) in got.chunks(10 + 2 * MIB).enumerate() {
+            assert!(echo[10..] == payloads[n][..], "echo {n} differs");
+        }
+        assert_eq!(
+            reactor.core.shared.pool.idle_bytes(),
+            2 * MIB,
+            "one message buffer, reused for every message"
+        );
+    }
+
+    /// Over its backpressure limit, a connection stops decoding too, not only reading: the
+    /// header of a large message read together with a small one whose echo took the output
+    /// over the limit waits, undecoded, until that echo is written; decoded at once, it would
+    /// reserve the large message's buffer beside the queued echo.
+    #[test]
+    fn a_large_header_behind_an_echo_over_the_limit_waits_for_the_drain() {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_backpressure: 1024,
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        let small = vec![3u8; 4096];
+        let large: Vec<u8> = (0..MIB).map(|i| (i % 249) as u8).collect();
+        let (small_sent, large_sent) = (small.clone(), large.clone());
+        let (wrote, written) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || {
+            let mut s = upgraded(addr);
+            let large_frame = client_frame(&large_sent);
+            let (start, rest) = large_frame.split_at(100_000);
+            s.write_all(&[client_frame(&small_sent).as_slice(), start].concat())
+                .unwrap();
+            wrote.send(()).unwrap();
+            let echo = read_after_head(&mut s, 4 + small_sent.len());
+            s.write_all(rest).unwrap();
+            let mut got = vec![0; 10 + large_sent.len()];
+            s.read_exact(&mut got).unwrap();
+            (echo, got)
+        });
+        written.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // One visit reads the request, the small message and the start of the large one.
+        turn(&mut reactor);
+        let entry = reactor.core.conns.iter().next().unwrap().1;
+        assert!(entry.read_paused, "paused by the echo");
+        assert!(
+            entry.conn.has_backlog(),
+            "the large message's start held back"
+        );
+        assert!(entry.state_bytes() < MIB, "its buffer not reserved yet");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "no echoes");
+            reactor.core.finish_turn(&mut reactor.app);
+            turn(&mut reactor);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (echo, got) = client.join().unwrap();
+        assert!(echo[4..] == small[..], "the small echo differs");
+        assert!(got[10..] == large[..], "the large echo differs");
     }
 }

@@ -62,7 +62,7 @@ impl<H: Handler> Reactor<H> {
             if entry.doomed || !entry.conn.wants_read() {
                 return; // Paused, waiting for an answer, after EOF, or finished.
             }
-            if entry.out.buffered_amount() > self.core.config.max_backpressure {
+            if entry.out.pressure() > self.core.config.max_backpressure {
                 // Stop reading: TCP pushes back on a peer that sends but does not read.
                 entry.read_paused = true;
                 return;
@@ -81,7 +81,7 @@ impl<H: Handler> Reactor<H> {
             // half, or into the payload).
             let tls = entry.tls.is_some();
             let target = match tls {
-                false => entry.conn.read_target(&self.core.shared),
+                false => entry.conn.read_target(),
                 true => None,
             };
             let direct = target.is_some();
@@ -138,7 +138,7 @@ impl<H: Handler> Reactor<H> {
                 return false;
             };
             // Plaintext of a large frame's payload goes straight into its message buffer.
-            let target = entry.conn.read_target(&self.core.shared);
+            let target = entry.conn.read_target();
             let direct = target.is_some();
             let dest = match target {
                 Some(target) => target,
@@ -188,8 +188,15 @@ impl<H: Handler> Reactor<H> {
 impl Core {
     /// Feeds `input` (bytes just read; empty: only what the connection holds back) to
     /// connection `key`, handing each message and event to the application as it comes, until
-    /// all is consumed or the connection's work share for this turn is spent: then the rest is
-    /// deferred. False when reading stops here (out of work, or finished).
+    /// all is consumed, the connection's work share for this turn is spent, or its output goes
+    /// over `--max-backpressure`: then the rest is deferred (and, paused, it comes back when
+    /// its output drains). False when reading stops here (out of work, paused, or finished).
+    ///
+    /// Why stop decoding, not only reading, over the limit: what one read brought can hold
+    /// the header of a large message behind the one just answered (small frames before it,
+    /// or a TLS record); decoding it reserves that message's buffer while the echo of the
+    /// last one still holds its own. Deferred, the header is decoded once the echo is
+    /// written, and takes that very buffer from the pool.
     pub(super) fn feed<H: Handler>(
         &mut self,
         app: &mut H,
@@ -206,6 +213,11 @@ impl Core {
             let rest = input.get_mut(pos..).unwrap_or_default();
             if rest.is_empty() && !entry.conn.has_backlog() {
                 return true;
+            }
+            if entry.out.pressure() > self.config.max_backpressure {
+                entry.read_paused = true;
+                entry.conn.defer(rest);
+                return false;
             }
             if self.work_left == 0 {
                 entry.conn.defer(rest);
@@ -256,12 +268,14 @@ impl Core {
     }
 
     /// After its share of work: a connection holding input back that it can decode now comes
-    /// back next turn (one paused by its rate comes back with its timer).
+    /// back next turn (one paused by its rate comes back with its timer, one paused by its
+    /// output when that drains).
     fn come_back_if_held(&mut self, key: usize) {
+        let limit = self.config.max_backpressure;
         if self
             .conns
             .get(key)
-            .is_some_and(|e| !e.doomed && e.conn.has_backlog())
+            .is_some_and(|e| !e.doomed && e.conn.has_backlog() && e.out.pressure() <= limit)
         {
             self.ready.push(key);
         }

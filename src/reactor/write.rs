@@ -92,8 +92,9 @@ impl Core {
     }
 
     /// After output moved: notes a socket that refused, resumes reading under the low-water
-    /// mark, and settles the connection (FIN once a lingering one has said everything).
-    /// Returns whether the application is to hear `on_drain` for it.
+    /// mark (of the memory the queue holds: `ConnOut::pressure`), and settles the connection
+    /// (FIN once a lingering one has said everything). Returns whether the application is to
+    /// hear `on_drain` for it.
     fn after_write(&mut self, key: usize) -> bool {
         let low_water = self.config.max_backpressure / 2;
         let Some(entry) = self.conns.get_mut(key) else {
@@ -102,7 +103,7 @@ impl Core {
         if entry.has_pending_output() {
             entry.writable = false;
         }
-        let drained = entry.read_paused && entry.out.queued() <= low_water;
+        let drained = entry.read_paused && entry.out.pressure() <= low_water;
         if drained {
             entry.read_paused = false;
             self.ready.push(key);

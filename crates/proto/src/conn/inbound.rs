@@ -78,18 +78,25 @@ impl Connection {
     }
 
     /// Where the caller may read next instead of into its own buffer: the unfilled part of
-    /// a large frame's payload in its message buffer, when at least
-    /// [`Settings::large_payload`](super::Settings::large_payload) bytes of it are still to
-    /// come. After reading `n` bytes into it, call [`handle_direct`](Connection::handle_direct)
-    /// (and nothing else first). `None` while the connection does not want to read, holds
-    /// input back (that goes first), or is not decoding frames: read into the caller's buffer
-    /// and call [`handle_input`](Connection::handle_input).
-    pub fn read_target(&mut self, shared: &Shared) -> Option<&mut [u8]> {
+    /// a large frame's payload in its message buffer (a frame of at least
+    /// [`Settings::large_payload`](super::Settings::large_payload) bytes), however little of
+    /// it is still to come. After reading `n` bytes into it, call
+    /// [`handle_direct`](Connection::handle_direct) (and nothing else first). `None` while
+    /// the connection does not want to read, holds input back (that goes first), or is not
+    /// decoding frames: read into the caller's buffer and call
+    /// [`handle_input`](Connection::handle_input).
+    ///
+    /// Why even a short rest: read into the caller's buffer, the end of a large message comes
+    /// with the start of the next one, whose header reserves the next message buffer while
+    /// the application may still hold this one (an echo not written yet), and the caller must
+    /// keep those bytes until it can decode them. Read into place, the rest costs at most
+    /// one more read per large frame, and is not copied.
+    pub fn read_target(&mut self) -> Option<&mut [u8]> {
         let decoding = matches!(self.phase, Phase::Open { .. } | Phase::CloseSent { .. });
         if !decoding || !self.wants_read() || self.holds_input() {
             return None;
         }
-        self.decoder.read_target(shared.settings.large_payload)
+        self.decoder.read_target(1)
     }
 
     /// Takes the `n` bytes just read into the slice [`read_target`](Connection::read_target)
@@ -855,7 +862,7 @@ mod tests {
         h.feed_reads(&wire[..20]);
         h.feed_reads(&wire[20..20_000]);
         assert_eq!(h.close_frame().0, 1007);
-        assert_eq!(h.conn.read_target(&h.shared), None);
+        assert_eq!(h.conn.read_target(), None);
     }
 
     #[test]
@@ -863,21 +870,14 @@ mod tests {
         let mut h = Harness::open(large_settings());
         let wire = client_frame(OpCode::Binary, &[5; 50_000]);
         h.feed(&wire[..100]);
-        assert!(h.conn.read_target(&h.shared).is_some());
+        assert!(h.conn.read_target().is_some());
         h.conn.defer(&wire[100..200]);
-        assert_eq!(
-            h.conn.read_target(&h.shared),
-            None,
-            "held-back input goes first"
-        );
+        assert_eq!(h.conn.read_target(), None, "held-back input goes first");
         h.resume();
         // 8 header bytes and 192 payload bytes are in.
-        assert_eq!(
-            h.conn.read_target(&h.shared).map(|t| t.len()),
-            Some(50_000 - 192)
-        );
+        assert_eq!(h.conn.read_target().map(|t| t.len()), Some(50_000 - 192));
         h.conn.handle_transport_error();
-        assert_eq!(h.conn.read_target(&h.shared), None);
+        assert_eq!(h.conn.read_target(), None);
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Harness {
         let mut direct = 0;
         let mut pos = 0;
         while pos < bytes.len() {
-            let Some(target) = self.conn.read_target(&self.shared) else {
+            let Some(target) = self.conn.read_target() else {
                 self.feed(&bytes[pos..]);
                 return direct;
             };
