@@ -245,6 +245,10 @@ struct Outcome {
     closed: Vec<String>,
     still_open: usize,
     rtts: Vec<(u64, u64)>,
+    /// The publisher's thread: when each chat message was sent (ns since the epoch), and
+    /// how many members never received it.
+    chat_sent_at: Vec<u64>,
+    chat_missed_by: Vec<u64>,
 }
 
 /// Lost, duplicated and reordered messages, summed over connections.
@@ -336,6 +340,7 @@ fn client_thread(share: Share, run: Arc<Run>) -> Outcome {
     let end = start + Duration::from_secs_f64(share.secs);
     let (mut echo_sent, mut next_echo, mut published, mut publisher) = (0u64, 0usize, 0u64, 0);
     let mut echo_due = 0u64;
+    let mut chat_sent_at = Vec::new();
     loop {
         let now = Instant::now();
         if now >= end {
@@ -370,7 +375,8 @@ fn client_thread(share: Share, run: Arc<Run>) -> Outcome {
                 if published >= due {
                     break;
                 }
-                let payload = message(published, run.since_epoch(Instant::now()));
+                let sent_at = run.since_epoch(Instant::now());
+                let payload = message(published, sent_at);
                 let id = publisher % share.chat;
                 publisher += 1;
                 let queued = driver.with_conn(id, |conn, shared| {
@@ -378,6 +384,7 @@ fn client_thread(share: Share, run: Arc<Run>) -> Outcome {
                 });
                 if queued.unwrap_or(0) > 0 {
                     published += 1;
+                    chat_sent_at.push(sent_at);
                     run.published.store(published, Ordering::Release);
                 }
             }
@@ -425,6 +432,15 @@ fn client_thread(share: Share, run: Arc<Run>) -> Outcome {
         }
     }
     outcome.rtts = client.rtts;
+    outcome.chat_missed_by = (0..published as usize)
+        .map(|seq| {
+            let members = client.tracks.iter().filter(|t| t.chat);
+            members
+                .filter(|t| !t.seen.get(seq).copied().unwrap_or(false))
+                .count() as u64
+        })
+        .collect();
+    outcome.chat_sent_at = chat_sent_at;
     driver.close_all(Duration::from_secs(3)).expect("poll");
     outcome
 }
@@ -716,6 +732,43 @@ fn main() {
     drop(server);
 }
 
+/// The chat messages some member never received, with when each was published against the
+/// handoff's window.
+fn show_chat_misses(outcomes: &[Outcome], run: &Run, handoff: &Handoff) {
+    let Some(publisher) = outcomes.iter().find(|o| !o.chat_sent_at.is_empty()) else {
+        return;
+    };
+    let signalled = handoff.signalled.map(|s| run.since_epoch(s));
+    let offset = |ns: u64| {
+        signalled.map_or("?".into(), |s| {
+            format!("{:+.0} ms", (ns as f64 - s as f64) / 1e6)
+        })
+    };
+    let missed: Vec<(usize, u64)> = publisher
+        .chat_missed_by
+        .iter()
+        .enumerate()
+        .filter(|&(_, &by)| by > 0)
+        .map(|(seq, &by)| (seq, by))
+        .collect();
+    if missed.is_empty() {
+        return;
+    }
+    let at = |seq: usize| offset(publisher.chat_sent_at[seq]);
+    println!(
+        "chat: {} messages missed by some member, published from {} to {} (from SIGUSR2; the old process exited at {}); the first ten:",
+        missed.len(),
+        at(missed[0].0),
+        at(missed[missed.len() - 1].0),
+        handoff
+            .old_exited
+            .map_or("?".into(), |e| offset(run.since_epoch(e)))
+    );
+    for (seq, by) in missed.iter().take(10) {
+        println!("  #{seq} at {}: missed by {by} members", at(*seq));
+    }
+}
+
 /// Prints every figure and which of the targets were missed.
 fn report(settings: &Settings, run: &Run, handoff: &Handoff, outcomes: &[Outcome], log: &Path) {
     let mut echo = Losses::default();
@@ -769,6 +822,7 @@ fn report(settings: &Settings, run: &Run, handoff: &Handoff, outcomes: &[Outcome
     println!("{}", show_rtt("before", &phases.before));
     println!("{}", show_rtt("during", &phases.during));
     println!("{}", show_rtt("after", &phases.after));
+    show_chat_misses(outcomes, run, handoff);
     println!(
         "handoff: SIGUSR2 -> old pid gone {}; SIGUSR2 -> pid file names the new pid {} ({})",
         ms(handoff.since_signal(handoff.old_exited)),
