@@ -23,7 +23,9 @@
 //! moment between the signal and the old process's exit) and *after* (sent after that exit).
 //!
 //! Only loopback; the bench stops the processes it started by their PID: its child (the old
-//! server) and the new server, whose PID it reads from the pid file, with `SIGTERM`. It is
+//! server) and the new server, whose PID it reads from the pid file (or, when the handoff
+//! does not complete within the run, from the old process's `/proc/PID/task/PID/children`),
+//! with `SIGTERM`, the new one first. It is
 //! bounded: 30 s to open, `--secs` of traffic, 5 s to drain, 3 s to close.
 //!
 //! Options (unknown ones, like the `--bench` that cargo passes, are ignored):
@@ -484,6 +486,12 @@ fn exited(pid: u32) -> bool {
     })
 }
 
+/// The first child of process `pid` (the new server, once the old one has started it).
+fn child_of(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
 /// The pid the pid file names.
 fn read_pid(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
@@ -493,6 +501,8 @@ fn read_pid(file: &Path) -> Option<u32> {
 #[derive(Debug, Default)]
 struct Handoff {
     signalled: Option<Instant>,
+    /// The process the old one started (its child), whether or not it took over.
+    started: Option<u32>,
     /// The pid file named a process other than the old one.
     pid_file: Option<(Instant, u32)>,
     old_exited: Option<Instant>,
@@ -534,6 +544,9 @@ fn watch(settings: &Settings, old: u32, pid_file: &Path, addr: SocketAddr) -> Ha
             if let Some(pid) = read_pid(pid_file).filter(|&pid| pid != old) {
                 handoff.pid_file = Some((now, pid));
             }
+        }
+        if handoff.started.is_none() {
+            handoff.started = child_of(old);
         }
         if handoff.old_exited.is_none() && exited(old) {
             handoff.old_exited = Some(now);
@@ -726,7 +739,8 @@ fn main() {
 
     report(&settings, &run, &handoff, &outcomes, &log);
 
-    if let Some(new) = handoff.new_pid() {
+    // The new process first: one still adopting makes the old one fail the upgrade and serve on.
+    if let Some(new) = handoff.new_pid().or(handoff.started) {
         stop_new(new, &program);
     }
     drop(server);
