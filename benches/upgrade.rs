@@ -25,8 +25,8 @@
 //! Only loopback; the bench stops the processes it started by their PID: its child (the old
 //! server) and the new server, whose PID it reads from the pid file (or, when the handoff
 //! does not complete within the run, from the old process's `/proc/PID/task/PID/children`),
-//! with `SIGTERM`, the new one first. It is
-//! bounded: 30 s to open, `--secs` of traffic, 5 s to drain, 3 s to close.
+//! with `SIGTERM`, the new one first. It is bounded: 30 s to open, `--secs` of traffic (at
+//! most 50), 5 s to drain, 3 s to close.
 //!
 //! Options (unknown ones, like the `--bench` that cargo passes, are ignored):
 //! `--conns N` (10 000), `--chat N` (1 000), `--rate MSGS_PER_S` (20 000), `--chat-rate
