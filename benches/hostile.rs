@@ -59,7 +59,7 @@ mod measure;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use attacks::{big_room_message, flood_room, paced_heads, pipelined_gets, rate_limited_echoes};
@@ -249,7 +249,7 @@ impl Settings {
 
 fn main() {
     let settings = Settings::from_env();
-    place_self(settings.launch);
+    settings.launch.place_self();
     let scratch = Scratch::create();
     eprintln!(
         "hostile bench: {} mix(es) × {} server(s){}, --max-buffered {} MiB",
@@ -277,29 +277,6 @@ fn main() {
     }
     print_table(&settings, &rows);
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
-}
-
-/// Moves this process (the attackers and the echo client) to CPU 1, away from the server on
-/// CPU 0, and with `--rt` to real-time priority; before any thread starts, so all inherit it.
-fn place_self(launch: Launch) {
-    let pid = std::process::id().to_string();
-    let mut commands: Vec<Vec<&str>> = Vec::new();
-    if launch.pin {
-        commands.push(vec!["taskset", "-a", "-p", "-c", "1", &pid]);
-    }
-    if launch.rt {
-        commands.push(vec!["chrt", "-a", "-f", "-p", "10", &pid]);
-    }
-    for command in commands {
-        let ok = Command::new(command[0])
-            .args(&command[1..])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("note: `{}` failed", command.join(" "));
-        }
-    }
 }
 
 /// A folder of this run's own: the static file of mix (c) and the servers' logs.

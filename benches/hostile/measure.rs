@@ -2,18 +2,16 @@
 //! the start, the highest `VmHWM`), CPU (utime + stime), what the memory budget counted
 //! (`buffered_bytes` of `/stats`), and how long an unrelated echo client had to wait.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use wsload::stats::cpu_seconds;
 use wsloop::protocol::frame::OpCode;
 
-use super::client::{frame, Tally, Ws, HOST};
+use super::client::{frame, Tally, Ws};
 
 /// How often the unrelated client sends its small message.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -101,15 +99,7 @@ fn reset_peak(pid: u32) {
 
 /// A counter of `GET /stats` (e.g. `buffered_bytes`, what the memory budget counts).
 pub fn stat(addr: SocketAddr, name: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET /stats HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let json: Value = serde_json::from_slice(response.get(body_at..)?).ok()?;
-    json.get(name)?.as_u64()
+    crate::support::stats(addr)?.get(name)?.as_u64()
 }
 
 /// Waits until the server has used under 20 ms of CPU in the last 500 ms (it has worked

@@ -1,13 +1,15 @@
-//! What the benches that run server processes share (`load.rs`, `hostile.rs`): building the
-//! release binaries, launching a program pinned to a CPU (optionally at real-time priority),
-//! and a server process on a free loopback port that is stopped by its PID when dropped.
+//! What the benches that run server processes share (`load.rs`, `hostile.rs`, `upgrade.rs`):
+//! building the release binaries, launching a program pinned to a CPU (optionally at real-time
+//! priority), placing the bench itself on the other CPU, a server process on a free loopback
+//! port that is stopped by its PID when dropped, and its `/stats`.
 //!
 //! A module of its own (not a file directly in `benches/`), so cargo does not take it for a
 //! bench target; each bench includes it with `mod support;`.
 
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A path as a `String` argument.
@@ -92,6 +94,54 @@ impl Launch {
         command.args(program);
         command
     }
+
+    /// Moves this process (its load and its measuring) to CPU 1, away from the server on
+    /// CPU 0, and with `rt` to real-time priority; call it before any thread starts, so all
+    /// inherit it (and after any build, which would otherwise be confined to CPU 1 too).
+    #[allow(dead_code)] // `load.rs` runs `wsload` as a process of its own instead.
+    pub fn place_self(&self) {
+        let pid = std::process::id().to_string();
+        let mut commands: Vec<Vec<&str>> = Vec::new();
+        if self.pin {
+            commands.push(vec!["taskset", "-a", "-p", "-c", "1", &pid]);
+        }
+        if self.rt {
+            commands.push(vec!["chrt", "-a", "-f", "-p", "10", &pid]);
+        }
+        for command in commands {
+            let ok = Command::new(command[0])
+                .args(&command[1..])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("note: `{}` failed", command.join(" "));
+            }
+        }
+    }
+}
+
+/// Sends signal `name` (e.g. `"TERM"`) to process `pid`; whether `kill` succeeded. Only for
+/// processes the bench started (or, like an upgraded server, that its own server started).
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `GET /stats` as JSON; `None` when the server does not answer within a few seconds.
+#[allow(dead_code)] // `load.rs` asks no counters.
+pub fn stats(addr: SocketAddr) -> Option<serde_json::Value> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    serde_json::from_slice(response.get(body_at..)?).ok()
 }
 
 /// A loopback address whose port was free a moment ago.
@@ -143,9 +193,7 @@ impl Running {
 impl Drop for Running {
     /// SIGTERM, up to 3 s to go, then SIGKILL; always reaped.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        signal(self.child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
