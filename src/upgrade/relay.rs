@@ -62,6 +62,10 @@ pub(crate) struct Relay {
     pub(crate) out: Vec<Relayed>,
     /// The new process: publications sent that have not come back yet.
     pub(crate) pending: usize,
+    /// The new process, once it stops relaying: its publications wait here, in order, for
+    /// the last relayed ones to come back (then they go out directly). Under a steady stream
+    /// of publications `pending` would otherwise seldom be zero.
+    pub(crate) held: Option<Vec<Relayed>>,
 }
 
 impl Relay {
@@ -74,6 +78,10 @@ impl Relay {
         msg: Message<'_>,
         from_new: bool,
     ) -> bool {
+        if let Some(held) = &mut self.held {
+            held.push(Relayed::new(topic, msg, true));
+            return false;
+        }
         let from_new = from_new || self.forwarding;
         self.out.push(Relayed::new(topic, msg, from_new));
         self.pending += usize::from(self.forwarding);

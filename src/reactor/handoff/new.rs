@@ -171,13 +171,27 @@ impl<H: Handler> Reactor<H> {
         // stay in order); then through this process's hub. The old workers stay until no
         // worker here relays: they pass on what the others still send them.
         if *relaying {
-            let pending = self.core.relay.as_deref().map_or(0, |r| r.pending);
-            if !takeover.all_arrived() || pending > 0 {
+            if !takeover.all_arrived() {
                 return;
             }
+            // Relay no more: hold this worker's publications until the last relayed ones
+            // are back, then send them out directly, in order.
+            let Some(relay) = self.core.relay.as_deref_mut() else {
+                return;
+            };
+            relay.held.get_or_insert_with(Vec::new);
+            if relay.pending > 0 {
+                return;
+            }
+            let held = relay.held.take().unwrap_or_default();
             self.core.relay = None;
             *relaying = false;
             takeover.stop_relaying();
+            for item in held {
+                if let Some(msg) = item.message() {
+                    self.core.publish_from(item.topic.as_deref(), msg, false);
+                }
+            }
         }
         if !takeover.none_relaying() {
             return;
