@@ -30,9 +30,10 @@ pub struct Args {
     /// connections get 503.
     #[arg(long, default_value_t = 100_000)]
     pub max_conns: usize,
-    /// Per-connection send-queue limit in bytes: above it reading pauses, and publications
-    /// follow --slow-consumer (judged by what the socket refused besides the frame it is in the
-    /// middle of receiving).
+    /// Per-connection send-queue limit in bytes: above it reading pauses (it goes by the memory
+    /// the queue holds: a large message sent back counts whole until written; reading resumes
+    /// below half), and publications follow --slow-consumer (judged by what the socket refused
+    /// besides the frame it is in the middle of receiving).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_backpressure: usize,
     /// What a publication does to a subscriber over --max-backpressure, for rooms without a
