@@ -89,8 +89,13 @@ impl Deploy {
 
     /// A program that fails at once in place of the server's.
     fn install_failing(&self) {
-        let script = self.dir.join("fails");
-        std::fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
+        self.install_script("#!/bin/sh\nexit 1\n");
+    }
+
+    /// A shell script in place of the server's program.
+    fn install_script(&self, body: &str) {
+        let script = self.dir.join("script");
+        std::fs::write(&script, body).unwrap();
         std::process::Command::new("chmod")
             .args(["755", script.to_str().unwrap()])
             .status()
@@ -395,4 +400,72 @@ impl Drop for Stop {
     fn drop(&mut self) {
         signal_pid(self.0, "TERM");
     }
+}
+
+/// A new program that starts but never says hello is stopped after the hello timeout (10 s),
+/// and the old process serves on; so does one that exits at once (the first test).
+#[test]
+fn a_new_binary_that_never_answers_is_stopped_and_the_old_serves_on() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let deploy = Deploy::new("upgrade-hangs");
+    let pid_file = deploy.pid_file();
+    let old = ServerProcess::start_program(
+        &deploy.program(),
+        &["--pid-file", pid_file.to_str().unwrap()],
+    );
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| raw_upgraded(&old, "/")).collect();
+    deploy.install_script("#!/bin/sh\nexec sleep 60\n");
+    old.signal("USR2");
+    assert!(
+        wait_until(Duration::from_secs(20), || stat(
+            &stats(old.addr),
+            "process_upgrades_failed"
+        ) == 1),
+        "the hung upgrade was not given up"
+    );
+    assert_eq!(deploy.pid(), Some(old.pid()));
+    for (i, stream) in clients.iter_mut().enumerate() {
+        send(stream, &format!("still {i}"));
+        assert_eq!(text(stream, "echo"), format!("still {i}"));
+    }
+}
+
+/// With `--deflate-context-takeover` a connection's zlib history cannot move: it is closed
+/// with 1001 as a shutdown would, while a plain connection moves.
+#[test]
+fn connections_with_their_own_deflate_contexts_are_drained_with_1001() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let deploy = Deploy::new("upgrade-takeover");
+    let pid_file = deploy.pid_file();
+    let mut old = ServerProcess::start_program(
+        &deploy.program(),
+        &[
+            "--deflate",
+            "--deflate-context-takeover",
+            "--deflate-min-size",
+            "0",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    let request = upgrade_request_with(
+        "/",
+        "127.0.0.1",
+        &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+    );
+    let (mut deflated, head) = exchange(old.addr, b"", &request);
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // One compressed echo: its contexts exist now.
+    send(&mut deflated, "compress me, compress me, compress me");
+    assert!(matches!(read_server_frame(&mut deflated), Some((0xc1, _))));
+    let mut plain = raw_upgraded(&old, "/");
+    old.signal("USR2");
+    match read_server_frame(&mut deflated) {
+        Some((0x88, payload)) => assert_eq!(close_code(&payload), 1001),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let new = old.upgraded(&pid_file);
+    let _stop = Stop(new);
+    send(&mut plain, "moved");
+    assert_eq!(text(&mut plain, "plain"), "moved");
 }
