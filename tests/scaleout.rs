@@ -552,9 +552,16 @@ fn an_upgrade_keeps_a_processs_members_in_the_shared_room() {
     for ws in &mut members[1..] {
         while recv_text(ws, Duration::from_millis(200)).is_some() {}
     }
+    let signalled = Instant::now();
     a.signal("USR2");
     let new = a.upgraded(&pid_file);
     let _stop = StopPid(new);
+    // The new process confirmed the takeover (the old one gives up waiting after 5 s).
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        signalled.elapsed()
+    );
     const N: usize = 50;
     for i in 0..N {
         send_text(&mut other, &format!("b{i}"));

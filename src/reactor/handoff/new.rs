@@ -79,7 +79,10 @@ impl<H: Handler> Reactor<H> {
         };
         // Deliveries from the other workers wait until the old process has relayed all it
         // sequenced: a sender's earlier messages come that way (see `crate::upgrade::relay`).
-        reactor.core.held_deliveries = Some(Vec::new());
+        // Through Redis the old process relays nothing: they are delivered as they come.
+        if !via_redis {
+            reactor.core.held_deliveries = Some(Vec::new());
+        }
         if !via_redis {
             reactor.core.relay = Some(Box::new(Relay {
                 forwarding: true,
@@ -176,14 +179,16 @@ impl<H: Handler> Reactor<H> {
             }
             // Relay no more: hold this worker's publications until the last relayed ones
             // are back, then send them out directly, in order.
-            let Some(relay) = self.core.relay.as_deref_mut() else {
-                return;
+            let held = match self.core.relay.as_deref_mut() {
+                Some(relay) => {
+                    relay.held.get_or_insert_with(Vec::new);
+                    if relay.pending > 0 {
+                        return;
+                    }
+                    relay.held.take().unwrap_or_default()
+                }
+                None => Vec::new(), // Through Redis: nothing was relayed.
             };
-            relay.held.get_or_insert_with(Vec::new);
-            if relay.pending > 0 {
-                return;
-            }
-            let held = relay.held.take().unwrap_or_default();
             self.core.relay = None;
             *relaying = false;
             takeover.stop_relaying();
