@@ -62,7 +62,6 @@ impl Hub {
             topic: topic.into(),
             kind,
             payload: payload.into(),
-            id: None,
         };
         self.post(others, &delivery);
         if let Some(upstream) = &self.upstream {
@@ -104,11 +103,6 @@ impl Hub {
     /// an upstream).
     pub(crate) fn subscribed(&self, topic: &str) -> bool {
         self.upstream.as_ref().is_none_or(|u| u.subscribed(topic))
-    }
-
-    /// This process's name in what it publishes upstream, if it has an upstream.
-    pub(crate) fn origin(&self) -> Option<u64> {
-        self.upstream.as_ref().map(|u| u.origin())
     }
 
     /// Topics with a subscriber on any worker: the process's rooms.
@@ -160,10 +154,6 @@ mod tests {
         }
         fn subscribed(&self, _topic: &str) -> bool {
             true
-        }
-
-        fn origin(&self) -> u64 {
-            0
         }
     }
 

@@ -49,9 +49,9 @@ use crate::handle::{Command, ServerHandle};
 use crate::http::StaticFiles;
 use crate::out::{Budget, Outbox};
 use crate::pubsub::rooms::Rooms;
-use crate::pubsub::Inbox;
+use crate::pubsub::{Delivery, Inbox};
 use crate::stats::Stats;
-use crate::upgrade::relay::{Held, Relay};
+use crate::upgrade::relay::Relay;
 use crate::upgrade::wire::Channel;
 use crate::upgrade::Upgrades;
 use crate::workers::Member;
@@ -143,7 +143,7 @@ pub(crate) struct Core {
     relay: Option<Box<Relay>>,
     /// A new process's worker during an upgrade: deliveries from the other workers, held
     /// until the old process has relayed everything (see `handoff`).
-    held_deliveries: Option<Box<Held>>,
+    held_deliveries: Option<Vec<Delivery>>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).

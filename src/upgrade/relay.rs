@@ -9,9 +9,7 @@
 //! ordered, a member moved by a batch sent before a relayed publication gets it from the new
 //! process, and one moved after it got it from the old process (in the unsent output it moved
 //! with): never both, never neither. The new process keeps relaying until every publication
-//! it sent has come back, and only then takes over. Deliveries from its other workers and from
-//! Redis wait meanwhile ([`Held`]), since earlier messages of the same senders come through
-//! the old process.
+//! it sent has come back, and only then takes over.
 
 use wsloop_proto::codec::{CodecError, Reader, Writer};
 
@@ -30,8 +28,6 @@ pub(crate) struct Relayed {
     pub(crate) payload: Vec<u8>,
     /// Made in the new process (and coming back to it from the sequencer).
     pub(crate) from_new: bool,
-    /// A Redis message's name ([`crate::pubsub::Delivery::id`]), when it came from Redis.
-    pub(crate) id: Option<(u64, u64)>,
 }
 
 impl Relayed {
@@ -45,7 +41,6 @@ impl Relayed {
             text,
             payload: payload.to_vec(),
             from_new,
-            id: None,
         }
     }
 
@@ -94,48 +89,6 @@ impl Relay {
     }
 }
 
-/// The new process's hold on what the other workers and Redis deliver while connections
-/// move. Through Redis both processes receive every message of a room; the old one delivers
-/// and relays what it receives until it goes, so the new one delivers, at the end, only what
-/// the old one did not: a message from the old process itself never (it came relayed), and of
-/// another process's only those past the last one relayed (per publisher and room, their
-/// sequence numbers rise).
-#[derive(Debug, Default)]
-pub(crate) struct Held {
-    /// In arrival order.
-    pub(crate) deliveries: Vec<crate::pubsub::Delivery>,
-    /// The old process's name in Redis.
-    pub(crate) old_origin: Option<u64>,
-    /// The last message relayed per publisher and room.
-    pub(crate) relayed: std::collections::HashMap<(u64, Box<str>), u64>,
-}
-
-impl Held {
-    /// The old process relayed Redis message `id` of `topic`.
-    pub(crate) fn relayed(&mut self, topic: Option<&str>, id: Option<(u64, u64)>) {
-        if let (Some(topic), Some((origin, seq))) = (topic, id) {
-            let last = self.relayed.entry((origin, topic.into())).or_insert(0);
-            *last = (*last).max(seq);
-        }
-    }
-
-    /// What is left to deliver here, in order.
-    pub(crate) fn rest(self) -> impl Iterator<Item = crate::pubsub::Delivery> {
-        let Held {
-            deliveries,
-            old_origin,
-            relayed,
-        } = self;
-        deliveries.into_iter().filter(move |d| match d.id {
-            None => true,
-            Some((origin, _)) if Some(origin) == old_origin => false,
-            Some((origin, seq)) => relayed
-                .get(&(origin, d.topic.as_ref().into()))
-                .is_none_or(|&last| seq > last),
-        })
-    }
-}
-
 /// A relay message's body: the count, then each publication.
 pub(crate) fn encode(items: &[Relayed]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -147,10 +100,6 @@ pub(crate) fn encode(items: &[Relayed]) -> Vec<u8> {
         w.bool(item.text);
         w.bool(item.from_new);
         w.bytes(&item.payload);
-        w.bool(item.id.is_some());
-        let (origin, seq) = item.id.unwrap_or_default();
-        w.u64(origin);
-        w.u64(seq);
     }
     out
 }
@@ -173,10 +122,6 @@ pub(crate) fn decode(body: &[u8]) -> Result<Vec<Relayed>, CodecError> {
             text: r.bool()?,
             from_new: r.bool()?,
             payload: r.bytes()?.to_vec(),
-            id: match (r.bool()?, r.u64()?, r.u64()?) {
-                (true, origin, seq) => Some((origin, seq)),
-                (false, ..) => None,
-            },
         });
     }
     r.finish()?;
@@ -191,10 +136,7 @@ mod tests {
     fn publications_come_back_as_they_went() {
         let items = vec![
             Relayed::new(Some("chat"), Message::Text("hi"), true),
-            Relayed {
-                id: Some((7, 9)),
-                ..Relayed::new(None, Message::Binary(&[0, 255]), false)
-            },
+            Relayed::new(None, Message::Binary(&[0, 255]), false),
         ];
         let bytes = encode(&items);
         assert_eq!(decode(&bytes), Ok(items.clone()));

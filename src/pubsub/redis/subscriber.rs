@@ -229,7 +229,6 @@ impl Subscriber {
                 topic: topic.into(),
                 kind: frame.kind,
                 payload: frame.payload.into(),
-                id: Some((frame.origin, frame.seq)),
             });
         }
     }

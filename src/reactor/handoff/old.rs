@@ -110,7 +110,8 @@ impl<H: Handler> Reactor<H> {
             Ok(()) => {
                 info!("upgrade: the new process agreed; moving connections");
                 self.pause_accepting();
-                self.core.relay = Some(Box::default());
+                // Through Redis, rooms span both processes already.
+                self.core.relay = (!via_redis).then(Box::default);
                 self.rooms_pending = via_redis.then(|| self.core.now + HELLO_TIMEOUT);
                 self.handoff = Handoff::Moving {
                     child,
@@ -539,10 +540,9 @@ impl<H: Handler> Reactor<H> {
     /// Old process, with `--redis`: its rooms, for the new process to subscribe to first.
     fn send_rooms(&self, channel: &mut Channel<UnixStream>) -> io::Result<()> {
         let topics: Vec<&str> = self.core.rooms.iter().map(|(name, _)| name).collect();
-        let origin = self.core.member.as_deref().and_then(|m| m.origin());
         channel.send(
             ROOMS,
-            &record::encode_rooms(origin, topics.into_iter()),
+            &record::encode_topics(topics.into_iter()),
             Vec::new(),
         )
     }
