@@ -587,3 +587,53 @@ impl Drop for StopPid {
         common::server::signal_pid(self.0, "TERM");
     }
 }
+
+/// `--redis`: another process publishes every millisecond while 300 members of a shared room
+/// move (more than one batch): each member gets every publication once and in order — the old
+/// process delivers and relays what Redis brings it until it goes, the new one delivers from
+/// its own subscription only what comes after.
+#[test]
+fn publications_from_another_process_during_an_upgrade_arrive_once_and_in_order() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(redis) = redis() else { return };
+    let pid_file =
+        std::env::temp_dir().join(format!("wsloop-redis-during-{}.pid", std::process::id()));
+    let mut a = node(&redis, &["--pid-file", pid_file.to_str().unwrap()]);
+    let b = node(&redis, &[]);
+    let mut members: Vec<Client> = (0..300).map(|_| ws_client(a.addr, "/chat")).collect();
+    let mut other = ws_client(b.addr, "/chat");
+    redis.wait_numsub(CHANNEL, 2);
+    // Subscribed through Redis (the "warm" messages every member gets are not counted).
+    until_delivered(&mut other, &mut members[0], "warm ");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), b.addr);
+        std::thread::spawn(move || {
+            let mut ws = ws_client(addr, "/chat");
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || sent < 50 {
+                send_text(&mut ws, &format!("d{sent}"));
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    a.signal("USR2");
+    let new = a.upgraded(&pid_file);
+    let _stop = StopPid(new);
+    stop.store(true, Ordering::Relaxed);
+    let sent = publisher.join().unwrap();
+    for (m, ws) in members.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Some(text) = recv_text(ws, Duration::from_secs(3)) {
+            got.push(text);
+            if got.last().map(String::as_str) == Some(format!("d{}", sent - 1).as_str()) {
+                break;
+            }
+        }
+        let seq = from_publisher(&got, "d");
+        assert_eq!(seq, (0..sent).collect::<Vec<_>>(), "member {m}");
+    }
+}

@@ -62,6 +62,7 @@ impl Hub {
             topic: topic.into(),
             kind,
             payload: payload.into(),
+            id: None,
         };
         self.post(others, &delivery);
         if let Some(upstream) = &self.upstream {
@@ -103,6 +104,11 @@ impl Hub {
     /// an upstream).
     pub(crate) fn subscribed(&self, topic: &str) -> bool {
         self.upstream.as_ref().is_none_or(|u| u.subscribed(topic))
+    }
+
+    /// This process's name in what it publishes upstream, if it has an upstream.
+    pub(crate) fn origin(&self) -> Option<u64> {
+        self.upstream.as_ref().map(|u| u.origin())
     }
 
     /// Topics with a subscriber on any worker: the process's rooms.
@@ -154,6 +160,10 @@ mod tests {
         }
         fn subscribed(&self, _topic: &str) -> bool {
             true
+        }
+
+        fn origin(&self) -> u64 {
+            0
         }
     }
 

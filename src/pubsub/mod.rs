@@ -47,6 +47,9 @@ pub(crate) struct Delivery {
     pub(crate) kind: Kind,
     /// The message payload.
     pub(crate) payload: Arc<[u8]>,
+    /// From Redis: the publishing process and its sequence number on this topic, which name
+    /// the message in every process that receives it (an upgrade's cut-over uses them).
+    pub(crate) id: Option<(u64, u64)>,
 }
 
 /// Where a hub sends what leaves the process (and learns nothing back through this trait:
@@ -60,6 +63,8 @@ pub(crate) trait Upstream: Send + Sync {
     /// Whether other processes' publications to `topic` reach this one now (Redis confirmed
     /// the SUBSCRIBE): an upgrade waits for it before moving a room's members.
     fn subscribed(&self, topic: &str) -> bool;
+    /// This process's name in the messages it publishes (see [`Delivery::id`]).
+    fn origin(&self) -> u64;
 }
 
 /// Counters of the broker side of a process, bumped by the hub and the upstream threads.

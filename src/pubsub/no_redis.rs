@@ -38,6 +38,10 @@ impl Upstream for RedisBridge {
     fn subscribed(&self, _topic: &str) -> bool {
         match *self {}
     }
+
+    fn origin(&self) -> u64 {
+        match *self {}
+    }
 }
 
 #[cfg(test)]

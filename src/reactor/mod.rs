@@ -49,9 +49,9 @@ use crate::handle::{Command, ServerHandle};
 use crate::http::StaticFiles;
 use crate::out::{Budget, Outbox};
 use crate::pubsub::rooms::Rooms;
-use crate::pubsub::{Delivery, Inbox};
+use crate::pubsub::Inbox;
 use crate::stats::Stats;
-use crate::upgrade::relay::Relay;
+use crate::upgrade::relay::{Cut, Held, Relay};
 use crate::upgrade::wire::Channel;
 use crate::upgrade::Upgrades;
 use crate::workers::Member;
@@ -141,9 +141,12 @@ pub(crate) struct Core {
     member: Option<Box<Member>>,
     /// Room publications between the two processes while connections move.
     relay: Option<Box<Relay>>,
-    /// A new process's worker during an upgrade: deliveries from the other workers, held
-    /// until the old process has relayed everything (see `handoff`).
-    held_deliveries: Option<Vec<Delivery>>,
+    /// A new process's worker during an upgrade: deliveries from the other workers and from
+    /// Redis, held until the old process has relayed everything (see `handoff`).
+    held_deliveries: Option<Box<Held>>,
+    /// A new process's worker after an upgrade through Redis: what its own subscription
+    /// brings that the old process delivered already is dropped (see `Cut`).
+    cut: Option<Box<Cut>>,
 }
 
 /// A bound server, ready to [`run`](Reactor::run).
@@ -244,6 +247,7 @@ impl<H: Handler> Reactor<H> {
                 member: None,
                 relay: None,
                 held_deliveries: None,
+                cut: None,
                 config,
             },
             poll,

@@ -65,8 +65,17 @@ impl Core {
     /// A publication from the broker: this reactor's subscribers only.
     pub(super) fn deliver_from_broker(&mut self, delivery: &Delivery) {
         if let Some(held) = &mut self.held_deliveries {
-            held.push(delivery.clone());
+            held.deliveries.push(delivery.clone());
             return;
+        }
+        if let Some(cut) = self.cut.as_deref_mut() {
+            let covered = cut.covers(delivery);
+            if cut.spent(self.now) {
+                self.cut = None;
+            }
+            if covered {
+                return;
+            }
         }
         let msg = match delivery.kind {
             Kind::Binary => Message::Binary(&delivery.payload),
@@ -81,9 +90,10 @@ impl Core {
         self.stats.broker_in += 1;
         if let Some(relay) = self.relay.as_deref_mut().filter(|r| !r.forwarding) {
             // An old worker during an upgrade: its members in the new process get it too.
-            relay
-                .out
-                .push(Relayed::new(Some(&delivery.topic), msg, false));
+            relay.out.push(Relayed {
+                id: delivery.id,
+                ..Relayed::new(Some(&delivery.topic), msg, false)
+            });
         }
         self.publish_local(Some(&delivery.topic), msg);
     }

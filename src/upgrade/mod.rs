@@ -36,16 +36,13 @@
 //! each worker then moves its own listener and connections to its counterpart, and the new
 //! process's workers take over together (`Takeover`).
 //!
-//! With `--redis`, rooms span the two processes through Redis already, so nothing is relayed;
-//! instead, before any connection moves, the old process names its rooms (`ROOMS`) and the
-//! new one answers once Redis has confirmed its SUBSCRIBE to each (`ROOMS_READY`). NOT
-//! guaranteed there: a publication from another process that arrives while a batch moves can
-//! miss the batch's members — the new process delivered it before adopting them, the old one
-//! had not taken it from its mailbox before handing them over. Measured (an experiment, not
-//! committed: 300 members, another process publishing every millisecond through the
-//! handoff): 2 530 of 38 100 and 3 224 of 33 300 member-messages lost, none duplicated.
-//! Closing it needs each Redis message's identity (origin, sequence) carried to the new
-//! process with each batch, and a short replay history there.
+//! With `--redis`, before any connection moves, the old process names its rooms (`ROOMS`)
+//! and the new one answers once Redis has confirmed its SUBSCRIBE to each (`ROOMS_READY`).
+//! Both processes then receive every message of those rooms; the old one delivers and relays
+//! what it receives until it goes, and the new one delivers from its own subscription only
+//! what comes after the last message relayed — what it held meanwhile and what is still on
+//! its way from Redis when the handoff ends (`relay::Cut`: messages are named by their
+//! publisher and its sequence number on the room).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -105,8 +102,8 @@ pub struct Upgrades {
     pub(crate) workers: usize,
     /// Worker 0's way to hand the other workers their channels.
     pub(crate) siblings: Vec<ServerHandle>,
-    /// Rooms span processes through Redis (set by [`crate::Workers`]): no relay, and the new
-    /// process subscribes before members move.
+    /// Rooms span processes through Redis (set by [`crate::Workers`]): the new process
+    /// subscribes to the old one's rooms before members move.
     pub(crate) via_redis: bool,
 }
 
@@ -138,8 +135,6 @@ impl Upgrades {
 #[derive(Debug)]
 pub(crate) struct Takeover {
     workers: usize,
-    /// Rooms span processes through Redis: publications need no relay.
-    pub(crate) via_redis: bool,
     /// Workers whose old counterpart is not done yet.
     left: AtomicUsize,
     /// Workers still relaying their publications through the old process.
@@ -147,10 +142,9 @@ pub(crate) struct Takeover {
 }
 
 impl Takeover {
-    pub(crate) fn new(workers: usize, via_redis: bool) -> Takeover {
+    pub(crate) fn new(workers: usize) -> Takeover {
         Takeover {
             workers,
-            via_redis,
             left: AtomicUsize::new(workers),
             relaying: AtomicUsize::new(workers),
         }

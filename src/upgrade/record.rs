@@ -111,10 +111,15 @@ pub(crate) fn decode_batch(body: &[u8]) -> Result<Vec<ConnRecord>, CodecError> {
     Ok(records)
 }
 
-/// A list of room names.
-pub(crate) fn encode_topics<'a>(topics: impl ExactSizeIterator<Item = &'a str>) -> Vec<u8> {
+/// The old process's rooms and its name in Redis.
+pub(crate) fn encode_rooms<'a>(
+    origin: Option<u64>,
+    topics: impl ExactSizeIterator<Item = &'a str>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = Writer::new(&mut out);
+    w.bool(origin.is_some());
+    w.u64(origin.unwrap_or_default());
     w.u32(topics.len() as u32);
     for topic in topics {
         w.bytes(topic.as_bytes());
@@ -124,8 +129,12 @@ pub(crate) fn encode_topics<'a>(topics: impl ExactSizeIterator<Item = &'a str>) 
 
 /// # Errors
 /// Truncated, trailing or over-long names, or too many.
-pub(crate) fn decode_topics(body: &[u8]) -> Result<Vec<String>, CodecError> {
+pub(crate) fn decode_rooms(body: &[u8]) -> Result<(Option<u64>, Vec<String>), CodecError> {
     let mut r = Reader::new(body);
+    let origin = match (r.bool()?, r.u64()?) {
+        (true, origin) => Some(origin),
+        (false, _) => None,
+    };
     let count = r.u32()? as usize;
     if count > MAX_ROOMS * super::wire::MAX_FDS {
         return Err(CodecError::Invalid("room count"));
@@ -134,7 +143,7 @@ pub(crate) fn decode_topics(body: &[u8]) -> Result<Vec<String>, CodecError> {
         .map(|_| name(&mut r, "room"))
         .collect::<Result<_, _>>()?;
     r.finish()?;
-    Ok(topics)
+    Ok((origin, topics))
 }
 
 /// The counters `/stats` and `/metrics` show, so that they carry on in the new process.
@@ -205,11 +214,16 @@ mod tests {
     #[test]
     fn room_lists_come_back_as_they_went() {
         let rooms = ["chat", "", "news"];
-        let bytes = encode_topics(rooms.into_iter());
-        assert_eq!(decode_topics(&bytes).unwrap(), rooms);
+        let bytes = encode_rooms(Some(42), rooms.into_iter());
+        assert_eq!(
+            decode_rooms(&bytes).unwrap(),
+            (Some(42), rooms.map(String::from).to_vec())
+        );
         for cut in 0..bytes.len() {
-            assert!(decode_topics(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_rooms(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let none = encode_rooms(None, [].into_iter());
+        assert_eq!(decode_rooms(&none).unwrap(), (None, Vec::new()));
     }
 
     #[test]

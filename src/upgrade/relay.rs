@@ -9,9 +9,16 @@
 //! ordered, a member moved by a batch sent before a relayed publication gets it from the new
 //! process, and one moved after it got it from the old process (in the unsent output it moved
 //! with): never both, never neither. The new process keeps relaying until every publication
-//! it sent has come back, and only then takes over.
+//! it sent has come back, and only then takes over. Deliveries from its other workers and from
+//! Redis wait meanwhile ([`Held`]), since earlier messages of the same senders come through
+//! the old process.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use wsloop_proto::codec::{CodecError, Reader, Writer};
+
+use crate::pubsub::Delivery;
 
 use crate::app::Message;
 
@@ -28,6 +35,8 @@ pub(crate) struct Relayed {
     pub(crate) payload: Vec<u8>,
     /// Made in the new process (and coming back to it from the sequencer).
     pub(crate) from_new: bool,
+    /// A Redis message's name ([`crate::pubsub::Delivery::id`]), when it came from Redis.
+    pub(crate) id: Option<(u64, u64)>,
 }
 
 impl Relayed {
@@ -41,6 +50,7 @@ impl Relayed {
             text,
             payload: payload.to_vec(),
             from_new,
+            id: None,
         }
     }
 
@@ -89,6 +99,94 @@ impl Relay {
     }
 }
 
+/// The new process's hold on what the other workers and Redis deliver while connections
+/// move: earlier messages of the same senders come through the old process meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// In arrival order.
+    pub(crate) deliveries: Vec<Delivery>,
+    /// Where this process's own Redis stream takes over from the old one's.
+    pub(crate) cut: Cut,
+}
+
+/// Where, in each room, the new process's own Redis subscription takes over from the old
+/// process's. Both subscriptions receive every message of a room in the same order (Redis
+/// keeps each publisher's order); the old process delivers what it receives to its members
+/// and relays it to the new one until it goes. Every member has therefore received, from
+/// the old process, each publisher's messages up to the last one relayed: the new process
+/// delivers from its own subscription only what comes after that mark — what it held while
+/// connections moved, and what is still on its way from Redis when the handoff ends (the
+/// reason the cut outlives the handoff). Messages the old process published itself are
+/// never delivered from here: it delivered them and relayed them.
+#[derive(Debug, Default)]
+pub(crate) struct Cut {
+    /// The old process's name in Redis.
+    pub(crate) old_origin: Option<u64>,
+    /// Per publisher and room, the last message relayed; forgotten once passed.
+    last: HashMap<u64, HashMap<Box<str>, u64>>,
+    /// After the handoff: no straggler of the old process's own is expected after this.
+    until: Option<Instant>,
+}
+
+/// How long after the handoff the old process's own publications may still come in from
+/// Redis (they left before it did; Redis delivers in milliseconds).
+const STRAGGLERS: Duration = Duration::from_secs(10);
+
+impl Cut {
+    /// The old process relayed Redis message `id` of `topic`.
+    pub(crate) fn relayed(&mut self, topic: Option<&str>, id: Option<(u64, u64)>) {
+        if let (Some(topic), Some((origin, seq))) = (topic, id) {
+            let rooms = self.last.entry(origin).or_default();
+            match rooms.get_mut(topic) {
+                Some(last) => *last = (*last).max(seq),
+                None => {
+                    rooms.insert(topic.into(), seq);
+                }
+            }
+        }
+    }
+
+    /// The handoff ended at `now`: marks stay until passed, the old process's name a while.
+    pub(crate) fn close(&mut self, now: Instant) {
+        self.until = Some(now + STRAGGLERS);
+    }
+
+    /// Whether `delivery` reached this room's members through the old process already. A
+    /// publisher's mark is forgotten once its stream passes it.
+    pub(crate) fn covers(&mut self, delivery: &Delivery) -> bool {
+        let Some((origin, seq)) = delivery.id else {
+            return false; // Not from Redis: the other workers' own.
+        };
+        if Some(origin) == self.old_origin {
+            return true;
+        }
+        let Some(rooms) = self.last.get_mut(&origin) else {
+            return false;
+        };
+        match rooms.get(&*delivery.topic) {
+            Some(&last) if seq <= last => true,
+            Some(_) => {
+                rooms.remove(&*delivery.topic);
+                if rooms.is_empty() {
+                    self.last.remove(&origin);
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Whether it has anything to filter: through Redis only.
+    pub(crate) fn filters(&self) -> bool {
+        self.old_origin.is_some() || !self.last.is_empty()
+    }
+
+    /// Whether nothing is left to filter at `now`.
+    pub(crate) fn spent(&self, now: Instant) -> bool {
+        self.last.is_empty() && self.until.is_some_and(|until| now >= until)
+    }
+}
+
 /// A relay message's body: the count, then each publication.
 pub(crate) fn encode(items: &[Relayed]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -100,6 +198,10 @@ pub(crate) fn encode(items: &[Relayed]) -> Vec<u8> {
         w.bool(item.text);
         w.bool(item.from_new);
         w.bytes(&item.payload);
+        w.bool(item.id.is_some());
+        let (origin, seq) = item.id.unwrap_or_default();
+        w.u64(origin);
+        w.u64(seq);
     }
     out
 }
@@ -122,6 +224,10 @@ pub(crate) fn decode(body: &[u8]) -> Result<Vec<Relayed>, CodecError> {
             text: r.bool()?,
             from_new: r.bool()?,
             payload: r.bytes()?.to_vec(),
+            id: match (r.bool()?, r.u64()?, r.u64()?) {
+                (true, origin, seq) => Some((origin, seq)),
+                (false, ..) => None,
+            },
         });
     }
     r.finish()?;
@@ -131,12 +237,65 @@ pub(crate) fn decode(body: &[u8]) -> Result<Vec<Relayed>, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pubsub::Kind;
+
+    fn from_redis(topic: &str, origin: u64, seq: u64) -> Delivery {
+        Delivery {
+            topic: topic.into(),
+            kind: Kind::Text,
+            payload: b"x"[..].into(),
+            id: Some((origin, seq)),
+        }
+    }
+
+    #[test]
+    fn the_cut_drops_what_the_old_process_delivered_and_nothing_after() {
+        let mut cut = Cut {
+            old_origin: Some(1),
+            ..Cut::default()
+        };
+        for seq in [3, 5, 4] {
+            cut.relayed(Some("chat"), Some((2, seq)));
+        }
+        cut.relayed(None, Some((2, 99))); // A broadcast names no room: no mark.
+        cut.relayed(Some("news"), None); // Not from Redis: no mark.
+        assert!(cut.filters());
+        // The old process's own, ever.
+        assert!(cut.covers(&from_redis("chat", 1, 1000)));
+        // Up to the last relayed, per publisher and room.
+        assert!(cut.covers(&from_redis("chat", 2, 5)));
+        assert!(!cut.covers(&from_redis("news", 2, 1)));
+        assert!(!cut.covers(&from_redis("chat", 3, 1)));
+        let now = Instant::now();
+        cut.close(now);
+        assert!(!cut.spent(now + STRAGGLERS), "a mark is left");
+        // Passed: the mark is forgotten (a later lower number would be a new stream).
+        assert!(!cut.covers(&from_redis("chat", 2, 6)));
+        assert!(!cut.covers(&from_redis("chat", 2, 2)));
+        assert!(!cut.spent(now));
+        assert!(cut.spent(now + STRAGGLERS));
+        // Not through Redis: nothing to filter.
+        let plain = Cut::default();
+        assert!(!plain.filters());
+        let local = Delivery {
+            id: None,
+            ..from_redis("chat", 1, 1)
+        };
+        assert!(!Cut {
+            old_origin: Some(1),
+            ..Cut::default()
+        }
+        .covers(&local));
+    }
 
     #[test]
     fn publications_come_back_as_they_went() {
         let items = vec![
             Relayed::new(Some("chat"), Message::Text("hi"), true),
-            Relayed::new(None, Message::Binary(&[0, 255]), false),
+            Relayed {
+                id: Some((7, 9)),
+                ..Relayed::new(None, Message::Binary(&[0, 255]), false)
+            },
         ];
         let bytes = encode(&items);
         assert_eq!(decode(&bytes), Ok(items.clone()));

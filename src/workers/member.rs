@@ -88,6 +88,11 @@ impl Member {
     }
 
     /// This worker gained its first or lost its last subscriber to `topic`.
+    /// This process's name in what it publishes through Redis, if it has Redis.
+    pub(crate) fn origin(&self) -> Option<u64> {
+        self.hub.origin()
+    }
+
     /// Whether other processes' publications to `topic` reach this process now.
     pub(crate) fn subscribed(&self, topic: &str) -> bool {
         self.hub.subscribed(topic)

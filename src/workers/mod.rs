@@ -110,7 +110,7 @@ impl Workers {
             let inherited = process::inherited_channels(1)?.and_then(|c| c.into_iter().next());
             let mut reactor = match inherited {
                 Some(channel) => {
-                    let takeover = Arc::new(Takeover::new(1, false));
+                    let takeover = Arc::new(Takeover::new(1));
                     Reactor::inherit(self.config, make_app(0), channel, takeover)?
                 }
                 None => Reactor::bind(self.config, make_app(0))?,
@@ -127,7 +127,7 @@ impl Workers {
         let mut inherited = process::inherited_channels(self.count)?
             .map(|channels| channels.into_iter().map(Some).collect::<Vec<_>>())
             .unwrap_or_default();
-        let takeover = Arc::new(Takeover::new(self.count, self.redis.is_some()));
+        let takeover = Arc::new(Takeover::new(self.count));
         let mut config = self.config;
         config.reuse_port |= self.count > 1;
         let make_app = Arc::new(make_app);

@@ -42,6 +42,8 @@ enum Control {
 /// The hub's [`Upstream`] when Redis is configured: the sending ends of the two threads.
 #[derive(Debug)]
 pub(crate) struct RedisBridge {
+    /// This process's name in the messages it publishes.
+    origin: u64,
     outgoing: SyncSender<Delivery>,
     control: Sender<Control>,
     /// The topics the subscriber has confirmed (see [`Upstream::subscribed`]).
@@ -101,6 +103,7 @@ impl RedisBridge {
             .name("wsloop-redis-sub".into())
             .spawn(move || subscriber.run(&control_rx))?;
         Ok(RedisBridge {
+            origin,
             outgoing,
             control,
             confirmed,
@@ -125,6 +128,10 @@ impl Upstream for RedisBridge {
                 }
             }
         }
+    }
+
+    fn origin(&self) -> u64 {
+        self.origin
     }
 
     fn subscribed(&self, topic: &str) -> bool {
@@ -173,6 +180,7 @@ mod tests {
             topic: "t".into(),
             kind: super::super::Kind::Text,
             payload: b"x"[..].into(),
+            id: None,
         };
         for _ in 0..100 {
             bridge.publish(&delivery);

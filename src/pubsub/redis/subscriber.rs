@@ -229,6 +229,7 @@ impl Subscriber {
                 topic: topic.into(),
                 kind: frame.kind,
                 payload: frame.payload.into(),
+                id: Some((frame.origin, frame.seq)),
             });
         }
     }

@@ -30,7 +30,7 @@ use crate::upgrade::relay;
 use crate::upgrade::wire::Channel;
 use crate::upgrade::{Takeover, RELAY};
 
-use super::Reactor;
+use super::{Core, Reactor};
 
 /// The channel's token in the poll.
 pub(super) const UPGRADE: Token = Token(usize::MAX - 4);
@@ -177,20 +177,25 @@ impl<H: Handler> Reactor<H> {
     /// Sends the publications this turn made (or, in the old process, sequenced) to the
     /// other process, and what the channel still holds.
     fn send_relay(&mut self) {
-        let items = match self.core.relay.as_deref_mut() {
-            Some(relay) if !relay.out.is_empty() => std::mem::take(&mut relay.out),
-            _ => Vec::new(),
-        };
-        let Some(channel) = self.handoff.channel() else {
-            return;
-        };
-        let sent = match items.is_empty() {
-            true => channel.flush().map(drop),
-            false => channel.send(RELAY, &relay::encode(&items), Vec::new()),
-        };
-        if let Err(e) = sent {
-            warn!("upgrade: relaying publications: {e}");
+        if let Some(channel) = self.handoff.channel() {
+            relay_out(&mut self.core, channel);
         }
+    }
+}
+
+/// Sends what `core` has to relay on `channel` (also while the handoff's state is taken out
+/// of the reactor), and what the channel still holds.
+fn relay_out(core: &mut Core, channel: &mut Channel<UnixStream>) {
+    let items = match core.relay.as_deref_mut() {
+        Some(relay) if !relay.out.is_empty() => std::mem::take(&mut relay.out),
+        _ => Vec::new(),
+    };
+    let sent = match items.is_empty() {
+        true => channel.flush().map(drop),
+        false => channel.send(RELAY, &relay::encode(&items), Vec::new()),
+    };
+    if let Err(e) = sent {
+        warn!("upgrade: relaying publications: {e}");
     }
 }
 

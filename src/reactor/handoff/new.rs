@@ -17,7 +17,7 @@ use crate::app::{Context, Handler};
 use crate::config::Config;
 use crate::upgrade::protocol::{self, Hello};
 use crate::upgrade::record::{self, ConnRecord};
-use crate::upgrade::relay::{self, Relay};
+use crate::upgrade::relay::{self, Held, Relay};
 use crate::upgrade::wire::{Channel, Msg};
 use crate::upgrade::{
     Takeover, ADOPTED, CONNS, DONE, LISTENERS, NOT_ADOPTED, RELAY, ROOMS, ROOMS_READY, TAKEN,
@@ -43,7 +43,6 @@ impl<H: Handler> Reactor<H> {
     ) -> io::Result<Reactor<H>> {
         channel.socket_mut().set_read_timeout(Some(HELLO_TIMEOUT))?;
         let workers = takeover.workers();
-        let via_redis = takeover.via_redis;
         protocol::greet(&mut channel, Hello::ours(workers)).map_err(io::Error::other)?;
         let msg = channel.recv_one()?;
         if msg.kind != LISTENERS {
@@ -77,18 +76,14 @@ impl<H: Handler> Reactor<H> {
             relaying: true,
             taken: false,
         };
-        // Deliveries from the other workers wait until the old process has relayed all it
-        // sequenced: a sender's earlier messages come that way (see `crate::upgrade::relay`).
-        // Through Redis the old process relays nothing: they are delivered as they come.
-        if !via_redis {
-            reactor.core.held_deliveries = Some(Vec::new());
-        }
-        if !via_redis {
-            reactor.core.relay = Some(Box::new(Relay {
-                forwarding: true,
-                ..Relay::default()
-            }));
-        }
+        // Deliveries from the other workers and from Redis wait until the old process has
+        // relayed all it delivered: a sender's earlier messages come that way (see
+        // `crate::upgrade::relay::Held`).
+        reactor.core.held_deliveries = Some(Box::default());
+        reactor.core.relay = Some(Box::new(Relay {
+            forwarding: true,
+            ..Relay::default()
+        }));
         info!("upgrade: listening on the old process's sockets; taking its connections");
         Ok(reactor)
     }
@@ -136,6 +131,9 @@ impl<H: Handler> Reactor<H> {
         for item in items {
             if let Some(msg) = item.message() {
                 self.core.publish_local(item.topic.as_deref(), msg);
+            }
+            if let Some(held) = self.core.held_deliveries.as_deref_mut() {
+                held.cut.relayed(item.topic.as_deref(), item.id);
             }
             if let Some(relay) = self.core.relay.as_deref_mut().filter(|_| item.from_new) {
                 relay.pending = relay.pending.saturating_sub(1);
@@ -264,8 +262,11 @@ impl<H: Handler> Reactor<H> {
                 Err(e) => self.end_adopting(&format!("the old process's counters: {e}")),
             },
             RELAY => self.deliver_relayed(&msg.body),
-            ROOMS => match record::decode_topics(&msg.body) {
-                Ok(topics) => {
+            ROOMS => match record::decode_rooms(&msg.body) {
+                Ok((origin, topics)) => {
+                    if let Some(held) = self.core.held_deliveries.as_deref_mut() {
+                        held.cut.old_origin = origin;
+                    }
                     for topic in topics {
                         // Held until the takeover: its members are on their way.
                         if self.core.rooms.members(&topic).is_empty() {
@@ -327,8 +328,16 @@ impl<H: Handler> Reactor<H> {
                 self.core.interest(&topic, false);
             }
         }
-        for delivery in self.core.held_deliveries.take().unwrap_or_default() {
-            self.core.deliver_from_broker(&delivery);
+        if let Some(held) = self.core.held_deliveries.take() {
+            let Held {
+                deliveries,
+                mut cut,
+            } = *held;
+            cut.close(self.core.now);
+            self.core.cut = cut.filters().then(|| Box::new(cut));
+            for delivery in deliveries {
+                self.core.deliver_from_broker(&delivery);
+            }
         }
         if why.is_empty() {
             info!(

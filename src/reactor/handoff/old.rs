@@ -110,8 +110,7 @@ impl<H: Handler> Reactor<H> {
             Ok(()) => {
                 info!("upgrade: the new process agreed; moving connections");
                 self.pause_accepting();
-                // Through Redis, rooms span both processes already.
-                self.core.relay = (!via_redis).then(Box::default);
+                self.core.relay = Some(Box::default());
                 self.rooms_pending = via_redis.then(|| self.core.now + HELLO_TIMEOUT);
                 self.handoff = Handoff::Moving {
                     child,
@@ -183,7 +182,7 @@ impl<H: Handler> Reactor<H> {
             // What the other workers sequenced and this one has not relayed yet goes last;
             // closing the channel then tells the new process it has everything.
             self.drain_inbox();
-            self.send_relay();
+            super::relay_out(&mut self.core, &mut channel);
             if let Err(e) = blocking(&mut channel, Channel::flush) {
                 warn!("upgrade: the last relayed publications: {e}");
             }
@@ -540,9 +539,10 @@ impl<H: Handler> Reactor<H> {
     /// Old process, with `--redis`: its rooms, for the new process to subscribe to first.
     fn send_rooms(&self, channel: &mut Channel<UnixStream>) -> io::Result<()> {
         let topics: Vec<&str> = self.core.rooms.iter().map(|(name, _)| name).collect();
+        let origin = self.core.member.as_deref().and_then(|m| m.origin());
         channel.send(
             ROOMS,
-            &record::encode_topics(topics.into_iter()),
+            &record::encode_rooms(origin, topics.into_iter()),
             Vec::new(),
         )
     }
