@@ -2,7 +2,8 @@
 //! `SIGUSR2` upgrades in place, against the real binary: 300 live connections — echoing, in
 //! `/chat`, in the middle of a fragmented message, in the middle of the close handshake, with
 //! permessage-deflate — through a failing upgrade (the program at the server's path replaced
-//! by one that exits 1) and then a good one. (The TLS connection that must get 1001 is in
+//! by one that exits 1) and then a good one; a new program that never answers, and one that
+//! fails in the middle of adopting. (The TLS connection that must get 1001 is in
 //! `tests/tls.rs`, beside its helpers.)
 
 mod common;
@@ -468,4 +469,85 @@ fn connections_with_their_own_deflate_contexts_are_drained_with_1001() {
     let _stop = Stop(new);
     send(&mut plain, "moved");
     assert_eq!(text(&mut plain, "plain"), "moved");
+}
+
+/// Descriptors process `pid` holds open.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// A new process that fails in the middle of adopting — here its open-file limit lets it
+/// take the first batch (253 connections) but not the second — keeps the batch it confirmed
+/// and serves it; the old process serves every other connection on and accepts again. Every
+/// connection still echoes, once and in order, and the pid file still names the old process.
+#[test]
+fn a_new_process_failing_while_adopting_keeps_what_it_confirmed_and_the_old_serves_the_rest() {
+    const CONNS: usize = 300;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let deploy = Deploy::new("upgrade-fails-midway");
+    let pid_file = deploy.pid_file();
+    let old = ServerProcess::start_program(
+        &deploy.program(),
+        &["--pid-file", pid_file.to_str().unwrap()],
+    );
+    let mut clients: Vec<TcpStream> = (0..CONNS).map(|_| raw_upgraded(&old, "/")).collect();
+    let before = open_files(old.pid());
+    // The real program, behind a limit of 290 open files.
+    let real = deploy.dir.join("wsloop.real");
+    std::fs::copy(env!("CARGO_BIN_EXE_wsloop"), &real).unwrap();
+    deploy.install_script(&format!(
+        "#!/bin/sh\nulimit -n 290\nexec '{}' \"$@\"\n",
+        real.display()
+    ));
+    old.signal("USR2");
+    let children = format!("/proc/{0}/task/{0}/children", old.pid());
+    let mut new = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            new = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|pids| pids.split_whitespace().next()?.parse::<u32>().ok());
+            // The first batch moved (the old process let its sockets go) and the new
+            // process holds them.
+            new.is_some_and(|new| open_files(new) > 253) && open_files(old.pid()) + 200 < before
+        }),
+        "the first batch did not move"
+    );
+    let new = new.unwrap();
+    let _stop = Stop(new);
+    // The second batch failed: the upgrade is given up and the old process accepts again.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let answer = stats(old.addr);
+            stat(&answer, "process_upgrades_failed") == 1
+        }),
+        "the failure was not counted (or /stats always reached the new process)"
+    );
+    assert_eq!(deploy.pid(), Some(old.pid()));
+    for round in 0..3 {
+        for (i, stream) in clients.iter_mut().enumerate() {
+            send(stream, &format!("{i}:{round}"));
+        }
+        for (i, stream) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                text(stream, "echo"),
+                format!("{i}:{round}"),
+                "connection {i}"
+            );
+        }
+    }
+    // No duplicate: nothing more within a moment, for any of them.
+    std::thread::sleep(Duration::from_millis(100));
+    for (i, stream) in clients.iter_mut().enumerate() {
+        match next_frame(stream, Duration::from_millis(1)) {
+            Next::Timeout => {}
+            other => panic!("connection {i}: unexpected {other:?}"),
+        }
+    }
+    // Both serve: the new process its batch, the old one the rest.
+    assert!(open_files(new) > 253, "the new process let its batch go");
+    assert!(
+        std::fs::metadata(format!("/proc/{}", old.pid())).is_ok(),
+        "the old process is gone"
+    );
 }
