@@ -20,8 +20,8 @@
 //!   that other work on a shared machine (compilers at normal priority) cannot starve them;
 //!   Linux throttles real-time tasks to 95 % of each second, so tail latencies then carry
 //!   50 ms artifacts.
-//! - `--perf`: record `perf record -g` of the server during each point, into
-//!   `target/load-perf/POINT-SERVER.data`.
+//! - `--perf` or `WSLOOP_BENCH_PERF=1`: record `perf record -g` of the server during each
+//!   point, into `target/load-perf/POINT-SERVER.data`.
 //! - `--baseline PATH` or `WSLOOP_BENCH_BASELINE=PATH`: one more server, "wsloop-before", run
 //!   from that binary (e.g. a build of the commit before a refactor) with the same arguments as
 //!   wsloop, interleaved with the others in each round and with its own ratio column; so a
@@ -260,19 +260,11 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Settings {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let value = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .cloned()
-        };
-        let flag = |name: &str, var: &str| {
-            args.iter().any(|a| a == name)
-                || std::env::var(var).is_ok_and(|v| v != "0" && !v.is_empty())
-        };
-        let quick = flag("--quick", "WSLOOP_BENCH_QUICK");
-        let baseline = value("--baseline")
+        let args = support::Args::from_env();
+        let quick = args.flag("--quick", "WSLOOP_BENCH_QUICK");
+        let baseline = args
+            .value("--baseline")
+            .map(str::to_owned)
             .or_else(|| std::env::var("WSLOOP_BENCH_BASELINE").ok())
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
@@ -285,17 +277,15 @@ impl Settings {
         }
         Settings {
             quick,
-            rounds: value("--rounds")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(if quick { 1 } else { 2 }),
-            secs: value("--secs")
-                .and_then(|v| v.parse().ok())
+            rounds: args.parsed("--rounds").unwrap_or(if quick { 1 } else { 2 }),
+            secs: args
+                .parsed("--secs")
                 .unwrap_or(if quick { 1.0 } else { 5.0 }),
             warmup: if quick { 0.3 } else { 1.0 },
             idle_conns: if quick { 1_000 } else { 10_000 },
-            only: value("--only"),
-            perf: args.iter().any(|a| a == "--perf"),
-            launch: Launch::new(flag("--rt", "WSLOOP_BENCH_RT")),
+            only: args.value("--only").map(str::to_owned),
+            perf: args.flag("--perf", "WSLOOP_BENCH_PERF"),
+            launch: Launch::new(args.flag("--rt", "WSLOOP_BENCH_RT")),
             bins: support::release_dir(),
             baseline,
         }

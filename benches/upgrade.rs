@@ -72,13 +72,8 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Settings {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let value = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
+        let args = support::Args::from_env();
+        let value = |name: &str| args.parsed::<f64>(name);
         let conns = value("--conns").map_or(10_000, |v| v as usize);
         let settings = Settings {
             conns,
@@ -87,10 +82,7 @@ impl Settings {
             chat_rate: value("--chat-rate").unwrap_or(10.0),
             secs: value("--secs").unwrap_or(15.0).clamp(3.0, 50.0),
             threads: value("--threads").map_or(2, |v| v as usize).max(1),
-            launch: Launch::new(
-                args.iter().any(|a| a == "--rt")
-                    || std::env::var("WSLOOP_BENCH_RT").is_ok_and(|v| v != "0" && !v.is_empty()),
-            ),
+            launch: Launch::new(args.flag("--rt", "WSLOOP_BENCH_RT")),
         };
         assert!(
             settings.conns - settings.chat >= settings.threads || settings.rate == 0.0,

@@ -12,6 +12,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// A bench's command line (`cargo bench --bench NAME -- ARGS`): `--name value` options, and
+/// flags an environment variable may set as well.
+#[allow(dead_code)] // `hostile.rs` takes no arguments.
+pub struct Args(Vec<String>);
+
+#[allow(dead_code)]
+impl Args {
+    pub fn from_env() -> Args {
+        Args(std::env::args().skip(1).collect())
+    }
+
+    /// The word after `name`, if `name` was given.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        let at = self.0.iter().position(|a| a == name)?;
+        self.0.get(at + 1).map(String::as_str)
+    }
+
+    /// The word after `name`, parsed (`None` when missing or malformed).
+    pub fn parsed<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.value(name)?.parse().ok()
+    }
+
+    /// Whether `name` was given, or `var` is set to something other than "" or "0".
+    pub fn flag(&self, name: &str, var: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+            || std::env::var(var).is_ok_and(|v| v != "0" && !v.is_empty())
+    }
+}
+
 /// A path as a `String` argument.
 pub fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
