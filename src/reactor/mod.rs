@@ -173,17 +173,8 @@ pub struct Reactor<H: Handler> {
     upgrades: Option<Upgrades>,
     /// Where an upgrade stands.
     handoff: Handoff,
-    /// Connections the new process confirmed in the upgrade under way.
-    moved: usize,
     /// Workers in this process (a handoff needs the same number on both sides).
     workers: usize,
-    /// Old process, with `--redis`: until when the new one may take to subscribe to the
-    /// rooms (no connection moves before).
-    rooms_pending: Option<Instant>,
-    /// New process, with `--redis`: the old process's rooms, held subscribed until the
-    /// takeover, and whether it still waits to hear they are.
-    pinned: Vec<String>,
-    rooms_awaited: bool,
 }
 
 impl<H: Handler> Reactor<H> {
@@ -266,11 +257,7 @@ impl<H: Handler> Reactor<H> {
             inbox: None,
             upgrades: None,
             handoff: Handoff::Idle,
-            moved: 0,
             workers: 1,
-            rooms_pending: None,
-            pinned: Vec::new(),
-            rooms_awaited: false,
         })
     }
 

@@ -61,11 +61,12 @@ pub fn assert_still_serving(server: &ServerProcess) {
 pub type Client = tungstenite::WebSocket<TcpStream>;
 
 /// Connects a `tungstenite` client to `ws://ADDR/PATH` whose reads time out after
-/// `read_timeout` (short for tests that poll, long for tests that wait).
+/// `read_timeout` (short for tests that poll, long for tests that wait). The handshake
+/// itself may take up to 10 s (a loaded machine), whatever `read_timeout` is.
 pub fn ws_connect(addr: SocketAddr, path: &str, read_timeout: Duration) -> Client {
     let stream = TcpStream::connect(addr).expect("connect");
     stream
-        .set_read_timeout(Some(read_timeout))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
@@ -74,6 +75,9 @@ pub fn ws_connect(addr: SocketAddr, path: &str, read_timeout: Duration) -> Clien
     let (ws, response) =
         tungstenite::client(format!("ws://{addr}{path}"), stream).expect("WebSocket handshake");
     assert_eq!(response.status(), 101);
+    ws.get_ref()
+        .set_read_timeout(Some(read_timeout))
+        .expect("read timeout");
     ws
 }
 

@@ -44,6 +44,19 @@ const RETRY: Duration = Duration::from_millis(10);
 const MAIN_LISTENER: u8 = 1;
 const METRICS_LISTENER: u8 = 2;
 
+/// Old process: the new one, as the upgrade under way knows it.
+#[derive(Debug)]
+pub(super) struct NewProcess {
+    /// The program started (worker 0 only; the other workers' counterparts are its own).
+    child: Option<Child>,
+    channel: Channel<UnixStream>,
+    /// Connections it confirmed.
+    moved: usize,
+    /// With `--redis`: until when it may take to subscribe to the rooms (no connection
+    /// moves before); `None` once it has.
+    rooms_until: Option<Instant>,
+}
+
 /// Where an upgrade stands in this process.
 #[derive(Debug, Default)]
 pub(super) enum Handoff {
@@ -51,24 +64,12 @@ pub(super) enum Handoff {
     #[default]
     Idle,
     /// Old process: the new program started; its hello is awaited until `until`.
-    Greeting {
-        child: Option<Child>,
-        channel: Channel<UnixStream>,
-        until: Instant,
-    },
+    Greeting { to: NewProcess, until: Instant },
     /// Old process: the new one has the listeners; connections move at the end of turns,
     /// the next batch at `next`.
-    Moving {
-        child: Option<Child>,
-        channel: Channel<UnixStream>,
-        next: Instant,
-    },
+    Moving { to: NewProcess, next: Instant },
     /// Old process: all moved; the new one's [`TAKEN`] is awaited until `until`.
-    Done {
-        child: Option<Child>,
-        channel: Channel<UnixStream>,
-        until: Instant,
-    },
+    Done { to: NewProcess, until: Instant },
     /// New process: connections arrive until [`DONE`] (the old process's counters, kept
     /// here until every publication relayed has come back).
     Adopting {
@@ -83,6 +84,10 @@ pub(super) enum Handoff {
         /// [`TAKEN`] sent: what the old worker relays until it closes the channel is still
         /// delivered here.
         taken: bool,
+        /// With `--redis`: the old process's rooms, held subscribed until the takeover.
+        pinned: Vec<String>,
+        /// With `--redis`: Redis has not confirmed every room in `pinned` yet.
+        rooms_awaited: bool,
     },
     /// Old process: the new one has taken over; the loop ends.
     HandedOver,
@@ -95,17 +100,22 @@ impl Handoff {
             Handoff::Greeting { until, .. } | Handoff::Done { until, .. } => Some(*until),
             Handoff::Moving { next, .. } => Some(*next),
             // Waiting for the other workers' old counterparts: look again shortly.
-            Handoff::Adopting { arrived: true, .. } => Some(Instant::now() + RETRY),
+            // Waiting for Redis to confirm the rooms, which raises no event here.
+            Handoff::Adopting { arrived: true, .. }
+            | Handoff::Adopting {
+                rooms_awaited: true,
+                ..
+            } => Some(Instant::now() + RETRY),
             _ => None,
         }
     }
 
     fn channel(&mut self) -> Option<&mut Channel<UnixStream>> {
         match self {
-            Handoff::Greeting { channel, .. }
-            | Handoff::Moving { channel, .. }
-            | Handoff::Done { channel, .. }
-            | Handoff::Adopting { channel, .. } => Some(channel),
+            Handoff::Greeting { to, .. }
+            | Handoff::Moving { to, .. }
+            | Handoff::Done { to, .. } => Some(&mut to.channel),
+            Handoff::Adopting { channel, .. } => Some(channel),
             Handoff::Idle | Handoff::HandedOver => None,
         }
     }
@@ -115,34 +125,18 @@ mod new;
 mod old;
 
 impl<H: Handler> Reactor<H> {
-    /// When the loop must wake up for the upgrade: its state's deadline, or shortly while
-    /// waiting for Redis to confirm the rooms (which raises no event here).
+    /// When the loop must wake up for the upgrade.
     pub(super) fn handoff_deadline(&self) -> Option<Instant> {
-        match self.rooms_awaited {
-            true => Some(Instant::now() + RETRY),
-            false => self.handoff.deadline(),
-        }
+        self.handoff.deadline()
     }
 
     /// The channel is readable: a hello, an answer out of turn, the peer gone, or (new
     /// process) what the old one sends.
     pub(super) fn on_channel(&mut self) {
         match std::mem::take(&mut self.handoff) {
-            Handoff::Greeting {
-                child,
-                channel,
-                until,
-            } => self.on_hello(child, channel, until),
-            Handoff::Moving {
-                child,
-                channel,
-                next,
-            } => self.between_batches(child, channel, next),
-            Handoff::Done {
-                child,
-                channel,
-                until,
-            } => self.on_takeover_answer(child, channel, until),
+            Handoff::Greeting { to, until } => self.on_hello(to, until),
+            Handoff::Moving { to, next } => self.between_batches(to, next),
+            Handoff::Done { to, until } => self.on_takeover_answer(to, until),
             adopting @ Handoff::Adopting { .. } => {
                 self.handoff = adopting;
                 self.on_old_process();

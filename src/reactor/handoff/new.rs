@@ -75,6 +75,8 @@ impl<H: Handler> Reactor<H> {
             arrived: false,
             relaying: true,
             taken: false,
+            pinned: Vec::new(),
+            rooms_awaited: false,
         };
         // Deliveries from the other workers and from Redis wait until the old process has
         // relayed all it delivered: a sender's earlier messages come that way (see
@@ -217,22 +219,25 @@ impl<H: Handler> Reactor<H> {
     /// New process, with `--redis`: once Redis has confirmed every room the old process
     /// named, it may send their members.
     pub(super) fn answer_rooms_when_subscribed(&mut self) {
-        if !self.rooms_awaited {
+        let Handoff::Adopting {
+            channel,
+            pinned,
+            rooms_awaited: awaited @ true,
+            ..
+        } = &mut self.handoff
+        else {
             return;
-        }
+        };
         let member = self.core.member.as_deref();
-        if !self
-            .pinned
+        if !pinned
             .iter()
             .all(|t| member.is_none_or(|m| m.subscribed(t)))
         {
             return;
         }
-        self.rooms_awaited = false;
-        if let Some(channel) = self.handoff.channel() {
-            if let Err(e) = channel.send(ROOMS_READY, &[], Vec::new()) {
-                warn!("upgrade: cannot say the rooms are subscribed: {e}");
-            }
+        *awaited = false;
+        if let Err(e) = channel.send(ROOMS_READY, &[], Vec::new()) {
+            warn!("upgrade: cannot say the rooms are subscribed: {e}");
         }
     }
 
@@ -267,14 +272,21 @@ impl<H: Handler> Reactor<H> {
                     if let Some(held) = self.core.held_deliveries.as_deref_mut() {
                         held.cut.old_origin = origin;
                     }
-                    for topic in topics {
+                    for topic in &topics {
                         // Held until the takeover: its members are on their way.
-                        if self.core.rooms.members(&topic).is_empty() {
-                            self.core.interest(&topic, true);
+                        if self.core.rooms.members(topic).is_empty() {
+                            self.core.interest(topic, true);
                         }
-                        self.pinned.push(topic);
                     }
-                    self.rooms_awaited = true;
+                    if let Handoff::Adopting {
+                        pinned,
+                        rooms_awaited,
+                        ..
+                    } = &mut self.handoff
+                    {
+                        pinned.extend(topics);
+                        *rooms_awaited = true;
+                    }
                     self.answer_rooms_when_subscribed();
                 }
                 Err(e) => self.end_adopting(&format!("the old process's rooms: {e}")),
@@ -318,12 +330,28 @@ impl<H: Handler> Reactor<H> {
     /// New process: the handoff is over (done, or the old process went away: what it
     /// had not sent stays with it).
     fn end_adopting(&mut self, why: &str) {
-        if let Handoff::Adopting { mut channel, .. } = std::mem::take(&mut self.handoff) {
+        let mut pinned = Vec::new();
+        if let Handoff::Adopting {
+            mut channel,
+            pinned: theirs,
+            ..
+        } = std::mem::take(&mut self.handoff)
+        {
             self.deregister_channel(&mut channel);
+            pinned = theirs;
         }
-        self.core.relay = None;
-        self.rooms_awaited = false;
-        for topic in std::mem::take(&mut self.pinned) {
+        // Publications of this worker's members not sent to the old process yet (only when
+        // the handoff broke off: a takeover ends the relay first) go out from here.
+        let unsent = self.core.relay.take().map(|relay| {
+            let Relay { out, held, .. } = *relay;
+            out.into_iter().chain(held.unwrap_or_default())
+        });
+        for item in unsent.into_iter().flatten() {
+            if let Some(msg) = item.message() {
+                self.core.publish_from(item.topic.as_deref(), msg, false);
+            }
+        }
+        for topic in pinned {
             if self.core.rooms.members(&topic).is_empty() {
                 self.core.interest(&topic, false);
             }

@@ -26,7 +26,8 @@ use crate::upgrade::{
 use crate::reactor::{Core, Reactor};
 
 use super::{
-    blocking, Handoff, ANSWER_TIMEOUT, HELLO_TIMEOUT, MAIN_LISTENER, METRICS_LISTENER, RETRY,
+    blocking, Handoff, NewProcess, ANSWER_TIMEOUT, HELLO_TIMEOUT, MAIN_LISTENER, METRICS_LISTENER,
+    RETRY,
 };
 
 impl<H: Handler> Reactor<H> {
@@ -78,11 +79,14 @@ impl<H: Handler> Reactor<H> {
             .set_nonblocking(true)
             .and_then(|()| self.register_channel(&mut channel));
         let state = Handoff::Greeting {
-            child,
-            channel,
+            to: NewProcess {
+                child,
+                channel,
+                moved: 0,
+                rooms_until: None,
+            },
             until: self.core.now + HELLO_TIMEOUT,
         };
-        self.moved = 0;
         match registered {
             Ok(()) => self.handoff = state,
             Err(e) => self.fail_upgrade(state, &e.to_string()),
@@ -91,14 +95,9 @@ impl<H: Handler> Reactor<H> {
 
     /// The new process's hello: agree (or refuse), give it the listeners (and with Redis the
     /// rooms), stop accepting.
-    pub(super) fn on_hello(
-        &mut self,
-        child: Option<Child>,
-        mut channel: Channel<UnixStream>,
-        until: Instant,
-    ) {
+    pub(super) fn on_hello(&mut self, mut to: NewProcess, until: Instant) {
         let via_redis = self.upgrades.as_ref().is_some_and(|u| u.via_redis);
-        let agreed = blocking(&mut channel, |c| {
+        let agreed = blocking(&mut to.channel, |c| {
             protocol::answer(c, Hello::ours(self.workers)).map_err(io::Error::other)?;
             self.send_listeners(c)?;
             match via_redis {
@@ -111,54 +110,37 @@ impl<H: Handler> Reactor<H> {
                 info!("upgrade: the new process agreed; moving connections");
                 self.pause_accepting();
                 self.core.relay = Some(Box::default());
-                self.rooms_pending = via_redis.then(|| self.core.now + HELLO_TIMEOUT);
+                to.rooms_until = via_redis.then(|| self.core.now + HELLO_TIMEOUT);
                 self.handoff = Handoff::Moving {
-                    child,
-                    channel,
+                    to,
                     next: self.core.now,
                 };
             }
-            Err(e) => {
-                let state = Handoff::Greeting {
-                    child,
-                    channel,
-                    until,
-                };
-                self.fail_upgrade(state, &e.to_string());
-            }
+            Err(e) => self.fail_upgrade(Handoff::Greeting { to, until }, &e.to_string()),
         }
     }
 
     /// Between batches only relayed publications and, with Redis, the rooms' readiness are
     /// due: anything else means the new process went away or broke the protocol.
-    pub(super) fn between_batches(
-        &mut self,
-        child: Option<Child>,
-        mut channel: Channel<UnixStream>,
-        next: Instant,
-    ) {
+    pub(super) fn between_batches(&mut self, mut to: NewProcess, next: Instant) {
         let mut msgs = Vec::new();
-        let received = channel.receive(&mut msgs, false);
+        let received = to.channel.receive(&mut msgs, false);
         let out_of_turn = msgs
             .iter()
             .any(|m| m.kind != RELAY && m.kind != ROOMS_READY);
         if msgs.iter().any(|m| m.kind == ROOMS_READY) {
-            self.rooms_pending = None;
+            to.rooms_until = None;
         }
         for msg in msgs {
             self.sequence(msg);
         }
         let why = match received {
             Err(e) => Some(e.to_string()),
-            Ok(()) if channel.is_eof() => Some("the new process went away".to_owned()),
+            Ok(()) if to.channel.is_eof() => Some("the new process went away".to_owned()),
             Ok(()) if out_of_turn => Some("a message out of turn".to_owned()),
             Ok(()) => None,
         };
-        let state = Handoff::Moving {
-            child,
-            channel,
-            next,
-        };
+        let state = Handoff::Moving { to, next };
         match why {
             Some(why) => self.fail_upgrade(state, &why),
             None => self.handoff = state,
@@ -166,14 +148,9 @@ impl<H: Handler> Reactor<H> {
     }
 
     /// After [`DONE`]: publications still relayed, then [`TAKEN`] (or the channel closing).
-    pub(super) fn on_takeover_answer(
-        &mut self,
-        child: Option<Child>,
-        mut channel: Channel<UnixStream>,
-        until: Instant,
-    ) {
+    pub(super) fn on_takeover_answer(&mut self, mut to: NewProcess, until: Instant) {
         let mut msgs = Vec::new();
-        let received = channel.receive(&mut msgs, false);
+        let received = to.channel.receive(&mut msgs, false);
         let taken = msgs.iter().any(|m| m.kind == TAKEN);
         for msg in msgs {
             self.sequence(msg);
@@ -182,19 +159,15 @@ impl<H: Handler> Reactor<H> {
             // What the other workers sequenced and this one has not relayed yet goes last;
             // closing the channel then tells the new process it has everything.
             self.drain_inbox();
-            super::relay_out(&mut self.core, &mut channel);
-            if let Err(e) = blocking(&mut channel, Channel::flush) {
+            super::relay_out(&mut self.core, &mut to.channel);
+            if let Err(e) = blocking(&mut to.channel, Channel::flush) {
                 warn!("upgrade: the last relayed publications: {e}");
             }
         }
-        if taken || channel.is_eof() || received.is_err() {
-            self.handed_over(child, channel);
+        if taken || to.channel.is_eof() || received.is_err() {
+            self.handed_over(to);
         } else {
-            self.handoff = Handoff::Done {
-                child,
-                channel,
-                until,
-            };
+            self.handoff = Handoff::Done { to, until };
         }
     }
 
@@ -205,30 +178,17 @@ impl<H: Handler> Reactor<H> {
     pub(super) fn tend_old_side(&mut self) {
         let now = self.core.now;
         match std::mem::take(&mut self.handoff) {
-            Handoff::Greeting {
-                until,
-                child,
-                channel,
-            } if until <= now => {
-                let state = Handoff::Greeting {
-                    child,
-                    channel,
-                    until,
-                };
+            state @ Handoff::Greeting { until, .. } if until <= now => {
                 self.fail_upgrade(state, "no hello in time");
             }
-            Handoff::Moving {
-                child,
-                channel,
-                next,
-            } if self.rooms_pending.is_some() => {
+            Handoff::Moving { to, next } if to.rooms_until.is_some() => {
+                let expired = to.rooms_until.is_some_and(|until| until <= now);
+                // Waiting for ROOMS_READY: look again shortly.
                 let state = Handoff::Moving {
-                    child,
-                    channel,
-                    // Waiting for ROOMS_READY: look again shortly.
+                    to,
                     next: next.max(now + RETRY),
                 };
-                match self.rooms_pending.is_some_and(|until| until <= now) {
+                match expired {
                     true => self.fail_upgrade(
                         state,
                         "Redis did not confirm the rooms' subscriptions in time",
@@ -236,18 +196,10 @@ impl<H: Handler> Reactor<H> {
                     false => self.handoff = state,
                 }
             }
-            Handoff::Moving {
-                child,
-                channel,
-                next,
-            } if next <= now => self.move_batch(child, channel),
-            Handoff::Done {
-                child,
-                channel,
-                until,
-            } if until <= now => {
+            Handoff::Moving { to, next } if next <= now => self.move_batch(to),
+            Handoff::Done { to, until } if until <= now => {
                 warn!("upgrade: the new process did not confirm the takeover in time");
-                self.handed_over(child, channel);
+                self.handed_over(to);
             }
             other => self.handoff = other,
         }
@@ -255,7 +207,7 @@ impl<H: Handler> Reactor<H> {
 
     /// Moves the next batch of movable connections, drains those that can never move, and
     /// once none is left sends [`DONE`].
-    fn move_batch(&mut self, child: Option<Child>, mut channel: Channel<UnixStream>) {
+    fn move_batch(&mut self, mut to: NewProcess) {
         let (batch, drain) = self.core.pick_batch();
         for key in drain {
             self.core.drain_for_upgrade(key);
@@ -264,28 +216,25 @@ impl<H: Handler> Reactor<H> {
             if self.core.not_done() > 0 {
                 // Waiting for a request's answer, events, or drained connections to close.
                 self.handoff = Handoff::Moving {
-                    child,
-                    channel,
+                    to,
                     next: self.core.now + RETRY,
                 };
                 return;
             }
             self.core.stats.process_upgrades += 1;
             let counters = record::encode_stats(self.core.fresh_stats());
-            return match blocking(&mut channel, |c| c.send(DONE, &counters, Vec::new())) {
+            return match blocking(&mut to.channel, |c| c.send(DONE, &counters, Vec::new())) {
                 Ok(()) => {
                     info!("upgrade: every connection moved; waiting for the takeover");
                     self.handoff = Handoff::Done {
-                        child,
-                        channel,
+                        to,
                         until: self.core.now + ANSWER_TIMEOUT,
                     };
                 }
                 Err(e) => {
                     self.core.stats.process_upgrades -= 1;
                     let state = Handoff::Moving {
-                        child,
-                        channel,
+                        to,
                         next: self.core.now,
                     };
                     self.fail_upgrade(state, &e.to_string());
@@ -310,7 +259,7 @@ impl<H: Handler> Reactor<H> {
         let body = record::encode_batch(&records);
         let count = moving.len();
         let mut relayed = Vec::new();
-        let answer = blocking(&mut channel, |c| {
+        let answer = blocking(&mut to.channel, |c| {
             c.send(CONNS, &body, fds)?;
             loop {
                 // Publications the new process relayed meanwhile are sequenced once this
@@ -321,7 +270,7 @@ impl<H: Handler> Reactor<H> {
                 }
             }
         });
-        match answer {
+        let why = match answer {
             Ok(Msg {
                 kind: ADOPTED,
                 body,
@@ -332,38 +281,34 @@ impl<H: Handler> Reactor<H> {
                     self.core.hand_over(m.key);
                 }
                 self.core.stats.handed_over += count as u64;
-                self.moved += count;
-                for msg in relayed {
-                    self.sequence(msg);
-                }
-                // More may be waiting: the next batch after one turn for everyone else.
-                self.handoff = Handoff::Moving {
-                    child,
-                    channel,
-                    next: self.core.now,
-                };
+                to.moved += count;
+                None
             }
-            answer => {
-                let why = match answer {
-                    Ok(Msg {
-                        kind: NOT_ADOPTED,
-                        body,
-                        ..
-                    }) => format!("refused a batch: {}", String::from_utf8_lossy(&body)),
-                    Ok(_) => "an unexpected answer to a batch".to_owned(),
-                    Err(e) => format!("no answer to a batch: {e}"),
-                };
-                self.put_back(moving);
-                for msg in relayed {
-                    self.sequence(msg);
-                }
-                let state = Handoff::Moving {
-                    child,
-                    channel,
-                    next: self.core.now,
-                };
-                self.fail_upgrade(state, &why);
-            }
+            Ok(Msg {
+                kind: NOT_ADOPTED,
+                body,
+                ..
+            }) => Some(format!(
+                "refused a batch: {}",
+                String::from_utf8_lossy(&body)
+            )),
+            Ok(_) => Some("an unexpected answer to a batch".to_owned()),
+            Err(e) => Some(format!("no answer to a batch: {e}")),
+        };
+        if why.is_some() {
+            self.put_back(moving);
+        }
+        for msg in relayed {
+            self.sequence(msg);
+        }
+        // More may be waiting: the next batch after one turn for everyone else.
+        let next = self.core.now;
+        match why {
+            Some(why) => self.fail_upgrade(Handoff::Moving { to, next }, &why),
+            // What the new process sent after its answer was read with it, and the socket
+            // will not be readable for it again: taken now (a relayed publication left
+            // there would never come back, and the new process would wait for it).
+            None => self.between_batches(to, next),
         }
     }
 
@@ -436,60 +381,46 @@ impl<H: Handler> Reactor<H> {
     fn fail_upgrade(&mut self, state: Handoff, why: &str) {
         warn!("upgrade failed: {why}; this process serves on");
         self.core.relay = None;
-        self.rooms_pending = None;
         self.core.stats.process_upgrades_failed += 1;
-        let was_moving = matches!(state, Handoff::Moving { .. } | Handoff::Done { .. });
-        match state {
-            Handoff::Greeting {
-                mut child,
-                mut channel,
-                ..
+        let (mut to, accepting_paused) = match state {
+            Handoff::Greeting { to, .. } => (to, false),
+            Handoff::Moving { to, .. } | Handoff::Done { to, .. } => (to, true),
+            _ => {
+                self.handoff = Handoff::Idle;
+                return;
             }
-            | Handoff::Moving {
-                mut child,
-                mut channel,
-                ..
+        };
+        self.deregister_channel(&mut to.channel);
+        match (to.child.as_mut(), to.moved) {
+            // Ours to stop: it must not serve the sockets it may have been sent.
+            (Some(child), 0) => {
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            | Handoff::Done {
-                mut child,
-                mut channel,
-                ..
-            } => {
-                self.deregister_channel(&mut channel);
-                drop(channel);
-                match child.as_mut() {
-                    // Ours to stop: it must not serve the sockets it may have been sent.
-                    Some(child) if self.moved == 0 => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
-                    // It serves the connections it confirmed: stopping it would drop them.
-                    _ if self.moved > 0 => warn!(
-                        "upgrade: the new process keeps the {} connections it took; this \
-                         one serves the rest",
-                        self.moved
-                    ),
-                    _ => {}
-                }
-            }
-            _ => {}
+            (None, 0) => {}
+            // It serves the connections it confirmed: stopping it would drop them.
+            (_, moved) => warn!(
+                "upgrade: the new process keeps the {moved} connections it took; this one \
+                 serves the rest"
+            ),
         }
-        if was_moving {
+        drop(to);
+        if accepting_paused {
             self.resume_accepting();
         }
         self.handoff = Handoff::Idle;
     }
 
     /// The new process serves everything: this one's loop ends.
-    fn handed_over(&mut self, child: Option<Child>, mut channel: Channel<UnixStream>) {
-        match child {
+    fn handed_over(&mut self, mut to: NewProcess) {
+        match &to.child {
             Some(child) => info!(
                 "upgrade complete: process {} serves every connection now",
                 child.id()
             ),
             None => info!("upgrade complete: the new process serves this worker's connections"),
         }
-        self.deregister_channel(&mut channel);
+        self.deregister_channel(&mut to.channel);
         self.core.relay = None;
         self.handoff = Handoff::HandedOver;
     }
