@@ -34,6 +34,13 @@ pub struct Entry {
     /// `--max-backpressure` (by the memory it holds: `ConnOut::pressure`); it resumes (from
     /// the ready list) below half of it.
     pub(crate) read_paused: bool,
+    /// Whether its next read into the shared buffer takes only the first
+    /// [`NARROW_READ`](super::NARROW_READ) bytes of it: true for a new connection and after
+    /// a large payload was read into place, false once such a read filled that window.
+    /// Why: the read that brings a large message's header would otherwise fill the whole
+    /// shared buffer with payload, to be copied into the message buffer at once, and touch
+    /// all its pages, which then stay resident for nothing while only large messages come.
+    pub(crate) narrow_read: bool,
     /// Accepted on the metrics listener: serves `/metrics` only.
     pub(crate) metrics_only: bool,
     /// Finished: removed from the slab at the end of the turn.
@@ -58,6 +65,7 @@ impl Entry {
             facts: Facts::default(),
             writable: true,
             read_paused: false,
+            narrow_read: true,
             metrics_only,
             doomed: false,
         }

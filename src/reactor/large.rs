@@ -269,6 +269,65 @@ mod tests {
         );
     }
 
+    /// The read after a large payload was read into place takes only the first
+    /// `NARROW_READ` bytes of the shared buffer (the next header, and what comes with it), so
+    /// a client that sends only large messages never has the rest of that buffer touched;
+    /// once such a read fills the window, reads take the whole buffer again.
+    #[test]
+    fn reads_go_narrow_after_a_large_payload_and_wide_once_the_window_fills() {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        let large: Vec<u8> = (0..MIB).map(|i| (i % 241) as u8).collect();
+        let small = [5u8; 1000];
+        let smalls: Vec<u8> = (0..64).flat_map(|_| client_frame(&small)).collect();
+        assert!(smalls.len() > 2 * super::super::NARROW_READ);
+        let large_sent = large.clone();
+        let (echoed, large_echoed) = std::sync::mpsc::channel();
+        let (go, go_on) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut s = upgraded(addr);
+            s.write_all(&client_frame(&large_sent)).unwrap();
+            let echo = read_after_head(&mut s, 10 + MIB);
+            echoed.send(echo).unwrap();
+            go_on.recv().unwrap();
+            s.write_all(&smalls).unwrap();
+            let mut got = vec![0; 64 * (4 + small.len())];
+            s.read_exact(&mut got).unwrap();
+            got
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let narrow =
+            |reactor: &Reactor<Echo>| reactor.core.conns.iter().next().map(|(_, e)| e.narrow_read);
+        let echo = loop {
+            assert!(Instant::now() < deadline, "no echo");
+            turn(&mut reactor);
+            reactor.core.finish_turn(&mut reactor.app);
+            if let Ok(echo) = large_echoed.try_recv() {
+                break echo;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(echo[10..] == large[..], "the large echo differs");
+        assert_eq!(narrow(&reactor), Some(true), "narrow after the payload");
+        go.send(()).unwrap();
+        while !client.is_finished() {
+            assert!(Instant::now() < deadline, "no small echoes");
+            turn(&mut reactor);
+            reactor.core.finish_turn(&mut reactor.app);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = client.join().unwrap();
+        for echo in got.chunks(4 + small.len()) {
+            assert_eq!(echo[..4], [0x82, 126, 0x03, 0xe8]);
+            assert!(echo[4..] == small[..], "a small echo differs");
+        }
+        assert_eq!(narrow(&reactor), Some(false), "wide once a window filled");
+    }
+
     /// Over its backpressure limit, a connection stops decoding too, not only reading: the
     /// header of a large message read together with a small one whose echo took the output
     /// over the limit waits, undecoded, until that echo is written; decoded at once, it would

@@ -81,6 +81,10 @@ const METRICS: Token = Token(usize::MAX - 3);
 
 /// Size of the one read buffer shared by every connection.
 const READ_BUF: usize = 256 * 1024;
+/// How much of the shared buffer a connection's read takes while it has not shown that it
+/// has more to send (see [`Entry::narrow_read`](entry::Entry::narrow_read)): enough for a
+/// request head and a few small messages; one such read that fills it goes wide again.
+const NARROW_READ: usize = 16 * 1024;
 /// TLS connections: plaintext goes to `read_buf[..PLAIN_LEN]`, ciphertext is read above it.
 const PLAIN_LEN: usize = READ_BUF / 2;
 /// Reads per readiness event before other connections get their turn.

@@ -18,7 +18,9 @@ use crate::app::{Context, Handler, Message};
 use crate::out::Door;
 use crate::stats::RejectReason;
 
-use super::{Core, Reactor, Visit, PLAIN_LEN, READS_PER_EVENT, READ_BUF, WORK_PER_TURN};
+use super::{
+    Core, Reactor, Visit, NARROW_READ, PLAIN_LEN, READS_PER_EVENT, READ_BUF, WORK_PER_TURN,
+};
 
 impl<H: Handler> Reactor<H> {
     /// Visits one connection: what it held back or left unanswered first, then reads until
@@ -85,9 +87,11 @@ impl<H: Handler> Reactor<H> {
                 true => None,
             };
             let direct = target.is_some();
+            let narrow = !direct && !tls && entry.narrow_read;
             let buf = match target {
                 Some(target) => target,
                 None if tls => self.read_buf.get_mut(PLAIN_LEN..).unwrap_or_default(),
+                None if narrow => self.read_buf.get_mut(..NARROW_READ).unwrap_or_default(),
                 None => self.read_buf.as_mut_slice(),
             };
             let full = buf.len();
@@ -99,6 +103,9 @@ impl<H: Handler> Reactor<H> {
                 Err(e) => return self.core.on_transport_error(&mut self.app, key, &e),
             };
             self.core.stats.bytes_in += n as u64;
+            if direct || (narrow && n == full) {
+                entry.narrow_read = direct;
+            }
             let fed = if direct {
                 self.core
                     .feed_direct(&mut self.app, key, n, &mut self.scratch)
