@@ -591,7 +591,8 @@ impl Drop for StopPid {
 /// `--redis`: another process publishes every millisecond while 300 members of a shared room
 /// move (more than one batch): each member gets every publication once and in order — the old
 /// process delivers and relays what Redis brings it until it goes, the new one delivers from
-/// its own subscription only what comes after.
+/// its own subscription only what comes after. And a member of the moving process publishing
+/// all through it reaches the other process once and in order.
 #[test]
 fn publications_from_another_process_during_an_upgrade_arrive_once_and_in_order() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -619,12 +620,39 @@ fn publications_from_another_process_during_an_upgrade_arrive_once_and_in_order(
             sent
         })
     };
+    // A member of the upgrading process publishes all through it too: its messages leave
+    // from the old process before the takeover and from the new one after; the other
+    // process gets them once and in order.
+    let local = {
+        let (stop, mut ws) = (std::sync::Arc::clone(&stop), ws_client(a.addr, "/chat"));
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) || sent < 50 {
+                send_text(&mut ws, &format!("e{sent}"));
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Kept open: closed with unread messages, it would be reset, and the server
+            // would lose what it had not read yet.
+            (sent, ws)
+        })
+    };
     std::thread::sleep(Duration::from_millis(30));
     a.signal("USR2");
     let new = a.upgraded(&pid_file);
     let _stop = StopPid(new);
     stop.store(true, Ordering::Relaxed);
     let sent = publisher.join().unwrap();
+    let (sent_here, _publishing) = local.join().unwrap();
+    let mut got = Vec::new();
+    while let Some(text) = recv_text(&mut other, Duration::from_secs(3)) {
+        got.push(text);
+        if got.last().map(String::as_str) == Some(format!("e{}", sent_here - 1).as_str()) {
+            break;
+        }
+    }
+    let seq = from_publisher(&got, "e");
+    assert_eq!(seq, (0..sent_here).collect::<Vec<_>>(), "the other process");
     for (m, ws) in members.iter_mut().enumerate() {
         let mut got = Vec::new();
         while let Some(text) = recv_text(ws, Duration::from_secs(3)) {
