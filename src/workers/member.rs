@@ -87,7 +87,6 @@ impl Member {
         (workers, sum)
     }
 
-    /// This worker gained its first or lost its last subscriber to `topic`.
     /// This process's name in what it publishes through Redis, if it has Redis.
     pub(crate) fn origin(&self) -> Option<u64> {
         self.hub.origin()
@@ -98,6 +97,7 @@ impl Member {
         self.hub.subscribed(topic)
     }
 
+    /// This worker gained its first or lost its last subscriber to `topic`.
     pub(crate) fn interest(&self, topic: &str, subscribed: bool) {
         self.hub.interest(self.index, topic, subscribed);
     }

@@ -187,7 +187,7 @@ impl<H: Handler> Reactor<H> {
                     }
                     relay.held.take().unwrap_or_default()
                 }
-                None => Vec::new(), // Through Redis: nothing was relayed.
+                None => Vec::new(), // The relay ended already: nothing is held.
             };
             self.core.relay = None;
             *relaying = false;
