@@ -14,7 +14,14 @@
 //! x86_64 Linux from Rust 1.90 on. With an older rustc, another target, or a linker chosen in
 //! the environment, nothing is added (and `WSLOOP_NO_SYMBOL_ORDER` turns it off). Names no
 //! longer in the program (after a change of code or compiler) are skipped silently: the list
-//! then only helps less, and the script writes it anew.
+//! then only helps less, and the script writes it anew. The names carry hashes that depend on
+//! the features cargo unifies over the packages it builds at once: the list is written for
+//! the binary `cargo run --release` and `cargo build --release` build at the root; built
+//! beside the bench's peers, the names differ (the benches build it again alone).
+//!
+//! The list ends with the serving code's marker, `wsloop_serving_code_end`: the binary keeps
+//! what lies before it mapped and gives back the rest once it listens (src/bin/wsloop/trim.rs,
+//! under `cfg(symbol_order)`, which this build script sets when it passes the list).
 
 use std::env;
 use std::path::Path;
@@ -27,6 +34,9 @@ fn main() {
     println!("cargo:rerun-if-changed={ORDER_FILE}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=WSLOOP_NO_SYMBOL_ORDER");
+    // `symbol_order`: the binary was linked with the list, so the serving code lies between
+    // the start of `.text` and `wsloop_serving_code_end` (src/bin/wsloop/trim.rs).
+    println!("cargo:rustc-check-cfg=cfg(symbol_order)");
     if links_with_rust_lld() {
         let dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
         let file = Path::new(&dir).join(ORDER_FILE);
@@ -36,6 +46,7 @@ fn main() {
                 file.display()
             );
             println!("cargo:rustc-link-arg-bin=wsloop=-Wl,--no-warn-symbol-ordering");
+            println!("cargo:rustc-cfg=symbol_order");
         }
     }
 }

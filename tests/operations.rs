@@ -2,7 +2,8 @@
 //! Operational behaviour of the real `wsloop` binary over loopback sockets: connection limits,
 //! backpressure, the connection's timers over real sockets (keepalive pings and the idle
 //! limit; each timer's rule is a `conn` unit test on a virtual clock), graceful shutdown, chat
-//! fan-out, slow consumers and the `/stats` counters. Each test starts its own server.
+//! fan-out, slow consumers, the `/stats` counters, and the memory start-up gives back. Each
+//! test starts its own server.
 
 mod common;
 
@@ -20,7 +21,7 @@ use common::frames::{
 use common::http::{
     exchange, header, is_reset, is_timeout, stat, stats, upgrade_request, wait_eof, wait_for_stats,
 };
-use common::process::rss_kib;
+use common::process::{peak_rss_kib, rss_kib};
 use common::ws::{echo_rtt, raw_upgraded, ws_connect, ws_roundtrip, ws_text, Client};
 use common::ServerProcess;
 use tungstenite::Message;
@@ -646,4 +647,32 @@ fn stats_counters_follow_traffic_and_errors() {
     assert_eq!(expect_close(&mut bad), Some(1002));
     let json = stats(server.addr);
     assert!(stat(&json, "protocol_errors") >= 1, "{json}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Start-up's memory
+// ---------------------------------------------------------------------------------------------
+
+/// Once it listens, the server gives back what start-up mapped of its program file and
+/// libraries (src/bin/wsloop/trim.rs): its RSS falls well below the most it has been (over
+/// 3 MiB below, in a debug build). Then it serves as before: the code it runs is mapped
+/// again from the page cache.
+#[test]
+fn start_up_pages_are_given_back_and_the_server_serves_on() {
+    let server = ServerProcess::start(&[]);
+    let pid = server.pid();
+    let given_back = || peak_rss_kib(pid).saturating_sub(rss_kib(pid));
+    assert!(
+        common::wait_until(Duration::from_secs(5), || given_back() >= 1024),
+        "RSS {} KiB, at most {} KiB: start-up's pages were not given back",
+        rss_kib(pid),
+        peak_rss_kib(pid)
+    );
+    let mut client = ws(&server, "/");
+    for i in 0..100 {
+        let text = format!("after the trim {i}");
+        ws_echo(&mut client, &text);
+    }
+    let (_stream, page) = exchange(server.addr, b"", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
 }

@@ -23,6 +23,7 @@
 //! measure) and a schedule of turns. [`payload`] is what messages contain (random, or
 //! JSON-like text for deflate runs); [`stats`] the histogram and `/proc` readings; [`net`]
 //! loopback targets and non-blocking connects.
+#![forbid(unsafe_code)]
 
 pub mod client;
 mod connect;

@@ -2,6 +2,7 @@
 //!
 //! Prints a table on stderr and exactly one JSON line on stdout. Exit code 1 when the run saw
 //! mismatched echoes, errors or nothing at all; 2 on bad arguments.
+#![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@ mod args;
 mod echo_chat;
 mod pid_file;
 mod supervisor;
+mod trim;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -90,6 +91,9 @@ fn main() -> ExitCode {
             (n, None) => format!(", {n} workers"),
             (n, Some(url)) => format!(", {n} workers, rooms shared through {url}"),
         };
+        // Before the line that says the server is ready: once a client can know it is, the
+        // pages are given back (a peak of memory measured from then on does not hold them).
+        give_back_start_up_pages(true);
         println!("wsloop listening on {addr} (open {scheme}://{addr}/ for {page}{scale})");
         let _ = std::io::stdout().flush();
     };
@@ -144,11 +148,15 @@ fn supervise(args: &Args) -> ExitCode {
         addr: args.addr,
         pid_dir: std::env::temp_dir().join(format!("wsloop-supervisor-{}", std::process::id())),
     };
+    let mut started = false;
     let result = supervisor.run(&stop, &upgrade, |event| {
         // Not println!: a closed stdout must not take the supervisor (and its duty to stop
         // the children) down.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "wsloop supervisor: {event}").and_then(|()| out.flush());
+        if !std::mem::replace(&mut started, true) {
+            give_back_start_up_pages(false);
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,6 +164,15 @@ fn supervise(args: &Args) -> ExitCode {
             eprintln!("wsloop: {}: {e}", args.addr);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Start-up is over: what it mapped of the program's files need not stay resident
+/// ([`trim`]). `serving`: this process serves (keep its serving code mapped).
+fn give_back_start_up_pages(serving: bool) {
+    match trim::drop_file_pages(serving) {
+        Ok(bytes) => log::debug!("gave back {bytes} bytes of start-up's file mappings"),
+        Err(e) => log::debug!("could not give back start-up's file pages: {e}"),
     }
 }
 
