@@ -462,6 +462,21 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
     let warmup = settings.warmup.to_string();
     let wsload = path(&settings.bins.join("wsload"));
     let url = format!("ws://{}/", running.addr());
+    if matches!(point.load, Load::Hold | Load::HoldAfterBurst) {
+        // One connection's echo first, so that the figures per connection count what
+        // connections cost and not the code's first use: a server that gives back the pages
+        // start-up mapped (wsloop does) maps the code and libc pages serving runs again on
+        // first use, about 0.5 MiB, which over 10 000 connections would read as 50 B each.
+        let mut warm = vec![wsload.clone()];
+        warm.extend(echo_args(1, 1, 32, "0"));
+        warm.extend([
+            "--url".into(),
+            url.clone(),
+            "--duration".into(),
+            "0.3".into(),
+        ]);
+        run_wsload(settings, &warm);
+    }
     let fresh_kib = status_kib(running.pid(), "VmRSS");
     let mut args: Vec<String> = vec![wsload.clone()];
     match point.load {

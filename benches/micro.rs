@@ -25,7 +25,11 @@
 //! - `handshake`: a Chrome upgrade request scanned, parsed, validated, checked for its origin
 //!   and answered with the 101 response and its accept key.
 //! - `memcpy`: `copy_from_slice`, the memory-copy limit that large-message figures are read
-//!   against.
+//!   against: with source and destination in the caches (`copy_from_slice`, up to 16 MiB) and
+//!   with neither (`copy_from_slice_cold`: each copy takes the next of several buffer pairs,
+//!   128 MiB in all, four times this machine's 32 MiB L3), which is how a large echo meets
+//!   its payload (in flight, its messages and socket buffers run through more memory than
+//!   the L3 holds).
 //!
 //! `cargo bench --bench micro` for the full run (about five minutes on two shared cores);
 //! `cargo bench --bench micro -- --quick` for a quick one; `cargo bench --bench micro -- --test`
@@ -497,6 +501,10 @@ fn handshake(c: &mut Criterion) {
     group.finish();
 }
 
+/// Memory the cold copies go through: four times this machine's L3 (32 MiB), so that what
+/// one copy reads or writes has left the caches by the time it comes round again.
+const COLD_FOOTPRINT: usize = 128 * MIB;
+
 fn memcpy(c: &mut Criterion) {
     let mut group = c.benchmark_group("memcpy");
     for (size, label) in [
@@ -516,6 +524,24 @@ fn memcpy(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::new("copy_from_slice", label), |b| {
             b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src)))
+        });
+    }
+    for (size, label) in [(4 * MIB, "4MiB"), (16 * MIB, "16MiB")] {
+        let pairs = (COLD_FOOTPRINT / (2 * size)).max(2);
+        let sources: Vec<Vec<u8>> = (0..pairs)
+            .map(|i| random_bytes(&mut rng(i as u64), size))
+            .collect();
+        // Written once, so that every page is mapped before the clock runs.
+        let mut destinations: Vec<Vec<u8>> = (0..pairs).map(|_| vec![1u8; size]).collect();
+        let mut next = 0;
+        group.sample_size(20);
+        group.measurement_time(Duration::from_secs(8));
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::new("copy_from_slice_cold", label), |b| {
+            b.iter(|| {
+                next = (next + 1) % pairs;
+                black_box(&mut destinations[next]).copy_from_slice(black_box(&sources[next]));
+            })
         });
     }
     // The copy `encode` makes of a 64 KiB payload: behind a 4-byte header, so the destination

@@ -59,7 +59,19 @@ pub fn release_dir() -> PathBuf {
 }
 
 /// Builds release `targets` (e.g. `["--bin", "wsloop"]`); a no-op when they are current.
+///
+/// Then builds the `wsloop` binary once more as `cargo run --release` does (features unified
+/// over the workspace's default members). Built beside other packages (the peers), its
+/// dependencies get other features, which changes every symbol's hash, and the list of
+/// functions whose layout `build.rs` asks of the linker no longer matches: the bench would
+/// then measure a binary whose code lies otherwise than the one users run.
 pub fn build(targets: &[&str]) {
+    cargo_build(targets);
+    cargo_build(&["--bin", "wsloop"]);
+}
+
+/// `cargo build --release TARGETS`, in this workspace.
+fn cargo_build(targets: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     // What cargo sets for running this bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, …) must not reach
