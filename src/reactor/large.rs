@@ -124,7 +124,29 @@ mod tests {
         assert_eq!(wsloop_proto::pool::LARGE, super::super::READ_BUF);
     }
 
-    /// One turn of the loop for every connection: accept, read, end the turn.
+    /// An echo reactor on a free loopback port, with `max_backpressure` if given; and its
+    /// address.
+    fn echo_reactor(max_backpressure: Option<usize>) -> (Reactor<Echo>, std::net::SocketAddr) {
+        let defaults = Config::default();
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_backpressure: max_backpressure.unwrap_or(defaults.max_backpressure),
+            ..defaults
+        };
+        let reactor = Reactor::bind(config, Echo).unwrap();
+        let addr = reactor.local_addr();
+        (reactor, addr)
+    }
+
+    /// A whole turn ([`turn`], then its end: the flush and the timers), then a short sleep
+    /// that lets the client thread move.
+    fn full_turn(reactor: &mut Reactor<Echo>) {
+        turn(reactor);
+        reactor.core.finish_turn(&mut reactor.app);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    /// One turn of the loop for every connection: accept, read (the turn is not ended).
     fn turn(reactor: &mut Reactor<Echo>) {
         reactor.accept_all(false);
         let keys: Vec<usize> = reactor.core.conns.iter().map(|(k, _)| k).collect();
@@ -169,12 +191,7 @@ mod tests {
     /// pool lets it go once idle.
     #[test]
     fn a_large_echo_leaves_by_move_and_its_buffer_returns_to_the_pool() {
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        let mut reactor = Reactor::bind(config, Echo).unwrap();
-        let addr = reactor.local_addr();
+        let (mut reactor, addr) = echo_reactor(None);
         let payload: Vec<u8> = (0..2 * MIB).map(|i| (i % 253) as u8).collect();
         let sent = payload.clone();
         let client = std::thread::spawn(move || {
@@ -221,12 +238,7 @@ mod tests {
     fn pipelined_large_messages_take_one_buffer_at_a_time() {
         const COUNT: usize = 3;
         const TAIL: usize = 1000;
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        let mut reactor = Reactor::bind(config, Echo).unwrap();
-        let addr = reactor.local_addr();
+        let (mut reactor, addr) = echo_reactor(None);
         let payloads: Vec<Vec<u8>> = (0..COUNT)
             .map(|n| (0..2 * MIB).map(|i| ((i + n) % 251) as u8).collect())
             .collect();
@@ -254,9 +266,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !client.is_finished() {
             assert!(Instant::now() < deadline, "no echoes");
-            turn(&mut reactor);
-            reactor.core.finish_turn(&mut reactor.app);
-            std::thread::sleep(Duration::from_millis(1));
+            full_turn(&mut reactor);
         }
         let got = client.join().unwrap();
         for (n, echo) in got.chunks(10 + 2 * MIB).enumerate() {
@@ -275,12 +285,7 @@ mod tests {
     /// once such a read fills the window, reads take the whole buffer again.
     #[test]
     fn reads_go_narrow_after_a_large_payload_and_wide_once_the_window_fills() {
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
-        let mut reactor = Reactor::bind(config, Echo).unwrap();
-        let addr = reactor.local_addr();
+        let (mut reactor, addr) = echo_reactor(None);
         let large: Vec<u8> = (0..MIB).map(|i| (i % 241) as u8).collect();
         let small = [5u8; 1000];
         let smalls: Vec<u8> = (0..64).flat_map(|_| client_frame(&small)).collect();
@@ -304,21 +309,17 @@ mod tests {
             |reactor: &Reactor<Echo>| reactor.core.conns.iter().next().map(|(_, e)| e.narrow_read);
         let echo = loop {
             assert!(Instant::now() < deadline, "no echo");
-            turn(&mut reactor);
-            reactor.core.finish_turn(&mut reactor.app);
+            full_turn(&mut reactor);
             if let Ok(echo) = large_echoed.try_recv() {
                 break echo;
             }
-            std::thread::sleep(Duration::from_millis(1));
         };
         assert!(echo[10..] == large[..], "the large echo differs");
         assert_eq!(narrow(&reactor), Some(true), "narrow after the payload");
         go.send(()).unwrap();
         while !client.is_finished() {
             assert!(Instant::now() < deadline, "no small echoes");
-            turn(&mut reactor);
-            reactor.core.finish_turn(&mut reactor.app);
-            std::thread::sleep(Duration::from_millis(1));
+            full_turn(&mut reactor);
         }
         let got = client.join().unwrap();
         for echo in got.chunks(4 + small.len()) {
@@ -334,13 +335,7 @@ mod tests {
     /// reserve the large message's buffer beside the queued echo.
     #[test]
     fn a_large_header_behind_an_echo_over_the_limit_waits_for_the_drain() {
-        let config = Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            max_backpressure: 1024,
-            ..Config::default()
-        };
-        let mut reactor = Reactor::bind(config, Echo).unwrap();
-        let addr = reactor.local_addr();
+        let (mut reactor, addr) = echo_reactor(Some(1024));
         let small = vec![3u8; 4096];
         let large: Vec<u8> = (0..MIB).map(|i| (i % 249) as u8).collect();
         let (small_sent, large_sent) = (small.clone(), large.clone());
@@ -370,11 +365,10 @@ mod tests {
         );
         assert!(entry.state_bytes() < MIB, "its buffer not reserved yet");
         let deadline = Instant::now() + Duration::from_secs(30);
+        reactor.core.finish_turn(&mut reactor.app);
         while !client.is_finished() {
             assert!(Instant::now() < deadline, "no echoes");
-            reactor.core.finish_turn(&mut reactor.app);
-            turn(&mut reactor);
-            std::thread::sleep(Duration::from_millis(1));
+            full_turn(&mut reactor);
         }
         let (echo, got) = client.join().unwrap();
         assert!(echo[4..] == small[..], "the small echo differs");
