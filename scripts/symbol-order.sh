@@ -10,8 +10,10 @@
 # How: the release binary runs under valgrind's callgrind on a free loopback port. When it
 # has given back start-up's pages (`trim::drop_file_pages` returns), callgrind writes what
 # start-up ran; then wsload opens and closes connections and echoes 32 B, 1 KiB, 64 KiB,
-# 4 MiB and 16 MiB messages, and the server is stopped with SIGINT (so the shutdown path is
-# listed too), which writes what serving ran. Serving's functions come first, by their cost
+# 4 MiB and 16 MiB messages; then, with 20 connections held, SIGUSR2 upgrades it in place
+# (the new process runs under callgrind too, its start-up split off the same way), an echo
+# runs against the new process, and it is stopped with SIGINT (so the shutdown path is
+# listed too). What every process ran after its start-up is serving. Serving's functions come first, by their cost
 # (the hottest first), with every variant of the functions chosen by CPU features (valgrind's
 # CPU lacks some the real one has, so callgrind sees other variants run), then
 # `wsloop_serving_code_end`, which tells the server where the code to keep ends (trim.rs),
@@ -29,9 +31,12 @@ trap 'rm -rf "$tmp"' EXIT
 cp target/release/wsloop "$tmp/wsloop"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url=ws://127.0.0.1:$port/
-valgrind --tool=callgrind --demangle=no --callgrind-out-file="$tmp/callgrind.out" \
-  --dump-after='*drop_file_pages*' \
-  "$tmp/wsloop" --addr "127.0.0.1:$port" --max-message 67108864 >"$tmp/stdout" 2>/dev/null &
+# --trace-children: the process an upgrade starts (the same program, exec'd) runs under
+# callgrind too, each process writing its own dumps.
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$tmp/callgrind.out.%p" \
+  --dump-after='*drop_file_pages*' --trace-children=yes \
+  "$tmp/wsloop" --addr "127.0.0.1:$port" --max-message 67108864 --pid-file "$tmp/pid" \
+  >"$tmp/stdout" 2>/dev/null &
 server=$!
 for _ in $(seq 300); do
   grep -q "listening on" "$tmp/stdout" && break
@@ -43,8 +48,28 @@ load echo --warmup 0 --conns 4 --inflight 4 --size 32 --duration 2
 for size in 1024 65536 4194304 16777216; do
   load echo --warmup 0 --conns 2 --inflight 2 --size "$size" --binary --duration 2
 done
-kill -INT "$server"
+# An upgrade with connections to move: the old process's handoff, the new one's adoption and
+# what both run after the takeover are serving code too (trim.rs gives back only start-up's).
+target/release/wsload hold --conns 20 --duration 60 --ping-every 1 --url "$url" >/dev/null 2>&1 &
+hold=$!
+sleep 2
+kill -USR2 "$server"
+new=$server
+for _ in $(seq 600); do
+  new=$(cat "$tmp/pid" 2>/dev/null || echo "$server")
+  [ "$new" != "$server" ] && break
+  sleep 0.1
+done
+[ "$new" != "$server" ] || { echo "symbol-order.sh: the upgrade did not happen" >&2; exit 1; }
 wait "$server" || true
+load echo --warmup 0 --conns 2 --inflight 2 --size 1024 --duration 2
+kill "$hold" 2>/dev/null || true
+wait "$hold" 2>/dev/null || true
+kill -INT "$new"
+for _ in $(seq 600); do
+  kill -0 "$new" 2>/dev/null || break
+  sleep 0.1
+done
 nm "$tmp/wsloop" | awk '{print $3}' >"$tmp/symbols"
 python3 - "$tmp/wsloop" src/bin/wsloop/symbol-order.txt "$tmp/symbols" "$tmp"/callgrind.out* <<'PY'
 import os, re, sys
@@ -84,10 +109,12 @@ def functions(path):
 
 
 calls_pending = [False]
-startup = [d for d in dumps if "drop_file_pages" in open(d).read(4096)]
+# Each process's first dump (".1", written when start-up gives its pages back) is start-up;
+# the rest (a new process's second one, after its takeover, and the final ones) is serving.
+startup = [d for d in dumps if d.endswith(".1") and "drop_file_pages" in open(d).read(4096)]
 serving = [d for d in dumps if d not in startup]
-if len(startup) != 1 or not serving:
-    sys.exit(f"symbol-order.sh: expected one start-up dump and the rest, got {dumps}")
+if len(startup) != 2 or len(serving) < 2:
+    sys.exit(f"symbol-order.sh: expected two processes' start-up dumps and the rest, got {dumps}")
 hot = {}
 for d in serving:
     for name, ir in functions(d).items():
