@@ -611,13 +611,7 @@ fn publications_from_another_process_during_an_upgrade_arrive_once_and_in_order(
         let (stop, addr) = (std::sync::Arc::clone(&stop), b.addr);
         std::thread::spawn(move || {
             let mut ws = ws_client(addr, "/chat");
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) || sent < 50 {
-                send_text(&mut ws, &format!("d{sent}"));
-                sent += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            sent
+            common::publish_until(&stop, 50, |n| send_text(&mut ws, &format!("d{n}")))
         })
     };
     // A member of the upgrading process publishes all through it too: its messages leave
@@ -626,12 +620,7 @@ fn publications_from_another_process_during_an_upgrade_arrive_once_and_in_order(
     let local = {
         let (stop, mut ws) = (std::sync::Arc::clone(&stop), ws_client(a.addr, "/chat"));
         std::thread::spawn(move || {
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) || sent < 50 {
-                send_text(&mut ws, &format!("e{sent}"));
-                sent += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            let sent = common::publish_until(&stop, 50, |n| send_text(&mut ws, &format!("e{n}")));
             // Kept open: closed with unread messages, it would be reset, and the server
             // would lose what it had not read yet.
             (sent, ws)

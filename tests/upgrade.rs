@@ -317,13 +317,7 @@ fn upgrade_and_check(
         let mut member = clients.chat[0].try_clone().unwrap();
         let stop = Arc::clone(&stop_publishing);
         std::thread::spawn(move || {
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) || sent < 20 {
-                send(&mut member, &format!("live {sent}"));
-                sent += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            sent
+            common::publish_until(&stop, 20, |n| send(&mut member, &format!("live {n}")))
         })
     };
     // Connections that have sent half of their request head (well within the handshake

@@ -42,3 +42,20 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends message after message through `send` (given its number), one per millisecond, until
+/// `stop` is set and at least `min` went; returns how many went. A member that keeps
+/// publishing through an upgrade.
+pub fn publish_until(
+    stop: &std::sync::atomic::AtomicBool,
+    min: usize,
+    mut send: impl FnMut(usize),
+) -> usize {
+    let mut sent = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < min {
+        send(sent);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent
+}
