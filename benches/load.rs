@@ -454,6 +454,21 @@ fn echo_args(conns: usize, inflight: usize, size: usize, warmup: &str) -> Vec<St
     args
 }
 
+/// Runs `wsload echo` against `url` for `secs` (no warm-up), `(conns, inflight, size)`: work
+/// that sets a server up before a point is measured, its report unread.
+fn unmeasured_echo(
+    settings: &Settings,
+    wsload: &str,
+    url: &str,
+    (conns, inflight, size): (usize, usize, usize),
+    secs: &str,
+) {
+    let mut args = vec![wsload.to_owned()];
+    args.extend(echo_args(conns, inflight, size, "0"));
+    args.extend(["--url", url, "--duration", secs].map(str::to_owned));
+    run_wsload(settings, &args);
+}
+
 /// Runs one point against a fresh `server` and returns its metrics.
 fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'static str, f64)> {
     let running = start_server(settings, server, point);
@@ -467,15 +482,7 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
         // connections cost and not the code's first use: a server that gives back the pages
         // start-up mapped (wsloop does) maps the code and libc pages serving runs again on
         // first use, about 0.5 MiB, which over 10 000 connections would read as 50 B each.
-        let mut warm = vec![wsload.clone()];
-        warm.extend(echo_args(1, 1, 32, "0"));
-        warm.extend([
-            "--url".into(),
-            url.clone(),
-            "--duration".into(),
-            "0.3".into(),
-        ]);
-        run_wsload(settings, &warm);
+        unmeasured_echo(settings, &wsload, &url, (1, 1, 32), "0.3");
     }
     let fresh_kib = status_kib(running.pid(), "VmRSS");
     let mut args: Vec<String> = vec![wsload.clone()];
@@ -492,10 +499,7 @@ fn run_point(settings: &Settings, point: &Point, server: Server) -> Vec<(&'stati
             if point.load == Load::HoldAfterBurst {
                 // The burst: 2 connections echoing 16 MiB messages for 2 s; then the pool's
                 // idle time (1 s) and some.
-                let mut burst = vec![wsload.clone()];
-                burst.extend(echo_args(2, 2, 16 << 20, "0"));
-                burst.extend(["--url".into(), url.clone(), "--duration".into(), "2".into()]);
-                run_wsload(settings, &burst);
+                unmeasured_echo(settings, &wsload, &url, (2, 2, 16 << 20), "2");
                 std::thread::sleep(std::time::Duration::from_millis(2500));
             }
             let conns = settings.idle_conns.to_string();
