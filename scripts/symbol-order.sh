@@ -13,11 +13,11 @@
 # 4 MiB and 16 MiB messages; then, with 20 connections held, SIGUSR2 upgrades it in place
 # (the new process runs under callgrind too, its start-up split off the same way), an echo
 # runs against the new process, and it is stopped with SIGINT (so the shutdown path is
-# listed too). What every process ran after its start-up is serving. Serving's functions come first, by their cost
-# (the hottest first), with every variant of the functions chosen by CPU features (valgrind's
-# CPU lacks some the real one has, so callgrind sees other variants run), then
-# `wsloop_serving_code_end`, which tells the server where the code to keep ends (trim.rs),
-# then start-up's. Functions are written by their mangled names. Then the binary is built
+# listed too). What every process ran after its start-up is serving. Serving's functions come
+# first, by their cost (the hottest first), with every variant of the functions chosen by CPU
+# features (valgrind's CPU lacks some the real one has, so callgrind sees other variants run),
+# then `wsloop_serving_code_end`, which tells the server where the code to keep ends
+# (trim.rs), then start-up's. Functions are written by their mangled names. Then the binary is built
 # again with the new list. Needs valgrind, nm and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ MARKER = "wsloop_serving_code_end"
 
 def functions(path):
     """The binary's functions in one callgrind dump, with their own instruction counts."""
-    objects, names, cost, current, fn = {}, {}, {}, None, None
+    objects, names, cost, current, fn, after_call = {}, {}, {}, None, None, False
     for line in open(path):
         m = re.match(r"^(c?ob)=\((\d+)\)(?: (.*))?", line)
         if m:
@@ -96,19 +96,20 @@ def functions(path):
                 names[m.group(2)] = m.group(3)
             if m.group(1) == "fn":
                 name = re.sub(r"'\d+$", "", names.get(m.group(2), ""))
-                fn = name if current == binary and name and not name.startswith("0x") else None
+                # Not an address ("0x…") nor a pseudo-function ("(below main)").
+                named = name and not name.startswith(("0x", "("))
+                fn = name if current == binary and named else None
                 if fn is not None:
                     cost.setdefault(fn, 0)
             continue
         # A cost line of the current function (not of a call's target, after "calls=").
         m = re.match(r"^[+-]?\d+ (\d+)", line)
-        if m and fn is not None and not calls_pending[0]:
+        if m and fn is not None and not after_call:
             cost[fn] += int(m.group(1))
-        calls_pending[0] = line.startswith("calls=")
+        after_call = line.startswith("calls=")
     return cost
 
 
-calls_pending = [False]
 # Each process's first dump (".1", written when start-up gives its pages back) is start-up;
 # the rest (a new process's second one, after its takeover, and the final ones) is serving.
 startup = [d for d in dumps if d.endswith(".1") and "drop_file_pages" in open(d).read(4096)]

@@ -187,8 +187,9 @@ fn upgrades(
     let slot = Arc::clone(pid_file);
     Ok(
         Upgrades::new(program, std::env::args_os().skip(1).collect()).on_takeover(move || {
-            // Adopting the connections ran code serving does not: give it back too (the
-            // pages start-up mapped were given back when this process began to listen).
+            // Whatever the handoff ran beyond the serving list (which holds the upgrade's
+            // path) need not stay resident either; start-up's pages went when this process
+            // began to listen.
             give_back_start_up_pages(true);
             let Some(path) = &pid_path else { return };
             match PidFile::write(path) {
