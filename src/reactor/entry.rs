@@ -108,9 +108,10 @@ mod tests {
     #[test]
     fn entry_stays_small() {
         let size = std::mem::size_of::<super::Entry>();
-        // 128 bytes in release builds (120 before the 12 bytes of `Facts`: a path id and an
-        // IPv4 peer); in debug builds mio keeps a selector id in every socket.
-        let limit = if cfg!(debug_assertions) { 144 } else { 128 };
+        // 136 bytes in release builds (120 before the 12 bytes of `Facts`: a path id and an
+        // IPv4 peer; this limit said 128 and went unnoticed, as CI tests debug builds); in
+        // debug builds mio keeps a selector id in every socket.
+        let limit = if cfg!(debug_assertions) { 144 } else { 136 };
         assert!(size <= limit, "Entry grew to {size} bytes");
         assert_eq!(std::mem::size_of::<super::ConnOut>(), 16);
     }
