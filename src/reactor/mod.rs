@@ -14,7 +14,7 @@
 //!    one vectored write per connection (see [`crate::out`] for when there are more),
 //!    queueing only what the socket refused. A large message sent back by move is written
 //!    earlier, as soon as the visit that read it ends, while its bytes are still in the
-//!    caches.
+//!    caches (`Reactor::on_readable`).
 //!
 //! # Where things are
 //! This module holds the loop ([`Reactor`]) and the state it mutates ([`Core`]). The other

@@ -1,10 +1,9 @@
 //! Output: what the application sends goes through each connection's protocol connection
-//! into this turn's outbox (see [`crate::out`]); the outbox is written once per
-//! connection per turn (and once more when a visit lends a large message out by move: see
-//! [`Reactor::on_readable`](super::Reactor)), and only what the socket refuses is queued on
-//! the connection. After a
-//! write, a connection under its low-water mark reads again and the application hears
-//! `on_drain`.
+//! into this turn's outbox (see [`crate::out`]); the outbox is written once per connection
+//! per turn (and once more when a visit lends a large message out by move: see
+//! `Reactor::on_readable`), and only what the socket refuses is queued on the connection.
+//! After a write, a connection under its low-water mark reads again and the application
+//! hears `on_drain`.
 
 use log::debug;
 use wsloop_proto::{CloseCode, MessageKind};
