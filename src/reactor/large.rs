@@ -276,6 +276,71 @@ mod tests {
         );
     }
 
+    /// A visit that wrote a large echo whole reads on from the same connection, up to
+    /// `LARGE_ECHOES_PER_VISIT` echoes; the rest waits for the next turn on the ready list.
+    /// Each echo takes the connection over its backpressure limit and pauses reading, so
+    /// without reading on, every message would wait a turn. (Large here: 8 KiB, so the
+    /// three messages fit in the socket before the visit.)
+    #[test]
+    fn a_visit_reads_on_after_a_large_echo_written_whole() {
+        const COUNT: usize = 3;
+        const SIZE: usize = 16 * 1024;
+        let (mut reactor, addr) = echo_reactor(Some(SIZE / 2));
+        let settings = wsloop_proto::conn::Settings {
+            large_payload: SIZE / 2,
+            ..reactor.core.config.settings()
+        };
+        reactor.core.shared = wsloop_proto::conn::Shared::new(settings);
+        let payloads: Vec<Vec<u8>> = (0..COUNT)
+            .map(|n| (0..SIZE).map(|i| ((i + n) % 253) as u8).collect())
+            .collect();
+        let frames: Vec<u8> = payloads.iter().flat_map(|p| client_frame(p)).collect();
+        let mut s = upgraded(addr);
+        reactor.accept_all(false);
+        let (key, _) = reactor.core.conns.iter().next().unwrap();
+        // The request first (its 101 leaves at the end of the turn), then every message.
+        reactor.on_readable(key, Visit::Ready);
+        reactor.core.finish_turn(&mut reactor.app);
+        s.write_all(&frames).unwrap();
+        let arrived = Instant::now() + Duration::from_secs(10);
+        let mut peek = vec![0; 2 * frames.len()];
+        while reactor.core.conns[key].socket.peek(&mut peek).unwrap_or(0) < frames.len() {
+            assert!(Instant::now() < arrived, "the messages did not arrive");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        reactor.core.ready.clear();
+        reactor.on_readable(key, Visit::Ready);
+        let read_on = super::super::LARGE_ECHOES_PER_VISIT;
+        assert!(read_on > 1, "a visit reads on after a large echo");
+        assert_eq!(
+            reactor.core.lent_writes, read_on,
+            "echoes written in one visit"
+        );
+        assert_eq!(
+            reactor.core.ready,
+            [key],
+            "the last message waits for the next turn"
+        );
+
+        let got = std::thread::spawn(move || read_after_head(&mut s, COUNT * (4 + SIZE)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !got.is_finished() {
+            assert!(Instant::now() < deadline, "no echoes");
+            full_turn(&mut reactor);
+        }
+        let got = got.join().unwrap();
+        for (n, echo) in got.chunks(4 + SIZE).enumerate() {
+            assert!(echo[4..] == payloads[n][..], "echo {n} differs");
+        }
+        assert_eq!(reactor.core.lent_writes, COUNT);
+        assert_eq!(
+            reactor.core.shared.pool.idle_bytes(),
+            SIZE,
+            "one message buffer, reused for every message"
+        );
+    }
+
     /// The read after a large payload was read into place takes only the first
     /// `NARROW_READ` bytes of the shared buffer (the next header, and what comes with it), so
     /// a client that sends only large messages never has the rest of that buffer touched;

@@ -14,7 +14,7 @@
 //!    one vectored write per connection (see [`crate::out`] for when there are more),
 //!    queueing only what the socket refused. A large message sent back by move is written
 //!    earlier, as soon as the visit that read it ends, while its bytes are still in the
-//!    caches (`Reactor::on_readable`).
+//!    caches; written whole, its visit reads on (`Reactor::on_readable`).
 //!
 //! # Where things are
 //! This module holds the loop ([`Reactor`]) and the state it mutates ([`Core`]). The other
@@ -91,6 +91,9 @@ const NARROW_READ: usize = 16 * 1024;
 const PLAIN_LEN: usize = READ_BUF / 2;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_EVENT: usize = 16;
+/// Large messages sent back by move that one visit reads and writes before the next
+/// connection's turn (see `Reactor::on_readable`): at 16 MiB each, about 16 ms.
+const LARGE_ECHOES_PER_VISIT: usize = 2;
 /// Units of work one connection may cause per loop turn: each step of its connection's
 /// decoding is one (a message, a pong, an event), and so is every frame queued for a receiver
 /// (a publication to a 21-member room is 21). The rest of its input waits for the next turn.

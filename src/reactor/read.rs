@@ -19,7 +19,8 @@ use crate::out::Door;
 use crate::stats::RejectReason;
 
 use super::{
-    Core, Reactor, Visit, NARROW_READ, PLAIN_LEN, READS_PER_EVENT, READ_BUF, WORK_PER_TURN,
+    Core, Reactor, Visit, LARGE_ECHOES_PER_VISIT, NARROW_READ, PLAIN_LEN, READS_PER_EVENT,
+    READ_BUF, WORK_PER_TURN,
 };
 
 impl<H: Handler> Reactor<H> {
@@ -27,7 +28,10 @@ impl<H: Handler> Reactor<H> {
     /// `WouldBlock`, a short read, or its fair share — at most [`READS_PER_EVENT`] reads and
     /// [`WORK_PER_TURN`] units of work. Out of work, the undecoded rest waits in its
     /// connection and it goes on the ready list, to be fed first when that brings it back.
-    pub(super) fn on_readable(&mut self, key: usize, visit: Visit) {
+    ///
+    /// A visit that lent a large message out by move (an echo) writes it at once, and when
+    /// the socket took all of it, reads on: up to [`LARGE_ECHOES_PER_VISIT`] such messages.
+    pub(super) fn on_readable(&mut self, key: usize, mut visit: Visit) {
         let Some(entry) = self.core.conns.get(key) else {
             return;
         };
@@ -35,16 +39,19 @@ impl<H: Handler> Reactor<H> {
             return; // On the ready list: its backlog goes first, in its turn.
         }
         self.core.work_left = WORK_PER_TURN;
-        self.core.reclaim_buffers();
-        self.read_from(key, visit);
-        self.core.settle(key);
-        if self.scratch.capacity() > READ_BUF {
-            // A large message was assembled or inflated there: back to the pool with it.
-            let buffer = std::mem::take(&mut self.scratch);
-            self.core.shared.pool.give(buffer);
-        }
-        self.core.account_pool();
-        if self.core.outbox.lent_bytes() > 0 {
+        for echoes in 1.. {
+            self.core.reclaim_buffers();
+            self.read_from(key, visit);
+            self.core.settle(key);
+            if self.scratch.capacity() > READ_BUF {
+                // A large message was assembled or inflated there: back to the pool with it.
+                let buffer = std::mem::take(&mut self.scratch);
+                self.core.shared.pool.give(buffer);
+            }
+            self.core.account_pool();
+            if self.core.outbox.lent_bytes() == 0 {
+                return;
+            }
             // A large message goes out by move (an echo): write it now, while its bytes are
             // still in the caches, rather than at the end of the turn, after the other
             // connections' reads have passed megabytes more through them. The kernel's copy
@@ -56,6 +63,14 @@ impl<H: Handler> Reactor<H> {
                 self.core.lent_writes += 1;
             }
             self.core.flush_outbox(&mut self.app);
+            // Written whole, the echo paused reading no more: read the next message now
+            // (its buffer is the one just written, back in the pool above) instead of in the
+            // next turn. 2 x 4 MiB: 1.1x the messages per second at the same memory
+            // (benches/README.md, "Reading on after a large echo").
+            if echoes >= LARGE_ECHOES_PER_VISIT || !self.core.resume_now(key) {
+                return;
+            }
+            visit = Visit::Ready;
         }
     }
 
@@ -285,6 +300,20 @@ impl Core {
             }
         }
         self.feed(app, key, &mut [], scratch)
+    }
+
+    /// Whether `key`, which a write just resumed (it went on the ready list for the next
+    /// turn), is to read on in this visit instead: then it comes off the ready list.
+    fn resume_now(&mut self, key: usize) -> bool {
+        let resumed = self.ready.last() == Some(&key)
+            && self
+                .conns
+                .get(key)
+                .is_some_and(|e| !e.doomed && !e.read_paused && e.is_flushed());
+        if resumed {
+            self.ready.pop();
+        }
+        resumed
     }
 
     /// After its share of work: a connection holding input back that it can decode now comes
