@@ -64,8 +64,8 @@ impl<H: Handler> Reactor<H> {
             }
             self.core.flush_outbox(&mut self.app);
             // Written whole, the echo paused reading no more: read the next message now
-            // (its buffer is the one just written, back in the pool above) instead of in the
-            // next turn. 2 x 4 MiB: 1.08x the messages per second at the same memory
+            // (into the buffer just written, back in the pool at the top of the loop) instead
+            // of in the next turn. 2 x 4 MiB: 1.07x the messages per second at the same memory
             // (benches/README.md, "Reading on after a large echo").
             if echoes >= LARGE_ECHOES_PER_VISIT || !self.core.resume_now(key) {
                 return;
