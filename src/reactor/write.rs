@@ -1,7 +1,8 @@
 //! Output: what the application sends goes through each connection's protocol connection
 //! into this turn's outbox (see [`crate::out`]); the outbox is written once per connection
-//! per turn (and once more when a visit lends a large message out by move: see
-//! `Reactor::on_readable`), and only what the socket refuses is queued on the connection.
+//! per turn (and once more for each large message a visit lends out by move, up to
+//! `LARGE_ECHOES_PER_VISIT` per visit: see `Reactor::on_readable`), and only what the socket
+//! refuses is queued on the connection.
 //! After a write, a connection under its low-water mark reads again and the application
 //! hears `on_drain`.
 
